@@ -1,0 +1,280 @@
+"""The `disco` command: `serve` runs the daemon; the team commands work on a local data dir.
+
+Every server setting is a flag and a `DISCO_<NAME>` environment variable (see runtime/settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import json
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gitserver.repos import RepoRegistry
+from gitserver.server import GitServer
+from hooks import team
+from hooks.policy import PolicyError
+from runtime.settings import Settings, ensure_layout, resolve_settings, write_default_config
+from runtime.sshkeys import load_or_create_host_key
+from runtime.store import Store
+
+
+class CLIError(Exception):
+    """Printed as one line on stderr, exit status 1."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except (CLIError, team.TeamError, PolicyError, ValueError) as err:
+        print(f"disco: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="disco", description="Deploy apps with git push.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", help="server data directory (env DISCO_DATA_DIR)")
+
+    def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[data_dir], help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    serve = command("serve", cmd_serve, "run the daemon (git over SSH)")
+    serve.add_argument("--ssh-port", type=int, help="SSH port (env DISCO_SSH_PORT, default 2222)")
+    serve.add_argument("--api-port", type=int, help="API port on 127.0.0.1 (env DISCO_API_PORT, default 8800)")
+    serve.add_argument("--instance", help="prefix of Docker object names (env DISCO_INSTANCE, default disco)")
+    serve.add_argument("--max-push-size", type=int, help="largest push in bytes (env DISCO_MAX_PUSH_SIZE, default 1 GiB)")
+    serve.add_argument("--host", help="host name shown in push hints (env DISCO_HOST)")
+    serve.add_argument("--listen", default="", help="address to listen on for SSH (default: all)")
+
+    init = command("init", cmd_init, "create the data dir and config; optionally the first admin")
+    init.add_argument("--admin", default="admin", help="name of the first admin (default: admin)")
+    init.add_argument("--key", metavar="FILE|-", help="the first admin's SSH public key file, or - for stdin")
+
+    users_add = command("users:add", cmd_users_add, "add a team member")
+    users_add.add_argument("name")
+    users_add.add_argument("--role", choices=["admin", "deployer"], required=True)
+    users_list = command("users:list", cmd_users_list, "list team members, roles and grants")
+    users_list.add_argument("--json", action="store_true", help="machine-readable output")
+    command("users:remove", cmd_users_remove, "remove a team member, their keys and grants").add_argument("name")
+    for verb, handler, help in (
+        ("grant", cmd_users_grant, "let a deployer push to and read a project"),
+        ("revoke", cmd_users_revoke, "take a project grant away"),
+    ):
+        sub = command(f"users:{verb}", handler, help)
+        sub.add_argument("name")
+        sub.add_argument("project")
+
+    keys_add = command("keys:add", cmd_keys_add, "register an SSH public key for a user")
+    keys_add.add_argument("name", help="the user the key belongs to")
+    keys_add.add_argument("file", metavar="FILE|-", help="public key file (like ~/.ssh/id_ed25519.pub), or - for stdin")
+    keys_list = command("keys:list", cmd_keys_list, "list registered SSH keys")
+    keys_list.add_argument("--json", action="store_true", help="machine-readable output")
+    keys_list.add_argument("--user", help="only this user's keys")
+    command("keys:remove", cmd_keys_remove, "remove an SSH key").add_argument("fingerprint")
+    return parser
+
+
+# -- serve -----------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = resolve_settings(
+        {
+            "data_dir": args.data_dir,
+            "ssh_port": args.ssh_port,
+            "api_port": args.api_port,
+            "instance": args.instance,
+            "max_push_size": args.max_push_size,
+            "host": args.host,
+        }
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    # Their per-packet chatter would drown our one line per connection and push.
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    logging.getLogger("dulwich").setLevel(logging.WARNING)
+    ensure_layout(settings)
+    write_default_config(settings)
+    store = Store(settings.db_path)
+    try:
+        asyncio.run(_serve(settings, store, args.listen))
+    finally:
+        store.close()
+    return 0
+
+
+async def _serve(settings: Settings, store: Store, listen: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    with ThreadPoolExecutor(max_workers=64, thread_name_prefix="git") as workers:
+        git = GitServer(settings, store, RepoRegistry(settings.repos_dir), workers)
+        await git.start(listen)
+        logging.getLogger("disco").info("ready (data dir %s, instance %s)", settings.data_dir, settings.instance)
+        await stop.wait()
+        logging.getLogger("disco").info("shutting down")
+        await git.stop()
+
+
+# -- init ------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    settings = resolve_settings({"data_dir": args.data_dir})
+    ensure_layout(settings)
+    if write_default_config(settings):
+        print(f"wrote {settings.config_path}")
+    load_or_create_host_key(settings.host_key_path)
+    store = Store(settings.db_path)
+    try:
+        if args.key:
+            key_line = _read_key(args.key)
+            if store.get_user(args.admin) is None:
+                team.add_user(store, _actor(), args.admin, "admin")
+                print(f"added admin {args.admin}")
+            key = team.add_ssh_key(store, _actor(), args.admin, key_line)
+            print(f"added key {key.fingerprint} for {args.admin}")
+    finally:
+        store.close()
+    print(f"data dir ready: {settings.data_dir}")
+    return 0
+
+
+# -- team ------------------------------------------------------------------------------------
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    with _local_store(args) as store:
+        user = team.add_user(store, _actor(), args.name, args.role)
+    print(f"added {user.role} {user.name}")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    with _local_store(args) as store:
+        rows = [
+            {"name": u.name, "role": u.role, "projects": store.grants_of(u.name), "created_at": u.created_at}
+            for u in store.list_users()
+        ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(
+            ["NAME", "ROLE", "PROJECTS", "CREATED"],
+            [[r["name"], r["role"], "(all)" if r["role"] == "admin" else ",".join(r["projects"]) or "-", r["created_at"]] for r in rows],
+        )
+    return 0
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    with _local_store(args) as store:
+        team.remove_user(store, _actor(), args.name)
+    print(f"removed {args.name} with their keys and grants")
+    return 0
+
+
+def cmd_users_grant(args: argparse.Namespace) -> int:
+    with _local_store(args) as store:
+        team.grant(store, _actor(), args.name, args.project)
+    print(f"{args.name} may now push to and read {args.project}")
+    return 0
+
+
+def cmd_users_revoke(args: argparse.Namespace) -> int:
+    with _local_store(args) as store:
+        team.revoke(store, _actor(), args.name, args.project)
+    print(f"{args.name} no longer has access to {args.project}")
+    return 0
+
+
+def cmd_keys_add(args: argparse.Namespace) -> int:
+    key_line = _read_key(args.file)
+    with _local_store(args) as store:
+        key = team.add_ssh_key(store, _actor(), args.name, key_line)
+    print(f"added {key.key_type} key {key.fingerprint} for {key.user}")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    with _local_store(args) as store:
+        keys = store.list_ssh_keys(args.user)
+    rows = [
+        {"user": k.user, "type": k.key_type, "fingerprint": k.fingerprint, "comment": k.comment, "added_at": k.added_at}
+        for k in keys
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(
+            ["USER", "TYPE", "FINGERPRINT", "COMMENT", "ADDED"],
+            [[r["user"], r["type"], r["fingerprint"], r["comment"] or "-", r["added_at"]] for r in rows],
+        )
+    return 0
+
+
+def cmd_keys_remove(args: argparse.Namespace) -> int:
+    with _local_store(args) as store:
+        key = team.remove_ssh_key(store, _actor(), args.fingerprint)
+    print(f"removed key {key.fingerprint} of {key.user}")
+    return 0
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+class _local_store:
+    """Open the store of the data dir named by --data-dir or DISCO_DATA_DIR."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        settings = resolve_settings({"data_dir": args.data_dir})
+        if args.data_dir is None and "DISCO_DATA_DIR" not in os.environ:
+            raise CLIError("no data dir given: pass --data-dir /var/lib/disco or set DISCO_DATA_DIR")
+        if not settings.db_path.exists():
+            raise CLIError(f"{settings.data_dir} is not a Disco data dir (run: disco init --data-dir {settings.data_dir})")
+        self._store = Store(settings.db_path)
+
+    def __enter__(self) -> Store:
+        return self._store
+
+    def __exit__(self, *exc: object) -> None:
+        self._store.close()
+
+
+def _read_key(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    try:
+        return Path(source).read_text()
+    except OSError as err:
+        raise CLIError(f"cannot read key file {source}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise CLIError(f"{source} is not a text file: expected an OpenSSH public key (.pub)") from None
+
+
+def _actor() -> str:
+    return f"shell:{getpass.getuser()}"
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -1,0 +1,179 @@
+"""dulwich's receive-pack and upload-pack, run in a worker thread over an SSH channel.
+
+dulwich's handlers are blocking, asyncssh is not: `ChannelIO` gives the worker thread blocking
+read and write calls that hop onto the event loop and wait there, which also gives us
+back-pressure (a write waits for the channel to drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import asyncssh
+from dulwich.errors import ApplyDeltaError, ChecksumMismatch, ObjectFormatException
+from dulwich.object_store import PackInputTooLarge
+from dulwich.objects import ObjectID
+from dulwich.protocol import SIDE_BAND_CHANNEL_PROGRESS, ReceivableProtocol
+from dulwich.refs import Ref
+from dulwich.repo import Repo
+from dulwich.server import DictBackend, ReceivePackHandler, UploadPackHandler
+
+from hooks import pipeline
+from hooks.pipeline import RefUpdate
+from runtime.store import Store
+
+log = logging.getLogger("disco.git")
+
+# Errors dulwich raises for a broken or truncated pack; anything else is a bug and propagates.
+PACK_ERRORS = (OSError, ChecksumMismatch, ApplyDeltaError, ObjectFormatException, zlib.error, AssertionError)
+
+
+class ChannelIO:
+    """Blocking byte I/O for a worker thread, carried out on the event loop."""
+
+    def __init__(self, process: asyncssh.SSHServerProcess, loop: asyncio.AbstractEventLoop) -> None:
+        self._process = process
+        self._loop = loop
+
+    def recv(self, size: int) -> bytes:
+        """Up to `size` bytes; b"" once the client has closed its side."""
+        return self._run(self._process.stdin.read(size))
+
+    def write(self, data: bytes) -> None:
+        self._run(self._write(data))
+
+    async def _write(self, data: bytes) -> None:
+        self._process.stdout.write(data)
+        await self._process.stdout.drain()
+
+    def _run(self, coroutine):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+
+@dataclass
+class PushContext:
+    """What a receive-pack session needs to know, and what it learned."""
+
+    store: Store
+    project: str
+    user: str
+    max_push_size: int
+    ref_lock: object  # a threading.Lock shared by every push to this project
+    updated: list[RefUpdate] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    failure: str | None = None
+
+
+class SidebandReporter:
+    """The pipeline's Reporter: lines go to the pusher as `remote:` lines as they come."""
+
+    def __init__(self, handler: DiscoReceivePack) -> None:
+        self._handler = handler
+
+    def say(self, line: str) -> None:
+        self._handler.progress(line)
+
+    def fail(self, reason: str) -> None:
+        self._handler.context.failure = reason
+        self._handler.progress(f"error: {reason}")
+
+
+class DiscoReceivePack(ReceivePackHandler):
+    """dulwich's receive-pack with our checks, a size limit and compare-and-swap ref updates.
+
+    dulwich reports "ok" when its compare-and-swap loses a race; we report the lost race,
+    so of two concurrent pushes exactly one wins and the other is told the ref moved.
+    """
+
+    def __init__(self, repo: Repo, proto: ReceivableProtocol, context: PushContext) -> None:
+        super().__init__(DictBackend({"/": repo}), ["/"], proto)
+        self.context = context
+
+    def capabilities(self):  # type: ignore[no-untyped-def]
+        # No atomic pushes: every ref is checked and moved on its own.
+        return [cap for cap in super().capabilities() if cap != b"atomic"]
+
+    def progress(self, line: str) -> None:
+        self.proto.write_sideband(SIDE_BAND_CHANNEL_PROGRESS, line.encode() + b"\n")
+
+    def _apply_pack(self, refs: list[tuple[ObjectID, ObjectID, Ref]]) -> Iterator[tuple[bytes, bytes]]:
+        if any(new != pipeline.ZERO_SHA.encode() for _, new, _ in refs):
+            reason = self._receive_pack()
+            if reason:
+                yield (b"unpack", reason.encode())
+                for _, _, ref in refs:
+                    self.context.refused.append((ref.decode(), reason))
+                    yield (ref, reason.encode())
+                return
+        yield (b"unpack", b"ok")
+        for old, new, ref in refs:
+            yield (ref, self._update_ref(ref, old, new).encode())
+
+    def _receive_pack(self) -> str | None:
+        """Store the incoming pack; return why it was refused, or None."""
+        try:
+            self.repo.object_store.add_thin_pack(
+                self.proto.read, self.proto.recv, max_input_size=self.context.max_push_size
+            )
+        except PackInputTooLarge:
+            return f"push refused: the pack is larger than the server's limit of {_human_size(self.context.max_push_size)}"
+        except PACK_ERRORS as err:
+            return f"unpack failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        return None
+
+    def _update_ref(self, ref: Ref, old: ObjectID, new: ObjectID) -> str:
+        update = RefUpdate(
+            project=self.context.project,
+            ref=ref.decode(),
+            old_sha=old.decode(),
+            new_sha=new.decode(),
+            user=self.context.user,
+        )
+        reason = pipeline.check_ref_update(self.context.store, update)
+        if reason is None:
+            with self.context.ref_lock:  # type: ignore[attr-defined]
+                if update.is_delete:
+                    moved = self.repo.refs.remove_if_equals(ref, old)
+                else:
+                    moved = self.repo.refs.set_if_equals(ref, old, new)
+            if not moved:
+                reason = "the ref moved while you pushed; fetch, then push again"
+        if reason:
+            self.context.refused.append((update.ref, reason))
+            return reason
+        self.context.updated.append(update)
+        return "ok"
+
+    def _on_post_receive(self, client_refs):  # type: ignore[no-untyped-def]
+        # dulwich calls this once the refs have moved and before it sends the status report,
+        # so whatever the pipeline says streams to the pusher first.
+        try:
+            pipeline.after_receive(self.context.store, self.context.updated, SidebandReporter(self))
+        except Exception as err:  # a bug in a later step must not leave the pusher guessing
+            log.exception("after-receive step failed for %s", self.context.project)
+            self.context.failure = f"internal error after receive: {err}"
+            self.progress(f"error: {self.context.failure}")
+
+
+def make_protocol(io: ChannelIO) -> ReceivableProtocol:
+    return ReceivableProtocol(io.recv, io.write)
+
+
+def run_receive_pack(repo: Repo, io: ChannelIO, context: PushContext) -> None:
+    DiscoReceivePack(repo, make_protocol(io), context).handle()
+
+
+def run_upload_pack(repo: Repo, io: ChannelIO) -> None:
+    UploadPackHandler(DictBackend({"/": repo}), ["/"], make_protocol(io)).handle()
+
+
+def _human_size(size: float) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.4g} {unit}"
+        size /= 1024
+    return f"{size:.4g} GiB"

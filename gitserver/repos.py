@@ -1,0 +1,85 @@
+"""Bare repositories on disk, one per project, and the per-project bookkeeping pushes need."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dulwich.repo import Repo
+
+
+class RepoRegistry:
+    """Knows where each project's repo lives and which ones have a push in flight.
+
+    The ref lock makes "compare old value, then write new value" one step per project, so two
+    concurrent pushes cannot both win. The active count lets us sweep temporary pack files
+    left by interrupted pushes only when no other push to that repo is still writing one.
+    """
+
+    def __init__(self, repos_dir: Path) -> None:
+        self.repos_dir = repos_dir
+        self._guard = threading.Lock()
+        self._active: Counter[str] = Counter()
+        self._ref_locks: dict[str, threading.Lock] = {}
+
+    def path(self, project: str) -> Path:
+        return self.repos_dir / f"{project}.git"
+
+    def exists(self, project: str) -> bool:
+        return (self.path(project) / "HEAD").exists()
+
+    def open(self, project: str) -> Repo:
+        return Repo(str(self.path(project)))
+
+    def create(self, project: str) -> None:
+        Repo.init_bare(str(self.path(project)), mkdir=True, default_branch=b"main").close()
+
+    def ref_lock(self, project: str) -> threading.Lock:
+        with self._guard:
+            return self._ref_locks.setdefault(project, threading.Lock())
+
+    @contextmanager
+    def session(self, project: str, create: bool = False) -> Iterator[None]:
+        """Bracket one push or fetch; on the way out, clean what an aborted push left.
+
+        With create=True a missing repo is made first, and removed again at the end if no
+        ref ever landed in it, so a failed first push leaves no trace on disk.
+        """
+        with self._guard:
+            self._active[project] += 1
+            created = create and not self.exists(project)
+            if created:
+                self.create(project)
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._active[project] -= 1
+                if self._active[project] == 0:
+                    del self._active[project]
+                    self._tidy(project, remove_if_empty=created)
+
+    def sweep_all(self) -> None:
+        """Remove temporary packs in every repo (on start, nothing is in flight)."""
+        for repo_dir in self.repos_dir.glob("*.git"):
+            with Repo(str(repo_dir)) as repo:
+                sweep_temporary_packs(repo)
+
+    def _tidy(self, project: str, remove_if_empty: bool) -> None:
+        repo_dir = self.path(project)
+        if not repo_dir.exists():
+            return
+        with Repo(str(repo_dir)) as repo:
+            if remove_if_empty and not repo.get_refs():
+                shutil.rmtree(repo_dir, ignore_errors=True)
+                return
+            sweep_temporary_packs(repo)
+
+
+def sweep_temporary_packs(repo: Repo) -> None:
+    """Drop `tmp_pack_*` files and index-less packs that an interrupted push left behind."""
+    repo.object_store.prune(grace_period=-1)

@@ -1,0 +1,207 @@
+"""The SSH front door: public-key auth, the git commands, and nothing else.
+
+Team members are recognised by their SSH key alone (the SSH user name is ignored, `git@` is
+the convention). Every channel runs one git command, or prints who you are and how to push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import asyncssh
+
+from gitserver.gitproto import ChannelIO, PushContext, run_receive_pack, run_upload_pack
+from gitserver.repos import RepoRegistry
+from hooks import pipeline
+from hooks.policy import Access, PolicyError, project_from_path
+from runtime.settings import Settings
+from runtime.sshkeys import fingerprint_of, load_or_create_host_key
+from runtime.store import Store, User
+
+log = logging.getLogger("disco.ssh")
+
+GIT_SERVICES = {"git-receive-pack": Access.WRITE, "git-upload-pack": Access.READ}
+
+
+@dataclass
+class GitServer:
+    """The daemon's SSH side: holds what every connection shares."""
+
+    settings: Settings
+    store: Store
+    repos: RepoRegistry
+    workers: ThreadPoolExecutor
+    sessions: set[asyncio.Task] | None = None
+    _acceptor: asyncssh.SSHAcceptor | None = None
+
+    async def start(self, host: str = "") -> None:
+        self.sessions = set()
+        self.repos.sweep_all()
+        host_key = load_or_create_host_key(self.settings.host_key_path)
+        self._acceptor = await asyncssh.create_server(
+            lambda: _Connection(self),
+            host,
+            self.settings.ssh_port,
+            server_host_keys=[host_key],
+            process_factory=self._run_session,
+            encoding=None,
+            allow_pty=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            line_editor=False,
+            keepalive_interval=30,
+        )
+        log.info("git over SSH listening on port %d", self.settings.ssh_port)
+
+    async def stop(self, grace: float = 60.0) -> None:
+        """Stop accepting connections, then let sessions in flight finish (within `grace`)."""
+        if self._acceptor:
+            self._acceptor.close()
+        if self.sessions:
+            log.info("waiting for %d session(s) to finish", len(self.sessions))
+            _, pending = await asyncio.wait(self.sessions, timeout=grace)
+            for task in pending:
+                task.cancel()
+        if self._acceptor:
+            await self._acceptor.wait_closed()
+
+    async def _run_session(self, process: asyncssh.SSHServerProcess) -> None:
+        task = asyncio.current_task()
+        assert task is not None and self.sessions is not None
+        self.sessions.add(task)
+        try:
+            status = await self._dispatch(process)
+        except (asyncssh.Error, BrokenPipeError, ConnectionError) as err:
+            log.info("session of %s ended early: %s", process.get_extra_info("disco_user").name, err)
+            status = 1
+        finally:
+            self.sessions.discard(task)
+        if not process.is_closing():
+            process.exit(status)
+
+    async def _dispatch(self, process: asyncssh.SSHServerProcess) -> int:
+        user: User = process.get_extra_info("disco_user")
+        if process.subsystem:
+            return _refuse(process, f"subsystem {process.subsystem!r} is not available: Disco only serves git")
+        if process.command is None:
+            _tell(process, self._greeting(user))
+            return 1
+        try:
+            service, path = parse_git_command(process.command)
+            project = project_from_path(path)
+            access = GIT_SERVICES[service]
+            exists = pipeline.check_push(self.store, user, project, access)
+        except PolicyError as err:
+            log.info("refused %s: %s", user.name, err)
+            return _refuse(process, str(err))
+        io = ChannelIO(process, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        if access is Access.READ:
+            await loop.run_in_executor(self.workers, self._fetch, project, io)
+            log.info("fetch user=%s project=%s", user.name, project)
+            return 0
+        context = PushContext(
+            store=self.store,
+            project=project,
+            user=user.name,
+            max_push_size=self.settings.max_push_size,
+            ref_lock=self.repos.ref_lock(project),
+        )
+        await loop.run_in_executor(self.workers, self._push, project, not exists, io, context)
+        _log_push(context)
+        return 1 if context.failure or context.refused else 0
+
+    def _fetch(self, project: str, io: ChannelIO) -> None:
+        with self.repos.session(project), self.repos.open(project) as repo:
+            run_upload_pack(repo, io)
+
+    def _push(self, project: str, may_create: bool, io: ChannelIO, context: PushContext) -> None:
+        with self.repos.session(project, create=may_create), self.repos.open(project) as repo:
+            run_receive_pack(repo, io, context)
+
+    def _greeting(self, user: User) -> str:
+        port = self.settings.ssh_port
+        host = self.settings.public_host
+        remote = f"ssh://git@{host}:{port}/<project>" if port != 22 else f"git@{host}:<project>"
+        return (
+            f"Hi {user.name}! You are signed in to Disco as {user.role}; there is no shell here.\n"
+            f"To deploy, push with git:  git remote add disco {remote} && git push disco main"
+        )
+
+
+class _Connection(asyncssh.SSHServer):
+    """One SSH connection: public-key auth only, no forwarding of any kind."""
+
+    def __init__(self, server: GitServer) -> None:
+        self._server = server
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._peer = "?"
+        self._candidate: User | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        host, port = conn.get_extra_info("peername")[:2]
+        self._peer = f"{host}:{port}"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        who = self._conn.get_extra_info("disco_user") if self._conn else None
+        log.info("disconnect peer=%s user=%s%s", self._peer, who.name if who else "-", f" error={exc}" if exc else "")
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # Also called for keys the client only offers; the user is trusted in auth_completed,
+        # which follows the one whose signature was verified.
+        self._candidate = self._server.store.user_for_key(fingerprint_of(key))
+        return self._candidate is not None
+
+    def auth_completed(self) -> None:
+        assert self._conn is not None and self._candidate is not None
+        self._conn.set_extra_info(disco_user=self._candidate)
+        log.info("connect peer=%s user=%s", self._peer, self._candidate.name)
+
+
+def parse_git_command(command: str) -> tuple[str, str]:
+    """Split `git-receive-pack '/myapp.git'` into (service, path); refuse anything else."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = []
+    if len(words) == 3 and words[0] == "git":  # "git receive-pack 'x'" from some clients
+        words = [f"git-{words[1]}", words[2]]
+    if len(words) != 2 or words[0] not in GIT_SERVICES:
+        raise PolicyError(
+            f"command {command[:60]!r} is not allowed: Disco only accepts git push and git fetch"
+        )
+    return words[0], words[1]
+
+
+def _tell(process: asyncssh.SSHServerProcess, text: str) -> None:
+    process.stderr.write(text.encode() + b"\n")
+
+
+def _refuse(process: asyncssh.SSHServerProcess, reason: str) -> int:
+    _tell(process, f"disco: {reason}")
+    return 1
+
+
+def _log_push(context: PushContext) -> None:
+    moved = " ".join(f"{u.short_ref}:{u.old_sha[:7]}..{u.new_sha[:7]}" for u in context.updated)
+    refused = "; ".join(f"{ref}: {why}" for ref, why in context.refused)
+    result = "failed: " + context.failure if context.failure else ("refused: " + refused if refused else "ok")
+    log.info("push user=%s project=%s refs=%s result=%s", context.user, context.project, moved or "-", result)

@@ -1,0 +1,261 @@
+"""The state store: users, grants, SSH keys, projects and the audit log in SQLite.
+
+One connection per store, shared by the daemon's threads behind a lock (sqlite-utils binds a
+`Database` to its creating thread unless given a connection made with check_same_thread=False).
+WAL mode lets the `disco` command on the server's shell write while the daemon reads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+ROLES = ("admin", "deployer")
+
+
+class StoreError(Exception):
+    """A change the store refused; the message names the problem for the person who asked."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    created_at: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class SSHKey:
+    fingerprint: str
+    user: str
+    key_type: str
+    public_key: str  # "<type> <base64>" without the comment
+    comment: str
+    added_at: str
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _migration_1_team(db: sqlite_utils.Database) -> None:
+    db["users"].create({"name": str, "role": str, "created_at": str}, pk="name")
+    db["grants"].create(
+        {"user": str, "project": str, "granted_at": str},
+        pk=("user", "project"),
+        foreign_keys=[("user", "users", "name")],
+    )
+    db["ssh_keys"].create(
+        {
+            "fingerprint": str,
+            "user": str,
+            "key_type": str,
+            "public_key": str,
+            "comment": str,
+            "added_at": str,
+        },
+        pk="fingerprint",
+        foreign_keys=[("user", "users", "name")],
+    )
+    db["ssh_keys"].create_index(["user"])
+    db["projects"].create(
+        {"name": str, "created_at": str, "created_by": str, "deploy_branch": str},
+        pk="name",
+    )
+    db["audit"].create(
+        {"id": int, "at": str, "user": str, "action": str, "target": str, "detail": str},
+        pk="id",
+    )
+
+
+# Applied in order on every open; PRAGMA user_version records how many have run.
+# Append new steps; never edit a released one.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1_team]
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        self._conn = conn
+        self._lock = threading.RLock()
+        self.db = sqlite_utils.Database(conn)
+        self.migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """Serialise access from threads and make a group of writes all-or-nothing."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def migrate(self, upto: int | None = None) -> None:
+        target = len(MIGRATIONS) if upto is None else upto
+        with self.transaction() as db:
+            done = db.execute("PRAGMA user_version").fetchone()[0]
+            for index in range(done, target):
+                MIGRATIONS[index](db)
+                db.execute(f"PRAGMA user_version={index + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    # -- users -----------------------------------------------------------------------------
+
+    def add_user(self, name: str, role: str) -> User:
+        if role not in ROLES:
+            raise StoreError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+        with self.transaction() as db:
+            if db["users"].count_where("name = ?", [name]):
+                raise StoreError(f"user {name!r} already exists")
+            row = {"name": name, "role": role, "created_at": now()}
+            db["users"].insert(row)
+        return User(**row)
+
+    def get_user(self, name: str) -> User | None:
+        with self._lock:
+            rows = list(self.db["users"].rows_where("name = ?", [name]))
+        return User(**rows[0]) if rows else None
+
+    def list_users(self) -> list[User]:
+        with self._lock:
+            return [User(**row) for row in self.db["users"].rows_where(order_by="name")]
+
+    def remove_user(self, name: str) -> None:
+        """Remove a user with their keys and grants: a departed member loses access at once."""
+        with self.transaction() as db:
+            if not db["users"].count_where("name = ?", [name]):
+                raise StoreError(f"no user named {name!r}")
+            db.execute("DELETE FROM ssh_keys WHERE user = ?", [name])
+            db.execute("DELETE FROM grants WHERE user = ?", [name])
+            db.execute("DELETE FROM users WHERE name = ?", [name])
+
+    def count_admins(self) -> int:
+        with self._lock:
+            return self.db["users"].count_where("role = 'admin'")
+
+    # -- grants ----------------------------------------------------------------------------
+
+    def grant(self, user: str, project: str) -> None:
+        with self.transaction() as db:
+            self._require_user(db, user)
+            db["grants"].insert(
+                {"user": user, "project": project, "granted_at": now()}, ignore=True
+            )
+
+    def revoke(self, user: str, project: str) -> None:
+        with self.transaction() as db:
+            self._require_user(db, user)
+            if not db["grants"].count_where("user = ? AND project = ?", [user, project]):
+                raise StoreError(f"user {user!r} has no grant on project {project!r}")
+            db.execute("DELETE FROM grants WHERE user = ? AND project = ?", [user, project])
+
+    def grants_of(self, user: str) -> list[str]:
+        with self._lock:
+            rows = self.db["grants"].rows_where("user = ?", [user], order_by="project")
+            return [row["project"] for row in rows]
+
+    def has_grant(self, user: str, project: str) -> bool:
+        with self._lock:
+            return bool(self.db["grants"].count_where("user = ? AND project = ?", [user, project]))
+
+    # -- SSH keys --------------------------------------------------------------------------
+
+    def add_ssh_key(self, key: SSHKey) -> None:
+        with self.transaction() as db:
+            self._require_user(db, key.user)
+            owner = db.execute(
+                "SELECT user FROM ssh_keys WHERE fingerprint = ?", [key.fingerprint]
+            ).fetchone()
+            if owner:
+                raise StoreError(
+                    f"key {key.fingerprint} is already registered to user {owner[0]!r}"
+                )
+            db["ssh_keys"].insert(key.__dict__)
+
+    def user_for_key(self, fingerprint: str) -> User | None:
+        with self._lock:
+            row = self.db.execute(
+                "SELECT u.name, u.role, u.created_at FROM ssh_keys k "
+                "JOIN users u ON u.name = k.user WHERE k.fingerprint = ?",
+                [fingerprint],
+            ).fetchone()
+        return User(*row) if row else None
+
+    def list_ssh_keys(self, user: str | None = None) -> list[SSHKey]:
+        where, args = ("user = ?", [user]) if user else (None, None)
+        with self._lock:
+            rows = self.db["ssh_keys"].rows_where(where, args, order_by="user, added_at")
+            return [SSHKey(**row) for row in rows]
+
+    def remove_ssh_key(self, fingerprint: str) -> SSHKey:
+        with self.transaction() as db:
+            rows = list(db["ssh_keys"].rows_where("fingerprint = ?", [fingerprint]))
+            if not rows:
+                raise StoreError(f"no SSH key with fingerprint {fingerprint}")
+            db.execute("DELETE FROM ssh_keys WHERE fingerprint = ?", [fingerprint])
+        return SSHKey(**rows[0])
+
+    # -- projects --------------------------------------------------------------------------
+
+    def get_project(self, name: str) -> dict | None:
+        with self._lock:
+            rows = list(self.db["projects"].rows_where("name = ?", [name]))
+        return rows[0] if rows else None
+
+    def add_project(self, name: str, created_by: str, deploy_branch: str = "main") -> dict:
+        row = {
+            "name": name,
+            "created_at": now(),
+            "created_by": created_by,
+            "deploy_branch": deploy_branch,
+        }
+        with self.transaction() as db:
+            db["projects"].insert(row, ignore=True)
+        return self.get_project(name) or row
+
+    def list_projects(self) -> list[dict]:
+        with self._lock:
+            return list(self.db["projects"].rows_where(order_by="name"))
+
+    # -- audit log -------------------------------------------------------------------------
+
+    def audit(self, user: str, action: str, target: str = "", detail: str = "") -> None:
+        with self.transaction() as db:
+            db["audit"].insert(
+                {"at": now(), "user": user, "action": action, "target": target, "detail": detail}
+            )
+
+    def audit_log(self, limit: int = 100) -> list[dict]:
+        with self._lock:
+            return list(self.db["audit"].rows_where(order_by="id desc", limit=limit))
+
+    @staticmethod
+    def _require_user(db: sqlite_utils.Database, name: str) -> None:
+        if not db["users"].count_where("name = ?", [name]):
+            raise StoreError(f"no user named {name!r}")
