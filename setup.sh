@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Set up Disco on a Debian machine (as root) and then either run the daemon or the tests.
+#
+#   ./setup.sh serve [disco serve options]   install what is missing, start dockerd + swarm, run the daemon
+#   ./setup.sh test  [pytest options]        install what is missing, start dockerd + swarm, run every test
+#
+# Every step checks before it acts, so running it again changes nothing that is already right.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/.venv"
+DEBIAN_PACKAGES=(docker.io git openssh-client busybox-static caddy python3 python3-venv ca-certificates)
+# Debian's client: /usr/local/bin/docker may be a newer client-only build without BuildKit support.
+DOCKER=/usr/bin/docker
+DOCKERD_LOG=/var/log/disco-dockerd.log
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+install_debian_packages() {
+    local missing=()
+    for package in "${DEBIAN_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    if ((${#missing[@]})); then
+        say "installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+install_python_env() {
+    # Reinstall only when pyproject.toml changed since the last install.
+    local stamp="$VENV/.installed-from" wanted
+    wanted="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        say "creating $VENV"
+        python3 -m venv "$VENV"
+    fi
+    if [[ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]]; then
+        say "installing the disco package and its dependencies"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[test]"
+        echo "$wanted" >"$stamp"
+    fi
+}
+
+start_dockerd() {
+    if "$DOCKER" info >/dev/null 2>&1; then
+        return
+    fi
+    say "starting dockerd (log: $DOCKERD_LOG)"
+    # No systemd on these machines: run it detached so it outlives this script.
+    setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+    for _ in $(seq 1 120); do
+        "$DOCKER" info >/dev/null 2>&1 && return
+        sleep 0.5
+    done
+    say "dockerd did not come up within 60 s; last lines of $DOCKERD_LOG:"
+    tail -n 20 "$DOCKERD_LOG" >&2
+    exit 1
+}
+
+start_swarm() {
+    if [[ "$("$DOCKER" info --format '{{.Swarm.LocalNodeState}}')" != "active" ]]; then
+        say "initialising a single-node swarm"
+        "$DOCKER" swarm init --advertise-addr 127.0.0.1 >/dev/null
+    fi
+}
+
+setup() {
+    if [[ $EUID -ne 0 ]]; then
+        echo "setup.sh must run as root (it installs packages and starts dockerd)" >&2
+        exit 1
+    fi
+    install_debian_packages
+    install_python_env
+    start_dockerd
+    start_swarm
+}
+
+case "${1:-}" in
+serve)
+    shift
+    setup
+    export PATH="/usr/bin:$PATH"
+    exec "$VENV/bin/disco" serve "$@"
+    ;;
+test)
+    shift
+    setup
+    export PATH="/usr/bin:$PATH"
+    cd "$ROOT"
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+*)
+    echo "usage: $0 serve [disco serve options] | test [pytest options]" >&2
+    exit 2
+    ;;
+esac
