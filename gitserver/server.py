@@ -86,8 +86,6 @@ class GitServer:
 
     async def _dispatch(self, process: asyncssh.SSHServerProcess) -> int:
         user: User = process.get_extra_info("disco_user")
-        if process.subsystem:
-            return _refuse(process, f"subsystem {process.subsystem!r} is not available: Disco only serves git")
         if process.command is None:
             _tell(process, self._greeting(user))
             return 1

@@ -1,0 +1,178 @@
+"""Shared fixtures: a real `disco serve` subprocess, real SSH keys, and real git clients."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+DISCO = str(BIN / "disco")
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    kwargs.setdefault("timeout", 120)
+    return subprocess.run(cmd, **kwargs)
+
+
+@dataclass
+class Key:
+    path: Path
+
+    @property
+    def public(self) -> Path:
+        return self.path.with_name(self.path.name + ".pub")
+
+    @property
+    def fingerprint(self) -> str:
+        out = run(["ssh-keygen", "-lf", str(self.public)], check=True).stdout
+        return out.split()[1]
+
+
+@pytest.fixture
+def make_key(tmp_path: Path):
+    def make(name: str, kind: str = "ed25519") -> Key:
+        path = tmp_path / "keys" / name
+        path.parent.mkdir(exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"{name}@test", "-f", str(path)], check=True)
+        return Key(path)
+
+    return make
+
+
+@dataclass
+class Disco:
+    """A data dir, the `disco` CLI on it, and a daemon started on demand."""
+
+    data_dir: Path
+    workdir: Path
+    ssh_port: int = field(default_factory=free_port)
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return run([DISCO, *args, "--data-dir", str(self.data_dir)], input=input)
+
+    def start(self) -> None:
+        self.log_path = self.workdir / "serve.log"
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [DISCO, "serve", "--data-dir", str(self.data_dir), "--ssh-port", str(self.ssh_port),
+             "--listen", "127.0.0.1", "--host", "disco.test", *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"disco serve exited: {self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.ssh_port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"disco serve did not listen: {self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def url(self, project: str) -> str:
+        return f"ssh://git@127.0.0.1:{self.ssh_port}/{project}"
+
+    def ssh_command(self, key: Key, *extra: str) -> list[str]:
+        return [
+            "ssh", "-i", str(key.path), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={self.workdir / 'known_hosts'}",
+            "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR", *extra,
+        ]
+
+    def git_env(self, key: Key, wrapper: list[str] | None = None) -> dict[str, str]:
+        command = shlex.join([*(wrapper or []), *self.ssh_command(key)])
+        return {**os.environ, "GIT_SSH_COMMAND": command, "GIT_TERMINAL_PROMPT": "0"}
+
+    def git(self, key: Key, *args: str, cwd: Path | None = None, wrapper: list[str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+        return run(["git", *args], cwd=cwd, env=self.git_env(key, wrapper), timeout=timeout)
+
+    def repo_dir(self, project: str) -> Path:
+        return self.data_dir / "repos" / f"{project}.git"
+
+
+@pytest.fixture
+def disco(tmp_path: Path):
+    server = Disco(data_dir=tmp_path / "data", workdir=tmp_path)
+    result = server.cli("init")
+    assert result.returncode == 0, result.stderr
+    yield server
+    if server.process is not None:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def admin_key(disco: Disco, make_key) -> Key:
+    key = make_key("alice")
+    result = disco.cli("init", "--admin", "alice", "--key", str(key.public))
+    assert result.returncode == 0, result.stderr
+    return key
+
+
+@pytest.fixture
+def running(disco: Disco, admin_key: Key) -> Disco:
+    disco.start()
+    return disco
+
+
+def make_repo(path: Path, files: dict[str, bytes | str] | None = None, message: str = "first") -> Path:
+    """A work tree with one commit on main."""
+    path.mkdir(parents=True, exist_ok=True)
+    run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    commit(path, files or {"README": "hello\n"}, message)
+    return path
+
+
+def commit(path: Path, files: dict[str, bytes | str], message: str) -> str:
+    for name, content in files.items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+    run(["git", "add", "-A"], cwd=path, check=True)
+    run(["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", "commit", "-q", "-m", message],
+        cwd=path, check=True)
+    return head(path)
+
+
+def head(path: Path, ref: str = "HEAD") -> str:
+    return run(["git", "rev-parse", ref], cwd=path, check=True).stdout.strip()
+
+
+def server_ref(disco: Disco, project: str, ref: str = "refs/heads/main") -> str | None:
+    result = run(["git", "--git-dir", str(disco.repo_dir(project)), "rev-parse", "--verify", "-q", ref])
+    return result.stdout.strip() or None

@@ -1,0 +1,353 @@
+"""git push / fetch over SSH against a real `disco serve`, with the real git and OpenSSH clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import HERE, Disco, Key, commit, free_port, head, make_repo, run, server_ref
+
+RELAY = [sys.executable, str(HERE / "ssh_relay.py")]
+
+
+def wait_for(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def big_repo(path: Path, megabytes: int = 4) -> Path:
+    """A repo whose pack is large enough that a push is still sending when a test steps in."""
+    return make_repo(path, {"blob.bin": os.urandom(megabytes << 20), "README": "big\n"})
+
+
+def test_admin_first_push_creates_project_and_reports(running: Disco, admin_key: Key, tmp_path: Path):
+    repo = make_repo(tmp_path / "app")
+    result = running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    sha = head(repo)
+    assert f"remote: main -> {sha[:7]} received" in result.stderr
+    assert server_ref(running, "myapp") == sha
+    assert (running.repo_dir("myapp") / "HEAD").read_text().strip() == "ref: refs/heads/main"
+    assert "push user=alice project=myapp" in running.log() and "result=ok" in running.log()
+
+
+@pytest.mark.parametrize("path", ["myapp.git", "/myapp.git", "myapp"])
+def test_url_forms_reach_the_same_repo(running: Disco, admin_key: Key, tmp_path: Path, path: str):
+    repo = make_repo(tmp_path / "app")
+    # The scp form `git@host:path` sends the path without a leading slash.
+    ssh = running.ssh_command(admin_key, "-p", str(running.ssh_port))
+    env = {**os.environ, "GIT_SSH_COMMAND": " ".join(ssh)}
+    result = run(["git", "push", f"git@127.0.0.1:{path}", "main"], cwd=repo, env=env)
+    assert result.returncode == 0, result.stderr
+    assert server_ref(running, "myapp") == head(repo)
+    assert sorted(p.name for p in (running.data_dir / "repos").iterdir()) == ["myapp.git"]
+
+
+def test_clone_fetch_ls_remote_tags_branches_and_force_push(running: Disco, admin_key: Key, tmp_path: Path):
+    repo = make_repo(tmp_path / "app")
+    run(["git", "tag", "v1"], cwd=repo, check=True)
+    run(["git", "checkout", "-q", "-b", "feature"], cwd=repo, check=True)
+    feature_sha = commit(repo, {"feature.txt": "f\n"}, "feature work")
+    run(["git", "checkout", "-q", "main"], cwd=repo, check=True)
+    result = running.git(admin_key, "push", running.url("myapp"), "main", "feature", "--tags", cwd=repo)
+    assert result.returncode == 0, result.stderr
+
+    listing = running.git(admin_key, "ls-remote", running.url("myapp"), cwd=repo)
+    refs = dict(reversed(line.split("\t")) for line in listing.stdout.splitlines())
+    assert refs["refs/heads/main"] == head(repo)
+    assert refs["refs/heads/feature"] == feature_sha
+    assert refs["refs/tags/v1"] == head(repo)
+
+    clone = tmp_path / "clone"
+    result = running.git(admin_key, "clone", "-q", running.url("myapp"), str(clone))
+    assert result.returncode == 0, result.stderr
+    assert head(clone) == head(repo) and (clone / "README").read_text() == "hello\n"
+
+    second = commit(repo, {"README": "second\n"}, "second")
+    assert running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo).returncode == 0
+    assert running.git(admin_key, "fetch", "-q", "origin", cwd=clone).returncode == 0
+    assert head(clone, "origin/main") == second
+
+    # Rewrite history and force-push: allowed, like Heroku.
+    run(["git", "reset", "-q", "--hard", "HEAD~1"], cwd=repo, check=True)
+    rewritten = commit(repo, {"README": "rewritten\n"}, "rewritten")
+    refused = running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo)
+    assert refused.returncode != 0 and server_ref(running, "myapp") == second
+    forced = running.git(admin_key, "push", "--force", running.url("myapp"), "main", cwd=repo)
+    assert forced.returncode == 0, forced.stderr
+    assert server_ref(running, "myapp") == rewritten
+    fsck = run(["git", "--git-dir", str(running.repo_dir("myapp")), "fsck", "--strict"])
+    assert fsck.returncode == 0, fsck.stderr
+
+
+def test_deploy_branch_cannot_be_deleted_but_other_branches_can(running: Disco, admin_key: Key, tmp_path: Path):
+    repo = make_repo(tmp_path / "app")
+    run(["git", "branch", "old"], cwd=repo, check=True)
+    assert running.git(admin_key, "push", running.url("myapp"), "main", "old", cwd=repo).returncode == 0
+    refused = running.git(admin_key, "push", running.url("myapp"), ":main", cwd=repo)
+    assert refused.returncode != 0
+    assert "[remote rejected] main (the deploy branch 'main' cannot be deleted)" in refused.stderr
+    assert server_ref(running, "myapp") == head(repo)
+    deleted = running.git(admin_key, "push", running.url("myapp"), ":old", cwd=repo)
+    assert deleted.returncode == 0, deleted.stderr
+    assert server_ref(running, "myapp", "refs/heads/old") is None
+
+
+HOSTILE_PATHS = [
+    "../x", "/etc/passwd", "a;rm -rf /", "my app", "My-App", "app'quote", 'app"dq', "café", "",
+    "-app", "1app", "a" * 64, "x/../../y", "app.git.git", "$(id)",
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+def test_hostile_project_names_are_refused_and_nothing_is_created(
+    running: Disco, admin_key: Key, tmp_path: Path, path: str
+):
+    repo = make_repo(tmp_path / "app")
+    url = f"ssh://git@127.0.0.1:{running.ssh_port}/{path}"
+    result = running.git(admin_key, "push", url, "main", cwd=repo)
+    assert result.returncode != 0
+    assert "a project name is a lowercase DNS label" in result.stderr
+    assert list((running.data_dir / "repos").iterdir()) == []
+    assert not Path("/x").exists() and not (running.data_dir / "x").exists()
+
+
+def test_deployer_needs_a_grant_and_cannot_create(running: Disco, admin_key: Key, make_key, tmp_path: Path):
+    bob = make_key("bob")
+    assert running.cli("users:add", "bob", "--role", "deployer").returncode == 0
+    assert running.cli("keys:add", "bob", str(bob.public)).returncode == 0
+    repo = make_repo(tmp_path / "app")
+
+    created = running.git(bob, "push", running.url("newapp"), "main", cwd=repo)
+    assert created.returncode != 0
+    assert "has no access to project 'newapp'" in created.stderr
+    assert not running.repo_dir("newapp").exists()
+
+    assert running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo).returncode == 0
+    denied = running.git(bob, "push", running.url("myapp"), "main", cwd=repo)
+    assert "has no access to project 'myapp'" in denied.stderr
+    assert running.git(bob, "ls-remote", running.url("myapp")).returncode != 0
+
+    assert running.cli("users:grant", "bob", "myapp").returncode == 0
+    new_sha = commit(repo, {"README": "by bob\n"}, "bob's change")
+    allowed = running.git(bob, "push", running.url("myapp"), "main", cwd=repo)
+    assert allowed.returncode == 0, allowed.stderr
+    assert server_ref(running, "myapp") == new_sha
+
+    # Granted a name that does not exist yet: still may not create it.
+    assert running.cli("users:grant", "bob", "ghost").returncode == 0
+    ghost = running.git(bob, "push", running.url("ghost"), "main", cwd=repo)
+    assert "only admins can create projects" in ghost.stderr
+
+    assert running.cli("users:revoke", "bob", "myapp").returncode == 0
+    assert running.git(bob, "ls-remote", running.url("myapp")).returncode != 0
+
+
+def test_unknown_and_removed_keys_are_denied(running: Disco, admin_key: Key, make_key, tmp_path: Path):
+    stranger = make_key("stranger")
+    repo = make_repo(tmp_path / "app")
+    denied = running.git(stranger, "push", running.url("myapp"), "main", cwd=repo)
+    assert denied.returncode != 0
+    assert "Permission denied (publickey)" in denied.stderr
+
+    carol = make_key("carol")
+    assert running.cli("users:add", "carol", "--role", "admin").returncode == 0
+    assert running.cli("keys:add", "carol", str(carol.public)).returncode == 0
+    assert running.git(carol, "push", running.url("myapp"), "main", cwd=repo).returncode == 0
+    assert running.cli("keys:remove", carol.fingerprint).returncode == 0
+    after = running.git(carol, "ls-remote", running.url("myapp"))
+    assert "Permission denied (publickey)" in after.stderr
+
+
+def test_password_and_keyboard_interactive_are_not_offered(running: Disco, make_key):
+    key = make_key("nobody")
+    for method in ("password", "keyboard-interactive"):
+        result = run(running.ssh_command(key, "-p", str(running.ssh_port), "-o", "PubkeyAuthentication=no",
+                                         "-o", f"PreferredAuthentications={method}", "git@127.0.0.1", "true"))
+        assert result.returncode == 255
+        assert "Permission denied (publickey)" in result.stderr
+
+
+def test_shell_explains_itself_and_other_requests_are_refused(running: Disco, admin_key: Key, tmp_path: Path):
+    ssh = running.ssh_command(admin_key, "-p", str(running.ssh_port))
+    shell = run([*ssh, "-T", "git@127.0.0.1"])
+    assert shell.returncode == 1
+    assert "Hi alice!" in shell.stderr and "git remote add disco ssh://git@disco.test:" in shell.stderr
+
+    pty = run([*ssh, "-tt", "git@127.0.0.1"], stdin=subprocess.DEVNULL)
+    assert "PTY allocation request failed" in pty.stderr and pty.returncode != 0
+
+    command = run([*ssh, "git@127.0.0.1", "cat /etc/passwd"])
+    assert command.returncode == 1 and "only accepts git push and git fetch" in command.stderr
+    assert "root:" not in command.stdout
+
+    subsystem = run([*ssh, "-s", "git@127.0.0.1", "sftp"])
+    assert subsystem.returncode == 255 and "subsystem request failed" in subsystem.stderr
+
+    remote_forward = run([*ssh, "-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9", "git@127.0.0.1", "true"])
+    assert remote_forward.returncode == 255 and "forwarding failed" in remote_forward.stderr
+
+    # Local forwarding: the tunnel opens on our side, the server refuses each channel.
+    local_port = free_port()
+    tunnel = subprocess.Popen([*ssh, "-N", "-L", f"{local_port}:127.0.0.1:{running.ssh_port}", "git@127.0.0.1"],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", local_port), timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        conn.settimeout(5)
+        assert conn.recv(100) == b""  # closed at once: no SSH banner came through the tunnel
+        conn.close()
+    finally:
+        tunnel.terminate()
+        tunnel.communicate(timeout=10)
+
+
+def test_interrupted_push_changes_no_ref_and_leaves_no_temp_pack(running: Disco, admin_key: Key, tmp_path: Path):
+    repo = make_repo(tmp_path / "app")
+    first = head(repo)
+    assert running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo).returncode == 0
+    commit(repo, {"blob.bin": os.urandom(4 << 20)}, "big")
+    marker = tmp_path / "cut"
+    result = running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo,
+                         wrapper=[*RELAY, "--after", "200000", "--cut", str(marker), "--"])
+    assert result.returncode != 0
+    assert Path(f"{marker}.reached").exists()
+    assert server_ref(running, "myapp") == first
+    objects = running.repo_dir("myapp") / "objects"
+    deadline = time.monotonic() + 10
+    while list(objects.glob("tmp_pack_*")) or list((objects / "pack").glob("tmp_*")):
+        assert time.monotonic() < deadline, list(objects.rglob("tmp*"))
+        time.sleep(0.1)
+    # And the next push goes through.
+    retry = running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo)
+    assert retry.returncode == 0, retry.stderr
+    assert server_ref(running, "myapp") == head(repo)
+
+
+def test_interrupted_first_push_leaves_no_project_behind(running: Disco, admin_key: Key, tmp_path: Path):
+    repo = big_repo(tmp_path / "app")
+    marker = tmp_path / "cut"
+    result = running.git(admin_key, "push", running.url("newapp"), "main", cwd=repo,
+                         wrapper=[*RELAY, "--after", "200000", "--cut", str(marker), "--"])
+    assert result.returncode != 0
+    deadline = time.monotonic() + 10
+    while running.repo_dir("newapp").exists():
+        assert time.monotonic() < deadline, "empty repo of a failed first push was kept"
+        time.sleep(0.1)
+
+
+def test_concurrent_pushes_to_one_repo_one_wins_the_other_is_told(running: Disco, admin_key: Key, tmp_path: Path):
+    base = make_repo(tmp_path / "base")
+    assert running.git(admin_key, "push", running.url("myapp"), "main", cwd=base).returncode == 0
+    slow = tmp_path / "slow"
+    fast = tmp_path / "fast"
+    for clone in (slow, fast):
+        assert running.git(admin_key, "clone", "-q", running.url("myapp"), str(clone)).returncode == 0
+    commit(slow, {"blob.bin": os.urandom(2 << 20)}, "slow change")
+    fast_sha = commit(fast, {"fast.txt": "fast\n"}, "fast change")
+
+    # The slow push has read the refs and is sending its pack when the fast one lands.
+    release = tmp_path / "release"
+    results: dict[str, subprocess.CompletedProcess] = {}
+    slow_push = threading.Thread(target=lambda: results.setdefault("slow", running.git(
+        admin_key, "push", running.url("myapp"), "main", cwd=slow,
+        wrapper=[*RELAY, "--after", "100000", "--pause-until", str(release), "--"])))
+    slow_push.start()
+    wait_for(Path(f"{release}.reached"))
+    fast_result = running.git(admin_key, "push", running.url("myapp"), "main", cwd=fast)
+    assert fast_result.returncode == 0, fast_result.stderr
+    release.touch()
+    slow_push.join(60)
+
+    assert results["slow"].returncode != 0
+    assert "the ref moved while you pushed; fetch, then push again" in results["slow"].stderr
+    assert server_ref(running, "myapp") == fast_sha
+    fsck = run(["git", "--git-dir", str(running.repo_dir("myapp")), "fsck"])
+    assert fsck.returncode == 0, fsck.stderr
+
+
+def test_pushes_to_different_projects_run_in_parallel(running: Disco, admin_key: Key, tmp_path: Path):
+    stalled_repo = big_repo(tmp_path / "one", megabytes=2)
+    other = make_repo(tmp_path / "two")
+    release = tmp_path / "release"
+    results: dict[str, subprocess.CompletedProcess] = {}
+    stalled = threading.Thread(target=lambda: results.setdefault("one", running.git(
+        admin_key, "push", running.url("one"), "main", cwd=stalled_repo,
+        wrapper=[*RELAY, "--after", "100000", "--pause-until", str(release), "--"])))
+    stalled.start()
+    wait_for(Path(f"{release}.reached"))
+    quick = running.git(admin_key, "push", running.url("two"), "main", cwd=other, timeout=30)
+    assert quick.returncode == 0, quick.stderr
+    assert results == {}, "the first push should still be stalled"
+    release.touch()
+    stalled.join(60)
+    assert results["one"].returncode == 0, results["one"].stderr
+
+
+def test_push_over_the_size_limit_is_refused(disco: Disco, admin_key: Key, tmp_path: Path):
+    disco.extra_args = ["--max-push-size", "100000"]
+    disco.start()
+    repo = make_repo(tmp_path / "small")
+    assert disco.git(admin_key, "push", disco.url("myapp"), "main", cwd=repo).returncode == 0
+    commit(repo, {"blob.bin": os.urandom(1 << 20)}, "too big")
+    result = disco.git(admin_key, "push", disco.url("myapp"), "main", cwd=repo)
+    assert result.returncode != 0
+    assert "larger than the server's limit of 97.66 KiB" in result.stderr
+    assert server_ref(disco, "myapp") != head(repo)
+
+
+def test_restart_keeps_host_key_and_data(disco: Disco, admin_key: Key, tmp_path: Path):
+    disco.start()
+    repo = make_repo(tmp_path / "app")
+    assert disco.git(admin_key, "push", disco.url("myapp"), "main", cwd=repo).returncode == 0
+    assert disco.stop() == 0
+    key_mode = (disco.data_dir / "ssh_host_ed25519_key").stat().st_mode & 0o777
+    assert key_mode == 0o600
+    disco.start()
+    strict = {**disco.git_env(admin_key)}
+    strict["GIT_SSH_COMMAND"] = strict["GIT_SSH_COMMAND"].replace("StrictHostKeyChecking=accept-new",
+                                                                  "StrictHostKeyChecking=yes")
+    result = run(["git", "ls-remote", disco.url("myapp")], env=strict)
+    assert result.returncode == 0, result.stderr
+    assert head(repo) in result.stdout
+    assert "WARNING" not in result.stderr
+
+
+def test_sigterm_lets_an_inflight_push_finish(disco: Disco, admin_key: Key, tmp_path: Path):
+    disco.start()
+    repo = big_repo(tmp_path / "app", megabytes=2)
+    release = tmp_path / "release"
+    results: dict[str, subprocess.CompletedProcess] = {}
+    push = threading.Thread(target=lambda: results.setdefault("push", disco.git(
+        admin_key, "push", disco.url("myapp"), "main", cwd=repo,
+        wrapper=[*RELAY, "--after", "100000", "--pause-until", str(release), "--"])))
+    push.start()
+    wait_for(Path(f"{release}.reached"))
+    assert disco.process is not None
+    disco.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    # No new connections while draining...
+    refused = disco.git(admin_key, "ls-remote", disco.url("myapp"), timeout=30)
+    assert refused.returncode != 0
+    # ...but the push in flight completes, then the daemon exits cleanly.
+    release.touch()
+    push.join(60)
+    assert results["push"].returncode == 0, results["push"].stderr
+    assert server_ref(disco, "myapp") == head(repo)
+    assert disco.process.wait(timeout=30) == 0  # exits by itself once the push is done
