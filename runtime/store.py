@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +43,11 @@ class SSHKey:
     public_key: str  # "<type> <base64>" without the comment
     comment: str
     added_at: str
+
+
+def _from_row(cls, row: dict):  # type: ignore[no-untyped-def]
+    """Build a record from a row, ignoring columns that later migrations added."""
+    return cls(**{f.name: row[f.name] for f in fields(cls)})
 
 
 def now() -> str:
@@ -135,16 +140,16 @@ class Store:
                 raise StoreError(f"user {name!r} already exists")
             row = {"name": name, "role": role, "created_at": now()}
             db["users"].insert(row)
-        return User(**row)
+        return _from_row(User, row)
 
     def get_user(self, name: str) -> User | None:
         with self._lock:
             rows = list(self.db["users"].rows_where("name = ?", [name]))
-        return User(**rows[0]) if rows else None
+        return _from_row(User, rows[0]) if rows else None
 
     def list_users(self) -> list[User]:
         with self._lock:
-            return [User(**row) for row in self.db["users"].rows_where(order_by="name")]
+            return [_from_row(User, row) for row in self.db["users"].rows_where(order_by="name")]
 
     def remove_user(self, name: str) -> None:
         """Remove a user with their keys and grants: a departed member loses access at once."""
@@ -211,7 +216,7 @@ class Store:
         where, args = ("user = ?", [user]) if user else (None, None)
         with self._lock:
             rows = self.db["ssh_keys"].rows_where(where, args, order_by="user, added_at")
-            return [SSHKey(**row) for row in rows]
+            return [_from_row(SSHKey, row) for row in rows]
 
     def remove_ssh_key(self, fingerprint: str) -> SSHKey:
         with self.transaction() as db:
@@ -219,7 +224,7 @@ class Store:
             if not rows:
                 raise StoreError(f"no SSH key with fingerprint {fingerprint}")
             db.execute("DELETE FROM ssh_keys WHERE fingerprint = ?", [fingerprint])
-        return SSHKey(**rows[0])
+        return _from_row(SSHKey, rows[0])
 
     # -- projects --------------------------------------------------------------------------
 

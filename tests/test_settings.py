@@ -1,0 +1,47 @@
+"""Server settings: flag, then DISCO_<NAME>, then config.toml, then the default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.settings import Settings, resolve_settings, write_default_config
+
+
+def test_precedence_flag_env_config_default(tmp_path: Path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "config.toml").write_text("ssh_port = 2300\napi_port = 8900\ninstance = \"fromfile\"\n")
+    env = {"DISCO_DATA_DIR": str(data), "DISCO_API_PORT": "9000", "DISCO_INSTANCE": "fromenv"}
+    settings = resolve_settings({"instance": "fromflag"}, env)
+    assert settings.data_dir == data
+    assert settings.instance == "fromflag"
+    assert settings.api_port == 9000
+    assert settings.ssh_port == 2300
+    assert settings.max_push_size == 1 << 30
+
+
+def test_defaults(tmp_path: Path):
+    settings = resolve_settings({"data_dir": str(tmp_path)}, {})
+    assert (settings.ssh_port, settings.api_port, settings.instance) == (2222, 8800, "disco")
+    assert resolve_settings({}, {}).data_dir == Path("/var/lib/disco")
+
+
+def test_config_errors_name_the_problem(tmp_path: Path):
+    (tmp_path / "config.toml").write_text("ssh_prot = 22\n")
+    with pytest.raises(ValueError, match="unknown setting 'ssh_prot'"):
+        resolve_settings({"data_dir": str(tmp_path)}, {})
+    (tmp_path / "config.toml").write_text("ssh_port = \n")
+    with pytest.raises(ValueError, match="config.toml"):
+        resolve_settings({"data_dir": str(tmp_path)}, {})
+    (tmp_path / "config.toml").write_text("")
+    with pytest.raises(ValueError, match="ssh_port must be a whole number, got 'abc'"):
+        resolve_settings({"data_dir": str(tmp_path)}, {"DISCO_SSH_PORT": "abc"})
+
+
+def test_written_config_reads_back_to_the_same_settings(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path, ssh_port=2022, instance="blue")
+    assert write_default_config(settings)
+    assert not write_default_config(settings)
+    assert resolve_settings({"data_dir": str(tmp_path)}, {}) == settings

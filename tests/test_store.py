@@ -1,0 +1,99 @@
+"""The state store: schema migrations, WAL, thread safety, all-or-nothing changes."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from runtime import store as store_module
+from runtime.store import MIGRATIONS, SSHKey, Store, StoreError, now
+
+
+def test_fresh_store_is_wal_and_at_the_latest_schema(tmp_path: Path):
+    store = Store(tmp_path / "disco.sqlite3")
+    assert store.schema_version == len(MIGRATIONS)
+    mode = sqlite3.connect(tmp_path / "disco.sqlite3").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert {"users", "grants", "ssh_keys", "projects", "audit"} <= set(store.db.table_names())
+
+
+def test_new_migrations_apply_on_open_without_losing_data(tmp_path: Path, monkeypatch):
+    path = tmp_path / "disco.sqlite3"
+    old = Store(path)
+    old.add_user("ann", "admin")
+    old.audit("ann", "users:add", "ann")
+    old.close()
+
+    def add_column(db):
+        db["users"].add_column("email", str)
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, add_column])
+    upgraded = Store(path)
+    assert upgraded.schema_version == len(MIGRATIONS) + 1
+    assert "email" in upgraded.db["users"].columns_dict
+    assert upgraded.get_user("ann").role == "admin"
+    assert len(upgraded.audit_log()) == 1
+    upgraded.close()
+    # Opening again applies nothing twice.
+    assert Store(path).schema_version == len(MIGRATIONS) + 1
+
+
+def test_failed_migration_changes_nothing(tmp_path: Path, monkeypatch):
+    path = tmp_path / "disco.sqlite3"
+    Store(path).close()
+
+    def broken(db):
+        db["users"].add_column("half_done", str)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, broken])
+    with pytest.raises(RuntimeError):
+        Store(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert "half_done" not in [row[1] for row in conn.execute("PRAGMA table_info(users)")]
+
+
+def test_threads_share_one_store(tmp_path: Path):
+    store = Store(tmp_path / "disco.sqlite3")
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            for j in range(20):
+                store.add_user(f"u{index}-{j}", "deployer")
+                store.grant(f"u{index}-{j}", "shop")
+                assert store.has_grant(f"u{index}-{j}", "shop")
+        except BaseException as err:  # collected and re-raised on the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.list_users()) == 160
+
+
+def test_second_process_sees_writes(tmp_path: Path):
+    path = tmp_path / "disco.sqlite3"
+    daemon_side = Store(path)
+    shell_side = Store(path)
+    shell_side.add_user("ann", "admin")
+    assert daemon_side.get_user("ann") is not None
+
+
+def test_removing_a_user_removes_keys_and_grants(tmp_path: Path):
+    store = Store(tmp_path / "disco.sqlite3")
+    store.add_user("bob", "deployer")
+    store.grant("bob", "shop")
+    store.add_ssh_key(SSHKey("SHA256:x", "bob", "ssh-ed25519", "ssh-ed25519 AAAA", "", now()))
+    store.remove_user("bob")
+    assert store.user_for_key("SHA256:x") is None
+    assert not store.has_grant("bob", "shop")
+    with pytest.raises(StoreError, match="no user named 'bob'"):
+        store.remove_user("bob")
