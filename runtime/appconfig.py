@@ -1,0 +1,225 @@
+"""Reading a repo's optional `disco.toml` (see disco.toml.example).
+
+Every error names the key and, where the file has one, its line, so a push can be refused
+with a message that says exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,29}")
+VOLUME_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+WEB = "web"
+DEFAULT_PORT = 8000
+DEFAULT_HEALTH_TIMEOUT = 60
+
+
+class AppConfigError(ValueError):
+    """disco.toml is malformed; the message says where and what."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    mount: str
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    port: int | None = None  # None: web takes the image's EXPOSEd port, else DEFAULT_PORT
+    command: str | None = None
+    replicas: int = 1
+    health: str | None = None  # HTTP path; None: TCP connect to the port
+    health_timeout: int = DEFAULT_HEALTH_TIMEOUT
+    volumes: tuple[Volume, ...] = ()
+
+    @property
+    def is_web(self) -> bool:
+        return self.name == WEB
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    dockerfile: str = "Dockerfile"
+    context: str = "."
+    args: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    build: BuildConfig = field(default_factory=BuildConfig)
+    services: dict[str, ServiceConfig] = field(default_factory=lambda: {WEB: ServiceConfig(WEB)})
+
+    @property
+    def dockerfile_path(self) -> str:
+        """The Dockerfile's path from the repo root (as ARCHITECTURE.md has it, not from context)."""
+        return str(PurePosixPath(self.build.dockerfile))
+
+
+TOP_KEYS = {"build", "services"}
+BUILD_KEYS = {"dockerfile": str, "context": str, "args": dict}
+SERVICE_KEYS = {
+    "port": int,
+    "command": str,
+    "replicas": int,
+    "health": str,
+    "health_timeout": int,
+    "volumes": list,
+}
+
+
+def parse_app_config(text: str | None) -> AppConfig:
+    """Parse disco.toml; None (no file) gives the default: one `web` service."""
+    if text is None:
+        return AppConfig()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise AppConfigError(f"disco.toml is not valid TOML: {err}") from None
+    where = _Locator(text)
+    _reject_unknown(data, TOP_KEYS, "", where)
+    build = _parse_build(data.get("build", {}), where)
+    services_table = data.get("services")
+    if services_table is None:
+        services = {WEB: ServiceConfig(WEB)}
+    else:
+        _expect(services_table, dict, "services", where)
+        if not services_table:
+            raise AppConfigError("disco.toml: [services] is empty; define at least [services.web]")
+        services = {name: _parse_service(name, table, where) for name, table in services_table.items()}
+    return AppConfig(build=build, services=services)
+
+
+def _parse_build(table: Any, where: _Locator) -> BuildConfig:
+    _expect(table, dict, "build", where)
+    _reject_unknown(table, set(BUILD_KEYS), "build", where)
+    for key, kind in BUILD_KEYS.items():
+        if key in table:
+            _expect(table[key], kind, f"build.{key}", where)
+    args = table.get("args", {})
+    for name, value in args.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise AppConfigError(f"{where.at('build.args', name)}build.args.{name} must be a string")
+    context = table.get("context", ".")
+    dockerfile = table.get("dockerfile", "Dockerfile")
+    for key, value in (("context", context), ("dockerfile", dockerfile)):
+        if not _stays_inside_repo(value):
+            raise AppConfigError(
+                f"{where.at('build', key)}build.{key} must be a relative path inside the repo, got {value!r}"
+            )
+    return BuildConfig(
+        dockerfile=dockerfile,
+        context=context,
+        args={name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in args.items()},
+    )
+
+
+def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
+    path = f"services.{name}"
+    if not SERVICE_NAME.fullmatch(name):
+        raise AppConfigError(
+            f"{where.at('services', name)}service name {name!r} is invalid: use up to 30 characters "
+            "of a-z, 0-9 and '-', starting with a letter"
+        )
+    _expect(table, dict, path, where)
+    _reject_unknown(table, set(SERVICE_KEYS), path, where)
+    for key, kind in SERVICE_KEYS.items():
+        if key in table:
+            _expect(table[key], kind, f"{path}.{key}", where)
+    port = table.get("port")
+    if port is not None and not 1 <= port <= 65535:
+        raise AppConfigError(f"{where.at(path, 'port')}{path}.port must be from 1 to 65535, got {port}")
+    replicas = table.get("replicas", 1)
+    if not 0 <= replicas <= 100:
+        raise AppConfigError(f"{where.at(path, 'replicas')}{path}.replicas must be from 0 to 100, got {replicas}")
+    health = table.get("health")
+    if health is not None and (not health.startswith("/") or any(c.isspace() for c in health)):
+        raise AppConfigError(f"{where.at(path, 'health')}{path}.health must be a URL path like '/healthz', got {health!r}")
+    timeout = table.get("health_timeout", DEFAULT_HEALTH_TIMEOUT)
+    if not 1 <= timeout <= 3600:
+        raise AppConfigError(f"{where.at(path, 'health_timeout')}{path}.health_timeout must be from 1 to 3600 seconds")
+    command = table.get("command")
+    if command is not None and not command.strip():
+        raise AppConfigError(f"{where.at(path, 'command')}{path}.command is empty")
+    return ServiceConfig(
+        name=name,
+        port=port,
+        command=command,
+        replicas=replicas,
+        health=health,
+        health_timeout=timeout,
+        volumes=tuple(_parse_volume(item, path, where) for item in table.get("volumes", [])),
+    )
+
+
+def _parse_volume(item: Any, path: str, where: _Locator) -> Volume:
+    prefix = where.at(path, "volumes")
+    if not isinstance(item, str) or item.count(":") != 1:
+        raise AppConfigError(f"{prefix}{path}.volumes entries look like \"name:/mount/path\", got {item!r}")
+    name, mount = item.split(":")
+    if not VOLUME_NAME.fullmatch(name):
+        raise AppConfigError(f"{prefix}{path}.volumes: volume name {name!r} must be a-z, 0-9, '_', '.', '-'")
+    if not mount.startswith("/") or ".." in PurePosixPath(mount).parts or mount == "/":
+        raise AppConfigError(f"{prefix}{path}.volumes: mount path {mount!r} must be an absolute path below /")
+    return Volume(name, mount)
+
+
+def _stays_inside_repo(path: str) -> bool:
+    parts = PurePosixPath(path).parts
+    return bool(path) and not path.startswith("/") and ".." not in parts
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", dict: "a table", list: "an array"}
+
+
+def _expect(value: Any, kind: type, path: str, where: _Locator) -> None:
+    # bool is an int in Python, but `port = true` is a mistake worth naming.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        parent, _, key = path.rpartition(".")
+        raise AppConfigError(
+            f"{where.at(parent, key)}{path} must be {_TYPE_NAMES[kind]}, got {type(value).__name__} {value!r}"
+        )
+
+
+def _reject_unknown(table: dict, known: set[str], path: str, where: _Locator) -> None:
+    for key in table:
+        if key not in known:
+            shown = f"{path}.{key}" if path else key
+            raise AppConfigError(
+                f"{where.at(path, key)}unknown key {shown!r}; known keys here: {', '.join(sorted(known))}"
+            )
+
+
+class _Locator:
+    """Finds the line of a key for error messages (tomllib keeps no positions)."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def at(self, table: str, key: str) -> str:
+        line = self._find(table, key)
+        return f"disco.toml line {line}: " if line else "disco.toml: "
+
+    def _find(self, table: str, key: str) -> int | None:
+        current = ""
+        key_pattern = re.compile(rf"^\s*(\"{re.escape(key)}\"|{re.escape(key)})\s*[=.]")
+        header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?")
+        for number, line in enumerate(self.lines, start=1):
+            match = header.match(line)
+            if match:
+                current = match.group(1).replace('"', "").replace(" ", "")
+                if current == f"{table}.{key}".strip("."):
+                    return number
+                continue
+            if current == table and key_pattern.match(line):
+                return number
+            # Dotted keys and inline tables at a parent level: `web.port = 1` under [services].
+            if table.startswith(current) and line.strip().startswith(f"{table[len(current):].strip('.')}.{key}"):
+                return number
+        return None

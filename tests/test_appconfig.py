@@ -1,0 +1,81 @@
+"""disco.toml: defaults, every key, and errors that name the key and the line."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.appconfig import AppConfigError, ServiceConfig, Volume, parse_app_config
+
+
+def test_no_file_means_one_web_service():
+    config = parse_app_config(None)
+    assert list(config.services) == ["web"]
+    assert config.services["web"] == ServiceConfig("web")
+    assert config.dockerfile_path == "Dockerfile"
+
+
+def test_full_example_file_parses():
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "disco.toml.example").read_text()
+    config = parse_app_config(text)
+    web = config.services["web"]
+    assert web.port == 8000 and web.health == "/healthz" and web.volumes == (Volume("data", "/data"),)
+    assert "worker" in config.services and config.services["worker"].port is None
+
+
+def test_every_key():
+    config = parse_app_config(
+        """
+[build]
+dockerfile = "docker/Dockerfile.prod"
+context = "app"
+args = { APP_ENV = "prod", DEBUG = false, LEVEL = 3 }
+
+[services.web]
+port = 5000
+command = "./server --fast"
+replicas = 2
+health = "/up"
+health_timeout = 20
+volumes = ["data:/var/data", "cache:/cache"]
+
+[services.worker]
+command = "./worker"
+"""
+    )
+    assert config.build.args == {"APP_ENV": "prod", "DEBUG": "false", "LEVEL": "3"}
+    assert config.dockerfile_path == "docker/Dockerfile.prod" and config.build.context == "app"
+    web = config.services["web"]
+    assert (web.port, web.command, web.replicas, web.health, web.health_timeout) == (5000, "./server --fast", 2, "/up", 20)
+    assert web.volumes == (Volume("data", "/var/data"), Volume("cache", "/cache"))
+    assert config.services["worker"].command == "./worker"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[services.web]\nprot = 80\n", "disco.toml line 2: unknown key 'services.web.prot'"),
+        ("\n\n[build]\ndockerfile = 'D'\nkontext = '.'\n", "disco.toml line 5: unknown key 'build.kontext'"),
+        ("colour = 1\n", "disco.toml line 1: unknown key 'colour'"),
+        ("[services.web]\nport = 'eighty'\n", "disco.toml line 2: services.web.port must be an integer, got str 'eighty'"),
+        ("[services.web]\nport = true\n", "services.web.port must be an integer, got bool"),
+        ("[services.web]\nport = 70000\n", "disco.toml line 2: services.web.port must be from 1 to 65535"),
+        ("[services.web]\nreplicas = -1\n", "replicas must be from 0 to 100"),
+        ("[services.web]\nhealth = 'healthz'\n", "health must be a URL path like '/healthz'"),
+        ("[services.web]\nvolumes = ['data']\n", "volumes entries look like \"name:/mount/path\""),
+        ("[services.web]\nvolumes = ['data:relative']\n", "mount path 'relative' must be an absolute path"),
+        ("[services.web]\nvolumes = ['../x:/x']\n", "volume name '../x' must be"),
+        ("[services.Web]\nport = 1\n", "disco.toml line 1: service name 'Web' is invalid"),
+        ("[build]\ncontext = '../outside'\n", "disco.toml line 2: build.context must be a relative path inside the repo"),
+        ("[build]\ndockerfile = '/etc/passwd'\n", "build.dockerfile must be a relative path inside the repo"),
+        ("[build]\nargs = { A = [1] }\n", "build.args.A must be a string"),
+        ("services = 3\n", "disco.toml line 1: services must be a table"),
+        ("[services]\n", "[services] is empty"),
+        ("[services.web\nport = 1\n", "disco.toml is not valid TOML"),
+        ("[services.web]\nport = 1\nport = 2\n", "line 3"),
+    ],
+)
+def test_errors_name_key_and_line(text: str, message: str):
+    with pytest.raises(AppConfigError) as caught:
+        parse_app_config(text)
+    assert message in str(caught.value)
