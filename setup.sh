@@ -66,6 +66,42 @@ start_swarm() {
     fi
 }
 
+# Where no registry can be reached, build a Caddy image from Debian's caddy binary (dynamically
+# linked: its libraries come along) and point the daemon at it.
+LOCAL_CADDY_IMAGE=disco-caddy:debian
+ensure_caddy_image() {
+    if [[ -n "${DISCO_CADDY_IMAGE:-}" ]]; then
+        return
+    fi
+    if "$DOCKER" image inspect caddy:2 >/dev/null 2>&1 || timeout 60 "$DOCKER" pull -q caddy:2 >/dev/null 2>&1; then
+        export DISCO_CADDY_IMAGE=caddy:2
+        return
+    fi
+    export DISCO_CADDY_IMAGE="$LOCAL_CADDY_IMAGE"
+    local version context library
+    version="$(dpkg-query -W -f='${Version}' caddy)"
+    if [[ "$("$DOCKER" image inspect -f '{{index .Config.Labels "disco.caddy-version"}}' "$LOCAL_CADDY_IMAGE" 2>/dev/null)" == "$version" ]]; then
+        return
+    fi
+    say "building $LOCAL_CADDY_IMAGE from Debian's caddy $version (no registry reachable)"
+    context="$(mktemp -d)"
+    mkdir -p "$context/rootfs/usr/bin" "$context/rootfs/etc/ssl/certs" "$context/rootfs/tmp"
+    cp /usr/bin/caddy "$context/rootfs/usr/bin/caddy"
+    cp /etc/ssl/certs/ca-certificates.crt "$context/rootfs/etc/ssl/certs/"
+    for library in $(ldd /usr/bin/caddy | grep -o '/[^ ]*'); do
+        mkdir -p "$context/rootfs$(dirname "$library")"
+        cp -L "$library" "$context/rootfs$library"
+    done
+    printf '%s\n' \
+        'FROM scratch' \
+        'COPY rootfs/ /' \
+        'ENV PATH=/usr/bin XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data' \
+        "LABEL disco.caddy-version=\"$version\"" \
+        'CMD ["caddy", "run"]' >"$context/Dockerfile"
+    DOCKER_BUILDKIT=1 "$DOCKER" build -q -t "$LOCAL_CADDY_IMAGE" "$context" >/dev/null
+    rm -rf "$context"
+}
+
 setup() {
     if [[ $EUID -ne 0 ]]; then
         echo "setup.sh must run as root (it installs packages and starts dockerd)" >&2
@@ -75,6 +111,7 @@ setup() {
     install_python_env
     start_dockerd
     start_swarm
+    ensure_caddy_image
 }
 
 case "${1:-}" in

@@ -19,8 +19,11 @@ from typing import Any
 
 from gitserver.repos import RepoRegistry
 from gitserver.server import GitServer
-from hooks import team
+from hooks import deploy, team
+from hooks.deploy import Platform
 from hooks.policy import PolicyError
+from runtime.caddy import CaddyAdmin
+from runtime.docker_engine import Engine
 from runtime.settings import Settings, ensure_layout, resolve_settings, write_default_config
 from runtime.sshkeys import load_or_create_host_key
 from runtime.store import Store
@@ -63,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--instance", help="prefix of Docker object names (env DISCO_INSTANCE, default disco)")
     serve.add_argument("--max-push-size", type=int, help="largest push in bytes (env DISCO_MAX_PUSH_SIZE, default 1 GiB)")
     serve.add_argument("--host", help="host name shown in push hints (env DISCO_HOST)")
+    serve.add_argument("--http-port", type=int, help="host port for HTTP (env DISCO_HTTP_PORT, default 80)")
+    serve.add_argument("--https-port", type=int, help="host port for HTTPS (env DISCO_HTTPS_PORT, default 443)")
+    serve.add_argument("--caddy-image", help="Caddy image (env DISCO_CADDY_IMAGE, default caddy:2)")
+    serve.add_argument("--apps-domain", help="serve projects at <project>.<apps-domain> (env DISCO_APPS_DOMAIN)")
+    serve.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
+                       help="automatic HTTPS for real domains (env DISCO_TLS, default on)")
+    serve.add_argument("--keep-images", type=int, help="images kept per project for rollback (default 5)")
     serve.add_argument("--listen", default="", help="address to listen on for SSH (default: all)")
 
     init = command("init", cmd_init, "create the data dir and config; optionally the first admin")
@@ -105,12 +115,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "instance": args.instance,
             "max_push_size": args.max_push_size,
             "host": args.host,
+            "http_port": args.http_port,
+            "https_port": args.https_port,
+            "caddy_image": args.caddy_image,
+            "apps_domain": args.apps_domain,
+            "tls": args.tls,
+            "keep_images": args.keep_images,
         }
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     # Their per-packet chatter would drown our one line per connection and push.
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     logging.getLogger("dulwich").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     ensure_layout(settings)
     write_default_config(settings)
     store = Store(settings.db_path)
@@ -122,17 +139,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Settings, store: Store, listen: str) -> None:
+    log = logging.getLogger("disco")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    with ThreadPoolExecutor(max_workers=64, thread_name_prefix="git") as workers:
-        git = GitServer(settings, store, RepoRegistry(settings.repos_dir), workers)
-        await git.start(listen)
-        logging.getLogger("disco").info("ready (data dir %s, instance %s)", settings.data_dir, settings.instance)
-        await stop.wait()
-        logging.getLogger("disco").info("shutting down")
-        await git.stop()
+    platform = Platform(settings, store, Engine(settings.instance), CaddyAdmin(settings.run_dir))
+    for settled in deploy.recover(platform):
+        log.info("deployment #%d of %s left unfinished: now %s", settled.number, settled.project, settled.status)
+    workers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="git")
+    proxy = loop.run_in_executor(workers, platform.start_proxy)
+    git = GitServer(platform, RepoRegistry(settings.repos_dir), workers)
+    await git.start(listen)
+    log.info("ready (data dir %s, instance %s)", settings.data_dir, settings.instance)
+    await proxy
+    if platform.proxy_error:
+        log.error("%s", platform.proxy_error)
+    else:
+        log.info("proxy up on ports %d/%d", settings.http_port, settings.https_port)
+    await stop.wait()
+    log.info("shutting down")
+    await git.stop()
+    # A deploy still running is left to swarm; the next start settles its record.
+    workers.shutdown(wait=False, cancel_futures=True)
 
 
 # -- init ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dulwich.server import DictBackend, ReceivePackHandler, UploadPackHandler
 
 from hooks import pipeline
 from hooks.pipeline import RefUpdate
-from runtime.store import Store
+from hooks.deploy import Platform
 
 log = logging.getLogger("disco.git")
 
@@ -58,7 +58,7 @@ class ChannelIO:
 class PushContext:
     """What a receive-pack session needs to know, and what it learned."""
 
-    store: Store
+    platform: Platform
     project: str
     user: str
     max_push_size: int
@@ -133,7 +133,7 @@ class DiscoReceivePack(ReceivePackHandler):
             new_sha=new.decode(),
             user=self.context.user,
         )
-        reason = pipeline.check_ref_update(self.context.store, update)
+        reason = pipeline.check_ref_update(self.context.platform, update)
         if reason is None:
             with self.context.ref_lock:  # type: ignore[attr-defined]
                 if update.is_delete:
@@ -152,11 +152,23 @@ class DiscoReceivePack(ReceivePackHandler):
         # dulwich calls this once the refs have moved and before it sends the status report,
         # so whatever the pipeline says streams to the pusher first.
         try:
-            pipeline.after_receive(self.context.store, self.context.updated, SidebandReporter(self))
+            undo = pipeline.after_receive(self.context.platform, self.context.updated, SidebandReporter(self))
+            for update in undo:
+                self._move_back(update)
         except Exception as err:  # a bug in a later step must not leave the pusher guessing
             log.exception("after-receive step failed for %s", self.context.project)
             self.context.failure = f"internal error after receive: {err}"
             self.progress(f"error: {self.context.failure}")
+
+
+    def _move_back(self, update: RefUpdate) -> None:
+        """Undo a ref whose deployment failed, unless another push moved it since."""
+        ref, new, old = update.ref.encode(), update.new_sha.encode(), update.old_sha.encode()
+        with self.context.ref_lock:  # type: ignore[attr-defined]
+            if update.old_sha == pipeline.ZERO_SHA:
+                self.repo.refs.remove_if_equals(ref, new)
+            else:
+                self.repo.refs.set_if_equals(ref, new, old)
 
 
 def make_protocol(io: ChannelIO) -> ReceivableProtocol:

@@ -18,6 +18,7 @@ from gitserver.gitproto import ChannelIO, PushContext, run_receive_pack, run_upl
 from gitserver.repos import RepoRegistry
 from hooks import pipeline
 from hooks.policy import Access, PolicyError, project_from_path
+from hooks.deploy import Platform
 from runtime.settings import Settings
 from runtime.sshkeys import fingerprint_of, load_or_create_host_key
 from runtime.store import Store, User
@@ -31,12 +32,19 @@ GIT_SERVICES = {"git-receive-pack": Access.WRITE, "git-upload-pack": Access.READ
 class GitServer:
     """The daemon's SSH side: holds what every connection shares."""
 
-    settings: Settings
-    store: Store
+    platform: Platform
     repos: RepoRegistry
     workers: ThreadPoolExecutor
     sessions: set[asyncio.Task] | None = None
     _acceptor: asyncssh.SSHAcceptor | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.platform.settings
+
+    @property
+    def store(self) -> Store:
+        return self.platform.store
 
     async def start(self, host: str = "") -> None:
         self.sessions = set()
@@ -93,7 +101,7 @@ class GitServer:
             service, path = parse_git_command(process.command)
             project = project_from_path(path)
             access = GIT_SERVICES[service]
-            exists = pipeline.check_push(self.store, user, project, access)
+            exists = pipeline.check_push(self.platform, user, project, access)
         except PolicyError as err:
             log.info("refused %s: %s", user.name, err)
             return _refuse(process, str(err))
@@ -104,7 +112,7 @@ class GitServer:
             log.info("fetch user=%s project=%s", user.name, project)
             return 0
         context = PushContext(
-            store=self.store,
+            platform=self.platform,
             project=project,
             user=user.name,
             max_push_size=self.settings.max_push_size,

@@ -4,8 +4,10 @@ A push goes through three calls, made by the front door in this order:
 1. `check_push` before anything is read: may this user push to (or create) this project?
 2. `check_ref_update` for each ref, after the pack is stored and before the ref moves;
    a returned reason refuses that ref (`! [remote rejected] main -> main (<reason>)`).
+   For the deploy branch this is where a malformed disco.toml or a missing Dockerfile is caught.
 3. `after_receive` once the refs have moved, with a Reporter that streams lines back to the
-   pusher and can fail the push (non-zero exit) with a reason.
+   pusher and can fail the push (non-zero exit) with a reason. A push to the deploy branch
+   deploys here and waits for the outcome.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from hooks.deploy import Platform
 from hooks.policy import Access, authorize
-from runtime.store import Store, User
+from runtime import gitrepo
+from runtime.appconfig import AppConfigError, parse_app_config
+from runtime.store import User
 
 ZERO_SHA = "0" * 40
 ALLOWED_REF_PREFIXES = ("refs/heads/", "refs/tags/")
@@ -48,39 +53,77 @@ class Reporter(Protocol):
         """End the push with this reason and a non-zero exit status."""
 
 
-def check_push(store: Store, user: User, project: str, access: Access) -> bool:
+def check_push(platform: Platform, user: User, project: str, access: Access) -> bool:
     """Raise PolicyError if refused; return whether the project already exists."""
-    return authorize(store, user, project, access)
+    return authorize(platform.store, user, project, access)
 
 
-def check_ref_update(store: Store, update: RefUpdate) -> str | None:
+def deploy_branch(platform: Platform, project: str) -> str:
+    row = platform.store.get_project(project)
+    return row["deploy_branch"] if row else "main"
+
+
+def check_ref_update(platform: Platform, update: RefUpdate) -> str | None:
     """Return why this ref may not move, or None to let it move."""
     if not update.ref.startswith(ALLOWED_REF_PREFIXES):
         return f"only branches and tags can be pushed, not {update.ref}"
-    project = store.get_project(update.project)
-    deploy_branch = project["deploy_branch"] if project else "main"
-    if update.is_delete and update.ref == f"refs/heads/{deploy_branch}":
-        return f"the deploy branch {deploy_branch!r} cannot be deleted"
+    branch = deploy_branch(platform, update.project)
+    if update.ref != f"refs/heads/{branch}":
+        return None
+    if update.is_delete:
+        return f"the deploy branch {branch!r} cannot be deleted"
+    return _deployable(platform, update)
+
+
+def _deployable(platform: Platform, update: RefUpdate) -> str | None:
+    """Refuse, before the ref moves, a commit that could never deploy."""
+    repo = platform.repo_path(update.project)
+    raw = gitrepo.read_file(repo, update.new_sha, "disco.toml")
+    try:
+        config = parse_app_config(raw.decode() if raw is not None else None)
+    except UnicodeDecodeError:
+        return "disco.toml is not UTF-8 text"
+    except AppConfigError as err:
+        return str(err)
+    if gitrepo.read_file(repo, update.new_sha, config.dockerfile_path) is None:
+        return f"no Dockerfile at {config.dockerfile_path}: Disco builds the app from it"
     return None
 
 
-def after_receive(store: Store, updates: list[RefUpdate], reporter: Reporter) -> None:
-    """Record what landed and tell the pusher. The deploy step will hang off this call."""
+def after_receive(platform: Platform, updates: list[RefUpdate], reporter: Reporter) -> list[RefUpdate]:
+    """Record what landed, deploy the deploy branch, tell the pusher.
+
+    Returns the updates whose deployment did not go live: the front door moves those refs
+    back, so the branch keeps naming what is deployed and pushing the same commit retries.
+    """
     if not updates:
-        return
+        return []
+    store = platform.store
     first = updates[0]
     if store.get_project(first.project) is None:
         store.add_project(first.project, created_by=first.user)
         store.audit(first.user, "projects:create", first.project, "created by first push")
         reporter.say(f"created project {first.project}")
+    branch = deploy_branch(platform, first.project)
+    to_deploy = None
     for update in updates:
+        store.audit(update.user, "push", update.project,
+                    f"{update.ref} {update.old_sha[:7]}..{update.new_sha[:7]}")
         if update.is_delete:
             reporter.say(f"{update.short_ref} deleted")
-        else:
+        elif update.ref == f"refs/heads/{branch}":
             reporter.say(f"{update.short_ref} -> {update.new_sha[:7]} received")
-        store.audit(
-            update.user,
-            "push",
-            update.project,
-            f"{update.ref} {update.old_sha[:7]}..{update.new_sha[:7]}",
-        )
+            to_deploy = update
+        else:
+            reporter.say(f"{update.short_ref} -> {update.new_sha[:7]} stored (only {branch} deploys)")
+    if to_deploy is None:
+        return []
+    ticket = platform.enqueue(to_deploy.project, to_deploy.new_sha, branch, to_deploy.user, "push",
+                              listener=reporter.say)
+    final = ticket.wait()
+    if final is None or final.status != "live":
+        status = final.status if final else "unknown"
+        reason = final.reason if final else "the deployment did not finish"
+        reporter.fail(f"deployment #{ticket.deployment.number} {status}: {reason}")
+        return [to_deploy]
+    return []

@@ -7,12 +7,15 @@ variable, `config.toml` in the data dir, then the default below.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import tomlkit
 
 CONFIG_NAME = "config.toml"
+# The instance prefixes Docker names (service names must stay DNS labels of 63 at most).
+INSTANCE_NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,14 @@ class Settings:
     max_push_size: int = 1 << 30
     # Host name shown in "how to push" hints; defaults to this machine's name.
     host: str = ""
+    http_port: int = 80
+    https_port: int = 443
+    caddy_image: str = "caddy:2"
+    # When set, each project is served at <project>.<apps_domain>.
+    apps_domain: str = ""
+    tls: bool = True
+    # Images kept per project for instant rollback (the live one included).
+    keep_images: int = 5
 
     @property
     def db_path(self) -> Path:
@@ -62,19 +73,34 @@ SETTING_HELP = {
     "instance": "name prefix of every Docker object this server makes",
     "max_push_size": "largest pack accepted in one push, in bytes",
     "host": "host name shown in push hints (default: this machine's name)",
+    "http_port": "host port Caddy serves HTTP on",
+    "https_port": "host port Caddy serves HTTPS on",
+    "caddy_image": "Docker image of the Caddy proxy",
+    "apps_domain": "serve each project at <project>.<apps_domain> (empty: only added domains)",
+    "tls": "automatic HTTPS with Let's Encrypt for real domains",
+    "keep_images": "images kept per project for rollback",
 }
 
 
 def _coerce(name: str, value: object) -> object:
     kind = {f.name: f.type for f in fields(Settings)}[name]
     try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
         if kind == "int":
             return int(value)  # type: ignore[arg-type]
         if kind == "Path":
             return Path(str(value))
         return str(value)
     except ValueError:
-        raise ValueError(f"setting {name} must be a whole number, got {value!r}") from None
+        wanted = "true or false" if kind == "bool" else "a whole number"
+        raise ValueError(f"setting {name} must be {wanted}, got {value!r}") from None
 
 
 def resolve_settings(flags: dict[str, object], environ: dict[str, str] | None = None) -> Settings:
@@ -85,12 +111,15 @@ def resolve_settings(flags: dict[str, object], environ: dict[str, str] | None = 
         env_value = environ.get(f"DISCO_{f.name.upper()}")
         if flags.get(f.name) is not None:
             chosen[f.name] = _coerce(f.name, flags[f.name])
-        elif env_value:
+        elif env_value is not None and (env_value or f.type == "str"):
             chosen[f.name] = _coerce(f.name, env_value)
     data_dir = Path(chosen.get("data_dir", Settings.data_dir))  # type: ignore[arg-type]
     for name, value in read_config_file(data_dir / CONFIG_NAME).items():
         chosen.setdefault(name, _coerce(name, value))
-    return Settings(**chosen)  # type: ignore[arg-type]
+    settings = Settings(**chosen)  # type: ignore[arg-type]
+    if not INSTANCE_NAME.fullmatch(settings.instance):
+        raise ValueError(f"instance {settings.instance!r} must be 1 to 20 characters of a-z, 0-9 and '-', starting with a letter")
+    return settings
 
 
 def read_config_file(path: Path) -> dict[str, object]:
@@ -104,11 +133,14 @@ def read_config_file(path: Path) -> dict[str, object]:
     unknown = sorted(set(document) - known)
     if unknown:
         raise ValueError(f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    return {name: document[name].unwrap() for name in document}
+    return document.unwrap()
 
 
 def write_default_config(settings: Settings) -> bool:
-    """Write a commented config.toml once; an existing one (maybe hand-edited) is kept."""
+    """Write a commented config.toml with the defaults, once; an existing one is kept.
+
+    Defaults rather than this run's values: a flag given once must not silently stick.
+    """
     path = settings.config_path
     if path.exists():
         return False
@@ -119,7 +151,7 @@ def write_default_config(settings: Settings) -> bool:
         if f.name == "data_dir":
             continue
         document.add(tomlkit.comment(SETTING_HELP[f.name]))
-        document.add(f.name, getattr(settings, f.name))
+        document.add(f.name, f.default)
     path.write_text(tomlkit.dumps(document))
     return True
 

@@ -36,6 +36,25 @@ class User:
 
 
 @dataclass(frozen=True)
+class Deployment:
+    project: str
+    number: int
+    commit_sha: str
+    branch: str
+    user: str
+    source: str  # push, redeploy, rollback, env
+    status: str
+    reason: str
+    image: str
+    rollback_of: int | None
+    web_port: int  # 0: no web service, so no route
+    timings: str  # JSON object: step name -> seconds
+    log_path: str
+    created_at: str
+    finished_at: str
+
+
+@dataclass(frozen=True)
 class SSHKey:
     fingerprint: str
     user: str
@@ -84,9 +103,44 @@ def _migration_1_team(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_2_deploys(db: sqlite_utils.Database) -> None:
+    db["deployments"].create(
+        {
+            "id": int,
+            "project": str,
+            "number": int,
+            "commit_sha": str,
+            "branch": str,
+            "user": str,
+            "source": str,
+            "status": str,
+            "reason": str,
+            "image": str,
+            "rollback_of": int,
+            "web_port": int,
+            "timings": str,
+            "log_path": str,
+            "created_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+    )
+    db["deployments"].create_index(["project", "number"], unique=True)
+    db["deployments"].create_index(["status"])
+    db["env_vars"].create(
+        {"project": str, "name": str, "value": str, "updated_at": str}, pk=("project", "name")
+    )
+    db["domains"].create({"domain": str, "project": str, "added_at": str}, pk="domain")
+    db["scale"].create({"project": str, "service": str, "replicas": int}, pk=("project", "service"))
+
+
 # Applied in order on every open; PRAGMA user_version records how many have run.
 # Append new steps; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1_team]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1_team, _migration_2_deploys]
+
+# A deployment's life: queued -> building -> starting -> live, or failed / superseded on the
+# way; a live one becomes rolled_back or replaced when another goes live.
+ACTIVE_STATUSES = ("queued", "building", "starting")
 
 
 class Store:
@@ -247,6 +301,107 @@ class Store:
     def list_projects(self) -> list[dict]:
         with self._lock:
             return list(self.db["projects"].rows_where(order_by="name"))
+
+    # -- deployments -----------------------------------------------------------------------
+
+    def create_deployment(
+        self, project: str, commit_sha: str, branch: str, user: str, source: str,
+        log_dir: Path, image: str = "", rollback_of: int | None = None,
+    ) -> Deployment:
+        with self.transaction() as db:
+            last = db.execute(
+                "SELECT COALESCE(MAX(number), 0) FROM deployments WHERE project = ?", [project]
+            ).fetchone()[0]
+            number = last + 1
+            row = {
+                "project": project, "number": number, "commit_sha": commit_sha, "branch": branch,
+                "user": user, "source": source, "status": "queued", "reason": "", "image": image,
+                "rollback_of": rollback_of, "web_port": 0, "timings": "{}",
+                "log_path": str(log_dir / project / f"{number}.log"),
+                "created_at": now(), "finished_at": "",
+            }
+            db["deployments"].insert(row)
+        return _from_row(Deployment, row)
+
+    def update_deployment(self, project: str, number: int, **changes: object) -> Deployment:
+        with self.transaction() as db:
+            db.execute(
+                f"UPDATE deployments SET {', '.join(f'{k} = ?' for k in changes)} "
+                "WHERE project = ? AND number = ?",
+                [*changes.values(), project, number],
+            )
+        found = self.get_deployment(project, number)
+        assert found is not None
+        return found
+
+    def get_deployment(self, project: str, number: int) -> Deployment | None:
+        with self._lock:
+            rows = list(self.db["deployments"].rows_where("project = ? AND number = ?", [project, number]))
+        return _from_row(Deployment, rows[0]) if rows else None
+
+    def list_deployments(self, project: str, limit: int = 50) -> list[Deployment]:
+        with self._lock:
+            rows = self.db["deployments"].rows_where("project = ?", [project], order_by="number desc", limit=limit)
+            return [_from_row(Deployment, row) for row in rows]
+
+    def live_deployment(self, project: str) -> Deployment | None:
+        with self._lock:
+            rows = list(self.db["deployments"].rows_where(
+                "project = ? AND status = 'live'", [project], order_by="number desc", limit=1))
+        return _from_row(Deployment, rows[0]) if rows else None
+
+    def deployments_with_status(self, statuses: tuple[str, ...]) -> list[Deployment]:
+        marks = ", ".join("?" for _ in statuses)
+        with self._lock:
+            rows = self.db["deployments"].rows_where(f"status IN ({marks})", list(statuses), order_by="id")
+            return [_from_row(Deployment, row) for row in rows]
+
+    # -- env vars, domains, scale ----------------------------------------------------------
+
+    def env(self, project: str) -> dict[str, str]:
+        with self._lock:
+            rows = self.db["env_vars"].rows_where("project = ?", [project], order_by="name")
+            return {row["name"]: row["value"] for row in rows}
+
+    def set_env(self, project: str, values: dict[str, str]) -> None:
+        with self.transaction() as db:
+            db["env_vars"].upsert_all(
+                [{"project": project, "name": k, "value": v, "updated_at": now()} for k, v in values.items()],
+                pk=("project", "name"),
+            )
+
+    def unset_env(self, project: str, names: list[str]) -> None:
+        with self.transaction() as db:
+            for name in names:
+                db.execute("DELETE FROM env_vars WHERE project = ? AND name = ?", [project, name])
+
+    def domains(self, project: str | None = None) -> list[dict]:
+        where, args = ("project = ?", [project]) if project else (None, None)
+        with self._lock:
+            return list(self.db["domains"].rows_where(where, args, order_by="domain"))
+
+    def add_domain(self, project: str, domain: str) -> None:
+        with self.transaction() as db:
+            owner = db.execute("SELECT project FROM domains WHERE domain = ?", [domain]).fetchone()
+            if owner:
+                raise StoreError(f"domain {domain} already belongs to project {owner[0]!r}")
+            db["domains"].insert({"domain": domain, "project": project, "added_at": now()})
+
+    def remove_domain(self, project: str, domain: str) -> None:
+        with self.transaction() as db:
+            if not db["domains"].count_where("domain = ? AND project = ?", [domain, project]):
+                raise StoreError(f"project {project!r} has no domain {domain}")
+            db.execute("DELETE FROM domains WHERE domain = ?", [domain])
+
+    def scale(self, project: str) -> dict[str, int]:
+        with self._lock:
+            rows = self.db["scale"].rows_where("project = ?", [project])
+            return {row["service"]: row["replicas"] for row in rows}
+
+    def set_scale(self, project: str, service: str, replicas: int) -> None:
+        with self.transaction() as db:
+            db["scale"].upsert({"project": project, "service": service, "replicas": replicas},
+                               pk=("project", "service"))
 
     # -- audit log -------------------------------------------------------------------------
 

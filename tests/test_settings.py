@@ -40,8 +40,19 @@ def test_config_errors_name_the_problem(tmp_path: Path):
         resolve_settings({"data_dir": str(tmp_path)}, {"DISCO_SSH_PORT": "abc"})
 
 
-def test_written_config_reads_back_to_the_same_settings(tmp_path: Path):
-    settings = Settings(data_dir=tmp_path, ssh_port=2022, instance="blue")
+def test_written_config_holds_the_defaults_not_this_runs_flags(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path, ssh_port=2022, instance="blue", tls=False)
     assert write_default_config(settings)
     assert not write_default_config(settings)
-    assert resolve_settings({"data_dir": str(tmp_path)}, {}) == settings
+    assert resolve_settings({"data_dir": str(tmp_path)}, {}) == Settings(data_dir=tmp_path)
+    text = (tmp_path / "config.toml").read_text()
+    assert "tls = true" in text and "# automatic HTTPS" in text
+
+
+def test_booleans_and_instance_names(tmp_path: Path):
+    assert resolve_settings({"data_dir": str(tmp_path)}, {"DISCO_TLS": "false"}).tls is False
+    assert resolve_settings({"data_dir": str(tmp_path), "tls": True}, {"DISCO_TLS": "0"}).tls is True
+    with pytest.raises(ValueError, match="tls must be true or false"):
+        resolve_settings({"data_dir": str(tmp_path)}, {"DISCO_TLS": "maybe"})
+    with pytest.raises(ValueError, match="instance 'Bad_Name' must be"):
+        resolve_settings({"data_dir": str(tmp_path), "instance": "Bad_Name"}, {})

@@ -1,0 +1,54 @@
+"""The output of one deployment: written to its log file and streamed to whoever follows it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+Listener = Callable[[str], None]
+MASK = "*****"
+
+
+class DeployOutput:
+    """Lines go to the log file and to every listener as they come.
+
+    Env var values are masked in every line (an app's build or start-up might echo them), so a
+    secret never reaches a log or a pusher's terminal.
+    """
+
+    def __init__(self, log_path: Path, secrets: list[str] | None = None) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path
+        self._file = log_path.open("a", encoding="utf-8")
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+        # Longest first, so a secret containing another is masked whole; tiny values would mask noise.
+        self._secrets = sorted((s for s in secrets or [] if len(s) >= 4), key=len, reverse=True)
+
+    def line(self, text: str) -> None:
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        with self._lock:
+            self._file.write(text + "\n")
+            self._file.flush()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(text)
+            except Exception:  # a listener that hung up must not break the deploy
+                self.unsubscribe(listener)
+
+    def subscribe(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+            self._listeners.clear()

@@ -1,0 +1,470 @@
+"""Docker: image builds, swarm services, the overlay network, volumes and image pruning.
+
+Builds go through Debian's docker CLI with BuildKit (docker-py only drives the legacy builder,
+where `RUN --mount` fails); everything else goes through docker-py, which blocks, so callers
+run it in worker threads.
+
+Zero downtime comes from swarm itself: each project service is ONE swarm service that is
+updated start-first, and a task only counts as started once its HEALTHCHECK passes. Swarm's
+DNS lists only healthy tasks, so the proxy never sees a version that does not answer, and a
+version that never becomes healthy is rolled back by swarm, old tasks untouched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+from docker.types import (
+    EndpointSpec,
+    Healthcheck,
+    Mount,
+    RestartPolicy,
+    RollbackConfig,
+    ServiceMode,
+    TaskTemplate,
+    UpdateConfig,
+)
+
+DOCKER_CLI = os.environ.get("DISCO_DOCKER_CLI", "/usr/bin/docker")
+# A static busybox from the host, mounted into every task, runs the health check, so images
+# without a shell or tools (FROM scratch) can be checked too.
+PROBE_BINARY = os.environ.get("DISCO_PROBE_BINARY", "/bin/busybox")
+PROBE_PATH = "/.disco/busybox"
+SECOND = 1_000_000_000  # docker API durations are in nanoseconds
+
+OutputLine = Callable[[str], None]
+
+
+class DockerError(Exception):
+    """A Docker step failed; the message says which and why, for the deploy record."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Everything that defines one project service; the engine turns it into a swarm spec."""
+
+    name: str
+    image: str
+    network: str
+    labels: dict[str, str]
+    env: dict[str, str]
+    replicas: int
+    args: list[str] | None = None
+    port: int | None = None  # checked for health when set
+    health_path: str | None = None
+    health_timeout: int = 60
+    mounts: list[tuple[str, str]] = field(default_factory=list)  # (volume name, path)
+
+
+class Engine:
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self._client: docker.DockerClient | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = docker.from_env(timeout=120)
+                self._client.ping()
+            except docker.errors.DockerException as err:
+                self._client = None
+                raise DockerError(f"cannot reach the Docker engine: {err}") from None
+        return self._client
+
+    # -- names -----------------------------------------------------------------------------
+
+    @property
+    def network_name(self) -> str:
+        return f"{self.instance}-net"
+
+    def service_name(self, project: str, service: str) -> str:
+        name = f"{self.instance}-{project}-{service}"
+        if len(name) <= 63:  # a DNS label: swarm refuses longer service names
+            return name
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        return f"{name[:54]}-{digest}"
+
+    def image_tag(self, project: str, number: int) -> str:
+        return f"{self.instance}-{project}:{number}"
+
+    def volume_name(self, project: str, volume: str) -> str:
+        return f"{self.instance}-{project}-{volume}"
+
+    def labels(self, **extra: str) -> dict[str, str]:
+        return {"disco.instance": self.instance, **{f"disco.{k}": v for k, v in extra.items()}}
+
+    # -- network ---------------------------------------------------------------------------
+
+    def ensure_network(self) -> None:
+        if not self.client.networks.list(names=[self.network_name]):
+            self.client.networks.create(
+                self.network_name, driver="overlay", attachable=True, labels=self.labels()
+            )
+
+    # -- images ----------------------------------------------------------------------------
+
+    def build(
+        self, context: Path, dockerfile: Path, tag: str, args: dict[str, str],
+        labels: dict[str, str], on_line: OutputLine,
+    ) -> None:
+        """Build with BuildKit, streaming every output line; raise DockerError on failure."""
+        command = [DOCKER_CLI, "build", "--progress=plain", "-t", tag, "-f", str(dockerfile)]
+        for key, value in {**labels}.items():
+            command += ["--label", f"{key}={value}"]
+        for key, value in args.items():
+            command += ["--build-arg", f"{key}={value}"]
+        command.append(str(context))
+        tail: list[str] = []
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "DOCKER_BUILDKIT": "1"},
+            preexec_fn=_die_with_parent,
+        )
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            on_line(line)
+            tail = (tail + [line])[-5:]
+        if process.wait() != 0:
+            error = next((l for l in reversed(tail) if "ERROR" in l or "error" in l), tail[-1] if tail else "")
+            raise DockerError(f"build failed: {error.strip()}")
+
+    def exposed_ports(self, tag: str) -> list[int]:
+        config = self.client.images.get(tag).attrs.get("Config") or {}
+        ports = config.get("ExposedPorts") or {}
+        return sorted(int(p.split("/")[0]) for p in ports if p.endswith("/tcp"))
+
+    def retag(self, source: str, target: str) -> None:
+        repository, _, tag = target.rpartition(":")
+        try:
+            self.client.images.get(source).tag(repository, tag)
+        except docker.errors.ImageNotFound:
+            raise DockerError(f"image {source} is no longer kept") from None
+
+    def image_exists(self, tag: str) -> bool:
+        try:
+            self.client.images.get(tag)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+
+    def remove_image(self, tag: str) -> bool:
+        """Drop this tag (forced: stopped task containers may still refer to it)."""
+        try:
+            self.client.images.remove(tag, force=True)
+            return True
+        except docker.errors.ImageNotFound:
+            return True
+        except docker.errors.APIError:
+            return False  # used by a running container; a later prune tries again
+
+    def project_images(self, project: str) -> dict[int, str]:
+        """Deployment number -> tag, for every image this instance built for the project."""
+        found: dict[int, str] = {}
+        repository = f"{self.instance}-{project}"
+        for image in self.client.images.list(name=repository):
+            for tag in image.tags:
+                name, _, number = tag.rpartition(":")
+                if name == repository and number.isdigit():
+                    found[int(number)] = tag
+        return found
+
+    # -- services --------------------------------------------------------------------------
+
+    def find_service(self, name: str):  # type: ignore[no-untyped-def]
+        try:
+            return self.client.services.get(name)
+        except docker.errors.NotFound:
+            return None
+
+    def project_services(self, project: str) -> list:  # type: ignore[type-arg]
+        return self.client.services.list(
+            filters={"label": [f"disco.instance={self.instance}", f"disco.project={project}"]}
+        )
+
+    def apply(self, spec: ServiceSpec) -> bool:
+        """Create the service or roll it to this spec (start-first). True if it was created."""
+        parts = _swarm_spec(spec)
+        current = self.find_service(spec.name)
+        try:
+            if current is None:
+                self.client.api.create_service(name=spec.name, **parts)
+                return True
+            current.reload()  # the update needs the latest version number
+            self.client.api.update_service(current.id, current.version, name=spec.name, **parts)
+            return False
+        except docker.errors.APIError as err:
+            raise DockerError(f"could not start service {spec.name}: {err.explanation or err}") from None
+
+    def wait_rollout(self, spec: ServiceSpec, created: bool, timeout: float, on_wait: OutputLine) -> None:
+        """Block until every task of this spec runs (and is healthy); raise with the reason if not."""
+        deadline = time.monotonic() + timeout
+        deployment = spec.labels.get("disco.deployment", "")
+        said = ""
+        while True:
+            service = self.find_service(spec.name)
+            if service is None:
+                raise DockerError(f"service {spec.name} disappeared during the deploy")
+            state = (service.attrs.get("UpdateStatus") or {}).get("State", "")
+            tasks = [t for t in service.tasks() if _task_deployment(t) == deployment]
+            running = [t for t in tasks if t["Status"]["State"] == "running" and t["DesiredState"] == "running"]
+            if state.startswith("rollback") or state == "paused":
+                raise DockerError(self._failure_reason(spec, tasks) or f"swarm rolled the update back ({state})")
+            if created and (reason := self._failure_reason(spec, tasks)):
+                raise DockerError(reason)
+            done = state == "completed" if not created else len(running) >= spec.replicas
+            if done or (spec.replicas == 0):
+                return
+            message = f"waiting for {spec.name}: {len(running)}/{spec.replicas} task(s) healthy"
+            if message != said:
+                on_wait(message)
+                said = message
+            if time.monotonic() > deadline:
+                reason = self._failure_reason(spec, tasks)
+                raise DockerError(reason or f"{spec.name} was not healthy after {timeout:.0f} s")
+            time.sleep(0.25)
+
+    def _failure_reason(self, spec: ServiceSpec, tasks: list[dict]) -> str | None:
+        """Why a task of this deployment stopped, told as the person deploying needs it."""
+        for task in tasks:
+            status = task["Status"]
+            if status["State"] not in ("failed", "rejected", "complete"):
+                continue
+            container = status.get("ContainerStatus") or {}
+            health = self._last_health_output(container["ContainerID"]) if container.get("ContainerID") else None
+            if health:
+                return f"health check failed for {spec.name}: {health} (for {spec.health_timeout} s)"
+            detail = status.get("Err") or status.get("Message") or status["State"]
+            if "ExitCode" in container and status["State"] != "rejected":
+                return f"{spec.name} exited with code {container['ExitCode']} ({detail})"
+            return f"{spec.name}: {detail}"
+        return None
+
+    def _last_health_output(self, container_id: str) -> str | None:
+        try:
+            state = self.client.api.inspect_container(container_id)["State"]
+        except docker.errors.APIError:
+            return None
+        log = (state.get("Health") or {}).get("Log") or []
+        if state.get("Health", {}).get("Status") == "unhealthy" and log:
+            return log[-1].get("Output", "").strip().splitlines()[-1] if log[-1].get("Output") else "no output"
+        return None
+
+    def restore_previous(self, name: str) -> None:
+        """Put a service back on the spec it had before the last update (swarm's rollback)."""
+        service = self.find_service(name)
+        if service is None or "PreviousSpec" not in service.attrs:
+            return
+        previous = service.attrs["PreviousSpec"]
+        self.client.api.update_service(
+            service.id, service.version, name=name,
+            task_template=previous["TaskTemplate"], labels=previous.get("Labels"),
+            mode=previous.get("Mode"), update_config=previous.get("UpdateConfig"),
+            rollback_config=previous.get("RollbackConfig"), endpoint_spec=previous.get("EndpointSpec"),
+        )
+
+    def remove_service(self, name: str) -> None:
+        service = self.find_service(name)
+        if service is not None:
+            try:
+                service.remove()
+            except docker.errors.NotFound:
+                pass
+
+    def scale(self, name: str, replicas: int) -> None:
+        service = self.find_service(name)
+        if service is None:
+            raise DockerError(f"service {name} does not exist")
+        service.scale(replicas)
+
+    def service_deployment(self, name: str) -> tuple[str, str] | None:
+        """(deployment label of the current spec, update state) of a service, or None."""
+        service = self.find_service(name)
+        if service is None:
+            return None
+        labels = service.attrs["Spec"].get("Labels") or {}
+        state = (service.attrs.get("UpdateStatus") or {}).get("State", "completed")
+        return labels.get("disco.deployment", ""), state
+
+    # -- the proxy -------------------------------------------------------------------------
+
+    @property
+    def proxy_name(self) -> str:
+        return f"{self.instance}-caddy"
+
+    def ensure_proxy(self, image: str, run_dir: Path, http_port: int, https_port: int, command: list[str]) -> bool:
+        """Create or fix the Caddy service; True if it was (re)started.
+
+        Host-mode ports (no IPVS for the routing mesh here) mean two Caddy tasks cannot run at
+        once, so its updates are stop-first; they only happen when these settings change.
+        """
+        wanted = {
+            "image": image, "run_dir": str(run_dir), "http": http_port, "https": https_port, "command": command,
+        }
+        fingerprint = hashlib.sha256(repr(sorted(wanted.items())).encode()).hexdigest()[:16]
+        labels = self.labels(role="proxy", spec=fingerprint)
+        current = self.find_service(self.proxy_name)
+        if current is not None and (current.attrs["Spec"].get("Labels") or {}).get("disco.spec") == fingerprint:
+            return False
+        container = docker.types.ContainerSpec(
+            image=image,
+            args=command,
+            env=["XDG_CONFIG_HOME=/config", "XDG_DATA_HOME=/data"],
+            mounts=[
+                Mount(target="/run/disco", source=str(run_dir), type="bind"),
+                Mount(target="/data", source=f"{self.instance}-caddy-data", type="volume"),
+                Mount(target="/config", source=f"{self.instance}-caddy-config", type="volume"),
+            ],
+            labels=labels,
+        )
+        parts = {
+            "task_template": TaskTemplate(
+                container_spec=container,
+                restart_policy=RestartPolicy(condition="any", delay=1 * SECOND),
+                networks=[{"Target": self.network_name}],
+            ),
+            "labels": labels,
+            "mode": ServiceMode("replicated", replicas=1),
+            "update_config": UpdateConfig(parallelism=1, order="stop-first", failure_action="pause"),
+            "endpoint_spec": EndpointSpec(mode="dnsrr", ports=[
+                {"Protocol": "tcp", "PublishedPort": http_port, "TargetPort": 80, "PublishMode": "host"},
+                {"Protocol": "tcp", "PublishedPort": https_port, "TargetPort": 443, "PublishMode": "host"},
+            ]),
+        }
+        try:
+            if current is None:
+                self.client.api.create_service(name=self.proxy_name, **parts)
+            else:
+                current.reload()
+                self.client.api.update_service(current.id, current.version, name=self.proxy_name, **parts)
+        except docker.errors.APIError as err:
+            raise DockerError(f"could not start the Caddy proxy service: {err.explanation or err}") from None
+        return True
+
+    def remove_instance(self) -> None:
+        """Remove every service, image, volume and network of this instance (tests, uninstall)."""
+        selector = {"label": f"disco.instance={self.instance}"}
+        for service in self.client.services.list(filters=selector):
+            service.remove()
+        for network in self.client.networks.list(filters=selector):
+            _retry_while_in_use(network.remove)
+        for image in self.client.images.list(filters=selector):
+            for tag in image.tags:
+                self.remove_image(tag)
+        for volume in self.client.volumes.list(filters=selector) + [
+            v for v in self.client.volumes.list() if v.name.startswith(f"{self.instance}-caddy-")
+        ]:
+            _retry_while_in_use(volume.remove)
+
+    def ensure_volume(self, name: str, project: str) -> None:
+        try:
+            self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            self.client.volumes.create(name, labels=self.labels(project=project))
+
+
+def health_command(port: int, path: str | None) -> list[str]:
+    """The HEALTHCHECK, run by the mounted busybox against the task's own overlay address.
+
+    Probing the overlay address rather than 127.0.0.1 catches apps that listen on localhost
+    only, which the proxy could not reach.
+    """
+    b = PROBE_PATH
+    address = f'set -- $({b} hostname -i); H="$1"'
+    if path is None:
+        script = f'{address}; {b} timeout 5 {b} nc "$H" {port} </dev/null'
+    else:
+        request = shlex.quote(f"GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: disco-health\r\n\r\n")
+        script = (
+            f"{address}; S=$(printf %s {request} | {b} timeout 5 {b} nc \"$H\" {port} | {b} head -n 1); "
+            f"echo \"GET {path} on port {port}: ${{S:-no answer}}\"; "
+            f"echo \"$S\" | {b} grep -qE '^HTTP/[0-9.]+ [23][0-9][0-9]'"
+        )
+    return ["CMD", PROBE_PATH, "sh", "-c", script]
+
+
+def _swarm_spec(spec: ServiceSpec) -> dict:
+    mounts = [Mount(target=path, source=volume, type="volume") for volume, path in spec.mounts]
+    healthcheck = None
+    if spec.port is not None:
+        mounts.append(Mount(target=PROBE_PATH, source=PROBE_BINARY, type="bind", read_only=True))
+        healthcheck = Healthcheck(
+            test=health_command(spec.port, spec.health_path),
+            interval=1 * SECOND,
+            timeout=6 * SECOND,
+            retries=3,
+            # Failures before this do not count; the first pass makes the task healthy.
+            start_period=spec.health_timeout * SECOND,
+        )
+    container = docker.types.ContainerSpec(
+        image=spec.image,
+        args=spec.args,
+        env=[f"{k}={v}" for k, v in spec.env.items()],
+        labels=spec.labels,
+        mounts=mounts,
+        healthcheck=healthcheck,
+        init=True,  # PID 1 that forwards SIGTERM: apps that ignore it still stop promptly
+        stop_grace_period=10 * SECOND,
+    )
+    template = TaskTemplate(
+        container_spec=container,
+        restart_policy=RestartPolicy(condition="on-failure", delay=1 * SECOND),
+        networks=[{"Target": spec.network}],
+    )
+    # Workers have no health check, so watch them longer for an early crash.
+    monitor = (1 if spec.port is not None else 5) * SECOND
+    return {
+        "task_template": template,
+        "labels": spec.labels,
+        "mode": ServiceMode("replicated", replicas=spec.replicas),
+        "update_config": UpdateConfig(
+            parallelism=1, delay=0, failure_action="rollback", monitor=monitor,
+            max_failure_ratio=0, order="start-first",
+        ),
+        "rollback_config": RollbackConfig(
+            parallelism=0, delay=0, failure_action="pause", monitor=1 * SECOND, order="start-first",
+        ),
+        "endpoint_spec": EndpointSpec(mode="dnsrr"),
+    }
+
+
+def _retry_while_in_use(remove: Callable[[], object], timeout: float = 30) -> None:
+    """Volumes and networks stay busy for a moment after their service is removed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            remove()
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _task_deployment(task: dict) -> str:
+    return (task["Spec"]["ContainerSpec"].get("Labels") or {}).get("disco.deployment", "")
+
+
+def _die_with_parent() -> None:
+    """In the build child: get SIGKILL if the daemon dies, so no orphan build tags an image later."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+

@@ -1,0 +1,69 @@
+"""Reading pushed commits out of a bare repo: single files for checks, whole trees for builds."""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+from pathlib import Path
+
+from dulwich.objects import Commit, Tree
+from dulwich.repo import Repo
+
+GITLINK_MODE = 0o160000
+
+
+class GitRepoError(Exception):
+    pass
+
+
+def read_file(repo_path: Path, commit_sha: str, path: str) -> bytes | None:
+    """The content of `path` at `commit_sha`, or None if it is not a file there."""
+    with Repo(str(repo_path)) as repo:
+        commit = repo[commit_sha.encode()]
+        if not isinstance(commit, Commit):
+            raise GitRepoError(f"{commit_sha[:7]} is not a commit")
+        try:
+            _mode, sha = repo[commit.tree].lookup_path(repo.__getitem__, path.encode())  # type: ignore[union-attr]
+        except KeyError:
+            return None
+        blob = repo[sha]
+        return None if isinstance(blob, Tree) else blob.as_raw_string()
+
+
+def has_commit(repo_path: Path, commit_sha: str) -> bool:
+    with Repo(str(repo_path)) as repo:
+        return commit_sha.encode() in repo.object_store
+
+
+def submodules(repo_path: Path, commit_sha: str) -> list[str]:
+    """Paths of submodule entries, which a build context cannot contain."""
+    listing = _git(repo_path, "ls-tree", "-r", "-z", commit_sha)
+    found = []
+    for entry in listing.split(b"\0"):
+        if entry.startswith(b"160000 "):
+            found.append(entry.split(b"\t", 1)[1].decode(errors="replace"))
+    return found
+
+
+def export_tree(repo_path: Path, commit_sha: str, destination: Path) -> None:
+    """Write the exact tree of the commit (symlinks kept) into `destination`.
+
+    `git archive` rather than dulwich, whose tar writer turns symlinks into plain files.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.Popen(
+        ["git", "--git-dir", str(repo_path), "archive", "--format=tar", commit_sha],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert archive.stdout is not None
+    with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
+        tar.extractall(destination, filter="tar")
+    if archive.wait() != 0:
+        raise GitRepoError(f"git archive failed: {archive.stderr.read().decode(errors='replace').strip()}")
+
+
+def _git(repo_path: Path, *args: str) -> bytes:
+    result = subprocess.run(["git", "--git-dir", str(repo_path), *args], capture_output=True)
+    if result.returncode != 0:
+        raise GitRepoError(f"git {args[0]} failed: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout
