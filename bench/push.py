@@ -10,6 +10,9 @@ size. It then times `git push` of that repo to a fresh destination, N times each
   sshd     native git over OpenSSH, via an sshd this script starts on a free loopback port
            (needs /usr/sbin/sshd and root; skipped with a note otherwise)
 
+Every variant pushes `main` to a branch named `bench`, not to `main`: a push to Disco's deploy
+branch builds and rolls out the app, and this measures the git transport only.
+
 The variants are interleaved within each repetition (and their order rotated) so machine
 noise hits them alike; the table shows the median. It also samples the daemon's RSS during
 the pushes (peak) and once right after start (idle), and labels each number against its
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import secrets
 import shlex
 import shutil
 import signal
@@ -47,6 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DISCO = ROOT / ".venv" / "bin" / "disco"
 SSHD = Path("/usr/sbin/sshd")
+# The image the tests use (setup.sh builds it); the daemon starts a Caddy proxy with it.
+CADDY_IMAGE = os.environ.get("DISCO_CADDY_IMAGE", "disco-caddy:debian")
 # sshd refuses to start without its privilege separation directory; Debian's init script makes it.
 SSHD_PRIVSEP_DIR = Path("/run/sshd")
 
@@ -61,6 +67,8 @@ IDLE_RSS_TARGET_MB = 60.0
 IDLE_SETTLE_SECONDS = 2.0
 RSS_SAMPLE_SECONDS = 0.02
 PUSH_TIMEOUT_SECONDS = 1800
+# Not the deploy branch (main), so Disco stores the push without building or deploying it.
+TARGET_REF = "refs/heads/bench"
 LISTEN_TIMEOUT_SECONDS = 20
 
 # Keep the user's and the system's git config out of every git we run, so runs are comparable.
@@ -239,17 +247,25 @@ def start_server(name: str, cmd: list[str], port: int, log_path: Path) -> Server
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     server = Server(name, process, port, log_path)
+    try:
+        wait_until_listening(server)
+    except BaseException:  # Ctrl-C included: the caller has no handle on it yet
+        stop_server(server)
+        raise
+    return server
+
+
+def wait_until_listening(server: Server) -> None:
     deadline = time.monotonic() + LISTEN_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}:\n{server.log_tail()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return server
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
+            return
         except OSError:
             time.sleep(0.05)
-    stop_server(server)
-    raise RuntimeError(f"{name} did not listen on port {port}:\n{server.log_tail()}")
+    raise RuntimeError(f"{server.name} did not listen on port {server.port}:\n{server.log_tail()}")
 
 
 def stop_server(server: Server) -> None:
@@ -262,7 +278,7 @@ def stop_server(server: Server) -> None:
         try:
             server.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.kill()
             server.process.wait()
 
 
@@ -287,13 +303,38 @@ def make_workspace(root: Path) -> Workspace:
     return Workspace(root, key, root / "known_hosts")
 
 
-def start_disco(workspace: Workspace) -> tuple[Server, Path]:
-    """A fresh data dir with one admin (our key), and the daemon on it; returns (server, repos dir)."""
+def start_disco(workspace: Workspace, instance: str) -> tuple[Server, Path]:
+    """A fresh data dir with one admin (our key), and the daemon on it; returns (server, repos dir).
+
+    The daemon also starts a Caddy proxy in Docker: like the tests, give it an instance name of
+    its own (the prefix of every Docker object it makes) and free ports, never the defaults
+    (`disco`, 80 and 443), which belong to a real install.
+    """
     data_dir = workspace.root / "disco-data"
     run([str(DISCO), "init", "--data-dir", str(data_dir), "--admin", "bench", "--key", f"{workspace.client_key}.pub"])
     port = free_port()
-    cmd = [str(DISCO), "serve", "--data-dir", str(data_dir), "--ssh-port", str(port), "--listen", "127.0.0.1"]
+    cmd = [
+        str(DISCO), "serve", "--data-dir", str(data_dir), "--ssh-port", str(port), "--listen", "127.0.0.1",
+        "--instance", instance, "--http-port", str(free_port()), "--https-port", str(free_port()),
+        "--no-tls", "--apps-domain", "localhost", "--caddy-image", CADDY_IMAGE,
+    ]
     return start_server("disco serve", cmd, port, workspace.root / "disco-serve.log"), data_dir / "repos"
+
+
+def remove_docker_objects(instance: str) -> None:
+    """Remove the services, networks and volumes the daemon made, as the tests do."""
+    if shutil.which("docker") is None:
+        return
+    try:
+        from runtime.docker_engine import DockerError, Engine  # the project's own teardown
+    except ImportError as err:
+        print(f"warning: cannot import the project's Docker engine ({err}); remove Docker objects "
+              f"labelled disco.instance={instance} by hand", file=sys.stderr)
+        return
+    try:
+        Engine(instance).remove_instance()
+    except DockerError:
+        pass  # no Docker engine running, so the daemon made nothing there either
 
 
 def sshd_unavailable_reason() -> str | None:
@@ -411,12 +452,12 @@ def disco_variant(server: Server, repos_dir: Path) -> Variant:
 def timed_push(repo: GeneratedRepo, target: PushTarget, workspace: Workspace) -> float:
     env = {**GIT_ENV, "GIT_SSH_COMMAND": workspace.ssh_command()}
     started = time.perf_counter()
-    run(["git", "push", "-q", target.url, "main"], cwd=repo.path, env=env, timeout=PUSH_TIMEOUT_SECONDS)
+    run(["git", "push", "-q", target.url, f"main:{TARGET_REF}"], cwd=repo.path, env=env, timeout=PUSH_TIMEOUT_SECONDS)
     elapsed = time.perf_counter() - started
     # A push that "succeeds" without landing the commit would make a meaningless number.
-    landed = run(["git", "--git-dir", str(target.git_dir), "rev-parse", "refs/heads/main"]).stdout.strip()
+    landed = run(["git", "--git-dir", str(target.git_dir), "rev-parse", TARGET_REF]).stdout.strip()
     if landed != repo.head:
-        raise RuntimeError(f"push to {target.url} left main at {landed}, expected {repo.head}")
+        raise RuntimeError(f"push to {target.url} left {TARGET_REF} at {landed}, expected {repo.head}")
     return elapsed
 
 
@@ -482,6 +523,8 @@ def print_report(results: list[SizeResult], idle_rss_mb: float, final_rss: dict[
           f"{idle_rss_mb:.1f} MB  (target < {IDLE_RSS_TARGET_MB:.0f} MB) {pass_or_miss(idle_rss_mb < IDLE_RSS_TARGET_MB)}")
     if final_rss:
         print(f"daemon after all pushes: VmRSS {final_rss['VmRSS']:.1f} MB, VmHWM {final_rss['VmHWM']:.1f} MB")
+    print("(RSS is VmRSS, sampled every 20 ms; it counts the pages of the pack file the daemon maps "
+          "while indexing it)")
     if sshd_note:
         print(f"note: sshd variant skipped: {sshd_note}")
 
@@ -517,11 +560,13 @@ def benchmark(args: argparse.Namespace, stack: ExitStack) -> None:
     print(f"workspace {root}")
     workspace = make_workspace(root)
 
-    disco, repos_dir = start_disco(workspace)
+    instance = f"bench{secrets.token_hex(4)}"
+    stack.callback(remove_docker_objects, instance)  # runs after the daemon has stopped
+    disco, repos_dir = start_disco(workspace, instance)
     stack.callback(stop_server, disco)
     time.sleep(IDLE_SETTLE_SECONDS)
     idle_rss_kb = proc_status_kb(disco.process.pid, "VmRSS") or 0
-    print(f"disco serve pid {disco.process.pid} on port {disco.port}; idle RSS {kb_to_mb(idle_rss_kb):.1f} MB")
+    print(f"disco serve pid {disco.process.pid} on port {disco.port} (instance {instance}); idle RSS {kb_to_mb(idle_rss_kb):.1f} MB")
 
     variants = [
         disco_variant(disco, repos_dir),

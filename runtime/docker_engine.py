@@ -359,8 +359,16 @@ class Engine:
     def remove_instance(self) -> None:
         """Remove every service, image, volume and network of this instance (tests, uninstall)."""
         selector = {"label": f"disco.instance={self.instance}"}
-        for service in self.client.services.list(filters=selector):
+        services = self.client.services.list(filters=selector)
+        for service in services:
             service.remove()
+        # Their containers linger (and may still be creating volumes) for a moment.
+        names = {s.name for s in services}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(
+            c.labels.get("com.docker.swarm.service.name") in names for c in self.client.containers.list(all=True)
+        ):
+            time.sleep(0.5)
         for network in self.client.networks.list(filters=selector):
             _retry_while_in_use(network.remove)
         for image in self.client.images.list(filters=selector):

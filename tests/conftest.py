@@ -9,14 +9,32 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
+from runtime.docker_engine import Engine
+
 BIN = Path(sys.executable).parent
+# setup.sh exports the image it made sure of; a bare `pytest` falls back to the local build.
+CADDY_IMAGE = os.environ.get("DISCO_CADDY_IMAGE", "disco-caddy:debian")
 DISCO = str(BIN / "disco")
 HERE = Path(__file__).parent
+
+
+def docker_available() -> bool:
+    return subprocess.run(["/usr/bin/docker", "info"], capture_output=True).returncode == 0
+
+
+def require_docker() -> None:
+    """Skip without Docker, except under CI, where a missing Docker is a failure."""
+    if not docker_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("Docker is not available, but CI=true requires it (./setup.sh test starts it)")
+        pytest.skip("no Docker engine here; ./setup.sh test starts one")
 
 
 def free_port() -> int:
@@ -64,6 +82,10 @@ class Disco:
     data_dir: Path
     workdir: Path
     ssh_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    https_port: int = field(default_factory=free_port)
+    # Each daemon owns its Docker objects through a unique instance name, removed after the test.
+    instance: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -76,7 +98,9 @@ class Disco:
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
             [DISCO, "serve", "--data-dir", str(self.data_dir), "--ssh-port", str(self.ssh_port),
-             "--listen", "127.0.0.1", "--host", "disco.test", *self.extra_args],
+             "--listen", "127.0.0.1", "--host", "disco.test", "--instance", self.instance,
+             "--http-port", str(self.http_port), "--https-port", str(self.https_port), "--no-tls",
+             "--apps-domain", "localhost", "--caddy-image", CADDY_IMAGE, *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
@@ -100,6 +124,14 @@ class Disco:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def get(self, host: str, path: str = "/", timeout: float = 10) -> httpx.Response:
+        """A request through Caddy, as a browser asking for `host` would make it."""
+        return httpx.get(f"http://127.0.0.1:{self.http_port}{path}", headers={"Host": host}, timeout=timeout)
+
+    def remove_docker_objects(self) -> None:
+        if docker_available():
+            Engine(self.instance).remove_instance()
 
     def url(self, project: str) -> str:
         return f"ssh://git@127.0.0.1:{self.ssh_port}/{project}"
@@ -131,6 +163,7 @@ def disco(tmp_path: Path):
     yield server
     if server.process is not None:
         server.stop(signal.SIGKILL)
+    server.remove_docker_objects()
 
 
 @pytest.fixture
@@ -147,10 +180,11 @@ def running(disco: Disco, admin_key: Key) -> Disco:
     return disco
 
 
-def make_repo(path: Path, files: dict[str, bytes | str] | None = None, message: str = "first") -> Path:
-    """A work tree with one commit on main."""
+def make_repo(path: Path, files: dict[str, bytes | str] | None = None, message: str = "first",
+              branch: str = "main") -> Path:
+    """A work tree with one commit on `branch`."""
     path.mkdir(parents=True, exist_ok=True)
-    run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    run(["git", "init", "-q", "-b", branch, str(path)], check=True)
     commit(path, files or {"README": "hello\n"}, message)
     return path
 

@@ -8,16 +8,11 @@ import subprocess
 
 import pytest
 
-
-def docker_or_skip() -> None:
-    if not os.path.exists("/usr/bin/docker") or subprocess.run(["/usr/bin/docker", "info"], capture_output=True).returncode:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Docker is not available, but CI=true requires it (run ./setup.sh test)")
-        pytest.skip("no Docker engine here; ./setup.sh test starts one")
+from conftest import require_docker
 
 
 def test_docker_engine_runs_in_swarm_mode():
-    docker_or_skip()
+    require_docker()
     state = subprocess.run(["/usr/bin/docker", "info", "--format", "{{.Swarm.LocalNodeState}}"],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert state == "active"

@@ -13,9 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HERE, Disco, Key, commit, free_port, head, make_repo, run, server_ref
+import conftest
+from conftest import HERE, Disco, Key, commit, free_port, head, run, server_ref
 
 RELAY = [sys.executable, str(HERE / "ssh_relay.py")]
+# These tests are about git over SSH, so they push a branch that is stored and not deployed;
+# deploying the deploy branch is covered in test_deploy.py.
+BRANCH = "dev"
+
+
+def make_repo(path: Path, files: dict | None = None, message: str = "first", branch: str = BRANCH) -> Path:
+    return conftest.make_repo(path, files, message, branch)
+
+
+def stored(disco: Disco, project: str) -> str | None:
+    return server_ref(disco, project, f"refs/heads/{BRANCH}")
 
 
 def wait_for(path: Path, timeout: float = 30) -> None:
@@ -32,11 +44,12 @@ def big_repo(path: Path, megabytes: int = 4) -> Path:
 
 def test_admin_first_push_creates_project_and_reports(running: Disco, admin_key: Key, tmp_path: Path):
     repo = make_repo(tmp_path / "app")
-    result = running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo)
+    result = running.git(admin_key, "push", running.url("myapp"), BRANCH, cwd=repo)
     assert result.returncode == 0, result.stderr
     sha = head(repo)
-    assert f"remote: main -> {sha[:7]} received" in result.stderr
-    assert server_ref(running, "myapp") == sha
+    assert "remote: created project myapp" in result.stderr
+    assert f"remote: {BRANCH} -> {sha[:7]} stored (only main deploys)" in result.stderr
+    assert stored(running, "myapp") == sha
     assert (running.repo_dir("myapp") / "HEAD").read_text().strip() == "ref: refs/heads/main"
     assert "push user=alice project=myapp" in running.log() and "result=ok" in running.log()
 
@@ -47,9 +60,9 @@ def test_url_forms_reach_the_same_repo(running: Disco, admin_key: Key, tmp_path:
     # The scp form `git@host:path` sends the path without a leading slash.
     ssh = running.ssh_command(admin_key, "-p", str(running.ssh_port))
     env = {**os.environ, "GIT_SSH_COMMAND": " ".join(ssh)}
-    result = run(["git", "push", f"git@127.0.0.1:{path}", "main"], cwd=repo, env=env)
+    result = run(["git", "push", f"git@127.0.0.1:{path}", BRANCH], cwd=repo, env=env)
     assert result.returncode == 0, result.stderr
-    assert server_ref(running, "myapp") == head(repo)
+    assert stored(running, "myapp") == head(repo)
     assert sorted(p.name for p in (running.data_dir / "repos").iterdir()) == ["myapp.git"]
 
 
@@ -58,49 +71,66 @@ def test_clone_fetch_ls_remote_tags_branches_and_force_push(running: Disco, admi
     run(["git", "tag", "v1"], cwd=repo, check=True)
     run(["git", "checkout", "-q", "-b", "feature"], cwd=repo, check=True)
     feature_sha = commit(repo, {"feature.txt": "f\n"}, "feature work")
-    run(["git", "checkout", "-q", "main"], cwd=repo, check=True)
-    result = running.git(admin_key, "push", running.url("myapp"), "main", "feature", "--tags", cwd=repo)
+    run(["git", "checkout", "-q", BRANCH], cwd=repo, check=True)
+    result = running.git(admin_key, "push", running.url("myapp"), BRANCH, "feature", "--tags", cwd=repo)
     assert result.returncode == 0, result.stderr
 
     listing = running.git(admin_key, "ls-remote", running.url("myapp"), cwd=repo)
     refs = dict(reversed(line.split("\t")) for line in listing.stdout.splitlines())
-    assert refs["refs/heads/main"] == head(repo)
+    assert refs[f"refs/heads/{BRANCH}"] == head(repo)
     assert refs["refs/heads/feature"] == feature_sha
     assert refs["refs/tags/v1"] == head(repo)
 
     clone = tmp_path / "clone"
-    result = running.git(admin_key, "clone", "-q", running.url("myapp"), str(clone))
+    result = running.git(admin_key, "clone", "-q", "-b", BRANCH, running.url("myapp"), str(clone))
     assert result.returncode == 0, result.stderr
     assert head(clone) == head(repo) and (clone / "README").read_text() == "hello\n"
 
     second = commit(repo, {"README": "second\n"}, "second")
-    assert running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo).returncode == 0
+    assert running.git(admin_key, "push", running.url("myapp"), BRANCH, cwd=repo).returncode == 0
     assert running.git(admin_key, "fetch", "-q", "origin", cwd=clone).returncode == 0
-    assert head(clone, "origin/main") == second
+    assert head(clone, f"origin/{BRANCH}") == second
 
     # Rewrite history and force-push: allowed, like Heroku.
     run(["git", "reset", "-q", "--hard", "HEAD~1"], cwd=repo, check=True)
     rewritten = commit(repo, {"README": "rewritten\n"}, "rewritten")
-    refused = running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo)
-    assert refused.returncode != 0 and server_ref(running, "myapp") == second
-    forced = running.git(admin_key, "push", "--force", running.url("myapp"), "main", cwd=repo)
+    refused = running.git(admin_key, "push", running.url("myapp"), BRANCH, cwd=repo)
+    assert refused.returncode != 0 and stored(running, "myapp") == second
+    forced = running.git(admin_key, "push", "--force", running.url("myapp"), BRANCH, cwd=repo)
     assert forced.returncode == 0, forced.stderr
-    assert server_ref(running, "myapp") == rewritten
+    assert stored(running, "myapp") == rewritten
     fsck = run(["git", "--git-dir", str(running.repo_dir("myapp")), "fsck", "--strict"])
     assert fsck.returncode == 0, fsck.stderr
 
 
-def test_deploy_branch_cannot_be_deleted_but_other_branches_can(running: Disco, admin_key: Key, tmp_path: Path):
+def test_other_branches_can_be_deleted(running: Disco, admin_key: Key, tmp_path: Path):
     repo = make_repo(tmp_path / "app")
     run(["git", "branch", "old"], cwd=repo, check=True)
-    assert running.git(admin_key, "push", running.url("myapp"), "main", "old", cwd=repo).returncode == 0
-    refused = running.git(admin_key, "push", running.url("myapp"), ":main", cwd=repo)
-    assert refused.returncode != 0
-    assert "[remote rejected] main (the deploy branch 'main' cannot be deleted)" in refused.stderr
-    assert server_ref(running, "myapp") == head(repo)
+    assert running.git(admin_key, "push", running.url("myapp"), BRANCH, "old", cwd=repo).returncode == 0
     deleted = running.git(admin_key, "push", running.url("myapp"), ":old", cwd=repo)
     assert deleted.returncode == 0, deleted.stderr
+    assert "remote: old deleted" in deleted.stderr
     assert server_ref(running, "myapp", "refs/heads/old") is None
+    assert stored(running, "myapp") == head(repo)
+
+
+def test_deploy_branch_without_dockerfile_is_refused_before_the_ref_moves(
+    running: Disco, admin_key: Key, tmp_path: Path
+):
+    repo = make_repo(tmp_path / "app", branch="main")
+    result = running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo)
+    assert result.returncode != 0
+    assert "[remote rejected] main -> main (no Dockerfile at Dockerfile: Disco builds the app from it)" in result.stderr
+    assert not running.repo_dir("myapp").exists()  # a refused first push leaves nothing
+
+
+def test_malformed_disco_toml_is_refused_naming_key_and_line(running: Disco, admin_key: Key, tmp_path: Path):
+    repo = make_repo(tmp_path / "app", {"Dockerfile": "FROM scratch\n", "disco.toml": "[services.web]\nprot = 80\n"},
+                     branch="main")
+    result = running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo)
+    assert result.returncode != 0
+    assert "(disco.toml line 2: unknown key 'services.web.prot'" in result.stderr
+    assert server_ref(running, "myapp") is None
 
 
 HOSTILE_PATHS = [
@@ -115,7 +145,7 @@ def test_hostile_project_names_are_refused_and_nothing_is_created(
 ):
     repo = make_repo(tmp_path / "app")
     url = f"ssh://git@127.0.0.1:{running.ssh_port}/{path}"
-    result = running.git(admin_key, "push", url, "main", cwd=repo)
+    result = running.git(admin_key, "push", url, BRANCH, cwd=repo)
     assert result.returncode != 0
     assert "a project name is a lowercase DNS label" in result.stderr
     assert list((running.data_dir / "repos").iterdir()) == []
@@ -128,25 +158,25 @@ def test_deployer_needs_a_grant_and_cannot_create(running: Disco, admin_key: Key
     assert running.cli("keys:add", "bob", str(bob.public)).returncode == 0
     repo = make_repo(tmp_path / "app")
 
-    created = running.git(bob, "push", running.url("newapp"), "main", cwd=repo)
+    created = running.git(bob, "push", running.url("newapp"), BRANCH, cwd=repo)
     assert created.returncode != 0
     assert "has no access to project 'newapp'" in created.stderr
     assert not running.repo_dir("newapp").exists()
 
-    assert running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo).returncode == 0
-    denied = running.git(bob, "push", running.url("myapp"), "main", cwd=repo)
+    assert running.git(admin_key, "push", running.url("myapp"), BRANCH, cwd=repo).returncode == 0
+    denied = running.git(bob, "push", running.url("myapp"), BRANCH, cwd=repo)
     assert "has no access to project 'myapp'" in denied.stderr
     assert running.git(bob, "ls-remote", running.url("myapp")).returncode != 0
 
     assert running.cli("users:grant", "bob", "myapp").returncode == 0
     new_sha = commit(repo, {"README": "by bob\n"}, "bob's change")
-    allowed = running.git(bob, "push", running.url("myapp"), "main", cwd=repo)
+    allowed = running.git(bob, "push", running.url("myapp"), BRANCH, cwd=repo)
     assert allowed.returncode == 0, allowed.stderr
-    assert server_ref(running, "myapp") == new_sha
+    assert stored(running, "myapp") == new_sha
 
     # Granted a name that does not exist yet: still may not create it.
     assert running.cli("users:grant", "bob", "ghost").returncode == 0
-    ghost = running.git(bob, "push", running.url("ghost"), "main", cwd=repo)
+    ghost = running.git(bob, "push", running.url("ghost"), BRANCH, cwd=repo)
     assert "only admins can create projects" in ghost.stderr
 
     assert running.cli("users:revoke", "bob", "myapp").returncode == 0
@@ -156,14 +186,14 @@ def test_deployer_needs_a_grant_and_cannot_create(running: Disco, admin_key: Key
 def test_unknown_and_removed_keys_are_denied(running: Disco, admin_key: Key, make_key, tmp_path: Path):
     stranger = make_key("stranger")
     repo = make_repo(tmp_path / "app")
-    denied = running.git(stranger, "push", running.url("myapp"), "main", cwd=repo)
+    denied = running.git(stranger, "push", running.url("myapp"), BRANCH, cwd=repo)
     assert denied.returncode != 0
     assert "Permission denied (publickey)" in denied.stderr
 
     carol = make_key("carol")
     assert running.cli("users:add", "carol", "--role", "admin").returncode == 0
     assert running.cli("keys:add", "carol", str(carol.public)).returncode == 0
-    assert running.git(carol, "push", running.url("myapp"), "main", cwd=repo).returncode == 0
+    assert running.git(carol, "push", running.url("myapp"), BRANCH, cwd=repo).returncode == 0
     assert running.cli("keys:remove", carol.fingerprint).returncode == 0
     after = running.git(carol, "ls-remote", running.url("myapp"))
     assert "Permission denied (publickey)" in after.stderr
@@ -214,36 +244,36 @@ def test_shell_explains_itself_and_other_requests_are_refused(running: Disco, ad
         assert conn.recv(100) == b""  # closed at once: no SSH banner came through the tunnel
         conn.close()
     finally:
-        tunnel.terminate()
+        tunnel.kill()
         tunnel.communicate(timeout=10)
 
 
 def test_interrupted_push_changes_no_ref_and_leaves_no_temp_pack(running: Disco, admin_key: Key, tmp_path: Path):
     repo = make_repo(tmp_path / "app")
     first = head(repo)
-    assert running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo).returncode == 0
+    assert running.git(admin_key, "push", running.url("myapp"), BRANCH, cwd=repo).returncode == 0
     commit(repo, {"blob.bin": os.urandom(4 << 20)}, "big")
     marker = tmp_path / "cut"
-    result = running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo,
+    result = running.git(admin_key, "push", running.url("myapp"), BRANCH, cwd=repo,
                          wrapper=[*RELAY, "--after", "200000", "--cut", str(marker), "--"])
     assert result.returncode != 0
     assert Path(f"{marker}.reached").exists()
-    assert server_ref(running, "myapp") == first
+    assert stored(running, "myapp") == first
     objects = running.repo_dir("myapp") / "objects"
     deadline = time.monotonic() + 10
     while list(objects.glob("tmp_pack_*")) or list((objects / "pack").glob("tmp_*")):
         assert time.monotonic() < deadline, list(objects.rglob("tmp*"))
         time.sleep(0.1)
     # And the next push goes through.
-    retry = running.git(admin_key, "push", running.url("myapp"), "main", cwd=repo)
+    retry = running.git(admin_key, "push", running.url("myapp"), BRANCH, cwd=repo)
     assert retry.returncode == 0, retry.stderr
-    assert server_ref(running, "myapp") == head(repo)
+    assert stored(running, "myapp") == head(repo)
 
 
 def test_interrupted_first_push_leaves_no_project_behind(running: Disco, admin_key: Key, tmp_path: Path):
     repo = big_repo(tmp_path / "app")
     marker = tmp_path / "cut"
-    result = running.git(admin_key, "push", running.url("newapp"), "main", cwd=repo,
+    result = running.git(admin_key, "push", running.url("newapp"), BRANCH, cwd=repo,
                          wrapper=[*RELAY, "--after", "200000", "--cut", str(marker), "--"])
     assert result.returncode != 0
     deadline = time.monotonic() + 10
@@ -254,11 +284,11 @@ def test_interrupted_first_push_leaves_no_project_behind(running: Disco, admin_k
 
 def test_concurrent_pushes_to_one_repo_one_wins_the_other_is_told(running: Disco, admin_key: Key, tmp_path: Path):
     base = make_repo(tmp_path / "base")
-    assert running.git(admin_key, "push", running.url("myapp"), "main", cwd=base).returncode == 0
+    assert running.git(admin_key, "push", running.url("myapp"), BRANCH, cwd=base).returncode == 0
     slow = tmp_path / "slow"
     fast = tmp_path / "fast"
     for clone in (slow, fast):
-        assert running.git(admin_key, "clone", "-q", running.url("myapp"), str(clone)).returncode == 0
+        assert running.git(admin_key, "clone", "-q", "-b", BRANCH, running.url("myapp"), str(clone)).returncode == 0
     commit(slow, {"blob.bin": os.urandom(2 << 20)}, "slow change")
     fast_sha = commit(fast, {"fast.txt": "fast\n"}, "fast change")
 
@@ -266,18 +296,18 @@ def test_concurrent_pushes_to_one_repo_one_wins_the_other_is_told(running: Disco
     release = tmp_path / "release"
     results: dict[str, subprocess.CompletedProcess] = {}
     slow_push = threading.Thread(target=lambda: results.setdefault("slow", running.git(
-        admin_key, "push", running.url("myapp"), "main", cwd=slow,
+        admin_key, "push", running.url("myapp"), BRANCH, cwd=slow,
         wrapper=[*RELAY, "--after", "100000", "--pause-until", str(release), "--"])))
     slow_push.start()
     wait_for(Path(f"{release}.reached"))
-    fast_result = running.git(admin_key, "push", running.url("myapp"), "main", cwd=fast)
+    fast_result = running.git(admin_key, "push", running.url("myapp"), BRANCH, cwd=fast)
     assert fast_result.returncode == 0, fast_result.stderr
     release.touch()
     slow_push.join(60)
 
     assert results["slow"].returncode != 0
     assert "the ref moved while you pushed; fetch, then push again" in results["slow"].stderr
-    assert server_ref(running, "myapp") == fast_sha
+    assert stored(running, "myapp") == fast_sha
     fsck = run(["git", "--git-dir", str(running.repo_dir("myapp")), "fsck"])
     assert fsck.returncode == 0, fsck.stderr
 
@@ -288,11 +318,11 @@ def test_pushes_to_different_projects_run_in_parallel(running: Disco, admin_key:
     release = tmp_path / "release"
     results: dict[str, subprocess.CompletedProcess] = {}
     stalled = threading.Thread(target=lambda: results.setdefault("one", running.git(
-        admin_key, "push", running.url("one"), "main", cwd=stalled_repo,
+        admin_key, "push", running.url("one"), BRANCH, cwd=stalled_repo,
         wrapper=[*RELAY, "--after", "100000", "--pause-until", str(release), "--"])))
     stalled.start()
     wait_for(Path(f"{release}.reached"))
-    quick = running.git(admin_key, "push", running.url("two"), "main", cwd=other, timeout=30)
+    quick = running.git(admin_key, "push", running.url("two"), BRANCH, cwd=other, timeout=30)
     assert quick.returncode == 0, quick.stderr
     assert results == {}, "the first push should still be stalled"
     release.touch()
@@ -304,18 +334,18 @@ def test_push_over_the_size_limit_is_refused(disco: Disco, admin_key: Key, tmp_p
     disco.extra_args = ["--max-push-size", "100000"]
     disco.start()
     repo = make_repo(tmp_path / "small")
-    assert disco.git(admin_key, "push", disco.url("myapp"), "main", cwd=repo).returncode == 0
+    assert disco.git(admin_key, "push", disco.url("myapp"), BRANCH, cwd=repo).returncode == 0
     commit(repo, {"blob.bin": os.urandom(1 << 20)}, "too big")
-    result = disco.git(admin_key, "push", disco.url("myapp"), "main", cwd=repo)
+    result = disco.git(admin_key, "push", disco.url("myapp"), BRANCH, cwd=repo)
     assert result.returncode != 0
     assert "larger than the server's limit of 97.66 KiB" in result.stderr
-    assert server_ref(disco, "myapp") != head(repo)
+    assert stored(disco, "myapp") != head(repo)
 
 
 def test_restart_keeps_host_key_and_data(disco: Disco, admin_key: Key, tmp_path: Path):
     disco.start()
     repo = make_repo(tmp_path / "app")
-    assert disco.git(admin_key, "push", disco.url("myapp"), "main", cwd=repo).returncode == 0
+    assert disco.git(admin_key, "push", disco.url("myapp"), BRANCH, cwd=repo).returncode == 0
     assert disco.stop() == 0
     key_mode = (disco.data_dir / "ssh_host_ed25519_key").stat().st_mode & 0o777
     assert key_mode == 0o600
@@ -335,7 +365,7 @@ def test_sigterm_lets_an_inflight_push_finish(disco: Disco, admin_key: Key, tmp_
     release = tmp_path / "release"
     results: dict[str, subprocess.CompletedProcess] = {}
     push = threading.Thread(target=lambda: results.setdefault("push", disco.git(
-        admin_key, "push", disco.url("myapp"), "main", cwd=repo,
+        admin_key, "push", disco.url("myapp"), BRANCH, cwd=repo,
         wrapper=[*RELAY, "--after", "100000", "--pause-until", str(release), "--"])))
     push.start()
     wait_for(Path(f"{release}.reached"))
@@ -349,5 +379,5 @@ def test_sigterm_lets_an_inflight_push_finish(disco: Disco, admin_key: Key, tmp_
     release.touch()
     push.join(60)
     assert results["push"].returncode == 0, results["push"].stderr
-    assert server_ref(disco, "myapp") == head(repo)
+    assert stored(disco, "myapp") == head(repo)
     assert disco.process.wait(timeout=30) == 0  # exits by itself once the push is done
