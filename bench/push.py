@@ -11,7 +11,9 @@ size. It then times `git push` of that repo to a fresh destination, N times each
            (needs /usr/sbin/sshd and root; skipped with a note otherwise)
 
 Every variant pushes `main` to a branch named `bench`, not to `main`: a push to Disco's deploy
-branch builds and rolls out the app, and this measures the git transport only.
+branch builds and rolls out the app, and this measures the git transport only. With Docker
+running, the daemon also starts its Caddy proxy; it gets an instance name and ports of its own,
+and the script removes its Docker objects at the end.
 
 The variants are interleaved within each repetition (and their order rotated) so machine
 noise hits them alike; the table shows the median. It also samples the daemon's RSS during

@@ -221,13 +221,18 @@ class Engine:
             if service is None:
                 raise DockerError(f"service {spec.name} disappeared during the deploy")
             state = (service.attrs.get("UpdateStatus") or {}).get("State", "")
-            tasks = [t for t in service.tasks() if _task_deployment(t) == deployment]
+            all_tasks = service.tasks()
+            tasks = [t for t in all_tasks if _task_deployment(t) == deployment]
             running = [t for t in tasks if t["Status"]["State"] == "running" and t["DesiredState"] == "running"]
+            # Swarm says "completed" while the last old task may still be stopping; wait for it,
+            # so that "live" means only the new version answers.
+            old_still_up = [t for t in all_tasks if _task_deployment(t) != deployment
+                            and t["Status"]["State"] in ("running", "starting")]
             if state.startswith("rollback") or state == "paused":
                 raise DockerError(self._failure_reason(spec, tasks) or f"swarm rolled the update back ({state})")
             if created and (reason := self._failure_reason(spec, tasks)):
                 raise DockerError(reason)
-            done = state == "completed" if not created else len(running) >= spec.replicas
+            done = (state == "completed" and not old_still_up) if not created else len(running) >= spec.replicas
             if done or (spec.replicas == 0):
                 return
             message = f"waiting for {spec.name}: {len(running)}/{spec.replicas} task(s) healthy"

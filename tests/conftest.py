@@ -195,6 +195,8 @@ def commit(path: Path, files: dict[str, bytes | str], message: str) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
             target.write_bytes(content)
+            if content.startswith(b"\x7fELF"):  # a binary for the image must stay executable
+                target.chmod(0o755)
         else:
             target.write_text(content)
     run(["git", "add", "-A"], cwd=path, check=True)

@@ -1,0 +1,412 @@
+"""Deploy on push, end to end: real git + ssh, dockerd with swarm, BuildKit, and Caddy.
+
+Every app is built here FROM scratch with busybox; every test has its own instance name, so
+its services, images, volumes and proxy are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from apps import BASE, SERVE, new_version, shell_cmd, web_app
+from conftest import Disco, Key, commit, head, require_docker, run, server_ref
+
+
+@pytest.fixture
+def live(disco: Disco, admin_key: Key) -> Disco:
+    require_docker()
+    disco.start()
+    return disco
+
+
+def push(disco: Disco, key: Key, repo: Path, project: str = "myapp", *extra: str) -> subprocess.CompletedProcess:
+    return disco.git(key, "push", *extra, disco.url(project), "main", cwd=repo, timeout=300)
+
+
+def deployments(disco: Disco, project: str = "myapp") -> list[dict]:
+    with sqlite3.connect(disco.data_dir / "disco.sqlite3") as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute("SELECT * FROM deployments WHERE project = ? ORDER BY number", [project]).fetchall()
+        return [dict(row) for row in rows]
+
+
+def body(disco: Disco, host: str = "myapp.localhost", path: str = "/") -> str:
+    response = disco.get(host, path)
+    assert response.status_code == 200, (response.status_code, response.text)
+    return response.text
+
+
+def inspect_service(name: str) -> dict:
+    return json.loads(run(["/usr/bin/docker", "service", "inspect", name], check=True).stdout)[0]
+
+
+def docker_rows(*args: str) -> list[dict]:
+    """`docker ... ls` as one dict per row."""
+    out = run(["/usr/bin/docker", *args, "--format", "{{json .}}"], check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def service_env(disco: Disco, service: str = "web") -> dict[str, str]:
+    spec = inspect_service(f"{disco.instance}-myapp-{service}")["Spec"]
+    return dict(item.split("=", 1) for item in spec["TaskTemplate"]["ContainerSpec"]["Env"])
+
+
+class Poller:
+    """Requests the app through Caddy every 50 ms in the background and counts what fails."""
+
+    def __init__(self, disco: Disco, host: str = "myapp.localhost") -> None:
+        self.disco, self.host = disco, host
+        self.bodies: list[str] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.get(f"http://127.0.0.1:{self.disco.http_port}/", headers={"Host": self.host})
+                    if response.status_code == 200:
+                        self.bodies.append(response.text)
+                    else:
+                        self.errors.append(f"{response.status_code} {response.text[:80]}")
+                except httpx.HTTPError as err:
+                    self.errors.append(repr(err))
+                time.sleep(0.05)
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+def test_push_deploys_then_a_second_version_replaces_it(live: Disco, admin_key: Key, tmp_path: Path):
+    repo = web_app(tmp_path / "app", "v1\n")
+    first = push(live, admin_key, repo)
+    assert first.returncode == 0, first.stderr
+    assert "remote: deployment #1 is live at myapp.localhost" in first.stderr
+    assert "remote: #" in first.stderr  # BuildKit's build output streamed as remote: lines
+    assert body(live) == "v1\n"
+    log = Path(deployments(live)[0]["log_path"]).read_text()
+    assert "naming to" in log and "deployment #1 is live" in log
+
+    new_version(repo, "v2\n")
+    with Poller(live) as poller:
+        second = push(live, admin_key, repo)
+        time.sleep(1)
+    assert second.returncode == 0, second.stderr
+    assert body(live) == "v2\n"
+    assert poller.errors == []
+    assert set(poller.bodies) <= {"v1\n", "v2\n"} and poller.bodies[-1] == "v2\n"
+
+    records = deployments(live)
+    assert [(d["number"], d["status"]) for d in records] == [(1, "replaced"), (2, "live")]
+    assert records[1]["commit_sha"] == head(repo) and records[1]["user"] == "alice"
+    assert set(json.loads(records[1]["timings"])) >= {"build", "start", "health", "switch", "cleanup"}
+    env = service_env(live)
+    assert env["PORT"] == "8000" and env["DISCO_PROJECT"] == "myapp" and env["DISCO_SERVICE"] == "web"
+    assert env["DISCO_DEPLOYMENT"] == "2" and env["DISCO_COMMIT"] == head(repo)
+    labels = inspect_service(f"{live.instance}-myapp-web")["Spec"]["Labels"]
+    assert labels == {"disco.instance": live.instance, "disco.project": "myapp", "disco.service": "web",
+                      "disco.deployment": "2"}
+    assert live.get("unknown.localhost").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "case, dockerfile, toml, reason",
+    [
+        ("build error", [*BASE, "COPY missing.txt /x", SERVE], None, "build failed"),
+        ("app crashes", [*BASE, "COPY www /www", "EXPOSE 8000", 'CMD ["/bin/busybox", "false"]'], None,
+         "exited with code 1"),
+        ("never healthy", None, '[services.web]\nport = 8000\nhealth = "/missing"\nhealth_timeout = 3\n',
+         "health check failed for {instance}-myapp-web: GET /missing on port 8000: HTTP/1.1 404 Not Found"),
+    ],
+)
+def test_a_failed_deploy_leaves_v1_serving(live: Disco, admin_key: Key, tmp_path: Path,
+                                           case: str, dockerfile: list[str] | None, toml: str | None, reason: str):
+    repo = web_app(tmp_path / "app", "v1\n")
+    assert push(live, admin_key, repo).returncode == 0
+    v1 = head(repo)
+    extra = {"disco.toml": toml} if toml else {}
+    new_version(repo, "broken\n", dockerfile, **extra)
+    with Poller(live) as poller:
+        result = push(live, admin_key, repo)
+    assert result.returncode != 0, case
+    assert reason.format(instance=live.instance) in result.stderr
+    assert "deployment #2 failed" in result.stderr and "the previous version keeps serving" in result.stderr
+    assert poller.errors == [] and set(poller.bodies) == {"v1\n"}
+    assert body(live) == "v1\n"
+    assert [d["status"] for d in deployments(live)] == ["live", "failed"]
+    assert reason.format(instance=live.instance) in deployments(live)[1]["reason"]
+    assert server_ref(live, "myapp") == v1  # the branch names what is deployed...
+    assert not any(t.endswith(":2") for t in run(["/usr/bin/docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]).stdout.split() if t.startswith(live.instance))
+    # ...so pushing the same commit again is a real push that deploys again.
+    again = push(live, admin_key, repo)
+    assert "Everything up-to-date" not in again.stderr
+    assert "deployment #3" in again.stderr
+
+
+def test_first_deploy_failing_leaves_nothing_running(live: Disco, admin_key: Key, tmp_path: Path):
+    repo = web_app(tmp_path / "app", "v1\n", [*BASE, 'CMD ["/bin/busybox", "false"]'])
+    result = push(live, admin_key, repo)
+    assert result.returncode != 0 and "nothing was left running" in result.stderr
+    assert run(["/usr/bin/docker", "service", "inspect", f"{live.instance}-myapp-web"]).returncode != 0
+    assert live.get("myapp.localhost").status_code == 404
+    assert server_ref(live, "myapp") is None
+
+
+def test_deploy_branch_cannot_be_deleted(live: Disco, admin_key: Key, tmp_path: Path):
+    repo = web_app(tmp_path / "app")
+    assert push(live, admin_key, repo).returncode == 0
+    refused = live.git(admin_key, "push", live.url("myapp"), ":main", cwd=repo)
+    assert "[remote rejected] main (the deploy branch 'main' cannot be deleted)" in refused.stderr
+    assert body(live) == "v1\n"
+
+
+def test_volume_keeps_data_across_deploys_and_env_reaches_the_app(live: Disco, admin_key: Key, tmp_path: Path):
+    toml = '[services.web]\nvolumes = ["data:/data"]\n'
+    writer = [*BASE, "COPY www /www", "EXPOSE 8000",
+              shell_cmd("echo written-by-v1 > /data/note; env > /www/env.txt; exec /bin/busybox httpd -f -p 8000 -h /www")]
+    repo = web_app(tmp_path / "app", "v1\n", writer, **{"disco.toml": toml})
+    # Env vars are set before the first deploy straight in the store, as the API will.
+    from runtime.store import Store
+    store = Store(live.data_dir / "disco.sqlite3")
+    store.set_env("myapp", {"SECRET_TOKEN": "s3cr3t-value-42"})
+    first = push(live, admin_key, repo)
+    assert first.returncode == 0, first.stderr
+    env_txt = body(live, path="/env.txt")
+    assert "SECRET_TOKEN=s3cr3t-value-42" in env_txt and "PORT=8000" in env_txt
+    assert "s3cr3t-value-42" not in first.stderr
+    assert "s3cr3t-value-42" not in Path(deployments(live)[0]["log_path"]).read_text()
+
+    reader = [*BASE, "EXPOSE 8000", 'CMD ["/bin/busybox", "httpd", "-f", "-p", "8000", "-h", "/data"]']
+    new_version(repo, "v2\n", reader, **{"disco.toml": toml})
+    assert push(live, admin_key, repo).returncode == 0
+    assert body(live, path="/note") == "written-by-v1\n"
+    volumes = run(["/usr/bin/docker", "volume", "ls", "-q"]).stdout.split()
+    assert f"{live.instance}-myapp-data" in volumes
+
+
+def test_worker_service_without_port_and_replicas_from_disco_toml(live: Disco, admin_key: Key, tmp_path: Path):
+    toml = (
+        '[services.web]\nreplicas = 2\nvolumes = ["shared:/www"]\n\n'
+        '[services.worker]\nvolumes = ["shared:/out"]\n'
+        'command = "/bin/busybox sh -c \'while true; do echo working > /out/worker.txt; sleep 1; done\'"\n'
+    )
+    repo = web_app(tmp_path / "app", "v1\n", **{"disco.toml": toml})
+    result = push(live, admin_key, repo)
+    assert result.returncode == 0, result.stderr
+    assert "waiting for %s-myapp-worker to be healthy (no crash" % live.instance in result.stderr
+    deadline = time.monotonic() + 20
+    while live.get("myapp.localhost", "/worker.txt").text != "working\n":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    services = {s["Name"]: s["Replicas"] for s in docker_rows("service", "ls", "--filter", "label=disco.project=myapp")
+                if s["Name"].startswith(live.instance)}
+    assert services == {f"{live.instance}-myapp-web": "2/2", f"{live.instance}-myapp-worker": "1/1"}
+
+    # Dropping the worker from disco.toml removes its service on the next deploy.
+    commit(repo, {"disco.toml": '[services.web]\nreplicas = 2\nvolumes = ["shared:/www"]\n'}, "no worker")
+    assert push(live, admin_key, repo).returncode == 0
+    assert run(["/usr/bin/docker", "service", "inspect", f"{live.instance}-myapp-worker"]).returncode != 0
+
+
+def test_scale_is_kept_across_deploys(live: Disco, admin_key: Key, tmp_path: Path):
+    repo = web_app(tmp_path / "app", "v1\n")
+    assert push(live, admin_key, repo).returncode == 0
+    platform = local_platform(live)
+    from hooks import deploy
+    deploy.scale(platform, "myapp", "alice", {"web": 2})
+    new_version(repo, "v2\n")
+    assert push(live, admin_key, repo).returncode == 0
+    spec = inspect_service(f"{live.instance}-myapp-web")["Spec"]
+    assert spec["Mode"]["Replicated"]["Replicas"] == 2
+    assert {body(live) for _ in range(6)} == {"v2\n"}
+
+
+def local_platform(disco: Disco):
+    """The hooks layer in this process, on the daemon's data dir (the API will call the same)."""
+    from hooks.deploy import Platform
+    from runtime.caddy import CaddyAdmin
+    from runtime.docker_engine import Engine
+    from runtime.settings import resolve_settings
+    from runtime.store import Store
+    settings = resolve_settings({"data_dir": str(disco.data_dir), "instance": disco.instance, "tls": False,
+                                 "apps_domain": "localhost"}, {})
+    platform = Platform(settings, Store(settings.db_path), Engine(disco.instance), CaddyAdmin(settings.run_dir))
+    platform.proxy_ready.set()
+    return platform
+
+
+def test_rollback_and_env_change_reuse_images(live: Disco, admin_key: Key, tmp_path: Path):
+    app = [*BASE, "COPY www /www", "EXPOSE 8000", shell_cmd("env > /www/env.txt; exec /bin/busybox httpd -f -p 8000 -h /www")]
+    repo = web_app(tmp_path / "app", "v1\n", app)
+    assert push(live, admin_key, repo).returncode == 0
+    new_version(repo, "v2\n", app)
+    assert push(live, admin_key, repo).returncode == 0
+    assert live.stop() == 0  # the hooks run in this process now; Caddy and the app keep serving
+    platform = local_platform(live)
+    from hooks import deploy
+
+    ticket = deploy.rollback(platform, "myapp", "alice")
+    final = ticket.wait(120)
+    assert final.status == "live", final.reason
+    assert final.rollback_of == 1 and final.source == "rollback"
+    assert body(live) == "v1\n"
+    assert "reusing image" in Path(final.log_path).read_text()
+    assert [d["status"] for d in deployments(live)] == ["replaced", "rolled back", "live"]
+
+    ticket = deploy.set_env(platform, "myapp", "alice", {"GREETING": "hello-env"})
+    final = ticket.wait(120)
+    assert final.status == "live" and final.source == "env"
+    assert "GREETING=hello-env" in body(live, path="/env.txt")
+    assert body(live) == "v1\n"  # same image: the env change did not rebuild v2
+    with pytest.raises(deploy.DeployFailed, match="PORT is set by Disco"):
+        deploy.set_env(platform, "myapp", "alice", {"PORT": "1"})
+    with pytest.raises(deploy.DeployFailed, match="deployment #9"):
+        deploy.rollback(platform, "myapp", "alice", 9)
+
+
+def test_queue_runs_one_deploy_per_project_and_supersedes(live: Disco, admin_key: Key, tmp_path: Path):
+    slow = [*BASE, "COPY www /www", "EXPOSE 8000", shell_cmd("sleep 4; exec /bin/busybox httpd -f -p 8000 -h /www")]
+    repo = web_app(tmp_path / "app", "v1\n", slow)
+    assert push(live, admin_key, repo).returncode == 0
+    results: dict[str, subprocess.CompletedProcess] = {}
+
+    def push_in_background(name: str) -> threading.Thread:
+        thread = threading.Thread(target=lambda: results.setdefault(name, push(live, admin_key, repo)))
+        thread.start()
+        return thread
+
+    new_version(repo, "v2\n", slow)
+    second = push_in_background("v2")
+    wait_for_status(live, 2, "starting")
+    new_version(repo, "v3\n", slow)
+    third = push_in_background("v3")
+    wait_for_status(live, 3, "queued")
+    new_version(repo, "v4\n", slow)
+    fourth = push_in_background("v4")
+    for thread in (second, third, fourth):
+        thread.join(240)
+    assert results["v2"].returncode == 0, results["v2"].stderr
+    assert "queued: waiting for deployment #2" in results["v3"].stderr
+    assert results["v3"].returncode != 0 and "superseded by deployment #4" in results["v3"].stderr
+    assert results["v4"].returncode == 0, results["v4"].stderr
+    assert [d["status"] for d in deployments(live)] == ["replaced", "replaced", "superseded", "live"]
+    assert body(live) == "v4\n"
+
+
+def test_projects_deploy_in_parallel(live: Disco, admin_key: Key, tmp_path: Path):
+    slow = [*BASE, "COPY www /www", "EXPOSE 8000", shell_cmd("sleep 6; exec /bin/busybox httpd -f -p 8000 -h /www")]
+    slow_repo = web_app(tmp_path / "slow", "slow\n", slow)
+    fast_repo = web_app(tmp_path / "fast", "fast\n")
+    results: dict[str, subprocess.CompletedProcess] = {}
+    thread = threading.Thread(target=lambda: results.setdefault("slow", push(live, admin_key, slow_repo, "slowapp")))
+    thread.start()
+    wait_for_status(live, 1, "starting", "slowapp")
+    fast = push(live, admin_key, fast_repo, "fastapp")
+    assert fast.returncode == 0, fast.stderr
+    assert "slow" not in results, "the fast project waited for the slow one"
+    thread.join(120)
+    assert results["slow"].returncode == 0
+    assert body(live, "fastapp.localhost") == "fast\n" and body(live, "slowapp.localhost") == "slow\n"
+
+
+def wait_for_status(disco: Disco, number: int, status: str, project: str = "myapp", timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [d["status"] for d in deployments(disco, project) if d["number"] == number]
+        if found == [status]:
+            return
+        assert time.monotonic() < deadline, f"deployment #{number} never reached {status}: {found}"
+        time.sleep(0.1)
+
+
+def test_daemon_killed_mid_deploy_then_restarted(live: Disco, admin_key: Key, tmp_path: Path):
+    repo = web_app(tmp_path / "app", "v1\n")
+    assert push(live, admin_key, repo).returncode == 0
+    slow = [*BASE, "COPY www /www", "EXPOSE 8000", shell_cmd("sleep 8; exec /bin/busybox httpd -f -p 8000 -h /www")]
+    new_version(repo, "v2\n", slow)
+    with Poller(live) as poller:
+        pusher = subprocess.Popen(["git", "push", live.url("myapp"), "main"], cwd=repo, env=live.git_env(admin_key),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_status(live, 2, "starting")
+        live.stop(signal.SIGKILL)
+        pusher.wait(30)
+        live.start()
+        time.sleep(1)
+    assert poller.errors == []
+    status = deployments(live)[1]["status"]
+    assert status in ("failed", "live")
+    assert deployments(live)[1]["reason"]
+    # Nothing of the interrupted deployment is left half-done, and the next push deploys.
+    new_version(repo, "v3\n")
+    result = push(live, admin_key, repo)
+    assert result.returncode == 0, result.stderr
+    assert body(live) == "v3\n"
+
+
+def test_restart_keeps_routes_and_proxy(live: Disco, admin_key: Key, tmp_path: Path):
+    repo = web_app(tmp_path / "app", "v1\n")
+    assert push(live, admin_key, repo).returncode == 0
+    proxy_id = inspect_service(f"{live.instance}-caddy")["ID"]
+    assert live.stop() == 0
+    assert body(live) == "v1\n"  # the app and Caddy do not need the daemon to serve
+    live.start()
+    deadline = time.monotonic() + 30
+    while "proxy up" not in live.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert inspect_service(f"{live.instance}-caddy")["ID"] == proxy_id
+    assert body(live) == "v1\n"
+
+
+def test_build_uses_disco_toml_build_section_buildkit_and_symlinks(live: Disco, admin_key: Key, tmp_path: Path):
+    dockerfile = [
+        *BASE,
+        "ARG GREETING",
+        "COPY www /www",
+        "RUN --mount=type=cache,target=/cache echo \"$GREETING\" > /www/greeting.txt && echo cached > /cache/x",
+        "EXPOSE 8000",
+        SERVE,
+    ]
+    import apps
+    files = apps.web_files("v1\n", dockerfile)
+    repo = tmp_path / "app"
+    from conftest import make_repo
+    make_repo(repo, {f"site/{k}": v for k, v in files.items() if k != "Dockerfile"} | {
+        "build/Dockerfile.prod": files["Dockerfile"],
+        "disco.toml": '[build]\ndockerfile = "build/Dockerfile.prod"\ncontext = "site"\nargs = { GREETING = "hi-arg" }\n',
+    })
+    (repo / "site/www/link.html").symlink_to("index.html")
+    commit(repo, {}, "symlink")
+    result = push(live, admin_key, repo)
+    assert result.returncode == 0, result.stderr
+    assert body(live, path="/greeting.txt") == "hi-arg\n"
+    assert body(live, path="/link.html") == "v1\n"
+
+
+def test_old_images_are_pruned(disco: Disco, admin_key: Key, tmp_path: Path):
+    require_docker()
+    disco.extra_args = ["--keep-images", "2"]
+    disco.start()
+    repo = web_app(tmp_path / "app", "v1\n")
+    for version in range(1, 5):
+        if version > 1:
+            new_version(repo, f"v{version}\n")
+        assert push(disco, admin_key, repo).returncode == 0
+    tags = sorted(t for t in run(["/usr/bin/docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]).stdout.split()
+                  if t.startswith(f"{disco.instance}-myapp:"))
+    assert tags == [f"{disco.instance}-myapp:3", f"{disco.instance}-myapp:4"]
