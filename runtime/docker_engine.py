@@ -371,7 +371,8 @@ class Engine:
         names = {s.name for s in services}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(
-            c.labels.get("com.docker.swarm.service.name") in names for c in self.client.containers.list(all=True)
+            (c.attrs.get("Labels") or {}).get("com.docker.swarm.service.name") in names
+            for c in self.client.containers.list(all=True, sparse=True)  # sparse: no inspect of each
         ):
             time.sleep(0.5)
         for network in self.client.networks.list(filters=selector):
