@@ -7,21 +7,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import os
 import json
 import logging
 import signal
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
+import uvicorn
+
+from api.app import build_app
 from gitserver.repos import RepoRegistry
 from gitserver.server import GitServer
-from hooks import deploy, team
+from hooks import apikeys, deploy, team
 from hooks.deploy import Platform
-from hooks.policy import PolicyError
+from hooks.errors import Refused
 from runtime.caddy import CaddyAdmin
 from runtime.docker_engine import Engine
 from runtime.settings import Settings, ensure_layout, resolve_settings, write_default_config
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args) or 0
-    except (CLIError, team.TeamError, PolicyError, ValueError) as err:
+    except (CLIError, Refused, ValueError) as err:
         print(f"disco: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -151,6 +157,9 @@ async def _serve(settings: Settings, store: Store, listen: str) -> None:
     proxy = loop.run_in_executor(workers, platform.start_proxy)
     git = GitServer(platform, RepoRegistry(settings.repos_dir), workers)
     await git.start(listen)
+    api = EmbeddedServer(uvicorn.Config(build_app(platform), log_level="warning", lifespan="off",
+                                        timeout_graceful_shutdown=10))
+    api_task = asyncio.create_task(api.serve(sockets=api_sockets(settings)))
     log.info("ready (data dir %s, instance %s)", settings.data_dir, settings.instance)
     await proxy
     if platform.proxy_error:
@@ -159,9 +168,35 @@ async def _serve(settings: Settings, store: Store, listen: str) -> None:
         log.info("proxy up on ports %d/%d", settings.http_port, settings.https_port)
     await stop.wait()
     log.info("shutting down")
+    api.should_exit = True
     await git.stop()
+    await api_task
     # A deploy still running is left to swarm; the next start settles its record.
     workers.shutdown(wait=False, cancel_futures=True)
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our event loop: the daemon, not uvicorn, owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def api_sockets(settings: Settings) -> list[socket.socket]:
+    """The API on 127.0.0.1:<api-port> for this machine, and on run/api.sock for Caddy."""
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind(("127.0.0.1", settings.api_port))
+    path = settings.run_dir / "api.sock"
+    path.unlink(missing_ok=True)
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(str(path))
+    os.chmod(path, 0o660)
+    for sock in (tcp, unix):
+        sock.listen(512)
+        sock.set_inheritable(True)
+    return [tcp, unix]
 
 
 # -- init ------------------------------------------------------------------------------------
@@ -175,11 +210,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     load_or_create_host_key(settings.host_key_path)
     store = Store(settings.db_path)
     try:
-        if args.key:
-            key_line = _read_key(args.key)
-            if store.get_user(args.admin) is None:
-                team.add_user(store, _actor(), args.admin, "admin")
-                print(f"added admin {args.admin}")
+        key_line = _read_key(args.key) if args.key else None
+        if not store.list_users():
+            # The first admin, and the only time their first API key is shown.
+            team.add_user(store, _actor(), args.admin, "admin")
+            _, secret = apikeys.create(store, _actor(), args.admin, "created by disco init")
+            print(f"added admin {args.admin}")
+            print(f"API key for {args.admin} (shown once, store it now): {secret}")
+        elif store.get_user(args.admin) is None and key_line:
+            raise CLIError(f"no user named {args.admin!r}; add them with: disco users:add {args.admin} --role admin")
+        if key_line:
             key = team.add_ssh_key(store, _actor(), args.admin, key_line)
             print(f"added key {key.fingerprint} for {args.admin}")
     finally:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hooks.errors import Refused
 from hooks.output import DeployOutput, Listener
 from hooks.queue import DeployQueue, Ticket
 from runtime import gitrepo
@@ -29,8 +30,8 @@ from runtime.settings import Settings
 from runtime.store import ACTIVE_STATUSES, Deployment, Store, now
 
 
-class DeployFailed(Exception):
-    """Ends a deployment; the message is the reason recorded and shown to the person deploying."""
+class DeployFailed(Refused):
+    """Ends a deployment, or refuses to start one; the message is the reason shown and recorded."""
 
 
 @dataclass
@@ -91,6 +92,22 @@ class Platform:
         self.queue.submit(ticket)
         return ticket
 
+    def cancel(self, project: str, number: int, user: str) -> None:
+        deployment = self.store.get_deployment(project, number)
+        if deployment is None:
+            raise DeployFailed(f"{project} has no deployment #{number}", "not_found")
+        if deployment.status not in ACTIVE_STATUSES:
+            raise DeployFailed(f"deployment #{number} is already {deployment.status}", "conflict")
+
+        def record(ticket: Ticket) -> Deployment:
+            ticket.output.line(f"deployment #{number} cancelled by {user} before it started")
+            return self.store.update_deployment(project, number, status="cancelled",
+                                                reason=f"cancelled by {user}", finished_at=now())
+
+        if not self.queue.cancel(project, number, user, record):
+            raise DeployFailed(f"deployment #{number} is not queued or running in this daemon", "conflict")
+        self.store.audit(user, "deployments:cancel", project, f"#{number}")
+
     def _supersede(self, old: Ticket, new: Ticket) -> Deployment:
         reason = f"superseded by deployment #{new.deployment.number}"
         old.output.line(f"deployment #{old.deployment.number} will not run: {reason}")
@@ -121,6 +138,19 @@ class Platform:
             routes.append(Route(tuple(hosts), self.engine.service_name(name, "web"), serving.web_port))
         return routes
 
+    def engine_replicas(self, project: str) -> dict[str, int]:
+        """Replicas per service as swarm runs them now."""
+        counts = {}
+        for service in self.engine.project_services(project):
+            labels = service.attrs["Spec"].get("Labels") or {}
+            counts[labels.get("disco.service", service.name)] = service.attrs["Spec"]["Mode"]["Replicated"]["Replicas"]
+        return counts
+
+    def apply_routes_if_up(self) -> None:
+        """After a route change outside a deploy (domains, a removed project)."""
+        if self.proxy_ready.is_set() and not self.proxy_error:
+            self.apply_routes()
+
     def apply_routes(self, switching: Deployment | None = None) -> bool:
         """Give Caddy the routes; it reloads only if they changed."""
         self.proxy_ready.wait(timeout=180)
@@ -147,11 +177,13 @@ class DeploymentRun:
     def run(self) -> Deployment:
         store, d = self.p.store, self.d
         try:
+            self._stop_if_cancelled()
             self._set(status="building")
             with self._step("build"):
                 image = self._image()
             specs = self._specs(self._config(), image)
             web = next((s for s in specs if s.labels["disco.service"] == "web" and s.port), None)
+            self._stop_if_cancelled()
             self.d = self._set(status="starting", image=image, web_port=web.port if web else 0)
             with self._step("start"):
                 for spec in specs:
@@ -159,6 +191,7 @@ class DeploymentRun:
             with self._step("health"):
                 for spec, created in self.applied:
                     self._wait_healthy(spec, created)
+            self._stop_if_cancelled()  # the last moment: after this the new version takes over
             with self._step("switch"):
                 if self.p.apply_routes(switching=self.d):
                     self.out.line("routes updated")
@@ -168,9 +201,9 @@ class DeploymentRun:
                 store.update_deployment(d.project, previous.number,
                                         status="rolled back" if d.source == "rollback" else "replaced")
         except DeployFailed as failure:
-            return self._fail(str(failure))
+            return self._fail(str(failure), "cancelled" if self.ticket.cancelled_by else "failed")
         except (DockerError, CaddyError, gitrepo.GitRepoError) as err:
-            return self._fail(str(err))
+            return self._fail(str(err), "cancelled" if self.ticket.cancelled_by else "failed")
         with self._step("cleanup"):
             try:
                 self._cleanup(specs)
@@ -200,7 +233,8 @@ class DeploymentRun:
                 raise DeployFailed(f"no Dockerfile at {config.dockerfile_path} in {d.commit_sha[:7]}")
             self.out.line(f"building {config.dockerfile_path} of {d.commit_sha[:7]}")
             labels = engine.labels(project=d.project, deployment=str(d.number), commit=d.commit_sha)
-            engine.build(tree / config.build.context, dockerfile, tag, config.build.args, labels, self.out.line)
+            engine.build(tree / config.build.context, dockerfile, tag, config.build.args, labels, self.out.line,
+                         stop=lambda: bool(self.ticket.cancelled_by))
         self.built_image = True
         return tag
 
@@ -256,7 +290,8 @@ class DeploymentRun:
         check = (f"GET {spec.health_path}" if spec.health_path else "TCP connect") if spec.port else "no crash"
         self.out.line(f"waiting for {spec.name} to be healthy ({check}, up to {spec.health_timeout} s)")
         # Swarm's own clock (start period + retries) fails the task first; this is the backstop.
-        self.p.engine.wait_rollout(spec, created, spec.health_timeout + 30, self.out.line)
+        self.p.engine.wait_rollout(spec, created, spec.health_timeout + 30, self.out.line,
+                                   stop=lambda: bool(self.ticket.cancelled_by))
 
     def _cleanup(self, specs: list[ServiceSpec]) -> None:
         engine, d = self.p.engine, self.d
@@ -279,12 +314,16 @@ class DeploymentRun:
 
     # -- failure ---------------------------------------------------------------------------
 
-    def _fail(self, reason: str) -> Deployment:
-        self.out.line(f"deploy failed: {reason}")
+    def _stop_if_cancelled(self) -> None:
+        if self.ticket.cancelled_by:
+            raise DeployFailed(f"cancelled by {self.ticket.cancelled_by}")
+
+    def _fail(self, reason: str, status: str = "failed") -> Deployment:
+        self.out.line(f"deploy {status}: {reason}")
         self._undo()
         self.out.line("the previous version keeps serving" if self.p.store.live_deployment(self.d.project)
                       else "nothing was left running")
-        return self._set(status="failed", reason=reason, finished_at=now())
+        return self._set(status=status, reason=reason, finished_at=now())
 
     def _undo(self) -> None:
         engine = self.p.engine
@@ -384,10 +423,10 @@ def rollback(platform: Platform, project: str, user: str, number: int | None = N
         candidates = [d for d in candidates if d.number == number]
         if not candidates:
             raise DeployFailed(f"deployment #{number} of {project} never ran or is the live one; "
-                               "roll back to one that was live before")
+                               "roll back to one that was live before", "not_found")
     kept = [d for d in candidates if platform.engine.image_exists(d.image)]
     if not kept:
-        raise DeployFailed(f"no earlier image of {project} is kept to roll back to")
+        raise DeployFailed(f"no earlier image of {project} is kept to roll back to", "conflict")
     target = kept[0]
     platform.store.audit(user, "rollback", project, f"to #{target.number}")
     return platform.enqueue(project, target.commit_sha, target.branch, user, "rollback",
@@ -406,7 +445,7 @@ def unset_env(platform: Platform, project: str, user: str, names: list[str], dep
     current = platform.store.env(project)
     missing = [n for n in names if n not in current]
     if missing:
-        raise DeployFailed(f"{project} has no env var {missing[0]}")
+        raise DeployFailed(f"{project} has no env var {missing[0]}", "not_found")
     platform.store.unset_env(project, names)
     platform.store.audit(user, "env:unset", project, ", ".join(sorted(names)))
     return redeploy(platform, project, user, "env") if deploy and platform.store.live_deployment(project) else None
@@ -419,7 +458,7 @@ def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -
             raise DeployFailed(f"replicas of {service} must be from 0 to 100, got {replicas}")
         name = platform.engine.service_name(project, service)
         if platform.engine.find_service(name) is None:
-            raise DeployFailed(f"{project} has no running service {service!r}")
+            raise DeployFailed(f"{project} has no running service {service!r}", "not_found")
     for service, replicas in counts.items():
         platform.store.set_scale(project, service, replicas)
         platform.engine.scale(platform.engine.service_name(project, service), replicas)
@@ -429,7 +468,7 @@ def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -
 def _require_live(platform: Platform, project: str) -> Deployment:
     live = platform.store.live_deployment(project)
     if live is None:
-        raise DeployFailed(f"{project} has no live deployment yet: push to deploy it first")
+        raise DeployFailed(f"{project} has no live deployment yet: push to deploy it first", "conflict")
     return live
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 
+from hooks.errors import Refused
 from runtime.store import Store, User
 
 PROJECT_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
@@ -18,7 +19,7 @@ NAME_RULE = (
 )
 
 
-class PolicyError(Exception):
+class PolicyError(Refused):
     """A refusal whose message can be shown to the person who asked as it is."""
 
 
@@ -48,16 +49,17 @@ def authorize(store: Store, user: User, project: str, access: Access) -> bool:
     exists = store.get_project(project) is not None
     if user.is_admin:
         if not exists and access is Access.READ:
-            raise PolicyError(f"project {project!r} does not exist")
+            raise PolicyError(f"project {project!r} does not exist", "not_found")
         return exists
     if not store.has_grant(user.name, project):
         # Same answer whether or not the project exists, so names cannot be probed.
         raise PolicyError(
             f"user {user.name!r} has no access to project {project!r}; "
-            f"an admin can grant it with: disco users:grant {user.name} {project}"
+            f"an admin can grant it with: disco users:grant {user.name} {project}",
+            "forbidden",
         )
     if not exists:
         raise PolicyError(
-            f"project {project!r} does not exist and only admins can create projects"
+            f"project {project!r} does not exist and only admins can create projects", "forbidden"
         )
     return exists

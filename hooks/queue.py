@@ -22,6 +22,7 @@ class Ticket:
     output: DeployOutput
     done: threading.Event = field(default_factory=threading.Event)
     final: Deployment | None = None
+    cancelled_by: str = ""  # set while it runs: the run stops at its next check
 
     @property
     def project(self) -> str:
@@ -56,6 +57,23 @@ class DeployQueue:
                                    f"{ticket.project} to finish")
         if replaced is not None:
             self._finish(replaced, self._supersede(replaced, ticket))
+
+    def cancel(self, project: str, number: int, user: str, cancelled: Callable[[Ticket], Deployment]) -> bool:
+        """Cancel a waiting deployment at once, or ask a running one to stop. False if neither."""
+        with self._lock:
+            waiting = self._waiting.get(project)
+            if waiting is not None and waiting.deployment.number == number:
+                del self._waiting[project]
+            else:
+                waiting = None
+                running = self._running.get(project)
+                if running is None or running.deployment.number != number:
+                    return False
+                running.cancelled_by = user
+                running.output.line(f"cancel requested by {user}")
+                return True
+        self._finish(waiting, cancelled(waiting))
+        return True
 
     def busy_projects(self) -> list[str]:
         with self._lock:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+from hooks.errors import Refused
 from hooks.policy import check_project_name
 from runtime.sshkeys import KeyFormatError, parse_public_key
 from runtime.store import SSHKey, Store, StoreError, User, now
@@ -14,7 +15,7 @@ from runtime.store import SSHKey, Store, StoreError, User, now
 USER_NAME = re.compile(r"[a-z][a-z0-9._-]{0,38}")
 
 
-class TeamError(Exception):
+class TeamError(Refused):
     """A refused team change; the message is meant for the person who asked."""
 
 
@@ -32,7 +33,7 @@ def add_user(store: Store, actor: str, name: str, role: str) -> User:
 def remove_user(store: Store, actor: str, name: str) -> None:
     user = store.get_user(name)
     if user and user.is_admin and store.count_admins() == 1:
-        raise TeamError(f"{name!r} is the last admin; add another admin before removing them")
+        raise TeamError(f"{name!r} is the last admin; add another admin before removing them", "conflict")
     _store_call(store.remove_user, name)
     store.audit(actor, "users:remove", name)
 
@@ -52,7 +53,7 @@ def add_ssh_key(store: Store, actor: str, user: str, key_line: str) -> SSHKey:
     try:
         parsed = parse_public_key(key_line)
     except KeyFormatError as err:
-        raise TeamError(str(err)) from None
+        raise TeamError(str(err)) from None  # bad_request: the key itself is malformed
     key = SSHKey(
         fingerprint=parsed.fingerprint,
         user=user,
@@ -76,4 +77,4 @@ def _store_call(method, *args):  # type: ignore[no-untyped-def]
     try:
         return method(*args)
     except StoreError as err:
-        raise TeamError(str(err)) from None
+        raise TeamError(str(err), err.kind) from None

@@ -18,8 +18,9 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,9 +118,12 @@ class Engine:
 
     def build(
         self, context: Path, dockerfile: Path, tag: str, args: dict[str, str],
-        labels: dict[str, str], on_line: OutputLine,
+        labels: dict[str, str], on_line: OutputLine, stop: Callable[[], bool] = lambda: False,
     ) -> None:
-        """Build with BuildKit, streaming every output line; raise DockerError on failure."""
+        """Build with BuildKit, streaming every output line; raise DockerError on failure.
+
+        `stop` is polled while the build runs; when it turns true the build is killed.
+        """
         command = [DOCKER_CLI, "build", "--progress=plain", "-t", tag, "-f", str(dockerfile)]
         for key, value in {**labels}.items():
             command += ["--label", f"{key}={value}"]
@@ -136,11 +140,15 @@ class Engine:
             preexec_fn=_die_with_parent,
         )
         assert process.stdout is not None
+        watcher = threading.Thread(target=_kill_when, args=(process, stop), daemon=True)
+        watcher.start()
         for raw in process.stdout:
             line = raw.decode(errors="replace").rstrip()
             on_line(line)
             tail = (tail + [line])[-5:]
         if process.wait() != 0:
+            if stop():
+                raise DockerError("build stopped: the deployment was cancelled")
             error = next((l for l in reversed(tail) if "ERROR" in l or "error" in l), tail[-1] if tail else "")
             raise DockerError(f"build failed: {error.strip()}")
 
@@ -211,7 +219,8 @@ class Engine:
         except docker.errors.APIError as err:
             raise DockerError(f"could not start service {spec.name}: {err.explanation or err}") from None
 
-    def wait_rollout(self, spec: ServiceSpec, created: bool, timeout: float, on_wait: OutputLine) -> None:
+    def wait_rollout(self, spec: ServiceSpec, created: bool, timeout: float, on_wait: OutputLine,
+                     stop: Callable[[], bool] = lambda: False) -> None:
         """Block until every task of this spec runs (and is healthy); raise with the reason if not."""
         deadline = time.monotonic() + timeout
         deployment = spec.labels.get("disco.deployment", "")
@@ -239,6 +248,8 @@ class Engine:
             if message != said:
                 on_wait(message)
                 said = message
+            if stop():
+                raise DockerError(f"stopped waiting for {spec.name}: the deployment was cancelled")
             if time.monotonic() > deadline:
                 reason = self._failure_reason(spec, tasks)
                 raise DockerError(reason or f"{spec.name} was not healthy after {timeout:.0f} s")
@@ -385,6 +396,42 @@ class Engine:
         ]:
             _retry_while_in_use(volume.remove)
 
+    def project_volumes(self, project: str) -> list[str]:
+        selector = {"label": [f"disco.instance={self.instance}", f"disco.project={project}"]}
+        return sorted(v.name for v in self.client.volumes.list(filters=selector))
+
+    def remove_volume(self, name: str) -> None:
+        _retry_while_in_use(self.client.volumes.get(name).remove)
+
+    def service_logs(self, name: str, tail: int, follow: bool) -> Iterator[str]:
+        """Lines from every task of the service, oldest first; with follow, until closed."""
+        service = self.find_service(name)
+        if service is None:
+            raise DockerError(f"service {name} does not exist")
+        stream = service.logs(stdout=True, stderr=True, follow=follow, tail=tail, timestamps=True)
+        if isinstance(stream, bytes):  # docker-py returns the whole text when not following
+            stream = [stream]
+        pending = b""
+        for chunk in stream:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode(errors="replace")
+        if pending:
+            yield pending.decode(errors="replace")
+
+    def run_oneoff(self, image: str, command: list[str], env: dict[str, str], mounts: list[tuple[str, str]],
+                   labels: dict[str, str]):  # type: ignore[no-untyped-def]
+        """Start a container for a one-off command on the project network; returns it running."""
+        try:
+            return self.client.containers.run(
+                image, command, detach=True, environment=env, labels=labels, network=self.network_name,
+                mounts=[Mount(target=path, source=volume, type="volume") for volume, path in mounts],
+                init=True, stdin_open=False, tty=False,
+            )
+        except docker.errors.APIError as err:
+            raise DockerError(f"could not start the command: {err.explanation or err}") from None
+
     def ensure_volume(self, name: str, project: str) -> None:
         try:
             self.client.volumes.get(name)
@@ -474,6 +521,14 @@ def _retry_while_in_use(remove: Callable[[], object], timeout: float = 30) -> No
 
 def _task_deployment(task: dict) -> str:
     return (task["Spec"]["ContainerSpec"].get("Labels") or {}).get("disco.deployment", "")
+
+
+def _kill_when(process: subprocess.Popen, stop: Callable[[], bool]) -> None:
+    while process.poll() is None:
+        if stop():
+            process.kill()
+            return
+        time.sleep(0.2)
 
 
 def _die_with_parent() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -60,6 +61,23 @@ def export_tree(repo_path: Path, commit_sha: str, destination: Path) -> None:
         tar.extractall(destination, filter="tar")
     if archive.wait() != 0:
         raise GitRepoError(f"git archive failed: {archive.stderr.read().decode(errors='replace').strip()}")
+
+
+def branch_head(repo_path: Path, branch: str) -> str | None:
+    with Repo(str(repo_path)) as repo:
+        sha = repo.refs.as_dict().get(f"refs/heads/{branch}".encode())
+        return sha.decode() if sha else None
+
+
+def resolve_commit(repo_path: Path, prefix: str) -> str | None:
+    """The full sha of a commit given in full or abbreviated, if the repo has exactly one."""
+    result = subprocess.run(["git", "--git-dir", str(repo_path), "rev-parse", "--verify", "-q", f"{prefix}^{{commit}}"],
+                            capture_output=True, text=True)
+    return result.stdout.strip() or None
+
+
+def remove_repo(repo_path: Path) -> None:
+    shutil.rmtree(repo_path, ignore_errors=True)
 
 
 def _git(repo_path: Path, *args: str) -> bytes:

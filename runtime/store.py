@@ -21,7 +21,14 @@ ROLES = ("admin", "deployer")
 
 
 class StoreError(Exception):
-    """A change the store refused; the message names the problem for the person who asked."""
+    """A change the store refused; the message names the problem for the person who asked.
+
+    `kind` is "not_found" or "conflict", so front doors can answer with the right status.
+    """
+
+    def __init__(self, message: str, kind: str = "conflict") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,18 @@ class Deployment:
     log_path: str
     created_at: str
     finished_at: str
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    user: str
+    label: str
+    prefix: str  # the first characters, so a person can tell keys apart; never enough to use
+    created_at: str
+    last_used_at: str
+    expires_at: str
+    revoked_at: str
 
 
 @dataclass(frozen=True)
@@ -134,9 +153,23 @@ def _migration_2_deploys(db: sqlite_utils.Database) -> None:
     db["scale"].create({"project": str, "service": str, "replicas": int}, pk=("project", "service"))
 
 
+def _migration_3_api_keys(db: sqlite_utils.Database) -> None:
+    db["api_keys"].create(
+        {
+            "id": int, "user": str, "label": str, "digest": str, "prefix": str, "created_at": str,
+            "last_used_at": str, "expires_at": str, "revoked_at": str,
+        },
+        pk="id",
+        foreign_keys=[("user", "users", "name")],
+    )
+    db["api_keys"].create_index(["digest"], unique=True)
+
+
 # Applied in order on every open; PRAGMA user_version records how many have run.
 # Append new steps; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1_team, _migration_2_deploys]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1_team, _migration_2_deploys, _migration_3_api_keys,
+]
 
 # A deployment's life: queued -> building -> starting -> live, or failed / superseded on the
 # way; a live one becomes rolled_back or replaced when another goes live.
@@ -188,7 +221,7 @@ class Store:
 
     def add_user(self, name: str, role: str) -> User:
         if role not in ROLES:
-            raise StoreError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+            raise StoreError(f"unknown role {role!r}: use one of {', '.join(ROLES)}", "bad_request")
         with self.transaction() as db:
             if db["users"].count_where("name = ?", [name]):
                 raise StoreError(f"user {name!r} already exists")
@@ -209,8 +242,9 @@ class Store:
         """Remove a user with their keys and grants: a departed member loses access at once."""
         with self.transaction() as db:
             if not db["users"].count_where("name = ?", [name]):
-                raise StoreError(f"no user named {name!r}")
+                raise StoreError(f"no user named {name!r}", "not_found")
             db.execute("DELETE FROM ssh_keys WHERE user = ?", [name])
+            db.execute("DELETE FROM api_keys WHERE user = ?", [name])
             db.execute("DELETE FROM grants WHERE user = ?", [name])
             db.execute("DELETE FROM users WHERE name = ?", [name])
 
@@ -231,7 +265,7 @@ class Store:
         with self.transaction() as db:
             self._require_user(db, user)
             if not db["grants"].count_where("user = ? AND project = ?", [user, project]):
-                raise StoreError(f"user {user!r} has no grant on project {project!r}")
+                raise StoreError(f"user {user!r} has no grant on project {project!r}", "not_found")
             db.execute("DELETE FROM grants WHERE user = ? AND project = ?", [user, project])
 
     def grants_of(self, user: str) -> list[str]:
@@ -276,7 +310,7 @@ class Store:
         with self.transaction() as db:
             rows = list(db["ssh_keys"].rows_where("fingerprint = ?", [fingerprint]))
             if not rows:
-                raise StoreError(f"no SSH key with fingerprint {fingerprint}")
+                raise StoreError(f"no SSH key with fingerprint {fingerprint}", "not_found")
             db.execute("DELETE FROM ssh_keys WHERE fingerprint = ?", [fingerprint])
         return _from_row(SSHKey, rows[0])
 
@@ -297,6 +331,15 @@ class Store:
         with self.transaction() as db:
             db["projects"].insert(row, ignore=True)
         return self.get_project(name) or row
+
+    def delete_project(self, name: str) -> None:
+        """Forget a project and everything recorded about it (grants too: a new project of the
+        same name later must not inherit them)."""
+        with self.transaction() as db:
+            for table in ("domains", "env_vars", "scale", "deployments"):
+                db.execute(f"DELETE FROM {table} WHERE project = ?", [name])
+            db.execute("DELETE FROM grants WHERE project = ?", [name])
+            db.execute("DELETE FROM projects WHERE name = ?", [name])
 
     def list_projects(self) -> list[dict]:
         with self._lock:
@@ -390,7 +433,7 @@ class Store:
     def remove_domain(self, project: str, domain: str) -> None:
         with self.transaction() as db:
             if not db["domains"].count_where("domain = ? AND project = ?", [domain, project]):
-                raise StoreError(f"project {project!r} has no domain {domain}")
+                raise StoreError(f"project {project!r} has no domain {domain}", "not_found")
             db.execute("DELETE FROM domains WHERE domain = ?", [domain])
 
     def scale(self, project: str) -> dict[str, int]:
@@ -403,6 +446,42 @@ class Store:
             db["scale"].upsert({"project": project, "service": service, "replicas": replicas},
                                pk=("project", "service"))
 
+    # -- API keys --------------------------------------------------------------------------
+
+    def add_api_key(self, user: str, label: str, digest: str, prefix: str, expires_at: str) -> ApiKey:
+        with self.transaction() as db:
+            self._require_user(db, user)
+            row = {"user": user, "label": label, "digest": digest, "prefix": prefix, "created_at": now(),
+                   "last_used_at": "", "expires_at": expires_at, "revoked_at": ""}
+            row["id"] = db["api_keys"].insert(row).last_pk
+        return _from_row(ApiKey, row)
+
+    def api_key_by_digest(self, digest: str) -> tuple[ApiKey, User] | None:
+        with self._lock:
+            rows = list(self.db["api_keys"].rows_where("digest = ?", [digest]))
+            if not rows:
+                return None
+            user = list(self.db["users"].rows_where("name = ?", [rows[0]["user"]]))
+        return (_from_row(ApiKey, rows[0]), _from_row(User, user[0])) if user else None
+
+    def get_api_key(self, key_id: int) -> ApiKey | None:
+        with self._lock:
+            rows = list(self.db["api_keys"].rows_where("id = ?", [key_id]))
+        return _from_row(ApiKey, rows[0]) if rows else None
+
+    def list_api_keys(self, user: str | None = None) -> list[ApiKey]:
+        where, args = ("user = ?", [user]) if user else (None, None)
+        with self._lock:
+            return [_from_row(ApiKey, r) for r in self.db["api_keys"].rows_where(where, args, order_by="id")]
+
+    def touch_api_key(self, key_id: int, at: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [at, key_id])
+
+    def revoke_api_key(self, key_id: int, at: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [at, key_id])
+
     # -- audit log -------------------------------------------------------------------------
 
     def audit(self, user: str, action: str, target: str = "", detail: str = "") -> None:
@@ -411,11 +490,12 @@ class Store:
                 {"at": now(), "user": user, "action": action, "target": target, "detail": detail}
             )
 
-    def audit_log(self, limit: int = 100) -> list[dict]:
+    def audit_log(self, limit: int = 100, target: str | None = None) -> list[dict]:
+        where, args = ("target = ?", [target]) if target else (None, None)
         with self._lock:
-            return list(self.db["audit"].rows_where(order_by="id desc", limit=limit))
+            return list(self.db["audit"].rows_where(where, args, order_by="id desc", limit=limit))
 
     @staticmethod
     def _require_user(db: sqlite_utils.Database, name: str) -> None:
         if not db["users"].count_where("name = ?", [name]):
-            raise StoreError(f"no user named {name!r}")
+            raise StoreError(f"no user named {name!r}", "not_found")

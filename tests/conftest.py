@@ -89,6 +89,8 @@ class Disco:
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    api_key: str = ""  # alice's, printed by `disco init`
+    api_port: int = field(default_factory=free_port)
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
         return run([DISCO, *args, "--data-dir", str(self.data_dir)], input=input)
@@ -99,7 +101,7 @@ class Disco:
         self.process = subprocess.Popen(
             [DISCO, "serve", "--data-dir", str(self.data_dir), "--ssh-port", str(self.ssh_port),
              "--listen", "127.0.0.1", "--host", "disco.test", "--instance", self.instance,
-             "--http-port", str(self.http_port), "--https-port", str(self.https_port), "--no-tls",
+             "--http-port", str(self.http_port), "--api-port", str(self.api_port), "--https-port", str(self.https_port), "--no-tls",
              "--apps-domain", "localhost", "--caddy-image", CADDY_IMAGE, *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )
@@ -158,8 +160,9 @@ class Disco:
 @pytest.fixture
 def disco(tmp_path: Path):
     server = Disco(data_dir=tmp_path / "data", workdir=tmp_path)
-    result = server.cli("init")
+    result = server.cli("init", "--admin", "alice")
     assert result.returncode == 0, result.stderr
+    server.api_key = result.stdout.split("(shown once, store it now): ")[1].split()[0]
     yield server
     if server.process is not None:
         server.stop(signal.SIGKILL)

@@ -9,6 +9,10 @@ import pytest
 from hooks import pipeline
 from hooks.pipeline import ZERO_SHA, RefUpdate
 from hooks.policy import Access, PolicyError, authorize, project_from_path
+from hooks.deploy import Platform
+from runtime.caddy import CaddyAdmin
+from runtime.docker_engine import Engine
+from runtime.settings import Settings
 from runtime.store import Store
 
 
@@ -61,23 +65,30 @@ class Recorder:
         self.failure = reason
 
 
-def test_ref_checks(store: Store):
+@pytest.fixture
+def platform(store: Store, tmp_path: Path) -> Platform:
+    # Nothing here reaches Docker or Caddy: the engine connects lazily, on first use.
+    settings = Settings(data_dir=tmp_path)
+    return Platform(settings, store, Engine("unit"), CaddyAdmin(tmp_path))
+
+
+def test_ref_checks(platform: Platform):
     def update(ref: str, new: str = "a" * 40) -> RefUpdate:
         return RefUpdate("shop", ref, "b" * 40, new, "ann")
 
-    assert pipeline.check_ref_update(store, update("refs/heads/main")) is None
-    assert pipeline.check_ref_update(store, update("refs/tags/v1")) is None
-    assert "only branches and tags" in pipeline.check_ref_update(store, update("refs/notes/x"))
-    assert "cannot be deleted" in pipeline.check_ref_update(store, update("refs/heads/main", ZERO_SHA))
-    assert pipeline.check_ref_update(store, update("refs/heads/topic", ZERO_SHA)) is None
+    assert pipeline.check_ref_update(platform, update("refs/heads/topic")) is None
+    assert pipeline.check_ref_update(platform, update("refs/tags/v1")) is None
+    assert "only branches and tags" in pipeline.check_ref_update(platform, update("refs/notes/x"))
+    assert "cannot be deleted" in pipeline.check_ref_update(platform, update("refs/heads/main", ZERO_SHA))
+    assert pipeline.check_ref_update(platform, update("refs/heads/topic", ZERO_SHA)) is None
 
 
-def test_after_receive_records_project_and_reports(store: Store):
+def test_after_receive_records_project_and_reports(platform: Platform, store: Store):
     reporter = Recorder()
-    updates = [RefUpdate("shop", "refs/heads/main", ZERO_SHA, "1a2b3c4" + "0" * 33, "ann"),
+    updates = [RefUpdate("shop", "refs/heads/dev", ZERO_SHA, "1a2b3c4" + "0" * 33, "ann"),
                RefUpdate("shop", "refs/heads/old", "c" * 40, ZERO_SHA, "ann")]
-    pipeline.after_receive(store, updates, reporter)
-    assert reporter.lines == ["created project shop", "main -> 1a2b3c4 received", "old deleted"]
+    assert pipeline.after_receive(platform, updates, reporter) == []
+    assert reporter.lines == ["created project shop", "dev -> 1a2b3c4 stored (only main deploys)", "old deleted"]
     assert reporter.failure is None
     assert store.get_project("shop")["created_by"] == "ann"
     assert [row["action"] for row in store.audit_log()] == ["push", "push", "projects:create"]

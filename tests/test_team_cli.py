@@ -21,17 +21,17 @@ def test_users_add_list_grant_revoke_remove(disco: Disco):
     assert disco.cli("users:grant", "bob", "blog").returncode == 0
     listed = json.loads(disco.cli("users:list", "--json").stdout)
     assert [(u["name"], u["role"], u["projects"]) for u in listed] == [
-        ("ann", "admin", []), ("bob", "deployer", ["blog", "shop"])
+        ("alice", "admin", []), ("ann", "admin", []), ("bob", "deployer", ["blog", "shop"])
     ]
     table = disco.cli("users:list").stdout.splitlines()
     assert table[0].split() == ["NAME", "ROLE", "PROJECTS", "CREATED"]
-    assert table[2].split()[:3] == ["bob", "deployer", "blog,shop"]
+    assert table[3].split()[:3] == ["bob", "deployer", "blog,shop"]
 
     assert disco.cli("users:revoke", "bob", "shop").returncode == 0
     again = disco.cli("users:revoke", "bob", "shop")
     assert again.returncode == 1 and "has no grant on project 'shop'" in again.stderr
     assert disco.cli("users:remove", "bob").returncode == 0
-    assert [u["name"] for u in json.loads(disco.cli("users:list", "--json").stdout)] == ["ann"]
+    assert [u["name"] for u in json.loads(disco.cli("users:list", "--json").stdout)] == ["alice", "ann"]
     assert ("users:grant", "bob") in audit_actions(disco) and ("users:remove", "bob") in audit_actions(disco)
 
 
@@ -47,9 +47,10 @@ def test_user_errors_are_clear(disco: Disco):
     assert unknown.returncode == 1 and "no user named 'nobody'" in unknown.stderr
     bad_project = disco.cli("users:grant", "ann", "../etc")
     assert bad_project.returncode == 1 and "invalid project name" in bad_project.stderr
-    last_admin = disco.cli("users:remove", "ann")
+    assert disco.cli("users:remove", "ann").returncode == 0
+    last_admin = disco.cli("users:remove", "alice")
     assert last_admin.returncode == 1 and "last admin" in last_admin.stderr
-    assert [u["name"] for u in json.loads(disco.cli("users:list", "--json").stdout)] == ["ann"]
+    assert [u["name"] for u in json.loads(disco.cli("users:list", "--json").stdout)] == ["alice"]
 
 
 def test_keys_add_list_remove_with_ssh_keygen_fingerprints(disco: Disco, make_key):
@@ -128,6 +129,7 @@ def test_init_creates_layout_and_first_admin_once(tmp_path: Path, make_key):
     assert "ssh_port = 2200" in (data / "config.toml").read_text()  # hand edits are kept
     users = json.loads(server.cli("users:list", "--json").stdout)
     assert [(u["name"], u["role"]) for u in users] == [("root-admin", "admin")]
+    assert result.stdout.count("disco_") == 1 and "disco_" not in again.stdout  # the API key, once
     keys = json.loads(server.cli("keys:list", "--json").stdout)
     assert [k["fingerprint"] for k in keys] == [key.fingerprint]
 

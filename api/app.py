@@ -1,0 +1,119 @@
+"""The REST API: a Starlette app over the endpoint declarations in api/endpoints.py.
+
+Every request is authenticated with an API key (Bearer, or Basic with the key as user name),
+every body and query is validated against its declared schema, and every error leaves as
+`{"error": {"code", "message"}}` with a fitting status. Bad input never becomes a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api import endpoints  # noqa: F401  (registers the endpoints)
+from api.auth import Caller, authenticate
+from api.spec import REGISTRY, ApiError, Endpoint, bad_request, openapi_document, query_params, validate
+from hooks.deploy import Platform
+from hooks.errors import Refused
+
+VERSION = "0.1.0"
+MAX_BODY = 1 << 20  # JSON bodies are small; a larger one is a mistake or an attack
+log = logging.getLogger("disco.api")
+
+KIND_STATUS = {"bad_request": 400, "not_found": 404, "conflict": 409, "forbidden": 403}
+
+
+def build_app(platform: Platform) -> Starlette:
+    routes = [Route("/api/v1/openapi.json", _openapi, methods=["GET"])]
+    by_path: dict[str, list[Endpoint]] = {}
+    for ep in REGISTRY:
+        by_path.setdefault(ep.path, []).append(ep)
+    for path, eps in by_path.items():
+        routes.append(Route(f"/api/v1{path}", _dispatcher(eps), methods=[e.method for e in eps]))
+    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+    app.state.platform = platform
+    return app
+
+
+async def _openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document(VERSION))
+
+
+def _dispatcher(eps: list[Endpoint]):  # type: ignore[no-untyped-def]
+    by_method = {ep.method: ep for ep in eps}
+
+    async def dispatch(request: Request) -> Response:
+        ep = by_method[request.method]
+        platform: Platform = request.app.state.platform
+        try:
+            caller = None if ep.public else authenticate(platform.store, request)
+            if ep.admin_only and caller is not None and not caller.user.is_admin:
+                raise ApiError(403, "forbidden", "only admins may do this")
+            query = query_params(request, ep.query)
+            body = await _body(request, ep)
+            return await ep.handler(Context(platform, caller, request, body, query))
+        except ApiError as err:
+            return error_response(err.status, err.code, err.message)
+        except Refused as err:
+            return error_response(KIND_STATUS[err.kind], err.kind, str(err))
+
+    return dispatch
+
+
+class Context:
+    """What a handler gets: the platform, who asked, the validated body and query."""
+
+    def __init__(self, platform: Platform, caller: Caller | None, request: Request, body: Any,
+                 query: dict[str, Any]) -> None:
+        self.platform, self.caller, self.request, self.body, self.query = platform, caller, request, body, query
+
+    @property
+    def store(self):  # type: ignore[no-untyped-def]
+        return self.platform.store
+
+    @property
+    def user(self):  # type: ignore[no-untyped-def]
+        assert self.caller is not None
+        return self.caller.user
+
+    def param(self, name: str) -> str:
+        return self.request.path_params[name]
+
+
+async def _body(request: Request, ep: Endpoint) -> Any:
+    if ep.body is None:
+        return None
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiError(413, "too_large", f"request body is larger than {MAX_BODY} bytes")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, "too_large", f"request body is larger than {MAX_BODY} bytes")
+    if not raw:
+        raise bad_request("a JSON body is required")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise bad_request(f"the body is not valid JSON: {err}") from None
+    validate(body, ep.body)
+    return body
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(404, "not_found", f"no such endpoint: {request.method} {request.url.path}")
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return error_response(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")

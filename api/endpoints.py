@@ -1,0 +1,459 @@
+"""Every endpoint of the REST API, grouped by capability. Each one is a thin layer over hooks/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from api.spec import (BOOLEAN, OBJECT, PATH_PARAMS, STRING, ApiError, array, endpoint, forbidden, integer,
+                      not_found, nullable, obj)
+from hooks import apikeys, deploy, projects, team
+from hooks.policy import PROJECT_NAME, Access, authorize, check_project_name
+from hooks.projects import deployment_json
+from runtime.docker_engine import DockerError
+from runtime.store import ACTIVE_STATUSES, ApiKey, SSHKey, User
+
+PATH_PARAMS.update({
+    "project": {"type": "string", "pattern": PROJECT_NAME.pattern},
+    "number": {"type": "integer", "minimum": 1},
+    "id": {"type": "integer", "minimum": 1},
+})
+
+NAME = {"type": "string", "minLength": 1, "maxLength": 100}
+DEPLOYMENT = obj(None, number=integer(), project=STRING, commit=STRING, branch=STRING, user=STRING, source=STRING,
+                 status=STRING, reason=STRING, image=STRING, rollback_of=nullable(integer()), timings=OBJECT,
+                 created_at=STRING, finished_at=STRING)
+QUEUED = obj(None, number=integer(), status=STRING, output=STRING)
+USER = obj(None, name=STRING, role=STRING, projects=array(STRING), created_at=STRING)
+SSH_KEY = obj(None, user=STRING, type=STRING, fingerprint=STRING, comment=STRING, added_at=STRING)
+API_KEY = obj(None, id=integer(), user=STRING, label=STRING, prefix=STRING, created_at=STRING,
+              last_used_at=STRING, expires_at=STRING, revoked_at=STRING)
+PROJECT = {"type": "object", "properties": {"name": STRING, "created_at": STRING, "created_by": STRING,
+                                            "deploy_branch": STRING}}
+SSE = "text/event-stream"
+
+
+def ok(data: object, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status)
+
+
+def project_of(ctx, access: Access = Access.READ) -> str:  # type: ignore[no-untyped-def]
+    """The project named in the path, after checking the caller may read or change it."""
+    name = check_project_name(ctx.param("project"))
+    if not authorize(ctx.store, ctx.user, name, access):
+        raise not_found(f"no project named {name!r}")
+    return name
+
+
+def number_of(ctx) -> int:  # type: ignore[no-untyped-def]
+    raw = ctx.param("number")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ApiError(400, "bad_request", f"deployment number must be a positive integer, got {raw[:20]!r}")
+    return int(raw)
+
+
+def queued(ticket) -> JSONResponse:  # type: ignore[no-untyped-def]
+    d = ticket.deployment
+    return ok({"number": d.number, "status": d.status,
+               "output": f"/api/v1/projects/{d.project}/deployments/{d.number}/output"}, 202)
+
+
+# -- meta -----------------------------------------------------------------------------------
+
+@endpoint("GET", "/meta", "Server version, ports, instance, Docker and swarm state", tag="meta",
+          responses={200: OBJECT})
+async def meta(ctx) -> Response:  # type: ignore[no-untyped-def]
+    from api.app import VERSION
+    s = ctx.platform.settings
+    try:
+        info = await run_in_threadpool(lambda: ctx.platform.engine.client.info())
+        docker = {"reachable": True, "version": info.get("ServerVersion", ""),
+                  "swarm": (info.get("Swarm") or {}).get("LocalNodeState", "")}
+    except DockerError as err:
+        docker = {"reachable": False, "error": str(err)}
+    return ok({"version": VERSION, "instance": s.instance, "apps_domain": s.apps_domain, "tls": s.tls,
+               "ports": {"ssh": s.ssh_port, "api": s.api_port, "http": s.http_port, "https": s.https_port},
+               "proxy": {"up": ctx.platform.proxy_ready.is_set() and not ctx.platform.proxy_error,
+                         "error": ctx.platform.proxy_error},
+               "docker": docker, "user": {"name": ctx.user.name, "role": ctx.user.role}})
+
+
+# -- projects -------------------------------------------------------------------------------
+
+@endpoint("GET", "/projects", "List the projects you can see", tag="projects", responses={200: array(PROJECT)})
+async def list_projects(ctx) -> Response:  # type: ignore[no-untyped-def]
+    store, user = ctx.store, ctx.user
+    visible = set(store.grants_of(user.name))
+    rows = []
+    for project in store.list_projects():
+        if user.is_admin or project["name"] in visible:
+            live = store.live_deployment(project["name"])
+            rows.append({**project, "live_deployment": live.number if live else None})
+    return ok(rows)
+
+
+@endpoint("POST", "/projects", "Create a project (admins)", tag="projects", admin_only=True,
+          body=obj(["name"], name=STRING), responses={201: PROJECT})
+async def create_project(ctx) -> Response:  # type: ignore[no-untyped-def]
+    return ok(projects.create_project(ctx.platform, ctx.user.name, ctx.body["name"]), 201)
+
+
+@endpoint("GET", "/projects/{project}", "A project with its live deployment and domains", tag="projects",
+          responses={200: PROJECT})
+async def show_project(ctx) -> Response:  # type: ignore[no-untyped-def]
+    return ok(projects.describe(ctx.platform, project_of(ctx)))
+
+
+@endpoint("DELETE", "/projects/{project}", "Delete a project: services, images, repo (volumes with volumes=true)",
+          tag="projects", admin_only=True, query={"volumes": BOOLEAN},
+          responses={200: obj(None, removed=array(STRING))})
+async def delete_project(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx, Access.WRITE)
+    removed = await run_in_threadpool(projects.delete_project, ctx.platform, ctx.user.name, name,
+                                      ctx.query.get("volumes", False))
+    return ok({"removed": removed})
+
+
+# -- deployments ----------------------------------------------------------------------------
+
+@endpoint("GET", "/projects/{project}/deployments", "Deployments, newest first", tag="deployments",
+          query={"limit": integer(1, 1000)}, responses={200: array(DEPLOYMENT)})
+async def list_deployments(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx)
+    return ok([deployment_json(d) for d in ctx.store.list_deployments(name, ctx.query.get("limit", 50))])
+
+
+@endpoint("GET", "/projects/{project}/deployments/{number}", "One deployment", tag="deployments",
+          responses={200: DEPLOYMENT})
+async def show_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name, number = project_of(ctx), number_of(ctx)
+    found = ctx.store.get_deployment(name, number)
+    if found is None:
+        raise not_found(f"{name} has no deployment #{number}")
+    return ok(deployment_json(found))
+
+
+@endpoint("POST", "/projects/{project}/deployments", "Deploy a branch (default: the deploy branch) or a commit",
+          tag="deployments", body=obj(None, branch={"type": "string", "minLength": 1, "maxLength": 200},
+                                      commit={"type": "string", "minLength": 4, "maxLength": 40}),
+          responses={202: QUEUED})
+async def trigger_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx, Access.WRITE)
+    ticket = await run_in_threadpool(projects.deploy_ref, ctx.platform, ctx.user.name, name,
+                                     ctx.body.get("branch"), ctx.body.get("commit"))
+    return queued(ticket)
+
+
+@endpoint("POST", "/projects/{project}/deployments/{number}/cancel", "Cancel a queued or running deployment",
+          tag="deployments", responses={202: OBJECT})
+async def cancel_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name, number = project_of(ctx, Access.WRITE), number_of(ctx)
+    ctx.platform.cancel(name, number, ctx.user.name)
+    return ok({"number": number, "cancel": "requested"}, 202)
+
+
+@endpoint("POST", "/projects/{project}/rollback", "Put a kept earlier deployment live again, without rebuilding",
+          tag="deployments", body=obj(None, number=integer(1)), responses={202: QUEUED})
+async def rollback(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx, Access.WRITE)
+    ticket = await run_in_threadpool(deploy.rollback, ctx.platform, name, ctx.user.name, ctx.body.get("number"))
+    return queued(ticket)
+
+
+@endpoint("GET", "/projects/{project}/deployments/{number}/output",
+          "Follow a deployment's output (Server-Sent Events; resume with Last-Event-ID)", tag="deployments",
+          responses={200: SSE})
+async def deployment_output(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name, number = project_of(ctx), number_of(ctx)
+    if ctx.store.get_deployment(name, number) is None:
+        raise not_found(f"{name} has no deployment #{number}")
+    last = ctx.request.headers.get("last-event-id", "0")
+    start = int(last) if last.isdigit() else 0
+    return StreamingResponse(_output_events(ctx.store, name, number, start), media_type=SSE,
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _output_events(store, project: str, number: int, after: int) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    """Tail the deployment's log file: every line an event numbered by its line, then `end`."""
+    sent = 0
+    pending = ""
+    position = 0
+    while True:
+        deployment = store.get_deployment(project, number)
+        finished = deployment.status not in ACTIVE_STATUSES
+        path = Path(deployment.log_path)
+        if path.exists():
+            with path.open("rb") as handle:
+                handle.seek(position)
+                chunk = handle.read()
+                position += len(chunk)
+            pending += chunk.decode(errors="replace")
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                sent += 1
+                if sent > after:
+                    yield f"id: {sent}\nevent: line\ndata: {line}\n\n"
+        if finished:
+            final = {"status": deployment.status, "reason": deployment.reason, "number": number}
+            yield f"event: end\ndata: {json.dumps(final)}\n\n"
+            return
+        await asyncio.sleep(0.2)
+
+
+# -- env vars -------------------------------------------------------------------------------
+
+@endpoint("GET", "/projects/{project}/env", "Env var names; values only for admins who ask (values=true)",
+          tag="env", query={"values": BOOLEAN}, responses={200: obj(None, names=array(STRING), values=OBJECT)})
+async def list_env(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx)
+    env = ctx.store.env(name)
+    if ctx.query.get("values"):
+        if not ctx.user.is_admin:
+            raise forbidden("only admins may read env var values")
+        ctx.store.audit(ctx.user.name, "env:read-values", name)
+        return ok({"names": sorted(env), "values": env})
+    return ok({"names": sorted(env)})
+
+
+ENV_VALUES = {"type": "object", "additionalProperties": {"type": "string", "maxLength": 65536},
+              "minProperties": 1, "maxProperties": 200}
+
+
+@endpoint("POST", "/projects/{project}/env", "Set env vars; redeploys the live commit unless deploy=false",
+          tag="env", body=obj(["values"], values=ENV_VALUES, deploy=BOOLEAN),
+          responses={200: obj(None, deployment=nullable(integer()))})
+async def set_env(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx, Access.WRITE)
+    ticket = await run_in_threadpool(deploy.set_env, ctx.platform, name, ctx.user.name, ctx.body["values"],
+                                     ctx.body.get("deploy", True))
+    return ok({"deployment": ticket.deployment.number if ticket else None})
+
+
+@endpoint("POST", "/projects/{project}/env/unset", "Unset env vars; redeploys unless deploy=false", tag="env",
+          body=obj(["names"], names={**array({"type": "string", "maxLength": 128}), "minItems": 1,
+                                     "maxItems": 200}, deploy=BOOLEAN),
+          responses={200: obj(None, deployment=nullable(integer()))})
+async def unset_env(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx, Access.WRITE)
+    ticket = await run_in_threadpool(deploy.unset_env, ctx.platform, name, ctx.user.name, ctx.body["names"],
+                                     ctx.body.get("deploy", True))
+    return ok({"deployment": ticket.deployment.number if ticket else None})
+
+
+# -- domains --------------------------------------------------------------------------------
+
+@endpoint("GET", "/projects/{project}/domains", "Domains routed to the project", tag="domains",
+          responses={200: array(STRING)})
+async def list_domains(ctx) -> Response:  # type: ignore[no-untyped-def]
+    return ok([d["domain"] for d in ctx.store.domains(project_of(ctx))])
+
+
+@endpoint("POST", "/projects/{project}/domains", "Route a domain to the project", tag="domains",
+          body=obj(["domain"], domain={"type": "string", "maxLength": 253}), responses={201: OBJECT})
+async def add_domain(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx, Access.WRITE)
+    await run_in_threadpool(projects.add_domain, ctx.platform, ctx.user.name, name, ctx.body["domain"])
+    return ok({"domain": ctx.body["domain"].strip().lower(), "project": name}, 201)
+
+
+@endpoint("DELETE", "/projects/{project}/domains/{domain}", "Stop routing a domain to the project",
+          tag="domains", responses={200: OBJECT})
+async def remove_domain(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx, Access.WRITE)
+    await run_in_threadpool(projects.remove_domain, ctx.platform, ctx.user.name, name, ctx.param("domain"))
+    return ok({"removed": ctx.param("domain")})
+
+
+# -- scale ----------------------------------------------------------------------------------
+
+@endpoint("GET", "/projects/{project}/scale", "Replica count of each service", tag="scale",
+          responses={200: {"type": "object", "additionalProperties": integer()}})
+async def get_scale(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx)
+    counts = await run_in_threadpool(ctx.platform.engine_replicas, name)
+    return ok(counts)
+
+
+@endpoint("POST", "/projects/{project}/scale", "Set replica counts, kept across deploys", tag="scale",
+          body={"type": "object", "additionalProperties": integer(0, 100), "minProperties": 1, "maxProperties": 50},
+          responses={200: {"type": "object", "additionalProperties": integer()}})
+async def set_scale(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx, Access.WRITE)
+    await run_in_threadpool(deploy.scale, ctx.platform, name, ctx.user.name, ctx.body)
+    return ok(await run_in_threadpool(ctx.platform.engine_replicas, name))
+
+
+# -- logs and one-off commands ---------------------------------------------------------------
+
+@endpoint("GET", "/projects/{project}/logs", "Recent log lines of a service; follow=true streams new ones",
+          tag="logs", query={"service": {"type": "string", "maxLength": 30}, "tail": integer(0, 10000),
+                             "follow": BOOLEAN}, responses={200: "text/plain"})
+async def logs(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx)
+    lines = await run_in_threadpool(projects.logs, ctx.platform, name, ctx.query.get("service", "web"),
+                                    ctx.query.get("tail", 100), ctx.query.get("follow", False))
+    return StreamingResponse(_with_newlines(iterate_in_threadpool(lines)), media_type="text/plain")
+
+
+async def _with_newlines(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    async for line in lines:
+        yield line + "\n"
+
+
+@endpoint("POST", "/projects/{project}/run",
+          "Run a one-off command in a new container of the live image (Server-Sent Events; last event: exit)",
+          tag="run", body=obj(["command"], command={**array({"type": "string", "maxLength": 4096}), "minItems": 1,
+                                                   "maxItems": 100},
+                              service={"type": "string", "maxLength": 30}),
+          responses={200: SSE})
+async def run_command(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx, Access.WRITE)
+    container = await run_in_threadpool(projects.run_command, ctx.platform, ctx.user.name, name,
+                                        ctx.body["command"], ctx.body.get("service", "web"))
+    return StreamingResponse(_run_events(container), media_type=SSE, headers={"Cache-Control": "no-cache"})
+
+
+async def _run_events(container) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    try:
+        pending = b""
+        async for chunk in iterate_in_threadpool(container.logs(stream=True, follow=True)):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield f"event: output\ndata: {line.decode(errors='replace')}\n\n"
+        if pending:
+            yield f"event: output\ndata: {pending.decode(errors='replace')}\n\n"
+        result = await run_in_threadpool(container.wait)
+        yield f"event: exit\ndata: {json.dumps({'exit_code': result.get('StatusCode', -1)})}\n\n"
+    finally:
+        await run_in_threadpool(container.remove, force=True)
+
+
+# -- users, SSH keys, API keys -----------------------------------------------------------------
+
+def user_json(store, user: User) -> dict:  # type: ignore[no-untyped-def]
+    return {"name": user.name, "role": user.role, "projects": store.grants_of(user.name), "created_at": user.created_at}
+
+
+def ssh_key_json(key: SSHKey) -> dict:
+    return {"user": key.user, "type": key.key_type, "fingerprint": key.fingerprint, "comment": key.comment,
+            "added_at": key.added_at}
+
+
+def api_key_json(key: ApiKey) -> dict:
+    return {"id": key.id, "user": key.user, "label": key.label, "prefix": key.prefix, "created_at": key.created_at,
+            "last_used_at": key.last_used_at, "expires_at": key.expires_at, "revoked_at": key.revoked_at}
+
+
+@endpoint("GET", "/users", "Team members (admins)", tag="users", admin_only=True, responses={200: array(USER)})
+async def list_users(ctx) -> Response:  # type: ignore[no-untyped-def]
+    return ok([user_json(ctx.store, u) for u in ctx.store.list_users()])
+
+
+@endpoint("POST", "/users", "Add a team member (admins)", tag="users", admin_only=True,
+          body=obj(["name", "role"], name=NAME, role={"type": "string", "enum": ["admin", "deployer"]}),
+          responses={201: USER})
+async def add_user(ctx) -> Response:  # type: ignore[no-untyped-def]
+    user = team.add_user(ctx.store, ctx.user.name, ctx.body["name"], ctx.body["role"])
+    return ok(user_json(ctx.store, user), 201)
+
+
+@endpoint("DELETE", "/users/{name}", "Remove a team member with their keys and grants (admins)", tag="users",
+          admin_only=True, responses={200: OBJECT})
+async def remove_user(ctx) -> Response:  # type: ignore[no-untyped-def]
+    team.remove_user(ctx.store, ctx.user.name, ctx.param("name"))
+    return ok({"removed": ctx.param("name")})
+
+
+@endpoint("POST", "/users/{name}/grants", "Let a deployer push to and read a project (admins)", tag="users",
+          admin_only=True, body=obj(["project"], project=STRING), responses={201: USER})
+async def grant(ctx) -> Response:  # type: ignore[no-untyped-def]
+    team.grant(ctx.store, ctx.user.name, ctx.param("name"), ctx.body["project"])
+    return ok(user_json(ctx.store, ctx.store.get_user(ctx.param("name"))), 201)
+
+
+@endpoint("DELETE", "/users/{name}/grants/{project}", "Take a project grant away (admins)", tag="users",
+          admin_only=True, responses={200: USER})
+async def revoke(ctx) -> Response:  # type: ignore[no-untyped-def]
+    team.revoke(ctx.store, ctx.user.name, ctx.param("name"), ctx.param("project"))
+    return ok(user_json(ctx.store, ctx.store.get_user(ctx.param("name"))))
+
+
+def _owner(ctx, requested: str | None) -> str:  # type: ignore[no-untyped-def]
+    """Whose keys: your own, or anyone's for an admin."""
+    if requested and requested != ctx.user.name:
+        if not ctx.user.is_admin:
+            raise forbidden("only admins may manage other users' keys")
+        return requested
+    return ctx.user.name
+
+
+@endpoint("GET", "/ssh-keys", "SSH keys: your own; an admin may ask for a user's or all (all=true)", tag="keys",
+          query={"user": STRING, "all": BOOLEAN}, responses={200: array(SSH_KEY)})
+async def list_ssh_keys(ctx) -> Response:  # type: ignore[no-untyped-def]
+    if ctx.query.get("all"):
+        if not ctx.user.is_admin:
+            raise forbidden("only admins may list everyone's keys")
+        return ok([ssh_key_json(k) for k in ctx.store.list_ssh_keys()])
+    return ok([ssh_key_json(k) for k in ctx.store.list_ssh_keys(_owner(ctx, ctx.query.get("user")))])
+
+
+@endpoint("POST", "/ssh-keys", "Register an SSH public key (yours, or any user's for an admin)", tag="keys",
+          body=obj(["public_key"], public_key={"type": "string", "maxLength": 16384}, user=STRING),
+          responses={201: SSH_KEY})
+async def add_ssh_key(ctx) -> Response:  # type: ignore[no-untyped-def]
+    key = team.add_ssh_key(ctx.store, ctx.user.name, _owner(ctx, ctx.body.get("user")), ctx.body["public_key"])
+    return ok(ssh_key_json(key), 201)
+
+
+@endpoint("DELETE", "/ssh-keys", "Remove an SSH key by its fingerprint", tag="keys",
+          query={"fingerprint": STRING}, responses={200: SSH_KEY})
+async def remove_ssh_key(ctx) -> Response:  # type: ignore[no-untyped-def]
+    fingerprint = ctx.query.get("fingerprint", "")
+    if not fingerprint:
+        raise ApiError(400, "bad_request", "query parameter fingerprint is required")
+    keys = {k.fingerprint: k for k in ctx.store.list_ssh_keys()}
+    if fingerprint not in keys or (keys[fingerprint].user != ctx.user.name and not ctx.user.is_admin):
+        raise not_found(f"no SSH key with fingerprint {fingerprint}")
+    return ok(ssh_key_json(team.remove_ssh_key(ctx.store, ctx.user.name, fingerprint)))
+
+
+@endpoint("GET", "/api-keys", "API keys (never their secrets): yours; an admin may ask for all (all=true)",
+          tag="keys", query={"user": STRING, "all": BOOLEAN}, responses={200: array(API_KEY)})
+async def list_api_keys(ctx) -> Response:  # type: ignore[no-untyped-def]
+    if ctx.query.get("all"):
+        if not ctx.user.is_admin:
+            raise forbidden("only admins may list everyone's keys")
+        return ok([api_key_json(k) for k in ctx.store.list_api_keys()])
+    return ok([api_key_json(k) for k in ctx.store.list_api_keys(_owner(ctx, ctx.query.get("user")))])
+
+
+@endpoint("POST", "/api-keys", "Create an API key; its secret is in this response only", tag="keys",
+          body=obj(["label"], label=NAME, expires_in_days=integer(1, 3650), user=STRING),
+          responses={201: {**API_KEY, "properties": {**API_KEY["properties"], "key": STRING}}})
+async def create_api_key(ctx) -> Response:  # type: ignore[no-untyped-def]
+    key, secret = apikeys.create(ctx.store, ctx.user.name, _owner(ctx, ctx.body.get("user")), ctx.body["label"],
+                                 ctx.body.get("expires_in_days"))
+    return ok({**api_key_json(key), "key": secret}, 201)
+
+
+@endpoint("DELETE", "/api-keys/{id}", "Revoke an API key, with immediate effect", tag="keys",
+          responses={200: API_KEY})
+async def revoke_api_key(ctx) -> Response:  # type: ignore[no-untyped-def]
+    raw = ctx.param("id")
+    if not raw.isdigit():
+        raise ApiError(400, "bad_request", f"API key id must be a positive integer, got {raw[:20]!r}")
+    apikeys.revoke(ctx.store, ctx.user, int(raw))
+    return ok(api_key_json(ctx.store.get_api_key(int(raw))))
+
+
+@endpoint("GET", "/audit", "Who did what, newest first (admins)", tag="meta", admin_only=True,
+          query={"limit": integer(1, 1000), "target": STRING}, responses={200: array(OBJECT)})
+async def audit_log(ctx) -> Response:  # type: ignore[no-untyped-def]
+    return ok(ctx.store.audit_log(ctx.query.get("limit", 100), ctx.query.get("target")))
+

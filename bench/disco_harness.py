@@ -1,0 +1,352 @@
+"""Shared by bench/zero_downtime.py and bench/deploy.py: a throwaway Disco daemon, a busybox
+httpd app repo, timed pushes, percentiles, and cleanup that also runs on Ctrl-C.
+
+Not a benchmark itself. Everything here starts objects of its own only: a temp dir, a daemon
+on free loopback ports with an instance name of its own (the prefix of its Docker objects),
+and it removes them again.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python bench/x.py`: the project's packages live in ROOT
+    sys.path.insert(0, str(ROOT))
+
+from runtime.docker_engine import Engine  # noqa: E402  (needs ROOT on sys.path)
+
+DISCO = ROOT / ".venv" / "bin" / "disco"
+# Debian's CLI: it builds with BuildKit; /usr/local/bin/docker (client only) cannot.
+DOCKER = "/usr/bin/docker"
+BUSYBOX = Path("/bin/busybox")
+CADDY_IMAGE = os.environ.get("DISCO_CADDY_IMAGE", "disco-caddy:debian")
+PROJECT = "myapp"
+APP_HOST = f"{PROJECT}.localhost"  # the daemon runs with --apps-domain localhost
+LISTEN_TIMEOUT_SECONDS = 20
+PUSH_TIMEOUT_SECONDS = 300
+DAEMON_STOP_SECONDS = 15
+
+# The tests' app: FROM scratch plus Debian's static busybox, serving /www on port 8000.
+APP_DOCKERFILE = "\n".join([
+    "FROM scratch",
+    "COPY busybox /bin/busybox",
+    "COPY busybox /bin/sh",  # busybox answers as sh when called so: a shell for CMD-SHELL checks
+    "COPY www /www",
+    "EXPOSE 8000",
+    'CMD ["/bin/busybox", "httpd", "-f", "-p", "8000", "-h", "/www"]',
+]) + "\n"
+HEALTHY_TOML = "[services.web]\nport = 8000\n"
+# A version whose health check never passes: Disco must refuse it and keep the old one serving.
+NEVER_HEALTHY_TOML = '[services.web]\nport = 8000\nhealth = "/missing"\nhealth_timeout = 3\n'
+
+# Keep the user's and the system's git config out of every git we run, so runs are comparable.
+GIT_ENV = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0"}
+
+
+# -- small helpers -----------------------------------------------------------------------------
+
+
+def run(cmd: list[str], timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess:
+    """Run a command, failing loudly with its output if it fails."""
+    kwargs.setdefault("env", GIT_ENV)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+    return result
+
+
+def free_port() -> int:
+    # The port could be taken between closing and the server binding it; on loopback that is rare.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """Nearest-rank percentile (share in 0..1); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(share * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def ignore_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    # The first signal starts the cleanup; further ones must not cut it short.
+    ignore_signals()
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def interrupts_become_cleanup() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP raise KeyboardInterrupt (so `finally` blocks clean up) and
+    then ignore any further signal, so a second Ctrl-C cannot cut the cleanup short."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, raise_interrupt)
+    try:
+        yield
+    finally:
+        ignore_signals()
+
+
+@contextmanager
+def temp_dir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- the daemon --------------------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    """`disco serve` on a fresh data dir, our key as its admin, free ports, its own instance."""
+
+    workdir: Path
+    instance: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:8]}")
+    ssh_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    https_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def key(self) -> Path:
+        return self.workdir / "bench_key"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "serve.log"
+
+    def start(self) -> None:
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench@disco", "-f", str(self.key)])
+        run([str(DISCO), "init", "--data-dir", str(self.data_dir), "--admin", "bench", "--key", f"{self.key}.pub"])
+        command = [
+            str(DISCO), "serve", "--data-dir", str(self.data_dir), "--ssh-port", str(self.ssh_port),
+            "--api-port", str(self.api_port), "--listen", "127.0.0.1", "--host", "disco.bench",
+            "--instance", self.instance, "--http-port", str(self.http_port),
+            "--https-port", str(self.https_port), "--no-tls", "--apps-domain", "localhost",
+            "--caddy-image", CADDY_IMAGE,
+        ]
+        with self.log_path.open("ab") as log:
+            # Its own session: a Ctrl-C in the terminal reaches us, and we stop it in order.
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self._wait_until_listening()
+
+    def _wait_until_listening(self) -> None:
+        deadline = time.monotonic() + LISTEN_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"disco serve exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.ssh_port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"disco serve did not listen on {self.ssh_port}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time; the process is ours (its pid)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=DAEMON_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=DAEMON_STOP_SECONDS)
+        except ProcessLookupError:
+            pass
+
+    def remove_docker_objects(self) -> None:
+        """Services, networks, images and volumes labelled with our instance, as the tests do."""
+        Engine(self.instance).remove_instance()
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def url(self, project: str = PROJECT) -> str:
+        return f"ssh://git@127.0.0.1:{self.ssh_port}/{project}"
+
+    def git_env(self) -> dict[str, str]:
+        ssh = shlex.join([
+            "ssh", "-F", os.devnull, "-i", str(self.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={self.workdir / 'known_hosts'}",
+            "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR",
+        ])
+        return {**GIT_ENV, "GIT_SSH_COMMAND": ssh}
+
+    def app_url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def deployments(self, project: str = PROJECT) -> list[dict]:
+        """Rows of the deployments table, oldest first (read-only: the daemon owns the file)."""
+        uri = f"file:{self.data_dir / 'disco.sqlite3'}?mode=ro"
+        with sqlite3.connect(uri, uri=True, timeout=10) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute("SELECT * FROM deployments WHERE project = ? ORDER BY number", [project])
+            return [dict(row) for row in rows.fetchall()]
+
+
+@contextmanager
+def running_daemon(workdir: Path) -> Iterator[Daemon]:
+    """A started daemon; on the way out it is stopped and its Docker objects removed."""
+    daemon = Daemon(workdir)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+        try:
+            daemon.remove_docker_objects()
+        except Exception as err:  # report, but let the other cleanups run
+            print(f"warning: could not remove Docker objects of {daemon.instance}: {err}", file=sys.stderr)
+
+
+# -- the app repo ------------------------------------------------------------------------------
+
+
+def body_of(version: int) -> str:
+    return f"v{version}\n"
+
+
+def version_of(body: str) -> int | None:
+    text = body.strip()
+    return int(text[1:]) if text.startswith("v") and text[1:].isdigit() else None
+
+
+def write_app(path: Path, version: int) -> None:
+    """The app's build context: Dockerfile, busybox (kept executable), www/index.html = vN."""
+    (path / "www").mkdir(parents=True, exist_ok=True)
+    (path / "Dockerfile").write_text(APP_DOCKERFILE)
+    (path / "www" / "index.html").write_text(body_of(version))
+    binary = path / "busybox"
+    if not binary.exists():
+        shutil.copyfile(BUSYBOX, binary)
+        binary.chmod(0o755)
+
+
+def commit_version(repo: Path, version: int, toml: str = HEALTHY_TOML) -> None:
+    """A commit that serves `vN`; `toml` is its disco.toml (a never-healthy one fails the deploy)."""
+    if not (repo / ".git").exists():
+        repo.mkdir(parents=True, exist_ok=True)
+        run(["git", "init", "-q", "-b", "main", str(repo)])
+    write_app(repo, version)
+    (repo / "disco.toml").write_text(toml)
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.com", "commit", "-q", "-m",
+         f"v{version}"], cwd=repo)
+
+
+# -- pushing -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PushResult:
+    returncode: int
+    started: float  # time.monotonic()
+    finished: float
+    lines: list[tuple[float, str]]  # (monotonic time read, stderr line), `remote:` lines included
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+    def first_line_time(self, needle: str) -> float | None:
+        return next((t for t, line in self.lines if needle in line), None)
+
+    def tail(self, count: int = 6) -> str:
+        return "\n".join(line for _, line in self.lines[-count:])
+
+
+def push(daemon: Daemon, repo: Path) -> PushResult:
+    """`git push` of main, timing every stderr line as it arrives (remote: lines stream live)."""
+    started = time.monotonic()
+    process = subprocess.Popen(["git", "push", "--progress", daemon.url(), "main"], cwd=repo,
+                               env=daemon.git_env(), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(target=_read_lines, args=(process, lines), daemon=True)
+    reader.start()
+    try:
+        returncode = process.wait(timeout=PUSH_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        returncode = process.wait()
+        lines.append((time.monotonic(), f"bench: push killed after {PUSH_TIMEOUT_SECONDS} s"))
+    finished = time.monotonic()
+    reader.join(5)
+    return PushResult(returncode, started, finished, lines)
+
+
+def _read_lines(process: subprocess.Popen, lines: list[tuple[float, str]]) -> None:
+    """Split on \\n and \\r (git redraws progress with \\r) and stamp each line on arrival."""
+    assert process.stderr is not None
+    pending = b""
+    fd = process.stderr.fileno()
+    while chunk := os.read(fd, 65536):
+        pending += chunk
+        now = time.monotonic()
+        *complete, pending = pending.replace(b"\r", b"\n").split(b"\n")
+        lines.extend((now, raw.decode(errors="replace").rstrip()) for raw in complete if raw.strip())
+    if pending.strip():
+        lines.append((time.monotonic(), pending.decode(errors="replace").rstrip()))
+
+
+def wait_for_body(daemon: Daemon, body: str, timeout: float = 60) -> float:
+    """Poll the app through Caddy until it answers `body`; return when it did (monotonic)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                response = client.get(daemon.app_url(), headers={"Host": APP_HOST})
+                if response.status_code == 200 and response.text == body:
+                    return time.monotonic()
+                last = f"{response.status_code} {response.text[:80]!r}"
+            except httpx.HTTPError as err:
+                last = repr(err)
+            time.sleep(0.02)
+    raise RuntimeError(f"the app did not answer {body!r} within {timeout:.0f} s (last: {last})")
+
+
+def describe_machine() -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs, load average {load}, Caddy image {CADDY_IMAGE}"

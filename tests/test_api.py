@@ -1,0 +1,233 @@
+"""The REST API through Starlette's real ASGI stack with a real store (no Docker needed here)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from api.app import build_app
+from api.spec import REGISTRY
+from hooks import apikeys
+from hooks.deploy import Platform
+from runtime.caddy import CaddyAdmin
+from runtime.docker_engine import Engine
+from runtime.settings import Settings, ensure_layout
+from runtime.store import Store
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Platform:
+    settings = Settings(data_dir=tmp_path / "data", instance="apitest")
+    ensure_layout(settings)
+    store = Store(settings.db_path)
+    store.add_user("alice", "admin")
+    store.add_user("bob", "deployer")
+    platform = Platform(settings, store, Engine("apitest"), CaddyAdmin(settings.run_dir))
+    platform.proxy_ready.set()
+    platform.proxy_error = "no proxy in these tests"
+    return platform
+
+
+@pytest.fixture
+def client(platform: Platform) -> TestClient:
+    return TestClient(build_app(platform))
+
+
+def key_for(platform: Platform, user: str, **kwargs) -> str:
+    return apikeys.create(platform.store, "test", user, f"{user}'s key", **kwargs)[1]
+
+
+@pytest.fixture
+def alice(platform: Platform) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key_for(platform, 'alice')}"}
+
+
+@pytest.fixture
+def bob(platform: Platform) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key_for(platform, 'bob')}"}
+
+
+def error_of(response) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    return response.status_code, body["error"]["code"], body["error"]["message"]
+
+
+# -- auth -----------------------------------------------------------------------------------
+
+def test_missing_wrong_and_malformed_keys_get_401(client: TestClient):
+    assert error_of(client.get("/api/v1/projects"))[:2] == (401, "unauthorized")
+    assert "no API key" in error_of(client.get("/api/v1/projects"))[2]
+    wrong = client.get("/api/v1/projects", headers={"Authorization": "Bearer disco_nope"})
+    assert error_of(wrong)[:2] == (401, "unauthorized")
+    odd = client.get("/api/v1/projects", headers={"Authorization": "Token abc"})
+    assert "unsupported authorization scheme" in error_of(odd)[2]
+    broken = client.get("/api/v1/projects", headers={"Authorization": "Basic %%%"})
+    assert error_of(broken)[:2] == (401, "unauthorized")
+
+
+def test_bearer_and_basic_both_work(client: TestClient, platform: Platform):
+    secret = key_for(platform, "alice")
+    assert client.get("/api/v1/projects", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    basic = base64.b64encode(f"{secret}:".encode()).decode()
+    assert client.get("/api/v1/projects", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+    assert client.get("/api/v1/projects", auth=(secret, "")).status_code == 200
+
+
+def test_revoked_key_stops_working_at_once_and_expired_keys_fail(client: TestClient, platform: Platform):
+    secret = key_for(platform, "bob")
+    headers = {"Authorization": f"Bearer {secret}"}
+    keys = client.get("/api/v1/api-keys", headers=headers).json()
+    assert len(keys) == 1 and keys[0]["prefix"] == secret[:10]
+    assert "key" not in keys[0] and "digest" not in keys[0]
+    assert secret not in json.dumps(keys)
+    assert client.delete(f"/api/v1/api-keys/{keys[0]['id']}", headers=headers).status_code == 200
+    assert client.get("/api/v1/projects", headers=headers).status_code == 401
+
+    expiring = key_for(platform, "bob", expires_in_days=1)
+    key_id = platform.store.list_api_keys("bob")[-1].id
+    platform.store.db.execute("UPDATE api_keys SET expires_at = '2000-01-01T00:00:00+00:00' WHERE id = ?", [key_id])
+    assert client.get("/api/v1/projects", headers={"Authorization": f"Bearer {expiring}"}).status_code == 401
+
+
+def test_keys_are_stored_only_as_hashes(client: TestClient, platform: Platform, alice):
+    created = client.post("/api/v1/api-keys", json={"label": "laptop", "expires_in_days": 30}, headers=alice)
+    assert created.status_code == 201
+    secret = created.json()["key"]
+    assert secret.startswith("disco_") and len(secret) > 40
+    assert created.json()["expires_at"]
+    dump = "\n".join(platform.store.db.iterdump())
+    assert secret not in dump
+    assert client.get("/api/v1/meta", headers={"Authorization": f"Bearer {secret}"}).json()["user"]["name"] == "alice"
+
+
+def test_deployer_is_kept_to_their_grants(client: TestClient, platform: Platform, alice, bob):
+    for name in ("shop", "blog"):
+        assert client.post("/api/v1/projects", json={"name": name}, headers=alice).status_code == 201
+    platform.store.grant("bob", "shop")
+    assert [p["name"] for p in client.get("/api/v1/projects", headers=bob).json()] == ["shop"]
+    assert client.get("/api/v1/projects/shop", headers=bob).status_code == 200
+    status, code, message = error_of(client.get("/api/v1/projects/blog/env", headers=bob))
+    assert (status, code) == (403, "forbidden") and "has no access to project 'blog'" in message
+    assert error_of(client.post("/api/v1/projects/blog/domains", json={"domain": "a.example.com"},
+                                headers=bob))[0] == 403
+    assert error_of(client.post("/api/v1/projects", json={"name": "mine"}, headers=bob))[:2] == (403, "forbidden")
+    assert error_of(client.get("/api/v1/users", headers=bob))[0] == 403
+    assert error_of(client.get("/api/v1/api-keys?user=alice", headers=bob))[0] == 403
+
+
+# -- validation -----------------------------------------------------------------------------
+
+def test_bad_input_gets_400_naming_the_field(client: TestClient, alice):
+    cases = [
+        (client.post, "/api/v1/projects", {"name": "ok", "colour": 1}, "body.colour is not a known field"),
+        (client.post, "/api/v1/projects", {}, "body.name is required"),
+        (client.post, "/api/v1/projects", {"name": 5}, "body.name must be a string"),
+        (client.post, "/api/v1/projects", {"name": "../etc"}, "invalid project name '../etc'"),
+        (client.post, "/api/v1/users", {"name": "zed", "role": "owner"}, "body.role"),
+        (client.post, "/api/v1/api-keys", {"label": "x", "expires_in_days": 0}, "body.expires_in_days must be at least 1"),
+    ]
+    for method, path, body, message in cases:
+        status, code, text = error_of(method(path, json=body, headers=alice))
+        assert (status, code) == (400, "bad_request"), (path, body, text)
+        assert message in text, (path, body, text)
+    not_json = client.post("/api/v1/projects", content=b"{nope", headers={**alice, "Content-Type": "application/json"})
+    assert "not valid JSON" in error_of(not_json)[2]
+    empty = client.post("/api/v1/projects", headers=alice)
+    assert "a JSON body is required" in error_of(empty)[2]
+    unknown_query = client.get("/api/v1/projects?colour=red", headers=alice)
+    assert "unknown query parameter 'colour'" in error_of(unknown_query)[2]
+    bad_query = client.get("/api/v1/audit?limit=lots", headers=alice)
+    assert "query parameter limit must be an integer" in error_of(bad_query)[2]
+    bad_name = client.get("/api/v1/projects/Bad_Name", headers=alice)
+    assert error_of(bad_name)[:2] == (400, "bad_request")
+
+
+def test_too_large_body_gets_413(client: TestClient, alice):
+    huge = json.dumps({"name": "x" * (2 << 20)})
+    response = client.post("/api/v1/projects", content=huge, headers={**alice, "Content-Type": "application/json"})
+    assert error_of(response)[:2] == (413, "too_large")
+
+
+def test_unknown_endpoint_and_method(client: TestClient, alice):
+    assert error_of(client.get("/api/v1/nothing", headers=alice))[:2] == (404, "not_found")
+    assert error_of(client.put("/api/v1/projects", headers=alice))[0] == 405
+
+
+# -- capabilities without Docker ----------------------------------------------------------------
+
+def test_projects_env_domains_and_audit(client: TestClient, platform: Platform, alice, bob):
+    assert client.post("/api/v1/projects", json={"name": "shop"}, headers=alice).status_code == 201
+    assert error_of(client.post("/api/v1/projects", json={"name": "shop"}, headers=alice))[:2] == (409, "conflict")
+    assert error_of(client.get("/api/v1/projects/ghost", headers=alice))[:2] == (404, "not_found")
+
+    platform.store.grant("bob", "shop")
+    set_env = client.post("/api/v1/projects/shop/env", json={"values": {"API_TOKEN": "t0ps3cret", "MODE": "prod"}},
+                          headers=bob)
+    assert set_env.status_code == 200 and set_env.json() == {"deployment": None}  # nothing live to redeploy
+    assert client.get("/api/v1/projects/shop/env", headers=bob).json() == {"names": ["API_TOKEN", "MODE"]}
+    assert error_of(client.get("/api/v1/projects/shop/env?values=true", headers=bob))[0] == 403
+    values = client.get("/api/v1/projects/shop/env?values=true", headers=alice).json()["values"]
+    assert values == {"API_TOKEN": "t0ps3cret", "MODE": "prod"}
+    assert "invalid env var name" in error_of(client.post("/api/v1/projects/shop/env", json={"values": {"1X": "a"}},
+                                                          headers=bob))[2]
+    assert "PORT is set by Disco" in error_of(client.post("/api/v1/projects/shop/env", json={"values": {"PORT": "1"}},
+                                                          headers=bob))[2]
+    unset = client.post("/api/v1/projects/shop/env/unset", json={"names": ["MODE"], "deploy": False}, headers=bob)
+    assert unset.status_code == 200
+    assert error_of(client.post("/api/v1/projects/shop/env/unset", json={"names": ["MODE"]}, headers=bob))[0] == 404
+
+    assert client.post("/api/v1/projects/shop/domains", json={"domain": "Shop.Example.com"}, headers=bob).status_code == 201
+    assert client.get("/api/v1/projects/shop/domains", headers=bob).json() == ["shop.example.com"]
+    assert client.post("/api/v1/projects", json={"name": "blog"}, headers=alice).status_code == 201
+    taken = client.post("/api/v1/projects/blog/domains", json={"domain": "shop.example.com"}, headers=alice)
+    assert error_of(taken)[:2] == (409, "conflict") and "already belongs to project 'shop'" in error_of(taken)[2]
+    invalid = client.post("/api/v1/projects/blog/domains", json={"domain": "not a domain"}, headers=alice)
+    assert error_of(invalid)[0] == 400
+    assert client.delete("/api/v1/projects/shop/domains/shop.example.com", headers=bob).status_code == 200
+    assert client.get("/api/v1/projects/shop", headers=bob).json()["domains"] == []
+
+    audit = client.get("/api/v1/audit?target=shop", headers=alice).json()
+    actions = [(row["user"], row["action"]) for row in audit]
+    assert ("bob", "env:set") in actions and ("alice", "projects:create") in actions
+    assert ("bob", "domains:add") in actions and ("alice", "env:read-values") in actions
+    assert "t0ps3cret" not in json.dumps(audit)
+
+
+def test_users_ssh_keys_and_grants(client: TestClient, platform: Platform, alice, bob, make_key):
+    assert client.post("/api/v1/users", json={"name": "carol", "role": "deployer"}, headers=alice).status_code == 201
+    assert error_of(client.post("/api/v1/users", json={"name": "carol", "role": "deployer"}, headers=alice))[0] == 409
+    granted = client.post("/api/v1/users/carol/grants", json={"project": "shop"}, headers=alice)
+    assert granted.status_code == 201 and granted.json()["projects"] == ["shop"]
+    assert client.delete("/api/v1/users/carol/grants/shop", headers=alice).json()["projects"] == []
+    assert error_of(client.delete("/api/v1/users/carol/grants/shop", headers=alice))[0] == 404
+
+    key = make_key("bobs")
+    added = client.post("/api/v1/ssh-keys", json={"public_key": key.public.read_text()}, headers=bob)
+    assert added.status_code == 201 and added.json()["fingerprint"] == key.fingerprint and added.json()["user"] == "bob"
+    assert [k["fingerprint"] for k in client.get("/api/v1/ssh-keys", headers=bob).json()] == [key.fingerprint]
+    again = client.post("/api/v1/ssh-keys", json={"public_key": key.public.read_text()}, headers=alice)
+    assert error_of(again)[:2] == (409, "conflict") and "already registered to user 'bob'" in error_of(again)[2]
+    assert error_of(client.post("/api/v1/ssh-keys", json={"public_key": "ssh-rsa nope"}, headers=bob))[0] == 400
+    for_other = client.post("/api/v1/ssh-keys", json={"public_key": "x", "user": "alice"}, headers=bob)
+    assert error_of(for_other)[0] == 403
+    assert error_of(client.delete("/api/v1/ssh-keys", params={"fingerprint": key.fingerprint},
+                                  headers={"Authorization": f"Bearer {key_for(platform, 'carol')}"}))[0] == 404
+    assert client.delete("/api/v1/ssh-keys", params={"fingerprint": key.fingerprint}, headers=bob).status_code == 200
+    assert client.delete("/api/v1/users/carol", headers=alice).status_code == 200
+    assert error_of(client.delete("/api/v1/users/alice", headers=alice))[:2] == (409, "conflict")
+
+
+def test_openapi_document_matches_the_routes(client: TestClient):
+    document = client.get("/api/v1/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    served = {(ep.method.lower(), f"/api/v1{ep.path}") for ep in REGISTRY}
+    documented = {(method, path) for path, ops in document["paths"].items() for method in ops}
+    assert served == documented
+    for path, ops in document["paths"].items():
+        for method, op in ops.items():
+            assert "401" in op["responses"] and op["summary"], (method, path)
