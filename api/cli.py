@@ -22,7 +22,9 @@ from typing import Any
 
 import uvicorn
 
+from api import cli_remote as remote
 from api.app import build_app
+from api.client import ClientError
 from gitserver.repos import RepoRegistry
 from gitserver.server import GitServer
 from hooks import apikeys, deploy, team
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args) or 0
-    except (CLIError, Refused, ValueError) as err:
+    except (CLIError, ClientError, Refused, ValueError) as err:
         print(f"disco: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -55,18 +57,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="disco", description="Deploy apps with git push.")
+    parser = argparse.ArgumentParser(
+        prog="disco", description="Deploy apps with git push. Team commands act on --data-dir when given "
+        "(on the server), and through the API of the logged-in server otherwise.")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    data_dir = argparse.ArgumentParser(add_help=False)
-    data_dir.add_argument("--data-dir", help="server data directory (env DISCO_DATA_DIR)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="server data directory (env DISCO_DATA_DIR): act on it directly")
+    common.add_argument("--server", help="which stored login to use (default: the last one)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("-p", "--project", help="project name (default: from the `disco` git remote)")
 
     def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[data_dir], help=help, description=help)
+        sub = commands.add_parser(name, parents=[common], help=help, description=help)
         sub.set_defaults(handler=handler)
         return sub
 
-    serve = command("serve", cmd_serve, "run the daemon (git over SSH)")
+    serve = command("serve", cmd_serve, "run the daemon (git over SSH, the API, deploys)")
     serve.add_argument("--ssh-port", type=int, help="SSH port (env DISCO_SSH_PORT, default 2222)")
     serve.add_argument("--api-port", type=int, help="API port on 127.0.0.1 (env DISCO_API_PORT, default 8800)")
     serve.add_argument("--instance", help="prefix of Docker object names (env DISCO_INSTANCE, default disco)")
@@ -81,15 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keep-images", type=int, help="images kept per project for rollback (default 5)")
     serve.add_argument("--listen", default="", help="address to listen on for SSH (default: all)")
 
-    init = command("init", cmd_init, "create the data dir and config; optionally the first admin")
+    init = command("init", cmd_init, "create the data dir and config, the first admin and their API key")
     init.add_argument("--admin", default="admin", help="name of the first admin (default: admin)")
-    init.add_argument("--key", metavar="FILE|-", help="the first admin's SSH public key file, or - for stdin")
+    init.add_argument("--key", metavar="FILE|-", help="the admin's SSH public key file, or - for stdin")
+
+    login = command("login", remote.cmd_login, "store a server's URL and API key in ~/.config/disco/config.toml")
+    login.add_argument("url", help="like http://127.0.0.1:8800 or https://api.example.com")
+    login.add_argument("--key", help="API key (asked for when not given)")
+    login.add_argument("--name", default="default", help="name to store this server under (default: default)")
 
     users_add = command("users:add", cmd_users_add, "add a team member")
     users_add.add_argument("name")
     users_add.add_argument("--role", choices=["admin", "deployer"], required=True)
-    users_list = command("users:list", cmd_users_list, "list team members, roles and grants")
-    users_list.add_argument("--json", action="store_true", help="machine-readable output")
+    for name in ("users", "users:list"):
+        command(name, cmd_users_list, "list team members, roles and grants")
     command("users:remove", cmd_users_remove, "remove a team member, their keys and grants").add_argument("name")
     for verb, handler, help in (
         ("grant", cmd_users_grant, "let a deployer push to and read a project"),
@@ -97,15 +109,70 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = command(f"users:{verb}", handler, help)
         sub.add_argument("name")
-        sub.add_argument("project")
+        sub.add_argument("project", metavar="PROJECT_NAME")
 
     keys_add = command("keys:add", cmd_keys_add, "register an SSH public key for a user")
     keys_add.add_argument("name", help="the user the key belongs to")
     keys_add.add_argument("file", metavar="FILE|-", help="public key file (like ~/.ssh/id_ed25519.pub), or - for stdin")
-    keys_list = command("keys:list", cmd_keys_list, "list registered SSH keys")
-    keys_list.add_argument("--json", action="store_true", help="machine-readable output")
-    keys_list.add_argument("--user", help="only this user's keys")
+    for name in ("keys", "keys:list"):
+        command(name, cmd_keys_list, "list registered SSH keys").add_argument("--user", help="only this user's keys")
     command("keys:remove", cmd_keys_remove, "remove an SSH key").add_argument("fingerprint")
+
+    command("apikeys", remote.cmd_apikeys, "list API keys (never their secrets)").add_argument(
+        "--all", action="store_true", help="everyone's (admins)")
+    create = command("apikeys:create", remote.cmd_apikeys_create, "create an API key; its secret is shown once")
+    create.add_argument("label", help="what or where the key is for, like 'laptop' or 'ci'")
+    create.add_argument("--expires-in-days", type=int, help="the key stops working after this many days")
+    create.add_argument("--user", help="for another user (admins)")
+    command("apikeys:revoke", remote.cmd_apikeys_revoke, "revoke an API key at once").add_argument("id", type=int)
+
+    command("projects", remote.cmd_projects, "list projects")
+    command("projects:create", remote.cmd_projects_create, "create a project").add_argument("name")
+    command("projects:info", remote.cmd_projects_info, "live deployment, domains and scale of a project")
+    remove = command("projects:remove", remote.cmd_projects_remove, "delete a project with its services and images")
+    remove.add_argument("--volumes", action="store_true", help="also delete its named volumes (data!)")
+    remove.add_argument("--confirm", metavar="NAME", help="the project's name, to confirm")
+
+    deploy_cmd = command("deploy", remote.cmd_deploy, "deploy the deploy branch (or --branch/--commit) now")
+    deploy_cmd.add_argument("--commit", help="a commit id in the project's repo")
+    deploy_cmd.add_argument("--branch", help="a branch of the project's repo")
+    deploy_cmd.add_argument("--no-follow", action="store_true", help="return once queued")
+    listing = command("deployments", remote.cmd_deployments, "deployments, newest first")
+    listing.add_argument("--limit", type=int, default=20)
+    output = command("deployments:output", remote.cmd_deployments_output, "a deployment's output, live while it runs")
+    output.add_argument("number", type=int, nargs="?", help="default: the newest")
+    output.add_argument("--follow", action="store_true", help="(always on: follows until the deployment ends)")
+    cancel = command("deployments:cancel", remote.cmd_deployments_cancel, "cancel a queued or running deployment")
+    cancel.add_argument("number", type=int, nargs="?", help="default: the newest")
+    back = command("rollback", remote.cmd_rollback, "put an earlier deployment's image live again")
+    back.add_argument("number", type=int, nargs="?", help="default: the one live before the current one")
+    back.add_argument("--no-follow", action="store_true", help="return once queued")
+
+    command("env", remote.cmd_env, "env var names (values with --values, admins)").add_argument(
+        "--values", action="store_true", help="show values too (admins)")
+    env_set = command("env:set", remote.cmd_env_set, "set env vars and redeploy")
+    env_set.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    env_set.add_argument("--no-deploy", action="store_true", help="store only; the next deploy uses them")
+    env_unset = command("env:unset", remote.cmd_env_unset, "unset env vars and redeploy")
+    env_unset.add_argument("names", nargs="+", metavar="KEY")
+    env_unset.add_argument("--no-deploy", action="store_true", help="store only; the next deploy uses them")
+
+    command("domains", remote.cmd_domains, "domains routed to the project")
+    command("domains:add", remote.cmd_domains_add, "route a domain to the project").add_argument("domain")
+    command("domains:remove", remote.cmd_domains_remove, "stop routing a domain").add_argument("domain")
+
+    command("scale", remote.cmd_scale, "replicas of each service")
+    command("scale:set", remote.cmd_scale_set, "set replicas, like web=3 worker=1").add_argument(
+        "counts", nargs="+", metavar="SERVICE=COUNT")
+
+    logs = command("logs", remote.cmd_logs, "recent log lines of a service")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep streaming new lines")
+    logs.add_argument("--service", default="web")
+    logs.add_argument("--tail", type=int, default=100)
+
+    run = command("run", remote.cmd_run, "run a one-off command in a new container of the live image")
+    run.add_argument("--service", default="web", help="whose volumes to mount (default: web)")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     return parser
 
 
@@ -232,6 +299,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
+    if not _local(args):
+        return remote.remote_users_add(args)
     with _local_store(args) as store:
         user = team.add_user(store, _actor(), args.name, args.role)
     print(f"added {user.role} {user.name}")
@@ -239,6 +308,8 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
+    if not _local(args):
+        return remote.remote_users_list(args)
     with _local_store(args) as store:
         rows = [
             {"name": u.name, "role": u.role, "projects": store.grants_of(u.name), "created_at": u.created_at}
@@ -255,6 +326,8 @@ def cmd_users_list(args: argparse.Namespace) -> int:
 
 
 def cmd_users_remove(args: argparse.Namespace) -> int:
+    if not _local(args):
+        return remote.remote_users_remove(args)
     with _local_store(args) as store:
         team.remove_user(store, _actor(), args.name)
     print(f"removed {args.name} with their keys and grants")
@@ -262,6 +335,8 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_users_grant(args: argparse.Namespace) -> int:
+    if not _local(args):
+        return remote.remote_users_grant(args)
     with _local_store(args) as store:
         team.grant(store, _actor(), args.name, args.project)
     print(f"{args.name} may now push to and read {args.project}")
@@ -269,6 +344,8 @@ def cmd_users_grant(args: argparse.Namespace) -> int:
 
 
 def cmd_users_revoke(args: argparse.Namespace) -> int:
+    if not _local(args):
+        return remote.remote_users_revoke(args)
     with _local_store(args) as store:
         team.revoke(store, _actor(), args.name, args.project)
     print(f"{args.name} no longer has access to {args.project}")
@@ -277,6 +354,8 @@ def cmd_users_revoke(args: argparse.Namespace) -> int:
 
 def cmd_keys_add(args: argparse.Namespace) -> int:
     key_line = _read_key(args.file)
+    if not _local(args):
+        return remote.remote_keys_add(args, key_line)
     with _local_store(args) as store:
         key = team.add_ssh_key(store, _actor(), args.name, key_line)
     print(f"added {key.key_type} key {key.fingerprint} for {key.user}")
@@ -284,6 +363,8 @@ def cmd_keys_add(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
+    if not _local(args):
+        return remote.remote_keys_list(args)
     with _local_store(args) as store:
         keys = store.list_ssh_keys(args.user)
     rows = [
@@ -301,6 +382,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_remove(args: argparse.Namespace) -> int:
+    if not _local(args):
+        return remote.remote_keys_remove(args)
     with _local_store(args) as store:
         key = team.remove_ssh_key(store, _actor(), args.fingerprint)
     print(f"removed key {key.fingerprint} of {key.user}")
@@ -310,13 +393,16 @@ def cmd_keys_remove(args: argparse.Namespace) -> int:
 # -- helpers ---------------------------------------------------------------------------------
 
 
+def _local(args: argparse.Namespace) -> bool:
+    """On the server with a data dir: act on it. Anywhere else: go through the API."""
+    return bool(args.data_dir or os.environ.get("DISCO_DATA_DIR"))
+
+
 class _local_store:
     """Open the store of the data dir named by --data-dir or DISCO_DATA_DIR."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         settings = resolve_settings({"data_dir": args.data_dir})
-        if args.data_dir is None and "DISCO_DATA_DIR" not in os.environ:
-            raise CLIError("no data dir given: pass --data-dir /var/lib/disco or set DISCO_DATA_DIR")
         if not settings.db_path.exists():
             raise CLIError(f"{settings.data_dir} is not a Disco data dir (run: disco init --data-dir {settings.data_dir})")
         self._store = Store(settings.db_path)

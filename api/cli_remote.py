@@ -1,0 +1,351 @@
+"""The `disco` commands a team uses from their laptops, through the REST API of a server."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from api.client import ApiClient, ClientError, Login, load_login, save_login
+
+
+def client(args: argparse.Namespace) -> ApiClient:
+    return ApiClient(load_login(getattr(args, "server", None)))
+
+
+def project(args: argparse.Namespace) -> str:
+    """--project, else the project named by the `disco` git remote of the current directory."""
+    if getattr(args, "project", None):
+        return args.project
+    result = subprocess.run(["git", "remote", "get-url", "disco"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ClientError("no project given: pass --project NAME, or run this in a repo with a `disco` git remote")
+    name = result.stdout.strip().rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    return name.removesuffix(".git")
+
+
+def show(args: argparse.Namespace, data: Any, headers: list[str] | None = None,
+         row: Any = None) -> None:
+    """JSON for scripts (--json), a table or a line for people."""
+    if getattr(args, "json", False) or headers is None:
+        print(json.dumps(data, indent=2))
+        return
+    rows = [row(item) for item in data]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)] if rows else map(len, headers)
+    for line in [headers, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+# -- login ----------------------------------------------------------------------------------
+
+def cmd_login(args: argparse.Namespace) -> int:
+    if args.key:
+        key = args.key
+    elif sys.stdin.isatty():
+        key = getpass.getpass("API key (from `disco init` or `disco apikeys:create`): ").strip()
+    else:
+        key = sys.stdin.readline().strip()
+    if not key:
+        raise ClientError("no API key given: pass --key KEY or type it when asked")
+    login = Login(args.name, args.url.rstrip("/"), key)
+    me = ApiClient(login).get("/meta")
+    path = save_login(login)
+    print(f"logged in to {login.url} as {me['user']['name']} ({me['user']['role']}); saved in {path}")
+    return 0
+
+
+# -- projects and deployments ------------------------------------------------------------------
+
+def cmd_projects(args: argparse.Namespace) -> int:
+    show(args, client(args).get("/projects"), ["NAME", "LIVE", "DEPLOY BRANCH", "CREATED BY"],
+         lambda p: [p["name"], f"#{p['live_deployment']}" if p["live_deployment"] else "-", p["deploy_branch"],
+                    p["created_by"]])
+    return 0
+
+
+def cmd_projects_create(args: argparse.Namespace) -> int:
+    created = client(args).post("/projects", {"name": args.name})
+    print(f"created project {created['name']}; deploy it with: git remote add disco <ssh url>/{created['name']} "
+          "&& git push disco main")
+    return 0
+
+
+def cmd_projects_info(args: argparse.Namespace) -> int:
+    info = client(args).get(f"/projects/{project(args)}")
+    if args.json:
+        show(args, info)
+        return 0
+    live = info["live_deployment"]
+    print(f"project   {info['name']}")
+    print(f"live      {'#%d %s (%s)' % (live['number'], live['commit'][:7], live['finished_at']) if live else 'none'}")
+    print(f"domains   {', '.join(info['domains']) or '-'}")
+    print(f"scale     {', '.join(f'{k}={v}' for k, v in info['scale'].items()) or 'from disco.toml'}")
+    return 0
+
+
+def cmd_projects_remove(args: argparse.Namespace) -> int:
+    name = project(args)
+    if args.confirm != name:
+        raise ClientError(f"this deletes {name} with its services and images; repeat with --confirm {name}")
+    removed = client(args).delete(f"/projects/{name}", volumes=args.volumes)["removed"]
+    print(f"removed {name}" + (f": {', '.join(removed)}" if removed else ""))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    body = {k: v for k, v in {"commit": args.commit, "branch": args.branch}.items() if v}
+    name = project(args)
+    queued = client(args).post(f"/projects/{name}/deployments", body)
+    print(f"deployment #{queued['number']} of {name} queued")
+    return 0 if args.no_follow else follow(args, name, queued["number"])
+
+
+def follow(args: argparse.Namespace, name: str, number: int) -> int:
+    """Stream a deployment's output live; exit status says whether it went live."""
+    started = time.monotonic()
+    last_id = None
+    while True:  # resume with Last-Event-ID if the stream drops
+        try:
+            for event_id, event, data in client(args).events(f"/projects/{name}/deployments/{number}/output",
+                                                             last_event_id=last_id):
+                if event == "line":
+                    last_id = event_id
+                    print(data, flush=True)
+                elif event == "end":
+                    final = json.loads(data)
+                    elapsed = time.monotonic() - started
+                    if final["status"] == "live":
+                        print(f"deployment #{number} is live ({elapsed:.1f} s)")
+                        return 0
+                    print(f"deployment #{number} {final['status']}: {final['reason']}", file=sys.stderr)
+                    return 1
+        except ClientError as err:
+            if "lost the connection" not in str(err):
+                raise
+            print(f"(reconnecting: {err})", file=sys.stderr)
+            time.sleep(1)
+
+
+def cmd_deployments(args: argparse.Namespace) -> int:
+    show(args, client(args).get(f"/projects/{project(args)}/deployments", limit=args.limit),
+         ["#", "STATUS", "COMMIT", "SOURCE", "BY", "CREATED", "REASON"],
+         lambda d: [d["number"], d["status"], d["commit"][:7], d["source"], d["user"], d["created_at"],
+                    d["reason"][:60]])
+    return 0
+
+
+def _number(args: argparse.Namespace, name: str) -> int:
+    if args.number:
+        return args.number
+    found = client(args).get(f"/projects/{name}/deployments", limit=1)
+    if not found:
+        raise ClientError(f"{name} has no deployments yet")
+    return found[0]["number"]
+
+
+def cmd_deployments_output(args: argparse.Namespace) -> int:
+    name = project(args)
+    return follow(args, name, _number(args, name))
+
+
+def cmd_deployments_cancel(args: argparse.Namespace) -> int:
+    name = project(args)
+    number = _number(args, name)
+    client(args).post(f"/projects/{name}/deployments/{number}/cancel")
+    print(f"cancel of deployment #{number} requested")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    name = project(args)
+    queued = client(args).post(f"/projects/{name}/rollback", {"number": args.number} if args.number else {})
+    print(f"rollback queued as deployment #{queued['number']}")
+    return 0 if args.no_follow else follow(args, name, queued["number"])
+
+
+# -- env, domains, scale -----------------------------------------------------------------------
+
+def cmd_env(args: argparse.Namespace) -> int:
+    data = client(args).get(f"/projects/{project(args)}/env", values=True if args.values else None)
+    if args.json:
+        show(args, data)
+    elif args.values:
+        for key, value in data["values"].items():
+            print(f"{key}={value}")
+    else:
+        print("\n".join(data["names"]) if data["names"] else "(no env vars)")
+    return 0
+
+
+def cmd_env_set(args: argparse.Namespace) -> int:
+    values = {}
+    for pair in args.pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ClientError(f"expected KEY=VALUE, got {key!r}")
+        values[key] = value
+    name = project(args)
+    result = client(args).post(f"/projects/{name}/env", {"values": values, "deploy": not args.no_deploy})
+    print(f"set {', '.join(sorted(values))} on {name}")
+    return _maybe_follow(args, name, result["deployment"])
+
+
+def cmd_env_unset(args: argparse.Namespace) -> int:
+    name = project(args)
+    result = client(args).post(f"/projects/{name}/env/unset", {"names": args.names, "deploy": not args.no_deploy})
+    print(f"unset {', '.join(args.names)} on {name}")
+    return _maybe_follow(args, name, result["deployment"])
+
+
+def _maybe_follow(args: argparse.Namespace, name: str, number: int | None) -> int:
+    if number is None:
+        return 0
+    print(f"redeploying as deployment #{number}")
+    return follow(args, name, number)
+
+
+def cmd_domains(args: argparse.Namespace) -> int:
+    domains = client(args).get(f"/projects/{project(args)}/domains")
+    show(args, domains) if args.json else print("\n".join(domains) or "(no domains)")
+    return 0
+
+
+def cmd_domains_add(args: argparse.Namespace) -> int:
+    name = project(args)
+    added = client(args).post(f"/projects/{name}/domains", {"domain": args.domain})
+    print(f"{added['domain']} now routes to {name}")
+    return 0
+
+
+def cmd_domains_remove(args: argparse.Namespace) -> int:
+    name = project(args)
+    client(args).delete(f"/projects/{name}/domains/{args.domain}")
+    print(f"{args.domain} no longer routes to {name}")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    counts = client(args).get(f"/projects/{project(args)}/scale")
+    show(args, counts) if args.json else print("\n".join(f"{k}={v}" for k, v in counts.items()) or "(nothing runs)")
+    return 0
+
+
+def cmd_scale_set(args: argparse.Namespace) -> int:
+    counts = {}
+    for pair in args.counts:
+        service, sep, value = pair.partition("=")
+        if not sep or not value.isdigit():
+            raise ClientError(f"expected SERVICE=COUNT like web=3, got {pair!r}")
+        counts[service] = int(value)
+    result = client(args).post(f"/projects/{project(args)}/scale", counts)
+    print(" ".join(f"{k}={v}" for k, v in result.items()))
+    return 0
+
+
+# -- logs and run -----------------------------------------------------------------------------
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    for line in client(args).lines(f"/projects/{project(args)}/logs", service=args.service, tail=args.tail,
+                                   follow=args.follow or None):
+        print(line, flush=True)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise ClientError("give the command after --, like: disco run -- ls /data")
+    exit_code = 1
+    for _, event, data in client(args).events(f"/projects/{project(args)}/run", "POST",
+                                              {"command": command, "service": args.service}):
+        if event == "output":
+            print(data, flush=True)
+        elif event == "exit":
+            exit_code = json.loads(data)["exit_code"]
+    return exit_code
+
+
+# -- keys and users, remote ----------------------------------------------------------------------
+
+def remote_keys_list(args: argparse.Namespace) -> int:
+    keys = client(args).get("/ssh-keys", user=args.user)
+    show(args, keys, ["USER", "TYPE", "FINGERPRINT", "COMMENT", "ADDED"],
+         lambda k: [k["user"], k["type"], k["fingerprint"], k["comment"] or "-", k["added_at"]])
+    return 0
+
+
+def remote_keys_add(args: argparse.Namespace, key_line: str) -> int:
+    key = client(args).post("/ssh-keys", {"public_key": key_line, **({"user": args.name} if args.name else {})})
+    print(f"added {key['type']} key {key['fingerprint']} for {key['user']}")
+    return 0
+
+
+def remote_keys_remove(args: argparse.Namespace) -> int:
+    key = client(args).delete("/ssh-keys", fingerprint=args.fingerprint)
+    print(f"removed key {key['fingerprint']} of {key['user']}")
+    return 0
+
+
+def remote_users_list(args: argparse.Namespace) -> int:
+    users = client(args).get("/users")
+    show(args, users, ["NAME", "ROLE", "PROJECTS", "CREATED"],
+         lambda u: [u["name"], u["role"], "(all)" if u["role"] == "admin" else ",".join(u["projects"]) or "-",
+                    u["created_at"]])
+    return 0
+
+
+def remote_users_add(args: argparse.Namespace) -> int:
+    user = client(args).post("/users", {"name": args.name, "role": args.role})
+    print(f"added {user['role']} {user['name']}")
+    return 0
+
+
+def remote_users_remove(args: argparse.Namespace) -> int:
+    client(args).delete(f"/users/{args.name}")
+    print(f"removed {args.name} with their keys and grants")
+    return 0
+
+
+def remote_users_grant(args: argparse.Namespace) -> int:
+    client(args).post(f"/users/{args.name}/grants", {"project": args.project})
+    print(f"{args.name} may now push to and read {args.project}")
+    return 0
+
+
+def remote_users_revoke(args: argparse.Namespace) -> int:
+    client(args).delete(f"/users/{args.name}/grants/{args.project}")
+    print(f"{args.name} no longer has access to {args.project}")
+    return 0
+
+
+def cmd_apikeys(args: argparse.Namespace) -> int:
+    keys = client(args).get("/api-keys", all=True if args.all else None)
+    show(args, keys, ["ID", "USER", "LABEL", "PREFIX", "LAST USED", "EXPIRES", "REVOKED"],
+         lambda k: [k["id"], k["user"], k["label"], k["prefix"] + "…", k["last_used_at"] or "never",
+                    k["expires_at"] or "never", k["revoked_at"] or "-"])
+    return 0
+
+
+def cmd_apikeys_create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"label": args.label}
+    if args.expires_in_days:
+        body["expires_in_days"] = args.expires_in_days
+    if args.user:
+        body["user"] = args.user
+    key = client(args).post("/api-keys", body)
+    if args.json:
+        show(args, key)
+    else:
+        print(f"API key {key['id']} for {key['user']} ({key['label']}); shown once, store it now:")
+        print(key["key"])
+    return 0
+
+
+def cmd_apikeys_revoke(args: argparse.Namespace) -> int:
+    key = client(args).delete(f"/api-keys/{args.id}")
+    print(f"revoked API key {key['id']} ({key['label']}) of {key['user']}")
+    return 0
