@@ -13,6 +13,10 @@ from typing import Any
 from api.client import ApiClient, ClientError, Login, load_login, save_login
 
 
+# A deployment that was replaced or rolled back later had gone live: it succeeded.
+WENT_LIVE = ("live", "replaced", "rolled back")
+
+
 def client(args: argparse.Namespace) -> ApiClient:
     return ApiClient(load_login(getattr(args, "server", None)))
 
@@ -118,8 +122,8 @@ def follow(args: argparse.Namespace, name: str, number: int) -> int:
                 elif event == "end":
                     final = json.loads(data)
                     elapsed = time.monotonic() - started
-                    if final["status"] == "live":
-                        print(f"deployment #{number} is live ({elapsed:.1f} s)")
+                    if final["status"] in WENT_LIVE:
+                        print(f"deployment #{number} is {final['status']} ({elapsed:.1f} s)")
                         return 0
                     print(f"deployment #{number} {final['status']}: {final['reason']}", file=sys.stderr)
                     return 1

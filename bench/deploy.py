@@ -56,7 +56,9 @@ from disco_harness import (
     body_of,
     commit_version,
     describe_machine,
+    ignore_signals,
     interrupts_become_cleanup,
+    keep_signals_for_main_thread,
     push,
     running_daemon,
     temp_dir,
@@ -125,6 +127,7 @@ class NewBodyWatcher:
         return self.seen_at
 
     def _run(self) -> None:
+        keep_signals_for_main_thread()
         deadline = time.monotonic() + SERVED_TIMEOUT_SECONDS + 300  # a push may take that long
         with httpx.Client(timeout=5, headers={"Host": APP_HOST}) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
@@ -249,6 +252,7 @@ def baseline_service(workdir: Path, prefix: str, version: int) -> Iterator[Basel
         baseline.create(version)
         yield baseline
     finally:
+        ignore_signals()
         baseline.remove()
 
 

@@ -93,9 +93,24 @@ def ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def ignore_signals() -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    """From here on a Ctrl-C is ignored: called when the cleanup starts, so it runs to the end."""
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def keep_signals_for_main_thread() -> None:
+    """Call first in every helper thread.
+
+    The kernel hands a Ctrl-C to any thread that does not block it. CPython 3.11 blocks all
+    signals in the main thread while it starts a subprocess (vfork), so a Ctrl-C then lands in
+    a helper thread, and the main thread was seen to notice it only many seconds later, in the
+    middle of the cleanup. Blocked here, it waits for the main thread, which acts on it at once.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
 def raise_interrupt(signum: int, frame: object) -> None:
@@ -108,7 +123,7 @@ def raise_interrupt(signum: int, frame: object) -> None:
 def interrupts_become_cleanup() -> Iterator[None]:
     """Ctrl-C, SIGTERM and SIGHUP raise KeyboardInterrupt (so `finally` blocks clean up) and
     then ignore any further signal, so a second Ctrl-C cannot cut the cleanup short."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, raise_interrupt)
     try:
         yield
@@ -122,6 +137,7 @@ def temp_dir(prefix: str) -> Iterator[Path]:
     try:
         yield path
     finally:
+        ignore_signals()
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -233,6 +249,7 @@ def running_daemon(workdir: Path) -> Iterator[Daemon]:
         daemon.start()
         yield daemon
     finally:
+        ignore_signals()
         daemon.stop()
         try:
             daemon.remove_docker_objects()
@@ -318,6 +335,7 @@ def push(daemon: Daemon, repo: Path) -> PushResult:
 
 def _read_lines(process: subprocess.Popen, lines: list[tuple[float, str]]) -> None:
     """Split on \\n and \\r (git redraws progress with \\r) and stamp each line on arrival."""
+    keep_signals_for_main_thread()
     assert process.stderr is not None
     pending = b""
     fd = process.stderr.fileno()

@@ -51,6 +51,7 @@ from disco_harness import (
     commit_version,
     describe_machine,
     interrupts_become_cleanup,
+    keep_signals_for_main_thread,
     ms,
     percentile,
     push,
@@ -116,6 +117,7 @@ class LoadClients:
         return sorted((r for per_client in self.requests for r in per_client), key=lambda r: r.started)
 
     def _run(self, number: int) -> None:
+        keep_signals_for_main_thread()
         recorded = self.requests[number]
         jitter = random.Random(number)
         # httpx makes no retries by default (transport retries=0); the pool keeps the connection.
@@ -153,8 +155,12 @@ def deploy_versions(repo: Path, daemon: Daemon, deploys: int, fail_at: int) -> l
         version = index + 1
         should_fail = index == fail_at
         commit_version(repo, version, NEVER_HEALTHY_TOML if should_fail else HEALTHY_TOML)
+        records_before = len(daemon.deployments())
         result = push(daemon, repo)
-        record = daemon.deployments()[-1]
+        records = daemon.deployments()
+        # A push that never reached the deploy step (SSH or git failed) leaves no record of its own.
+        record = records[-1] if len(records) > records_before else {
+            "status": "no record", "reason": f"push failed before deploying: {result.tail(1)}"}
         outcome = "live" if record["status"] == "live" else f"{record['status']}: {record['reason'][:80]}"
         print(f"  deploy {index:2}: v{version} push exit {result.returncode} in {result.seconds:.1f} s, {outcome}",
               flush=True)
@@ -229,6 +235,10 @@ def report(requests: list[Request], deploys: list[Deploy], load_started: float) 
               f"{deploy.result.seconds:>6.1f}s {deploy.result.returncode:>4}  {deploy.record['status']:<8} "
               f"{first_new:>10} {overlap:>8} {len(in_push):>8} {sum(not r.ok for r in in_push):>6}  "
               f"{deploy.record['reason'][:90]}")
+
+    unexpected = [d.version for d in deploys if (d.record["status"] == "live") == d.should_fail]
+    print(f"  outcomes as expected: {pass_or_miss(not unexpected)}"
+          + (f" (not as expected: {', '.join(f'v{v}' for v in unexpected)})" if unexpected else ""))
 
     print()
     print(f"requests: {len(requests)} in {seconds:.1f} s ({len(requests) / max(seconds, 1e-9):.0f}/s), "

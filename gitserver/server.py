@@ -101,10 +101,12 @@ class GitServer:
             service, path = parse_git_command(process.command)
             project = project_from_path(path)
             access = GIT_SERVICES[service]
-            exists = pipeline.check_push(self.platform, user, project, access)
+            pipeline.check_push(self.platform, user, project, access)
         except PolicyError as err:
             log.info("refused %s: %s", user.name, err)
             return _refuse(process, str(err))
+        if access is Access.READ and not self.repos.exists(project):
+            return _refuse(process, f"project {project!r} has no code yet: push to it first")
         io = ChannelIO(process, asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
         if access is Access.READ:
@@ -118,7 +120,7 @@ class GitServer:
             max_push_size=self.settings.max_push_size,
             ref_lock=self.repos.ref_lock(project),
         )
-        await loop.run_in_executor(self.workers, self._push, project, not exists, io, context)
+        await loop.run_in_executor(self.workers, self._push, project, io, context)
         _log_push(context)
         return 1 if context.failure or context.refused else 0
 
@@ -126,8 +128,9 @@ class GitServer:
         with self.repos.session(project), self.repos.open(project) as repo:
             run_upload_pack(repo, io)
 
-    def _push(self, project: str, may_create: bool, io: ChannelIO, context: PushContext) -> None:
-        with self.repos.session(project, create=may_create), self.repos.open(project) as repo:
+    def _push(self, project: str, io: ChannelIO, context: PushContext) -> None:
+        # Authorised already: a first push (or one to a project made through the API) makes the repo.
+        with self.repos.session(project, create=True), self.repos.open(project) as repo:
             run_receive_pack(repo, io, context)
 
     def _greeting(self, user: User) -> str:

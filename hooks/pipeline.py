@@ -53,9 +53,9 @@ class Reporter(Protocol):
         """End the push with this reason and a non-zero exit status."""
 
 
-def check_push(platform: Platform, user: User, project: str, access: Access) -> bool:
-    """Raise PolicyError if refused; return whether the project already exists."""
-    return authorize(platform.store, user, project, access)
+def check_push(platform: Platform, user: User, project: str, access: Access) -> None:
+    """Raise PolicyError if this user may not fetch from (READ) or push to (WRITE) the project."""
+    authorize(platform.store, user, project, access)
 
 
 def deploy_branch(platform: Platform, project: str) -> str:

@@ -134,11 +134,11 @@ def test_init_creates_layout_and_first_admin_once(tmp_path: Path, make_key):
     assert [k["fingerprint"] for k in keys] == [key.fingerprint]
 
 
-def test_team_commands_need_a_data_dir(tmp_path: Path):
+def test_team_commands_need_a_data_dir_or_a_login(tmp_path: Path):
     from conftest import DISCO
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     result = run([DISCO, "users:list"], env=env)
-    assert result.returncode == 1 and "no data dir given" in result.stderr
+    assert result.returncode == 1 and "not logged in: run `disco login URL`" in result.stderr
     result = run([DISCO, "users:list", "--data-dir", str(tmp_path / "empty")], env=env)
     assert result.returncode == 1 and "is not a Disco data dir" in result.stderr
     assert not (tmp_path / "empty").exists()
