@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from api import endpoints  # noqa: F401  (registers the endpoints)
 from api.auth import Caller, authenticate
-from api.spec import REGISTRY, ApiError, Endpoint, bad_request, openapi_document, query_params, validate
+from api.spec import PATH_PARAMS, REGISTRY, ApiError, Endpoint, bad_request, openapi_document, query_params, validate
 from hooks.deploy import Platform
 from hooks.errors import Refused
 
@@ -55,6 +55,7 @@ def _dispatcher(eps: list[Endpoint]):  # type: ignore[no-untyped-def]
             caller = None if ep.public else authenticate(platform.store, request)
             if ep.admin_only and caller is not None and not caller.user.is_admin:
                 raise ApiError(403, "forbidden", "only admins may do this")
+            _check_path_params(request)
             query = query_params(request, ep.query)
             body = await _body(request, ep)
             return await ep.handler(Context(platform, caller, request, body, query))
@@ -107,6 +108,18 @@ async def _body(request: Request, ep: Endpoint) -> Any:
     return body
 
 
+def _check_path_params(request: Request) -> None:
+    for name, value in request.path_params.items():
+        schema = PATH_PARAMS.get(name)
+        if schema is None:
+            continue
+        if schema.get("type") == "integer":
+            if not value.isdigit():
+                raise bad_request(f"{name} in the path must be a positive integer, got {value[:20]!r}")
+            value = int(value)
+        validate(value, schema, f"{name} in the path")
+
+
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
@@ -116,4 +129,8 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:
-    return error_response(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+    response = error_response(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+    allowed = (getattr(exc, "headers", None) or {}).get("Allow")
+    if allowed:
+        response.headers["Allow"] = allowed  # RFC 9110: a 405 lists what is allowed
+    return response

@@ -25,6 +25,8 @@ PATH_PARAMS.update({
 })
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 100}
+PROJECT_NAME_SCHEMA = {"type": "string", "pattern": PROJECT_NAME.pattern}
+USER_NAME_SCHEMA = {"type": "string", "pattern": team.USER_NAME.pattern}
 DEPLOYMENT = obj(None, number=integer(), project=STRING, commit=STRING, branch=STRING, user=STRING, source=STRING,
                  status=STRING, reason=STRING, image=STRING, rollback_of=nullable(integer()), timings=OBJECT,
                  created_at=STRING, finished_at=STRING)
@@ -98,7 +100,7 @@ async def list_projects(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 
 @endpoint("POST", "/projects", "Create a project (admins)", tag="projects", admin_only=True,
-          body=obj(["name"], name=STRING), responses={201: PROJECT})
+          body=obj(["name"], name=PROJECT_NAME_SCHEMA), responses={201: PROJECT})
 async def create_project(ctx) -> Response:  # type: ignore[no-untyped-def]
     return ok(projects.create_project(ctx.platform, ctx.user.name, ctx.body["name"]), 201)
 
@@ -356,7 +358,7 @@ async def list_users(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 
 @endpoint("POST", "/users", "Add a team member (admins)", tag="users", admin_only=True,
-          body=obj(["name", "role"], name=NAME, role={"type": "string", "enum": ["admin", "deployer"]}),
+          body=obj(["name", "role"], name=USER_NAME_SCHEMA, role={"type": "string", "enum": ["admin", "deployer"]}),
           responses={201: USER})
 async def add_user(ctx) -> Response:  # type: ignore[no-untyped-def]
     user = team.add_user(ctx.store, ctx.user.name, ctx.body["name"], ctx.body["role"])
@@ -371,7 +373,7 @@ async def remove_user(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 
 @endpoint("POST", "/users/{name}/grants", "Let a deployer push to and read a project (admins)", tag="users",
-          admin_only=True, body=obj(["project"], project=STRING), responses={201: USER})
+          admin_only=True, body=obj(["project"], project=PROJECT_NAME_SCHEMA), responses={201: USER})
 async def grant(ctx) -> Response:  # type: ignore[no-untyped-def]
     team.grant(ctx.store, ctx.user.name, ctx.param("name"), ctx.body["project"])
     return ok(user_json(ctx.store, ctx.store.get_user(ctx.param("name"))), 201)

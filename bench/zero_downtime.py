@@ -45,6 +45,7 @@ from disco_harness import (
     APP_HOST,
     HEALTHY_TOML,
     NEVER_HEALTHY_TOML,
+    PUSH_TIMEOUT_SECONDS,
     Daemon,
     PushResult,
     body_of,
@@ -181,12 +182,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
         if first.returncode != 0:
             raise RuntimeError(f"the first deploy failed:\n{first.tail()}\n{daemon.log_tail()}")
         wait_for_body(daemon, body_of(1))
-        max_seconds = 2 * args.quiet + args.deploys * 300 + 60
+        max_seconds = 2 * args.quiet + args.deploys * PUSH_TIMEOUT_SECONDS + 60
         with LoadClients(daemon, args.clients, args.rate, max_seconds) as load:
             time.sleep(args.quiet)
             deploys = deploy_versions(repo, daemon, args.deploys, args.fail_at)
             time.sleep(args.quiet)
-        report(load.all_requests(), deploys, load_started=deploys[0].result.started - args.quiet)
+        report(load.all_requests(), deploys)
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -209,12 +210,13 @@ def pass_or_miss(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def report(requests: list[Request], deploys: list[Deploy], load_started: float) -> None:
+def report(requests: list[Request], deploys: list[Deploy]) -> None:
     first_push, last_push = deploys[0].result.started, deploys[-1].result.finished
     during = [r for r in requests if first_push <= r.started <= last_push]
     quiet = [r for r in requests if r.started < first_push or r.started > last_push]
     errors = [r for r in requests if not r.ok]
-    seconds = (requests[-1].started - requests[0].started) if requests else 0.0
+    load_started = requests[0].started if requests else first_push
+    seconds = (requests[-1].started - load_started) if requests else 0.0
 
     print()
     print("deploys (times from each push's start):")
