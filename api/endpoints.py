@@ -13,20 +13,21 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from api.spec import (BOOLEAN, OBJECT, PATH_PARAMS, STRING, ApiError, array, endpoint, forbidden, integer,
                       not_found, nullable, obj)
 from hooks import apikeys, deploy, projects, team
-from hooks.policy import PROJECT_NAME, Access, authorize, check_project_name
+from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_project_name
 from hooks.projects import deployment_json
 from runtime.docker_engine import DockerError
 from runtime.store import ACTIVE_STATUSES, ApiKey, SSHKey, User
 
+
+NAME = {"type": "string", "minLength": 1, "maxLength": 100}
+PROJECT_NAME_SCHEMA = {"type": "string", "pattern": PROJECT_NAME.pattern, "description": NAME_RULE}
+USER_NAME_SCHEMA = {"type": "string", "pattern": team.USER_NAME.pattern,
+                    "description": "1 to 39 characters of a-z, 0-9, '.', '_' and '-', starting with a letter"}
 PATH_PARAMS.update({
-    "project": {"type": "string", "pattern": PROJECT_NAME.pattern},
+    "project": PROJECT_NAME_SCHEMA,
     "number": {"type": "integer", "minimum": 1},
     "id": {"type": "integer", "minimum": 1},
 })
-
-NAME = {"type": "string", "minLength": 1, "maxLength": 100}
-PROJECT_NAME_SCHEMA = {"type": "string", "pattern": PROJECT_NAME.pattern}
-USER_NAME_SCHEMA = {"type": "string", "pattern": team.USER_NAME.pattern}
 DEPLOYMENT = obj(None, number=integer(), project=STRING, commit=STRING, branch=STRING, user=STRING, source=STRING,
                  status=STRING, reason=STRING, image=STRING, rollback_of=nullable(integer()), timings=OBJECT,
                  created_at=STRING, finished_at=STRING)

@@ -155,7 +155,8 @@ def validate(value: Any, schema: dict, where: str = "body") -> None:
         if "minLength" in schema and len(value) < schema["minLength"]:
             raise bad_request(f"{where} is shorter than {schema['minLength']} characters")
         if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
-            raise bad_request(f"{where} does not match {schema['pattern']}")
+            rule = schema.get("description") or f"it must match {schema['pattern']}"
+            raise bad_request(f"{where} {value[:80]!r} is invalid: {rule}")
     if kind == "integer":
         if "minimum" in schema and value < schema["minimum"]:
             raise bad_request(f"{where} must be at least {schema['minimum']}")

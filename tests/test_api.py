@@ -127,7 +127,7 @@ def test_bad_input_gets_400_naming_the_field(client: TestClient, alice):
         (client.post, "/api/v1/projects", {"name": "ok", "colour": 1}, "body.colour is not a known field"),
         (client.post, "/api/v1/projects", {}, "body.name is required"),
         (client.post, "/api/v1/projects", {"name": 5}, "body.name must be a string"),
-        (client.post, "/api/v1/projects", {"name": "../etc"}, "invalid project name '../etc'"),
+        (client.post, "/api/v1/projects", {"name": "../etc"}, "body.name '../etc' is invalid: a project name is a lowercase DNS label"),
         (client.post, "/api/v1/users", {"name": "zed", "role": "owner"}, "body.role"),
         (client.post, "/api/v1/api-keys", {"label": "x", "expires_in_days": 0}, "body.expires_in_days must be at least 1"),
     ]
