@@ -30,7 +30,7 @@ from gitserver.server import GitServer
 from hooks import apikeys, deploy, team
 from hooks.deploy import Platform
 from hooks.errors import Refused
-from runtime.caddy import CaddyAdmin
+from runtime.caddy import API_SOCKET_NAME, CaddyAdmin
 from runtime.docker_engine import Engine
 from runtime.settings import Settings, ensure_layout, resolve_settings, write_default_config
 from runtime.sshkeys import load_or_create_host_key
@@ -255,7 +255,7 @@ def api_sockets(settings: Settings) -> list[socket.socket]:
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     tcp.bind(("127.0.0.1", settings.api_port))
-    path = settings.run_dir / "api.sock"
+    path = settings.run_dir / API_SOCKET_NAME
     path.unlink(missing_ok=True)
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     unix.bind(str(path))

@@ -55,7 +55,7 @@ class Platform:
         """Make sure the network and Caddy run and carry the current routes (idempotent)."""
         try:
             self.engine.ensure_network()
-            config = build_config(self.routes(), tls=self.settings.tls)
+            config = build_config(self.routes(), tls=self.settings.tls, api_host=self.api_host)
             # Caddy starts from this file the first time; later it resumes its autosaved config.
             (self.settings.run_dir / "caddy.json").write_text(json.dumps(config, indent=2))
             command = ["caddy", "run", "--resume", "--config", f"{CONTAINER_RUN_DIR}/caddy.json"]
@@ -156,9 +156,16 @@ class Platform:
         self.proxy_ready.wait(timeout=180)
         if self.proxy_error:
             raise CaddyError(self.proxy_error)
-        config = build_config(self.routes(switching), tls=self.settings.tls)
+        config = build_config(self.routes(switching), tls=self.settings.tls, api_host=self.api_host)
         (self.settings.run_dir / "caddy.json").write_text(json.dumps(config, indent=2))
         return self.caddy.load(config)
+
+    @property
+    def api_host(self) -> str:
+        """The server's own domain (--host), if it is one: Caddy serves the API there."""
+        host = self.settings.host
+        looks_like_domain = "." in host and not host.replace(".", "").isdigit()
+        return host if looks_like_domain else ""
 
 
 class DeploymentRun:
@@ -200,10 +207,10 @@ class DeploymentRun:
             if previous:
                 store.update_deployment(d.project, previous.number,
                                         status="rolled back" if d.source == "rollback" else "replaced")
-        except DeployFailed as failure:
-            return self._fail(str(failure), "cancelled" if self.ticket.cancelled_by else "failed")
-        except (DockerError, CaddyError, gitrepo.GitRepoError) as err:
-            return self._fail(str(err), "cancelled" if self.ticket.cancelled_by else "failed")
+        except (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError) as err:
+            if self.ticket.cancelled_by:
+                return self._fail(f"cancelled by {self.ticket.cancelled_by}", "cancelled")
+            return self._fail(str(err))
         with self._step("cleanup"):
             try:
                 self._cleanup(specs)
@@ -316,7 +323,7 @@ class DeploymentRun:
 
     def _stop_if_cancelled(self) -> None:
         if self.ticket.cancelled_by:
-            raise DeployFailed(f"cancelled by {self.ticket.cancelled_by}")
+            raise DeployFailed("cancelled")
 
     def _fail(self, reason: str, status: str = "failed") -> Deployment:
         self.out.line(f"deploy {status}: {reason}")

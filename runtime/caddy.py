@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 ADMIN_SOCKET_NAME = "caddy-admin.sock"
+API_SOCKET_NAME = "api.sock"  # the daemon's API, for Caddy to serve on the server's own domain
 CONTAINER_RUN_DIR = "/run/disco"  # where the data dir's run/ is mounted in the Caddy container
 
 
@@ -31,10 +32,12 @@ class Route:
     port: int
 
 
-def build_config(routes: list[Route], tls: bool) -> dict:
+def build_config(routes: list[Route], tls: bool, api_host: str = "") -> dict:
+    """The whole Caddy config; `api_host` (the server's own domain) serves the Disco API."""
+    api = [_api_route(api_host)] if api_host else []
     server: dict = {
         "listen": [":443"] if tls else [":80"],
-        "routes": [_route(r) for r in routes if r.hosts] + [_not_found()],
+        "routes": api + [_route(r) for r in routes if r.hosts] + [_not_found()],
     }
     if not tls:
         server["automatic_https"] = {"disable": True}
@@ -71,6 +74,15 @@ def _route(route: Route) -> dict:
                 "transport": {"protocol": "http", "dial_timeout": "1s"},
             }
         ],
+        "terminal": True,
+    }
+
+
+def _api_route(host: str) -> dict:
+    return {
+        "match": [{"host": [host]}],
+        "handle": [{"handler": "reverse_proxy",
+                    "upstreams": [{"dial": f"unix/{CONTAINER_RUN_DIR}/{API_SOCKET_NAME}"}]}],
         "terminal": True,
     }
 

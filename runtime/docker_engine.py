@@ -43,6 +43,8 @@ DOCKER_CLI = os.environ.get("DISCO_DOCKER_CLI", "/usr/bin/docker")
 PROBE_BINARY = os.environ.get("DISCO_PROBE_BINARY", "/bin/busybox")
 PROBE_PATH = "/.disco/busybox"
 SECOND = 1_000_000_000  # docker API durations are in nanoseconds
+# Two of Caddy's DNS refreshes (runtime/caddy.py refreshes upstreams every 250 ms), and a margin.
+PROXY_DNS_SETTLE = 0.6
 
 OutputLine = Callable[[str], None]
 
@@ -233,16 +235,20 @@ class Engine:
             all_tasks = service.tasks()
             tasks = [t for t in all_tasks if _task_deployment(t) == deployment]
             running = [t for t in tasks if t["Status"]["State"] == "running" and t["DesiredState"] == "running"]
-            # Swarm says "completed" while the last old task may still be stopping; wait for it,
-            # so that "live" means only the new version answers.
             old_still_up = [t for t in all_tasks if _task_deployment(t) != deployment
                             and t["Status"]["State"] in ("running", "starting")]
             if state.startswith("rollback") or state == "paused":
                 raise DockerError(self._failure_reason(spec, tasks) or f"swarm rolled the update back ({state})")
             if created and (reason := self._failure_reason(spec, tasks)):
                 raise DockerError(reason)
-            done = (state == "completed" and not old_still_up) if not created else len(running) >= spec.replicas
-            if done or (spec.replicas == 0):
+            if created and len(running) >= spec.replicas or spec.replicas == 0:
+                return
+            if not created and state == "completed":
+                # Swarm has taken the old tasks out of its DNS; they keep answering for a few
+                # seconds while Docker stops them. Waiting for the proxy's next DNS lookups is
+                # enough for "live" to mean that only the new version gets requests.
+                if old_still_up:
+                    time.sleep(PROXY_DNS_SETTLE)
                 return
             message = f"waiting for {spec.name}: {len(running)}/{spec.replicas} task(s) healthy"
             if message != said:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ def laptop(disco: Disco, admin_key: Key, tmp_path: Path):
     env = {**disco.git_env(admin_key), "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path)}
     env.pop("DISCO_DATA_DIR", None)
     app = [*BASE, "COPY www /www", "EXPOSE 8000",
-           shell_cmd("env > /www/env.txt; exec /bin/busybox httpd -f -p 8000 -h /www")]
+           shell_cmd("echo app-started-$DISCO_DEPLOYMENT; env > /www/env.txt; exec /bin/busybox httpd -f -p 8000 -h /www")]
     repo = web_app(tmp_path / "app", "v1\n", app, **{"disco.toml": '[services.web]\nvolumes = ["data:/data"]\n'})
     run(["git", "remote", "add", "disco", disco.url("shop")], cwd=repo, check=True)
 
@@ -86,8 +87,8 @@ def test_a_team_members_day_through_the_cli(laptop):
     assert failing.returncode == 0, failing.stderr
     assert "GREETING=bonjour" in disco.get("shop.localhost", "/env.txt").text
 
-    logs = cli("logs", "--tail", "10")
-    assert logs.returncode == 0
+    logs = cli("logs", "--tail", "50")
+    assert logs.returncode == 0 and "app-started-4" in logs.stdout  # the env change's deployment
 
     removed = cli("projects:remove")
     assert removed.returncode == 1 and "--confirm shop" in removed.stderr
@@ -111,6 +112,32 @@ def test_cli_errors_are_one_line_and_exit_non_zero(laptop):
     assert revoked.returncode == 1 and "invalid, revoked or expired API key" in revoked.stderr
     nowhere = run([DISCO, "projects"], env={**env, "DISCO_URL": "http://127.0.0.1:1", "DISCO_API_KEY": "disco_x"})
     assert nowhere.returncode == 1 and "cannot reach http://127.0.0.1:1" in nowhere.stderr
+
+
+def test_cancel_a_running_deploy_keeps_the_old_version(laptop):
+    disco, repo, cli, env, app = laptop
+    assert run(["git", "push", "disco", "main"], cwd=repo, env=env, timeout=300).returncode == 0
+    slow = [*BASE, "COPY www /www", "EXPOSE 8000", shell_cmd("sleep 30; exec /bin/busybox httpd -f -p 8000 -h /www")]
+    run(["git", "checkout", "-q", "-b", "slow"], cwd=repo, check=True)
+    new_version(repo, "slow\n", slow)
+    assert run(["git", "push", "disco", "slow"], cwd=repo, env=env).returncode == 0
+    assert cli("deploy", "--branch", "slow", "--no-follow").returncode == 0
+    deadline = time.monotonic() + 60
+    while json.loads(cli("deployments", "--json").stdout)[0]["status"] != "starting":
+        assert time.monotonic() < deadline
+    cancelled = cli("deployments:cancel")
+    assert cancelled.returncode == 0, cancelled.stderr
+    followed = cli("deployments:output", "2")
+    assert followed.returncode == 1 and "deployment #2 cancelled: cancelled by alice" in followed.stderr
+    assert disco.get("shop.localhost").text == "v1\n"
+    assert json.loads(cli("deployments", "--json").stdout)[0]["status"] == "cancelled"
+
+
+def test_the_api_is_served_through_caddy_on_the_servers_domain(laptop):
+    disco, repo, cli, env, app = laptop
+    response = httpx.get(f"http://127.0.0.1:{disco.http_port}/api/v1/meta",
+                         headers={"Host": "disco.test", "Authorization": f"Bearer {disco.api_key}"}, timeout=10)
+    assert response.status_code == 200 and response.json()["instance"] == disco.instance
 
 
 def test_team_commands_go_through_the_api_without_a_data_dir(laptop, make_key):
