@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -19,6 +20,7 @@ from starlette.routing import Route
 from api import endpoints  # noqa: F401  (registers the endpoints)
 from api.auth import Caller, authenticate
 from api.spec import PATH_PARAMS, REGISTRY, ApiError, Endpoint, bad_request, openapi_document, query_params, validate
+from hooks import github
 from hooks.deploy import Platform
 from hooks.errors import Refused
 
@@ -30,7 +32,10 @@ KIND_STATUS = {"bad_request": 400, "not_found": 404, "conflict": 409, "forbidden
 
 
 def build_app(platform: Platform) -> Starlette:
-    routes = [Route("/api/v1/openapi.json", _openapi, methods=["GET"])]
+    routes = [
+        Route("/api/v1/openapi.json", _openapi, methods=["GET"]),
+        Route("/webhooks/github/{project}", _github_webhook, methods=["POST"]),
+    ]
     by_path: dict[str, list[Endpoint]] = {}
     for ep in REGISTRY:
         by_path.setdefault(ep.path, []).append(ep)
@@ -43,6 +48,19 @@ def build_app(platform: Platform) -> Starlette:
 
 async def _openapi(request: Request) -> Response:
     return JSONResponse(openapi_document(VERSION))
+
+
+async def _github_webhook(request: Request) -> Response:
+    """GitHub's call: no API key, the signature is the auth; the body is read raw, capped."""
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > github.MAX_BODY:
+            return error_response(413, "too_large", "webhook body is larger than 25 MB")
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    reply = await run_in_threadpool(github.handle_delivery, request.app.state.platform,
+                                    request.path_params["project"], headers, raw)
+    return JSONResponse(reply.body, status_code=reply.status)
 
 
 def _dispatcher(eps: list[Endpoint]):  # type: ignore[no-untyped-def]

@@ -170,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--service", default="web")
     logs.add_argument("--tail", type=int, default=100)
 
+    link = command("github:link", remote.cmd_github_link, "deploy on pushes to a GitHub repo (prints the webhook form)")
+    link.add_argument("repo", metavar="OWNER/REPO")
+    link.add_argument("--branch", default="main", help="the branch that deploys (default: main)")
+    link.add_argument("--clone-url", help="fetch from here instead (GitHub Enterprise, any git host)")
+    link.add_argument("--token", help="a fine-grained token for a private repo (never shown again)")
+    link.add_argument("--force-mirror", action="store_true", help="GitHub wins over pushes made over SSH")
+    command("github:unlink", remote.cmd_github_unlink, "stop deploying from GitHub")
+    command("github:secret", remote.cmd_github_secret, "make a new webhook secret").add_argument(
+        "--rotate", action="store_true", help="make a new secret (the old one stops working)")
+    command("github:deploy-key", remote.cmd_github_deploy_key, "the public deploy key to add to a private repo")
+    command("github:deliveries", remote.cmd_github_deliveries, "webhook deliveries received")
+
     run = command("run", remote.cmd_run, "run a one-off command in a new container of the live image")
     run.add_argument("--service", default="web", help="whose volumes to mount (default: web)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")

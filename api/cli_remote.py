@@ -353,3 +353,58 @@ def cmd_apikeys_revoke(args: argparse.Namespace) -> int:
     key = client(args).delete(f"/api-keys/{args.id}")
     print(f"revoked API key {key['id']} ({key['label']}) of {key['user']}")
     return 0
+
+
+# -- GitHub -----------------------------------------------------------------------------------
+
+def _print_form(form: dict) -> None:
+    print("In GitHub: the repo's Settings > Webhooks > Add webhook, then:")
+    print(f"  Payload URL:   {form['payload_url']}")
+    print(f"  Content type:  {form['content_type']}")
+    print(f"  Secret:        {form['secret']}")
+    print(f"  Events:        {form['events']}")
+    print(f"Pushes to {form['branch']} of {form['repo']} deploy; fetched from {form['clone_url']}.")
+
+
+def cmd_github_link(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"repo": args.repo, "branch": args.branch, "force_mirror": args.force_mirror}
+    if args.clone_url:
+        body["clone_url"] = args.clone_url
+    if args.token:
+        body["token"] = args.token
+    form = client(args).post(f"/projects/{project(args)}/github", body)
+    show(args, form) if args.json else _print_form(form)
+    return 0
+
+
+def cmd_github_unlink(args: argparse.Namespace) -> int:
+    name = project(args)
+    client(args).delete(f"/projects/{name}/github")
+    print(f"{name} is no longer linked to GitHub (remove the webhook in GitHub too)")
+    return 0
+
+
+def cmd_github_secret(args: argparse.Namespace) -> int:
+    name = project(args)
+    if not args.rotate:
+        raise ClientError("the secret is shown only when made: use --rotate to make a new one")
+    form = client(args).post(f"/projects/{name}/github/secret")
+    show(args, form) if args.json else _print_form(form)
+    return 0
+
+
+def cmd_github_deploy_key(args: argparse.Namespace) -> int:
+    key = client(args).post(f"/projects/{project(args)}/github/deploy-key")["public_key"]
+    if args.json:
+        show(args, {"public_key": key})
+    else:
+        print("Add this as a read-only deploy key in GitHub (the repo's Settings > Deploy keys):")
+        print(key)
+    return 0
+
+
+def cmd_github_deliveries(args: argparse.Namespace) -> int:
+    show(args, client(args).get(f"/projects/{project(args)}/github/deliveries"),
+         ["DELIVERY", "EVENT", "DEPLOYMENT", "RECEIVED", "RESULT"],
+         lambda d: [d["delivery"], d["event"], d["deployment"] or "-", d["received_at"], d["result"][:60]])
+    return 0

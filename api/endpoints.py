@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.spec import (BOOLEAN, OBJECT, PATH_PARAMS, STRING, ApiError, array, endpoint, forbidden, integer,
                       not_found, nullable, obj)
-from hooks import apikeys, deploy, projects, team
+from hooks import apikeys, deploy, github, projects, team
 from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_project_name
 from hooks.projects import deployment_json
 from runtime.docker_engine import DockerError
@@ -460,3 +460,62 @@ async def revoke_api_key(ctx) -> Response:  # type: ignore[no-untyped-def]
 async def audit_log(ctx) -> Response:  # type: ignore[no-untyped-def]
     return ok(ctx.store.audit_log(ctx.query.get("limit", 100), ctx.query.get("target")))
 
+
+
+# -- GitHub -----------------------------------------------------------------------------------
+
+WEBHOOK_FORM = obj(None, payload_url=STRING, content_type=STRING, secret=STRING, events=STRING, repo=STRING,
+                   branch=STRING, clone_url=STRING, force_mirror=BOOLEAN)
+
+
+@endpoint("POST", "/projects/{project}/github", "Link the project to a GitHub repo; returns the webhook form to fill",
+          tag="github", body=obj(["repo"], repo={"type": "string", "pattern": github.REPO_NAME.pattern},
+                                 branch={"type": "string", "minLength": 1, "maxLength": 200},
+                                 clone_url={"type": "string", "maxLength": 500},
+                                 token={"type": "string", "maxLength": 500}, force_mirror=BOOLEAN),
+          responses={201: WEBHOOK_FORM})
+async def github_link(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx, Access.WRITE)
+    b = ctx.body
+    form = github.link(ctx.platform, ctx.user.name, name, b["repo"], b.get("branch", "main"), b.get("clone_url", ""),
+                       b.get("token", ""), b.get("force_mirror", False))
+    return ok(form, 201)
+
+
+@endpoint("GET", "/projects/{project}/github", "The project's GitHub link (never its secret or token)",
+          tag="github", responses={200: OBJECT})
+async def github_show(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx)
+    row = github._require_link(ctx.platform, name)
+    form = github.webhook_form(ctx.platform, row)
+    del form["secret"]
+    return ok({**form, "token_set": bool(row["token"]),
+               "deploy_key": github.public_of(row["deploy_key"], name) if row["deploy_key"] else None})
+
+
+@endpoint("DELETE", "/projects/{project}/github", "Unlink the project from GitHub", tag="github",
+          responses={200: OBJECT})
+async def github_unlink(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx, Access.WRITE)
+    github.unlink(ctx.platform, ctx.user.name, name)
+    return ok({"unlinked": name})
+
+
+@endpoint("POST", "/projects/{project}/github/secret", "Rotate the webhook secret; returns the new form",
+          tag="github", responses={200: WEBHOOK_FORM})
+async def github_rotate(ctx) -> Response:  # type: ignore[no-untyped-def]
+    return ok(github.rotate_secret(ctx.platform, ctx.user.name, project_of(ctx, Access.WRITE)))
+
+
+@endpoint("POST", "/projects/{project}/github/deploy-key",
+          "The public half of the project's deploy key, for a private repo (made on first ask)", tag="github",
+          responses={200: obj(None, public_key=STRING)})
+async def github_deploy_key(ctx) -> Response:  # type: ignore[no-untyped-def]
+    return ok({"public_key": github.deploy_key(ctx.platform, ctx.user.name, project_of(ctx, Access.WRITE))})
+
+
+@endpoint("GET", "/projects/{project}/github/deliveries", "Webhook deliveries received, newest first",
+          tag="github", query={"limit": integer(1, 1000)}, responses={200: array(OBJECT)})
+async def github_deliveries(ctx) -> Response:  # type: ignore[no-untyped-def]
+    name = project_of(ctx)
+    return ok(ctx.store.deliveries(name, ctx.query.get("limit", 50)))

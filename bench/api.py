@@ -20,7 +20,7 @@ The load generator is --clients asyncio tasks in this process, each with one kee
 HTTP/1.1 connection of its own, sending a prebuilt request and reading Content-Length bytes
 back. Why not httpx: on this 2-core machine one httpx.AsyncClient per task needed ~0.7 of a
 core for ~900 requests/s, so the client, not the server, set the pace against the baseline.
-`--client httpx` runs the same phases with httpx to show it. The report gives the CPU the
+`--httpx` runs the same phases with httpx to show it. The report gives the CPU the
 client and the server each used per phase (cores, from process CPU time), so the reader can
 see which side was the bottleneck.
 
@@ -336,11 +336,17 @@ class HttpxConnection:
     """The same through httpx, one AsyncClient (and so one connection) per task."""
 
     def __init__(self, target: Target) -> None:
-        self.client = httpx.AsyncClient(base_url=f"http://{HOST}:{target.port}", timeout=30,
-                                        limits=httpx.Limits(max_connections=1),
-                                        headers={"Authorization": f"Bearer {target.api_key}"})
+        self.target = target
+        self.client = self._new_client()
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=f"http://{HOST}:{self.target.port}", timeout=30,
+                                 limits=httpx.Limits(max_connections=1),
+                                 headers={"Authorization": f"Bearer {self.target.api_key}"})
 
     async def request(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.client.is_closed:  # closed after an error: a closed AsyncClient cannot be reused
+            self.client = self._new_client()
         headers = {"Content-Type": "application/json"} if body else None
         response = await self.client.request(method, path, content=body or None, headers=headers)
         return response.status_code, response.content
@@ -525,7 +531,8 @@ def run_bench(args: argparse.Namespace) -> None:
               f"{time.monotonic() - started:.1f} s; GET /projects answers {len(projects_body)} bytes")
         with running_baseline(workdir, projects_body) as (baseline_process, baseline_port):
             disco = Target("disco", daemon.api_port, daemon.process.pid, daemon.api_key)
-            baseline = Target("baseline", baseline_port, baseline_process.pid, "")
+            # A key of the same length: the same request bytes (the baseline ignores it).
+            baseline = Target("baseline", baseline_port, baseline_process.pid, "disco_" + "x" * 43)
             time.sleep(1)  # let the daemon's start-up work (Caddy, first requests) settle
             rss = [("before", rss_bytes(disco.pid))]
             results: dict[str, dict[str, Phase]] = {}

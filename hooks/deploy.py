@@ -9,12 +9,13 @@ its replacement is healthy, and rolls back on its own when one never is.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shlex
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ from runtime.caddy import ADMIN_SOCKET_NAME, CONTAINER_RUN_DIR, CaddyAdmin, Cadd
 from runtime.docker_engine import DockerError, Engine, ServiceSpec
 from runtime.settings import Settings
 from runtime.store import ACTIVE_STATUSES, Deployment, Store, now
+
+
+log = logging.getLogger("disco.deploy")
 
 
 class DeployFailed(Refused):
@@ -78,14 +82,15 @@ class Platform:
     def enqueue(
         self, project: str, commit_sha: str, branch: str, user: str, source: str,
         image: str = "", rollback_of: int | None = None, listener: Listener | None = None,
+        delivery: str = "", prepare: Callable[[DeployOutput], None] | None = None,
     ) -> Ticket:
         """Record a deployment and queue it; `listener` gets every output line from the first."""
         deployment = self.store.create_deployment(
             project, commit_sha, branch, user, source, self.settings.deployments_dir,
-            image=image, rollback_of=rollback_of,
+            image=image, rollback_of=rollback_of, delivery=delivery,
         )
         secrets = list(self.store.env(project).values())
-        ticket = Ticket(deployment, DeployOutput(Path(deployment.log_path), secrets))
+        ticket = Ticket(deployment, DeployOutput(Path(deployment.log_path), secrets), prepare=prepare)
         if listener is not None:
             ticket.output.subscribe(listener)
         ticket.output.line(f"deployment #{deployment.number} of {project}: {commit_sha[:7]} ({source} by {user})")
@@ -117,7 +122,13 @@ class Platform:
     # -- running one -----------------------------------------------------------------------
 
     def _run(self, ticket: Ticket) -> Deployment:
-        return DeploymentRun(self, ticket).run()
+        try:
+            return DeploymentRun(self, ticket).run()
+        except Exception as err:  # a bug must not leave the record "building" forever
+            log.exception("deployment #%d of %s crashed", ticket.deployment.number, ticket.project)
+            ticket.output.line(f"deploy failed: internal error: {err}")
+            return self.store.update_deployment(ticket.project, ticket.deployment.number, status="failed",
+                                                reason=f"internal error: {err}", finished_at=now())
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -186,6 +197,9 @@ class DeploymentRun:
         try:
             self._stop_if_cancelled()
             self._set(status="building")
+            if self.ticket.prepare is not None:
+                with self._step("fetch"):
+                    self.ticket.prepare(self.out)
             with self._step("build"):
                 image = self._image()
             specs = self._specs(self._config(), image)

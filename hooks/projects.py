@@ -150,7 +150,7 @@ def deployment_json(d: Deployment) -> dict:
         "number": d.number, "project": d.project, "commit": d.commit_sha, "branch": d.branch, "user": d.user,
         "source": d.source, "status": d.status, "reason": d.reason, "image": d.image,
         "rollback_of": d.rollback_of, "timings": json.loads(d.timings or "{}"),
-        "created_at": d.created_at, "finished_at": d.finished_at,
+        "created_at": d.created_at, "finished_at": d.finished_at, "delivery": d.delivery,
     }
 
 

@@ -23,6 +23,9 @@ class Ticket:
     done: threading.Event = field(default_factory=threading.Event)
     final: Deployment | None = None
     cancelled_by: str = ""  # set while it runs: the run stops at its next check
+    # Work that must happen in the queue before the build (a webhook's fetch), so that a
+    # superseded deployment never does it.
+    prepare: Callable[[DeployOutput], None] | None = None
 
     @property
     def project(self) -> str:

@@ -76,6 +76,24 @@ def resolve_commit(repo_path: Path, prefix: str) -> str | None:
     return result.stdout.strip() or None
 
 
+def init_bare(repo_path: Path) -> None:
+    Repo.init_bare(str(repo_path), mkdir=True, default_branch=b"main").close()
+
+
+def is_ancestor(repo_path: Path, ancestor: str, descendant: str) -> bool:
+    result = subprocess.run(["git", "--git-dir", str(repo_path), "merge-base", "--is-ancestor", ancestor, descendant],
+                            capture_output=True)
+    return result.returncode == 0
+
+
+def set_branch(repo_path: Path, branch: str, new: str, expected_old: str | None) -> None:
+    """Move a branch, only if it still points where we last saw it (a push may race us)."""
+    with Repo(str(repo_path)) as repo:
+        old = expected_old.encode() if expected_old else b"0" * 40
+        if not repo.refs.set_if_equals(f"refs/heads/{branch}".encode(), old, new.encode()):
+            raise GitRepoError(f"{branch} moved while it was being updated; try again")
+
+
 def remove_repo(repo_path: Path) -> None:
     shutil.rmtree(repo_path, ignore_errors=True)
 

@@ -71,6 +71,17 @@ def fingerprint_of(key: asyncssh.SSHKey) -> str:
     return PublicKey(key.algorithm.decode(), key.public_data, "").fingerprint
 
 
+def generate_key_pair(comment: str) -> tuple[str, str]:
+    """A new ed25519 key: (private key in OpenSSH format, public key line)."""
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
+    return key.export_private_key().decode(), key.export_public_key().decode().strip()
+
+
+def public_key_of(private_key: str, comment: str) -> str:
+    key = asyncssh.import_private_key(private_key)
+    return f"{key.export_public_key().decode().split()[0]} {key.export_public_key().decode().split()[1]} {comment}"
+
+
 def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     """The server's identity: made once, 0600, so clients' known_hosts stays valid across restarts."""
     if path.exists():

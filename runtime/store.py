@@ -59,6 +59,7 @@ class Deployment:
     log_path: str
     created_at: str
     finished_at: str
+    delivery: str  # the GitHub delivery id of a webhook deployment
 
 
 @dataclass(frozen=True)
@@ -165,10 +166,26 @@ def _migration_3_api_keys(db: sqlite_utils.Database) -> None:
     db["api_keys"].create_index(["digest"], unique=True)
 
 
+def _migration_4_github(db: sqlite_utils.Database) -> None:
+    db["github_links"].create(
+        {
+            "project": str, "repo": str, "branch": str, "clone_url": str, "secret": str, "token": str,
+            "deploy_key": str, "force_mirror": int, "created_at": str,
+        },
+        pk="project",
+    )
+    db["github_deliveries"].create(
+        {"delivery": str, "project": str, "event": str, "result": str, "deployment": int, "received_at": str},
+        pk="delivery",
+    )
+    db["github_deliveries"].create_index(["project"])
+    db["deployments"].add_column("delivery", str)
+
+
 # Applied in order on every open; PRAGMA user_version records how many have run.
 # Append new steps; never edit a released one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _migration_1_team, _migration_2_deploys, _migration_3_api_keys,
+    _migration_1_team, _migration_2_deploys, _migration_3_api_keys, _migration_4_github,
 ]
 
 # A deployment's life: queued -> building -> starting -> live, or failed / superseded on the
@@ -336,7 +353,7 @@ class Store:
         """Forget a project and everything recorded about it (grants too: a new project of the
         same name later must not inherit them)."""
         with self.transaction() as db:
-            for table in ("domains", "env_vars", "scale", "deployments"):
+            for table in ("domains", "env_vars", "scale", "deployments", "github_links", "github_deliveries"):
                 db.execute(f"DELETE FROM {table} WHERE project = ?", [name])
             db.execute("DELETE FROM grants WHERE project = ?", [name])
             db.execute("DELETE FROM projects WHERE name = ?", [name])
@@ -349,7 +366,7 @@ class Store:
 
     def create_deployment(
         self, project: str, commit_sha: str, branch: str, user: str, source: str,
-        log_dir: Path, image: str = "", rollback_of: int | None = None,
+        log_dir: Path, image: str = "", rollback_of: int | None = None, delivery: str = "",
     ) -> Deployment:
         with self.transaction() as db:
             last = db.execute(
@@ -359,7 +376,7 @@ class Store:
             row = {
                 "project": project, "number": number, "commit_sha": commit_sha, "branch": branch,
                 "user": user, "source": source, "status": "queued", "reason": "", "image": image,
-                "rollback_of": rollback_of, "web_port": 0, "timings": "{}",
+                "rollback_of": rollback_of, "web_port": 0, "timings": "{}", "delivery": delivery,
                 "log_path": str(log_dir / project / f"{number}.log"),
                 "created_at": now(), "finished_at": "",
             }
@@ -445,6 +462,36 @@ class Store:
         with self.transaction() as db:
             db["scale"].upsert({"project": project, "service": service, "replicas": replicas},
                                pk=("project", "service"))
+
+    # -- GitHub links and deliveries ----------------------------------------------------------
+
+    def github_link(self, project: str) -> dict | None:
+        with self._lock:
+            rows = list(self.db["github_links"].rows_where("project = ?", [project]))
+        return rows[0] if rows else None
+
+    def set_github_link(self, link: dict) -> None:
+        with self.transaction() as db:
+            db["github_links"].upsert(link, pk="project")
+
+    def delete_github_link(self, project: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM github_links WHERE project = ?", [project])
+
+    def record_delivery(self, delivery: str, project: str, event: str, result: str,
+                        deployment: int | None = None) -> bool:
+        """Record a delivery once; False if this delivery id was seen before (a redelivery)."""
+        with self.transaction() as db:
+            if db["github_deliveries"].count_where("delivery = ?", [delivery]):
+                return False
+            db["github_deliveries"].insert({"delivery": delivery, "project": project, "event": event,
+                                            "result": result, "deployment": deployment, "received_at": now()})
+        return True
+
+    def deliveries(self, project: str, limit: int = 50) -> list[dict]:
+        with self._lock:
+            return list(self.db["github_deliveries"].rows_where(
+                "project = ?", [project], order_by="received_at desc, rowid desc", limit=limit))
 
     # -- API keys --------------------------------------------------------------------------
 

@@ -1,0 +1,275 @@
+"""GitHub push webhooks: link a project to a repo, verify deliveries, mirror and deploy.
+
+A delivery is verified (HMAC-SHA256 over the raw body, constant-time compare) before its body
+is parsed or logged. A push to the linked branch is answered at once with the number of a
+queued deployment; the fetch from GitHub is that deployment's first step, run by the project's
+queue, so a burst of pushes fetches and builds only the newest.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hooks.deploy import DeployFailed, Platform
+from hooks.errors import Refused
+from hooks.output import DeployOutput
+from runtime import gitrepo
+from runtime.sshkeys import generate_key_pair
+from runtime.store import now
+
+REPO_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}")
+BRANCH_NAME = re.compile(r"(?!.*\.\.)(?!/)[A-Za-z0-9._/-]{1,200}(?<!/)")
+SHA = re.compile(r"[0-9a-f]{40}")
+MAX_BODY = 25 << 20  # GitHub caps payloads at 25 MB
+
+
+@dataclass(frozen=True)
+class WebhookReply:
+    status: int
+    body: dict
+
+
+# -- linking ------------------------------------------------------------------------------------
+
+def link(platform: Platform, user: str, project: str, repo: str, branch: str = "main", clone_url: str = "",
+         token: str = "", force_mirror: bool = False) -> dict:
+    """Link a project to a GitHub repo; returns what to paste into GitHub's webhook form."""
+    if platform.store.get_project(project) is None:
+        raise Refused(f"no project named {project!r}", "not_found")
+    if not REPO_NAME.fullmatch(repo):
+        raise Refused(f"repo must look like OWNER/NAME, got {repo[:100]!r}")
+    if not BRANCH_NAME.fullmatch(branch):
+        raise Refused(f"invalid branch name {branch[:100]!r}")
+    if clone_url and not re.fullmatch(r"(https?://|ssh://|git@)[^\s]{3,500}", clone_url):
+        raise Refused("clone_url must be an https://, ssh:// or git@host: URL")
+    previous = platform.store.github_link(project) or {}
+    row = {
+        "project": project, "repo": repo, "branch": branch,
+        "clone_url": clone_url or f"https://github.com/{repo}.git",
+        "secret": secrets.token_hex(32), "token": token or previous.get("token", ""),
+        "deploy_key": previous.get("deploy_key", ""), "force_mirror": int(force_mirror), "created_at": now(),
+    }
+    platform.store.set_github_link(row)
+    platform.store.audit(user, "github:link", project, f"{repo} {branch}" + (" (token set)" if token else ""))
+    return webhook_form(platform, row)
+
+
+def webhook_form(platform: Platform, row: dict) -> dict:
+    host = platform.api_host or platform.settings.public_host
+    scheme = "https" if platform.settings.tls and platform.api_host else "http"
+    return {
+        "payload_url": f"{scheme}://{host}/webhooks/github/{row['project']}",
+        "content_type": "application/json",
+        "secret": row["secret"],
+        "events": "Just the push event",
+        "repo": row["repo"], "branch": row["branch"], "clone_url": row["clone_url"],
+        "force_mirror": bool(row["force_mirror"]),
+    }
+
+
+def unlink(platform: Platform, user: str, project: str) -> None:
+    _require_link(platform, project)
+    platform.store.delete_github_link(project)
+    platform.store.audit(user, "github:unlink", project)
+
+
+def rotate_secret(platform: Platform, user: str, project: str) -> dict:
+    row = {**_require_link(platform, project), "secret": secrets.token_hex(32)}
+    platform.store.set_github_link(row)
+    platform.store.audit(user, "github:secret-rotate", project)
+    return webhook_form(platform, row)
+
+
+def deploy_key(platform: Platform, user: str, project: str) -> str:
+    """The public half of the project's deploy key (made on first ask); the private half stays here."""
+    row = _require_link(platform, project)
+    if not row["deploy_key"]:
+        private, public = generate_key_pair(f"disco-{project}")
+        row = {**row, "deploy_key": private}
+        platform.store.set_github_link(row)
+        platform.store.audit(user, "github:deploy-key", project)
+    return public_of(row["deploy_key"], project)
+
+
+def public_of(private_key: str, project: str) -> str:
+    from runtime.sshkeys import public_key_of
+    return public_key_of(private_key, f"disco-{project}")
+
+
+def _require_link(platform: Platform, project: str) -> dict:
+    if platform.store.get_project(project) is None:
+        raise Refused(f"no project named {project!r}", "not_found")
+    row = platform.store.github_link(project)
+    if row is None:
+        raise Refused(f"{project} is not linked to GitHub: run disco github:link OWNER/REPO", "not_found")
+    return row
+
+
+# -- deliveries ---------------------------------------------------------------------------------
+
+def handle_delivery(platform: Platform, project: str, headers: dict[str, str], body: bytes) -> WebhookReply:
+    """Answer one webhook delivery. Headers' names are lower case."""
+    row = platform.store.github_link(project) if platform.store.get_project(project) else None
+    if row is None:
+        return WebhookReply(404, {"error": {"code": "not_found", "message": f"no project {project!r} linked to GitHub"}})
+    if not signature_ok(row["secret"], body, headers.get("x-hub-signature-256", "")):
+        return WebhookReply(401, {"error": {"code": "unauthorized",
+                                            "message": "missing or wrong X-Hub-Signature-256 for this project's secret"}})
+    event = headers.get("x-github-event", "")
+    delivery = headers.get("x-github-delivery", "")
+    if not delivery or len(delivery) > 100:
+        return _bad("the X-GitHub-Delivery header is missing or too long")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return _bad(f"the body is not valid JSON: {err}")
+    if not isinstance(payload, dict):
+        return _bad("the body must be a JSON object")
+    if event == "ping":
+        return _once(platform, delivery, project, event, 200, {"ok": True, "message": f"pong: {project} is linked"})
+    if event != "push":
+        return _once(platform, delivery, project, event, 202, {"ignored": f"event {event!r} does not deploy"})
+    return _push(platform, project, row, delivery, payload)
+
+
+def signature_ok(secret: str, body: bytes, header: str) -> bool:
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), header.strip().encode())
+
+
+def _push(platform: Platform, project: str, row: dict, delivery: str, payload: dict) -> WebhookReply:
+    problem = _push_fields_problem(payload)
+    if problem:
+        return _bad(problem)
+    ref, after = payload["ref"], payload["after"]
+    if not platform.store.record_delivery(delivery, project, "push", "received"):
+        return WebhookReply(200, {"duplicate": f"delivery {delivery} was already handled"})
+    if payload.get("deleted"):
+        return _result(platform, delivery, 202, {"ignored": f"{ref} was deleted; nothing to deploy"})
+    if not ref.startswith("refs/heads/"):
+        return _result(platform, delivery, 202, {"ignored": f"{ref} is not a branch"})
+    if ref != f"refs/heads/{row['branch']}":
+        return _result(platform, delivery, 202, {"ignored": f"{ref} is not the linked branch {row['branch']}"})
+    live = platform.store.live_deployment(project)
+    if live and live.commit_sha == after:
+        return _result(platform, delivery, 200, {"ignored": f"{after[:7]} is already live as #{live.number}"})
+    pusher = str((payload.get("pusher") or {}).get("name") or "unknown")[:60]
+    ticket = platform.enqueue(project, after, row["branch"], f"github:{pusher}", "webhook", delivery=delivery,
+                              prepare=lambda out: mirror(platform, project, after, out))
+    number = ticket.deployment.number
+    return _result(platform, delivery, 202, {"deployment": number, "commit": after}, number)
+
+
+def _push_fields_problem(payload: dict) -> str | None:
+    if not isinstance(payload.get("ref"), str):
+        return "push payload: ref must be a string like refs/heads/main"
+    if not isinstance(payload.get("after"), str) or not SHA.fullmatch(payload["after"]):
+        return "push payload: after must be a 40-character commit id"
+    if "deleted" in payload and not isinstance(payload["deleted"], bool):
+        return "push payload: deleted must be true or false"
+    if "pusher" in payload and not isinstance(payload["pusher"], dict):
+        return "push payload: pusher must be an object"
+    return None
+
+
+def _once(platform: Platform, delivery: str, project: str, event: str, status: int, body: dict) -> WebhookReply:
+    if not platform.store.record_delivery(delivery, project, event, json.dumps(body)[:300]):
+        return WebhookReply(200, {"duplicate": f"delivery {delivery} was already handled"})
+    return WebhookReply(status, body)
+
+
+def _result(platform: Platform, delivery: str, status: int, body: dict, deployment: int | None = None) -> WebhookReply:
+    with platform.store.transaction() as db:
+        db.execute("UPDATE github_deliveries SET result = ?, deployment = ? WHERE delivery = ?",
+                   [json.dumps(body)[:300], deployment, delivery])
+    return WebhookReply(status, body)
+
+
+def _bad(message: str) -> WebhookReply:
+    return WebhookReply(400, {"error": {"code": "bad_request", "message": message}})
+
+
+# -- mirroring ----------------------------------------------------------------------------------
+
+def mirror(platform: Platform, project: str, commit: str, out: DeployOutput) -> None:
+    """Fetch the linked branch into the project's bare repo and move the branch to `commit`.
+
+    The branch moves only forward, unless the link says GitHub is authoritative (force_mirror):
+    a commit pushed over SSH meanwhile is never silently dropped.
+    """
+    row = platform.store.github_link(project)
+    if row is None:
+        raise DeployFailed(f"{project} is no longer linked to GitHub")
+    repo = platform.repo_path(project)
+    if not repo.exists():
+        gitrepo.init_bare(repo)
+    tracking = f"refs/disco/github/{row['branch']}"
+    out.line(f"fetching {row['branch']} from {row['clone_url']}")
+    with _credentials(platform, row) as (git_config, env):
+        try:
+            result = subprocess.run(
+                ["git", *git_config, "--git-dir", str(repo), "fetch", "--no-tags", "--quiet", row["clone_url"],
+                 f"+refs/heads/{row['branch']}:{tracking}"],
+                capture_output=True, text=True, env=env, timeout=600,
+            )
+        except subprocess.TimeoutExpired:
+            raise DeployFailed(f"fetch from {row['clone_url']} took longer than 10 minutes") from None
+    if result.returncode != 0:
+        raise DeployFailed(f"fetch from {row['clone_url']} failed: {_scrub(result.stderr, row)}")
+    if not gitrepo.has_commit(repo, commit):
+        raise DeployFailed(f"commit {commit[:7]} is not on {row['branch']} at {row['clone_url']}")
+    current = gitrepo.branch_head(repo, row["branch"])
+    if current and current != commit and not row["force_mirror"] and not gitrepo.is_ancestor(repo, current, commit):
+        raise DeployFailed(
+            f"{row['branch']} here is at {current[:7]}, which {commit[:7]} from GitHub does not contain "
+            "(someone pushed over SSH?); push it to GitHub first, or link with --force-mirror")
+    gitrepo.set_branch(repo, row["branch"], commit, current)
+    out.line(f"{row['branch']} -> {commit[:7]} mirrored from GitHub")
+
+
+class _credentials:
+    """A token as an HTTP header, or the deploy key as an SSH identity, never in a URL or a log."""
+
+    def __init__(self, platform: Platform, row: dict) -> None:
+        self.platform, self.row = platform, row
+        self._dir: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> tuple[list[str], dict[str, str]]:
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+        config: list[str] = []
+        if self.row["token"]:
+            basic = base64.b64encode(f"x-access-token:{self.row['token']}".encode()).decode()
+            config += ["-c", f"http.extraHeader=Authorization: Basic {basic}"]
+        if self.row["deploy_key"]:
+            self._dir = tempfile.TemporaryDirectory(prefix="disco-key-")
+            key = Path(self._dir.name) / "id"
+            key.touch(0o600)
+            key.write_text(self.row["deploy_key"])
+            known_hosts = self.platform.settings.data_dir / "github_known_hosts"
+            env["GIT_SSH_COMMAND"] = (
+                f"ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=yes "
+                f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=accept-new"
+            )
+        return config, env
+
+    def __exit__(self, *exc: object) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+
+
+def _scrub(text: str, row: dict) -> str:
+    """git's error, one line, with no credential in it."""
+    line = " ".join(text.strip().split())[:300] or "no output"
+    if row["token"]:
+        line = line.replace(row["token"], "*****")
+    return line
