@@ -246,7 +246,8 @@ class _credentials:
 
     def __enter__(self) -> tuple[list[str], dict[str, str]]:
         env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-        config: list[str] = []
+        # A host that accepts and then stalls must fail the deployment, not hold the queue.
+        config: list[str] = ["-c", "http.lowSpeedLimit=1", "-c", "http.lowSpeedTime=60"]
         if self.row["token"]:
             basic = base64.b64encode(f"x-access-token:{self.row['token']}".encode()).decode()
             config += ["-c", f"http.extraHeader=Authorization: Basic {basic}"]
@@ -257,7 +258,7 @@ class _credentials:
             key.write_text(self.row["deploy_key"])
             known_hosts = self.platform.settings.data_dir / "github_known_hosts"
             env["GIT_SSH_COMMAND"] = (
-                f"ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=yes "
+                f"ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=30 "
                 f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=accept-new"
             )
         return config, env

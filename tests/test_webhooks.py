@@ -161,6 +161,7 @@ class FakeGitHub:
 
     def __init__(self, root: Path, token: str = "") -> None:
         self.bare = root / "shop.git"
+        root.mkdir(parents=True, exist_ok=True)
         Repo.init_bare(str(self.bare), mkdir=True, default_branch=b"main").close()
         self.token = token
         git_app = make_wsgi_chain(DictBackend({"/octo/shop.git": Repo(str(self.bare))}))
@@ -187,6 +188,7 @@ class FakeGitHub:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()  # the port refuses connections from now on
 
 
 @pytest.fixture
