@@ -189,9 +189,7 @@ def _once(platform: Platform, delivery: str, project: str, event: str, status: i
 
 
 def _result(platform: Platform, delivery: str, status: int, body: dict, deployment: int | None = None) -> WebhookReply:
-    with platform.store.transaction() as db:
-        db.execute("UPDATE github_deliveries SET result = ?, deployment = ? WHERE delivery = ?",
-                   [json.dumps(body)[:300], deployment, delivery])
+    platform.store.set_delivery_result(delivery, json.dumps(body)[:300], deployment)
     return WebhookReply(status, body)
 
 

@@ -194,16 +194,29 @@ ACTIVE_STATUSES = ("queued", "building", "starting")
 
 
 class Store:
+    """All state, behind small methods that speak plain SQL.
+
+    sqlite-utils builds the schema (migrations); the methods below use plain SQL because
+    sqlite-utils looks the schema up again on every call, which made each API request run
+    hundreds of statements. Writes go through one connection under a lock; reads use a
+    connection per thread, so a request never waits for another thread's commit (WAL).
+    """
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
+        self._conn = self._connect(check_same_thread=False)
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self.db = sqlite_utils.Database(self._conn)
+        self.migrate()
+
+    def _connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=check_same_thread, timeout=10, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
-        self._conn = conn
-        self._lock = threading.RLock()
-        self.db = sqlite_utils.Database(conn)
-        self.migrate()
+        conn.row_factory = sqlite3.Row
+        return conn
 
     def close(self) -> None:
         with self._lock:
@@ -211,7 +224,7 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite_utils.Database]:
-        """Serialise access from threads and make a group of writes all-or-nothing."""
+        """Serialise writes from threads and make a group of them all-or-nothing."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -220,6 +233,20 @@ class Store:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    def _rows(self, sql: str, args: list | tuple = ()) -> list[dict]:
+        reader = getattr(self._local, "conn", None)
+        if reader is None:
+            reader = self._local.conn = self._connect()
+        return [dict(row) for row in reader.execute(sql, args)]
+
+    def _one(self, sql: str, args: list | tuple = ()) -> dict | None:
+        rows = self._rows(sql, args)
+        return rows[0] if rows else None
+
+    def _write(self, sql: str, args: list | tuple = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._conn.execute(sql, args)
 
     def migrate(self, upto: int | None = None) -> None:
         target = len(MIGRATIONS) if upto is None else upto
@@ -231,123 +258,99 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        with self._lock:
-            return self.db.execute("PRAGMA user_version").fetchone()[0]
+        return self._rows("PRAGMA user_version")[0]["user_version"]
 
     # -- users -----------------------------------------------------------------------------
 
     def add_user(self, name: str, role: str) -> User:
         if role not in ROLES:
             raise StoreError(f"unknown role {role!r}: use one of {', '.join(ROLES)}", "bad_request")
+        row = {"name": name, "role": role, "created_at": now()}
         with self.transaction() as db:
-            if db["users"].count_where("name = ?", [name]):
+            if db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone():
                 raise StoreError(f"user {name!r} already exists")
-            row = {"name": name, "role": role, "created_at": now()}
-            db["users"].insert(row)
-        return _from_row(User, row)
+            _insert(db, "users", row)
+        return User(**row)
 
     def get_user(self, name: str) -> User | None:
-        with self._lock:
-            rows = list(self.db["users"].rows_where("name = ?", [name]))
-        return _from_row(User, rows[0]) if rows else None
+        row = self._one("SELECT * FROM users WHERE name = ?", [name])
+        return _from_row(User, row) if row else None
 
     def list_users(self) -> list[User]:
-        with self._lock:
-            return [_from_row(User, row) for row in self.db["users"].rows_where(order_by="name")]
+        return [_from_row(User, row) for row in self._rows("SELECT * FROM users ORDER BY name")]
 
     def remove_user(self, name: str) -> None:
         """Remove a user with their keys and grants: a departed member loses access at once."""
         with self.transaction() as db:
-            if not db["users"].count_where("name = ?", [name]):
-                raise StoreError(f"no user named {name!r}", "not_found")
-            db.execute("DELETE FROM ssh_keys WHERE user = ?", [name])
-            db.execute("DELETE FROM api_keys WHERE user = ?", [name])
-            db.execute("DELETE FROM grants WHERE user = ?", [name])
+            self._require_user(db, name)
+            for table in ("ssh_keys", "api_keys", "grants"):
+                db.execute(f"DELETE FROM {table} WHERE user = ?", [name])
             db.execute("DELETE FROM users WHERE name = ?", [name])
 
     def count_admins(self) -> int:
-        with self._lock:
-            return self.db["users"].count_where("role = 'admin'")
+        return self._rows("SELECT COUNT(*) AS n FROM users WHERE role = 'admin'")[0]["n"]
 
     # -- grants ----------------------------------------------------------------------------
 
     def grant(self, user: str, project: str) -> None:
         with self.transaction() as db:
             self._require_user(db, user)
-            db["grants"].insert(
-                {"user": user, "project": project, "granted_at": now()}, ignore=True
-            )
+            db.execute("INSERT OR IGNORE INTO grants (user, project, granted_at) VALUES (?, ?, ?)",
+                       [user, project, now()])
 
     def revoke(self, user: str, project: str) -> None:
         with self.transaction() as db:
             self._require_user(db, user)
-            if not db["grants"].count_where("user = ? AND project = ?", [user, project]):
+            if not db.execute("SELECT 1 FROM grants WHERE user = ? AND project = ?", [user, project]).fetchone():
                 raise StoreError(f"user {user!r} has no grant on project {project!r}", "not_found")
             db.execute("DELETE FROM grants WHERE user = ? AND project = ?", [user, project])
 
     def grants_of(self, user: str) -> list[str]:
-        with self._lock:
-            rows = self.db["grants"].rows_where("user = ?", [user], order_by="project")
-            return [row["project"] for row in rows]
+        return [r["project"] for r in self._rows("SELECT project FROM grants WHERE user = ? ORDER BY project", [user])]
 
     def has_grant(self, user: str, project: str) -> bool:
-        with self._lock:
-            return bool(self.db["grants"].count_where("user = ? AND project = ?", [user, project]))
+        return bool(self._rows("SELECT 1 FROM grants WHERE user = ? AND project = ?", [user, project]))
 
     # -- SSH keys --------------------------------------------------------------------------
 
     def add_ssh_key(self, key: SSHKey) -> None:
         with self.transaction() as db:
             self._require_user(db, key.user)
-            owner = db.execute(
-                "SELECT user FROM ssh_keys WHERE fingerprint = ?", [key.fingerprint]
-            ).fetchone()
+            owner = db.execute("SELECT user FROM ssh_keys WHERE fingerprint = ?", [key.fingerprint]).fetchone()
             if owner:
-                raise StoreError(
-                    f"key {key.fingerprint} is already registered to user {owner[0]!r}"
-                )
-            db["ssh_keys"].insert(key.__dict__)
+                raise StoreError(f"key {key.fingerprint} is already registered to user {owner[0]!r}")
+            _insert(db, "ssh_keys", key.__dict__)
 
     def user_for_key(self, fingerprint: str) -> User | None:
-        with self._lock:
-            row = self.db.execute(
-                "SELECT u.name, u.role, u.created_at FROM ssh_keys k "
-                "JOIN users u ON u.name = k.user WHERE k.fingerprint = ?",
-                [fingerprint],
-            ).fetchone()
-        return User(*row) if row else None
+        row = self._one("SELECT u.* FROM ssh_keys k JOIN users u ON u.name = k.user WHERE k.fingerprint = ?",
+                        [fingerprint])
+        return _from_row(User, row) if row else None
 
     def list_ssh_keys(self, user: str | None = None) -> list[SSHKey]:
-        where, args = ("user = ?", [user]) if user else (None, None)
-        with self._lock:
-            rows = self.db["ssh_keys"].rows_where(where, args, order_by="user, added_at")
-            return [_from_row(SSHKey, row) for row in rows]
+        if user:
+            rows = self._rows("SELECT * FROM ssh_keys WHERE user = ? ORDER BY user, added_at", [user])
+        else:
+            rows = self._rows("SELECT * FROM ssh_keys ORDER BY user, added_at")
+        return [_from_row(SSHKey, row) for row in rows]
 
     def remove_ssh_key(self, fingerprint: str) -> SSHKey:
         with self.transaction() as db:
-            rows = list(db["ssh_keys"].rows_where("fingerprint = ?", [fingerprint]))
-            if not rows:
+            row = db.execute("SELECT * FROM ssh_keys WHERE fingerprint = ?", [fingerprint]).fetchone()
+            if not row:
                 raise StoreError(f"no SSH key with fingerprint {fingerprint}", "not_found")
             db.execute("DELETE FROM ssh_keys WHERE fingerprint = ?", [fingerprint])
-        return _from_row(SSHKey, rows[0])
+        return _from_row(SSHKey, dict(row))
 
     # -- projects --------------------------------------------------------------------------
 
     def get_project(self, name: str) -> dict | None:
-        with self._lock:
-            rows = list(self.db["projects"].rows_where("name = ?", [name]))
-        return rows[0] if rows else None
+        return self._one("SELECT * FROM projects WHERE name = ?", [name])
 
     def add_project(self, name: str, created_by: str, deploy_branch: str = "main") -> dict:
-        row = {
-            "name": name,
-            "created_at": now(),
-            "created_by": created_by,
-            "deploy_branch": deploy_branch,
-        }
         with self.transaction() as db:
-            db["projects"].insert(row, ignore=True)
-        return self.get_project(name) or row
+            db.execute("INSERT OR IGNORE INTO projects (name, created_at, created_by, deploy_branch) "
+                       "VALUES (?, ?, ?, ?)", [name, now(), created_by, deploy_branch])
+        return self.get_project(name)  # type: ignore[return-value]
 
     def delete_project(self, name: str) -> None:
         """Forget a project and everything recorded about it (grants too: a new project of the
@@ -359,8 +362,10 @@ class Store:
             db.execute("DELETE FROM projects WHERE name = ?", [name])
 
     def list_projects(self) -> list[dict]:
-        with self._lock:
-            return list(self.db["projects"].rows_where(order_by="name"))
+        """Every project with the number of its live deployment (or None), in one query."""
+        return self._rows(
+            "SELECT p.*, (SELECT MAX(d.number) FROM deployments d WHERE d.project = p.name AND d.status = 'live')"
+            " AS live_deployment FROM projects p ORDER BY p.name")
 
     # -- deployments -----------------------------------------------------------------------
 
@@ -369,10 +374,9 @@ class Store:
         log_dir: Path, image: str = "", rollback_of: int | None = None, delivery: str = "",
     ) -> Deployment:
         with self.transaction() as db:
-            last = db.execute(
-                "SELECT COALESCE(MAX(number), 0) FROM deployments WHERE project = ?", [project]
+            number = db.execute(
+                "SELECT COALESCE(MAX(number), 0) + 1 FROM deployments WHERE project = ?", [project]
             ).fetchone()[0]
-            number = last + 1
             row = {
                 "project": project, "number": number, "commit_sha": commit_sha, "branch": branch,
                 "user": user, "source": source, "status": "queued", "reason": "", "image": image,
@@ -380,14 +384,16 @@ class Store:
                 "log_path": str(log_dir / project / f"{number}.log"),
                 "created_at": now(), "finished_at": "",
             }
-            db["deployments"].insert(row)
+            _insert(db, "deployments", row)
         return _from_row(Deployment, row)
 
     def update_deployment(self, project: str, number: int, **changes: object) -> Deployment:
+        for column in changes:
+            if column not in DEPLOYMENT_COLUMNS:
+                raise ValueError(f"deployments has no column {column!r}")
         with self.transaction() as db:
             db.execute(
-                f"UPDATE deployments SET {', '.join(f'{k} = ?' for k in changes)} "
-                "WHERE project = ? AND number = ?",
+                f"UPDATE deployments SET {', '.join(f'{k} = ?' for k in changes)} WHERE project = ? AND number = ?",
                 [*changes.values(), project, number],
             )
         found = self.get_deployment(project, number)
@@ -395,84 +401,78 @@ class Store:
         return found
 
     def get_deployment(self, project: str, number: int) -> Deployment | None:
-        with self._lock:
-            rows = list(self.db["deployments"].rows_where("project = ? AND number = ?", [project, number]))
-        return _from_row(Deployment, rows[0]) if rows else None
+        row = self._one("SELECT * FROM deployments WHERE project = ? AND number = ?", [project, number])
+        return _from_row(Deployment, row) if row else None
 
     def list_deployments(self, project: str, limit: int = 50) -> list[Deployment]:
-        with self._lock:
-            rows = self.db["deployments"].rows_where("project = ?", [project], order_by="number desc", limit=limit)
-            return [_from_row(Deployment, row) for row in rows]
+        rows = self._rows("SELECT * FROM deployments WHERE project = ? ORDER BY number DESC LIMIT ?", [project, limit])
+        return [_from_row(Deployment, row) for row in rows]
 
     def live_deployment(self, project: str) -> Deployment | None:
-        with self._lock:
-            rows = list(self.db["deployments"].rows_where(
-                "project = ? AND status = 'live'", [project], order_by="number desc", limit=1))
-        return _from_row(Deployment, rows[0]) if rows else None
+        row = self._one("SELECT * FROM deployments WHERE project = ? AND status = 'live' "
+                        "ORDER BY number DESC LIMIT 1", [project])
+        return _from_row(Deployment, row) if row else None
 
     def deployments_with_status(self, statuses: tuple[str, ...]) -> list[Deployment]:
         marks = ", ".join("?" for _ in statuses)
-        with self._lock:
-            rows = self.db["deployments"].rows_where(f"status IN ({marks})", list(statuses), order_by="id")
-            return [_from_row(Deployment, row) for row in rows]
+        rows = self._rows(f"SELECT * FROM deployments WHERE status IN ({marks}) ORDER BY id", list(statuses))
+        return [_from_row(Deployment, row) for row in rows]
 
     # -- env vars, domains, scale ----------------------------------------------------------
 
     def env(self, project: str) -> dict[str, str]:
-        with self._lock:
-            rows = self.db["env_vars"].rows_where("project = ?", [project], order_by="name")
-            return {row["name"]: row["value"] for row in rows}
+        rows = self._rows("SELECT name, value FROM env_vars WHERE project = ? ORDER BY name", [project])
+        return {row["name"]: row["value"] for row in rows}
 
     def set_env(self, project: str, values: dict[str, str]) -> None:
         with self.transaction() as db:
-            db["env_vars"].upsert_all(
-                [{"project": project, "name": k, "value": v, "updated_at": now()} for k, v in values.items()],
-                pk=("project", "name"),
+            db.conn.executemany(
+                "INSERT INTO env_vars (project, name, value, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (project, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                [(project, k, v, now()) for k, v in values.items()],
             )
 
     def unset_env(self, project: str, names: list[str]) -> None:
         with self.transaction() as db:
-            for name in names:
-                db.execute("DELETE FROM env_vars WHERE project = ? AND name = ?", [project, name])
+            db.conn.executemany("DELETE FROM env_vars WHERE project = ? AND name = ?", [(project, n) for n in names])
 
     def domains(self, project: str | None = None) -> list[dict]:
-        where, args = ("project = ?", [project]) if project else (None, None)
-        with self._lock:
-            return list(self.db["domains"].rows_where(where, args, order_by="domain"))
+        if project:
+            return self._rows("SELECT * FROM domains WHERE project = ? ORDER BY domain", [project])
+        return self._rows("SELECT * FROM domains ORDER BY domain")
 
     def add_domain(self, project: str, domain: str) -> None:
         with self.transaction() as db:
             owner = db.execute("SELECT project FROM domains WHERE domain = ?", [domain]).fetchone()
             if owner:
                 raise StoreError(f"domain {domain} already belongs to project {owner[0]!r}")
-            db["domains"].insert({"domain": domain, "project": project, "added_at": now()})
+            _insert(db, "domains", {"domain": domain, "project": project, "added_at": now()})
 
     def remove_domain(self, project: str, domain: str) -> None:
         with self.transaction() as db:
-            if not db["domains"].count_where("domain = ? AND project = ?", [domain, project]):
+            if not db.execute("SELECT 1 FROM domains WHERE domain = ? AND project = ?", [domain, project]).fetchone():
                 raise StoreError(f"project {project!r} has no domain {domain}", "not_found")
             db.execute("DELETE FROM domains WHERE domain = ?", [domain])
 
     def scale(self, project: str) -> dict[str, int]:
-        with self._lock:
-            rows = self.db["scale"].rows_where("project = ?", [project])
-            return {row["service"]: row["replicas"] for row in rows}
+        rows = self._rows("SELECT service, replicas FROM scale WHERE project = ?", [project])
+        return {row["service"]: row["replicas"] for row in rows}
 
     def set_scale(self, project: str, service: str, replicas: int) -> None:
         with self.transaction() as db:
-            db["scale"].upsert({"project": project, "service": service, "replicas": replicas},
-                               pk=("project", "service"))
+            db.execute("INSERT INTO scale (project, service, replicas) VALUES (?, ?, ?) "
+                       "ON CONFLICT (project, service) DO UPDATE SET replicas = excluded.replicas",
+                       [project, service, replicas])
 
     # -- GitHub links and deliveries ----------------------------------------------------------
 
     def github_link(self, project: str) -> dict | None:
-        with self._lock:
-            rows = list(self.db["github_links"].rows_where("project = ?", [project]))
-        return rows[0] if rows else None
+        return self._one("SELECT * FROM github_links WHERE project = ?", [project])
 
     def set_github_link(self, link: dict) -> None:
         with self.transaction() as db:
-            db["github_links"].upsert(link, pk="project")
+            db.execute("DELETE FROM github_links WHERE project = ?", [link["project"]])
+            _insert(db, "github_links", link)
 
     def delete_github_link(self, project: str) -> None:
         with self.transaction() as db:
@@ -482,67 +482,76 @@ class Store:
                         deployment: int | None = None) -> bool:
         """Record a delivery once; False if this delivery id was seen before (a redelivery)."""
         with self.transaction() as db:
-            if db["github_deliveries"].count_where("delivery = ?", [delivery]):
+            if db.execute("SELECT 1 FROM github_deliveries WHERE delivery = ?", [delivery]).fetchone():
                 return False
-            db["github_deliveries"].insert({"delivery": delivery, "project": project, "event": event,
-                                            "result": result, "deployment": deployment, "received_at": now()})
+            _insert(db, "github_deliveries", {"delivery": delivery, "project": project, "event": event,
+                                              "result": result, "deployment": deployment, "received_at": now()})
         return True
 
+    def set_delivery_result(self, delivery: str, result: str, deployment: int | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE github_deliveries SET result = ?, deployment = ? WHERE delivery = ?",
+                       [result, deployment, delivery])
+
     def deliveries(self, project: str, limit: int = 50) -> list[dict]:
-        with self._lock:
-            return list(self.db["github_deliveries"].rows_where(
-                "project = ?", [project], order_by="received_at desc, rowid desc", limit=limit))
+        return self._rows("SELECT * FROM github_deliveries WHERE project = ? "
+                          "ORDER BY received_at DESC, rowid DESC LIMIT ?", [project, limit])
 
     # -- API keys --------------------------------------------------------------------------
 
     def add_api_key(self, user: str, label: str, digest: str, prefix: str, expires_at: str) -> ApiKey:
+        row = {"user": user, "label": label, "digest": digest, "prefix": prefix, "created_at": now(),
+               "last_used_at": "", "expires_at": expires_at, "revoked_at": ""}
         with self.transaction() as db:
             self._require_user(db, user)
-            row = {"user": user, "label": label, "digest": digest, "prefix": prefix, "created_at": now(),
-                   "last_used_at": "", "expires_at": expires_at, "revoked_at": ""}
-            row["id"] = db["api_keys"].insert(row).last_pk
+            row["id"] = _insert(db, "api_keys", row).lastrowid
         return _from_row(ApiKey, row)
 
     def api_key_by_digest(self, digest: str) -> tuple[ApiKey, User] | None:
-        with self._lock:
-            rows = list(self.db["api_keys"].rows_where("digest = ?", [digest]))
-            if not rows:
-                return None
-            user = list(self.db["users"].rows_where("name = ?", [rows[0]["user"]]))
-        return (_from_row(ApiKey, rows[0]), _from_row(User, user[0])) if user else None
+        row = self._one("SELECT k.*, u.role AS user_role, u.created_at AS user_created_at FROM api_keys k "
+                        "JOIN users u ON u.name = k.user WHERE k.digest = ?", [digest])
+        if row is None:
+            return None
+        return _from_row(ApiKey, row), User(row["user"], row["user_role"], row["user_created_at"])
 
     def get_api_key(self, key_id: int) -> ApiKey | None:
-        with self._lock:
-            rows = list(self.db["api_keys"].rows_where("id = ?", [key_id]))
-        return _from_row(ApiKey, rows[0]) if rows else None
+        row = self._one("SELECT * FROM api_keys WHERE id = ?", [key_id])
+        return _from_row(ApiKey, row) if row else None
 
     def list_api_keys(self, user: str | None = None) -> list[ApiKey]:
-        where, args = ("user = ?", [user]) if user else (None, None)
-        with self._lock:
-            return [_from_row(ApiKey, r) for r in self.db["api_keys"].rows_where(where, args, order_by="id")]
+        if user:
+            rows = self._rows("SELECT * FROM api_keys WHERE user = ? ORDER BY id", [user])
+        else:
+            rows = self._rows("SELECT * FROM api_keys ORDER BY id")
+        return [_from_row(ApiKey, row) for row in rows]
 
     def touch_api_key(self, key_id: int, at: str) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [at, key_id])
+        self._write("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [at, key_id])
 
     def revoke_api_key(self, key_id: int, at: str) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [at, key_id])
+        self._write("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [at, key_id])
 
     # -- audit log -------------------------------------------------------------------------
 
     def audit(self, user: str, action: str, target: str = "", detail: str = "") -> None:
-        with self.transaction() as db:
-            db["audit"].insert(
-                {"at": now(), "user": user, "action": action, "target": target, "detail": detail}
-            )
+        self._write("INSERT INTO audit (at, user, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                    [now(), user, action, target, detail])
 
     def audit_log(self, limit: int = 100, target: str | None = None) -> list[dict]:
-        where, args = ("target = ?", [target]) if target else (None, None)
-        with self._lock:
-            return list(self.db["audit"].rows_where(where, args, order_by="id desc", limit=limit))
+        if target:
+            return self._rows("SELECT * FROM audit WHERE target = ? ORDER BY id DESC LIMIT ?", [target, limit])
+        return self._rows("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])
 
     @staticmethod
     def _require_user(db: sqlite_utils.Database, name: str) -> None:
-        if not db["users"].count_where("name = ?", [name]):
+        if not db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone():
             raise StoreError(f"no user named {name!r}", "not_found")
+
+
+DEPLOYMENT_COLUMNS = {f.name for f in fields(Deployment)}
+
+
+def _insert(db: sqlite_utils.Database, table: str, row: dict) -> sqlite3.Cursor:
+    columns = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    return db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))
