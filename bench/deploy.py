@@ -41,7 +41,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,11 +56,10 @@ from disco_harness import (
     commit_version,
     describe_machine,
     ignore_signals,
-    interrupts_become_cleanup,
     keep_signals_for_main_thread,
     push,
     running_daemon,
-    temp_dir,
+    run_measurement,
     wait_for_body,
     write_app,
 )
@@ -353,18 +351,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with interrupts_become_cleanup():
-        try:
-            with temp_dir("disco-bench-deploy-") as workdir:
-                measure(args, workdir)
-            return 0
-        except KeyboardInterrupt:
-            print("interrupted; cleaned up", file=sys.stderr)
-            return 1
-        except Exception:
-            traceback.print_exc()
-            return 1
+    return run_measurement(measure, parse_args(argv), "disco-bench-deploy-")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ and it removes them again.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import shutil
@@ -19,8 +20,9 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -368,3 +370,19 @@ def wait_for_body(daemon: Daemon, body: str, timeout: float = 60) -> float:
 def describe_machine() -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"{os.cpu_count()} CPUs, load average {load}, Caddy image {CADDY_IMAGE}"
+
+
+def run_measurement(measure: "Callable[[argparse.Namespace, Path], None]", args: "argparse.Namespace",
+                    prefix: str) -> int:
+    """main() of a bench script: measure in a temp dir; Ctrl-C and errors still clean up."""
+    with interrupts_become_cleanup():
+        try:
+            with temp_dir(prefix) as workdir:
+                measure(args, workdir)
+            return 0
+        except KeyboardInterrupt:
+            print("interrupted; cleaned up", file=sys.stderr)
+            return 1
+        except Exception:
+            traceback.print_exc()
+            return 1

@@ -35,7 +35,6 @@ import random
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,13 +50,12 @@ from disco_harness import (
     body_of,
     commit_version,
     describe_machine,
-    interrupts_become_cleanup,
     keep_signals_for_main_thread,
     ms,
     percentile,
     push,
     running_daemon,
-    temp_dir,
+    run_measurement,
     version_of,
     wait_for_body,
 )
@@ -270,7 +268,7 @@ def report_versions(requests: list[Request], deploys: list[Deploy], live_version
     order = sorted(first_seen, key=first_seen.__getitem__)
     unexpected = sorted({r.body[:40] for r in requests if r.ok and version_of(r.body) is None})
     print("versions served, in order of first appearance: " + " ".join(f"v{v}" for v in order))
-    print(f"  deploys that went live, in order:            " + " ".join(f"v{v}" for v in live_versions))
+    print("  deploys that went live, in order:            " + " ".join(f"v{v}" for v in live_versions))
     print(f"  in the same order: {pass_or_miss(order == live_versions)}")
 
     failed = [d.version for d in deploys if d.record["status"] != "live"]
@@ -316,18 +314,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with interrupts_become_cleanup():
-        try:
-            with temp_dir("disco-bench-zd-") as workdir:
-                measure(args, workdir)
-            return 0
-        except KeyboardInterrupt:
-            print("interrupted; cleaned up", file=sys.stderr)
-            return 1
-        except Exception:
-            traceback.print_exc()
-            return 1
+    return run_measurement(measure, parse_args(argv), "disco-bench-zd-")
 
 
 if __name__ == "__main__":

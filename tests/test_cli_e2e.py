@@ -4,7 +4,6 @@ with real git pushes, Docker, swarm and Caddy."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
