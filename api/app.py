@@ -52,14 +52,17 @@ async def _openapi(request: Request) -> Response:
 
 async def _github_webhook(request: Request) -> Response:
     """GitHub's call: no API key, the signature is the auth; the body is read raw, capped."""
-    raw = b""
+    declared = request.headers.get("content-length", "")
+    if declared.isdecimal() and int(declared) > github.MAX_BODY:
+        return error_response(413, "too_large", "webhook body is larger than 25 MB")
+    raw = bytearray()  # appending to bytes would copy the whole body on every chunk
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > github.MAX_BODY:
             return error_response(413, "too_large", "webhook body is larger than 25 MB")
     headers = {k.lower(): v for k, v in request.headers.items()}
     reply = await run_in_threadpool(github.handle_delivery, request.app.state.platform,
-                                    request.path_params["project"], headers, raw)
+                                    request.path_params["project"], headers, bytes(raw))
     return JSONResponse(reply.body, status_code=reply.status)
 
 
@@ -109,9 +112,9 @@ async def _body(request: Request, ep: Endpoint) -> Any:
     if ep.body is None:
         return None
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY:
+    if declared and declared.isdecimal() and int(declared) > MAX_BODY:
         raise ApiError(413, "too_large", f"request body is larger than {MAX_BODY} bytes")
-    raw = b""
+    raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY:
@@ -132,7 +135,7 @@ def _check_path_params(request: Request) -> None:
         if schema is None:
             continue
         if schema.get("type") == "integer":
-            if not value.isdigit():
+            if not value.isdecimal():
                 raise bad_request(f"{name} in the path must be a positive integer, got {value[:20]!r}")
             value = int(value)
         validate(value, schema, f"{name} in the path")

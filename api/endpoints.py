@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+
+import anyio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def project_of(ctx, access: Access = Access.READ) -> str:  # type: ignore[no-unt
 
 def number_of(ctx) -> int:  # type: ignore[no-untyped-def]
     raw = ctx.param("number")
-    if not raw.isdigit() or int(raw) < 1:
+    if not raw.isdecimal() or int(raw) < 1:
         raise ApiError(400, "bad_request", f"deployment number must be a positive integer, got {raw[:20]!r}")
     return int(raw)
 
@@ -171,7 +173,7 @@ async def deployment_output(ctx) -> Response:  # type: ignore[no-untyped-def]
     if ctx.store.get_deployment(name, number) is None:
         raise not_found(f"{name} has no deployment #{number}")
     last = ctx.request.headers.get("last-event-id", "0")
-    start = int(last) if last.isdigit() else 0
+    start = int(last) if last.isdecimal() else 0
     return StreamingResponse(_output_events(ctx.store, name, number, start), media_type=SSE,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -317,6 +319,7 @@ async def run_command(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 
 async def _run_events(container) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    """The command's output, then its exit code; the container goes away even if the client does."""
     try:
         pending = b""
         async for chunk in iterate_in_threadpool(container.logs(stream=True, follow=True)):
@@ -329,7 +332,10 @@ async def _run_events(container) -> AsyncIterator[str]:  # type: ignore[no-untyp
         result = await run_in_threadpool(container.wait)
         yield f"event: exit\ndata: {json.dumps({'exit_code': result.get('StatusCode', -1)})}\n\n"
     finally:
-        await run_in_threadpool(container.remove, force=True)
+        # Shielded: on a client disconnect this generator is cancelled, and the container
+        # (with the project's env and volumes) must not outlive the request.
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(container.remove, force=True)
 
 
 # -- users, SSH keys, API keys -----------------------------------------------------------------
@@ -444,7 +450,7 @@ async def create_api_key(ctx) -> Response:  # type: ignore[no-untyped-def]
           responses={200: API_KEY})
 async def revoke_api_key(ctx) -> Response:  # type: ignore[no-untyped-def]
     raw = ctx.param("id")
-    if not raw.isdigit():
+    if not raw.isdecimal():
         raise ApiError(400, "bad_request", f"API key id must be a positive integer, got {raw[:20]!r}")
     apikeys.revoke(ctx.store, ctx.user, int(raw))
     return ok(api_key_json(ctx.store.get_api_key(int(raw))))

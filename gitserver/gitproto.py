@@ -133,15 +133,19 @@ class DiscoReceivePack(ReceivePackHandler):
             new_sha=new.decode(),
             user=self.context.user,
         )
-        reason = pipeline.check_ref_update(self.context.platform, update)
-        if reason is None:
-            with self.context.ref_lock:  # type: ignore[attr-defined]
-                if update.is_delete:
-                    moved = self.repo.refs.remove_if_equals(ref, old)
-                else:
-                    moved = self.repo.refs.set_if_equals(ref, old, new)
-            if not moved:
-                reason = "the ref moved while you pushed; fetch, then push again"
+        try:
+            reason = pipeline.check_ref_update(self.context.platform, update)
+            if reason is None:
+                with self.context.ref_lock:  # type: ignore[attr-defined]
+                    if update.is_delete:
+                        moved = self.repo.refs.remove_if_equals(ref, old)
+                    else:
+                        moved = self.repo.refs.set_if_equals(ref, old, new)
+                if not moved:
+                    reason = "the ref moved while you pushed; fetch, then push again"
+        except Exception as err:  # a ref or object the checks cannot read: refuse it, say why
+            log.info("refused %s of %s: %r", update.ref, update.project, err)
+            reason = f"cannot accept {update.ref}: {err}"
         if reason:
             self.context.refused.append((update.ref, reason))
             return reason

@@ -24,7 +24,7 @@ from hooks.errors import Refused
 from hooks.output import DeployOutput, Listener
 from hooks.queue import DeployQueue, Ticket
 from runtime import gitrepo
-from runtime.appconfig import DEFAULT_PORT, AppConfig, AppConfigError, ServiceConfig, parse_app_config
+from runtime.appconfig import DEFAULT_PORT, SERVICE_NAME, AppConfig, AppConfigError, ServiceConfig, parse_app_config
 from runtime.caddy import ADMIN_SOCKET_NAME, CONTAINER_RUN_DIR, CaddyAdmin, CaddyError, Route, build_config
 from runtime.docker_engine import DockerError, Engine, ServiceSpec
 from runtime.settings import Settings
@@ -152,7 +152,7 @@ class Platform:
     def engine_replicas(self, project: str) -> dict[str, int]:
         """Replicas per service as swarm runs them now."""
         counts = {}
-        for service in self.engine.project_services(project):
+        for service in self.engine.project_services(project):  # selected by their project label
             labels = service.attrs["Spec"].get("Labels") or {}
             counts[labels.get("disco.service", service.name)] = service.attrs["Spec"]["Mode"]["Replicated"]["Replicas"]
         return counts
@@ -221,10 +221,13 @@ class DeploymentRun:
             if previous:
                 store.update_deployment(d.project, previous.number,
                                         status="rolled back" if d.source == "rollback" else "replaced")
-        except (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError) as err:
+        except Exception as err:  # whatever broke, undo what this deployment started
             if self.ticket.cancelled_by:
                 return self._fail(f"cancelled by {self.ticket.cancelled_by}", "cancelled")
-            return self._fail(str(err))
+            known = (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError)
+            if not isinstance(err, known):
+                log.exception("deployment #%d of %s failed unexpectedly", d.number, d.project)
+            return self._fail(str(err) if isinstance(err, known) else f"{type(err).__name__}: {err}")
         with self._step("cleanup"):
             try:
                 self._cleanup(specs)
@@ -250,11 +253,16 @@ class DeploymentRun:
             tree = Path(tmp)
             gitrepo.export_tree(repo, d.commit_sha, tree)
             dockerfile = tree / config.dockerfile_path
+            context = tree / config.build.context
+            for path, what in ((dockerfile, "build.dockerfile"), (context, "build.context")):
+                # A symlink in the repo must not lead the build to the server's own files.
+                if not path.resolve().is_relative_to(tree.resolve()):
+                    raise DeployFailed(f"{what} leads outside the repo (through a symlink)")
             if not dockerfile.is_file():
                 raise DeployFailed(f"no Dockerfile at {config.dockerfile_path} in {d.commit_sha[:7]}")
             self.out.line(f"building {config.dockerfile_path} of {d.commit_sha[:7]}")
             labels = engine.labels(project=d.project, deployment=str(d.number), commit=d.commit_sha)
-            engine.build(tree / config.build.context, dockerfile, tag, config.build.args, labels, self.out.line,
+            engine.build(context, dockerfile, tag, config.build.args, labels, self.out.line,
                          stop=lambda: bool(self.ticket.cancelled_by))
         self.built_image = True
         return tag
@@ -475,15 +483,23 @@ def unset_env(platform: Platform, project: str, user: str, names: list[str], dep
 def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -> None:
     """Set replica counts now; later deploys keep them."""
     for service, replicas in counts.items():
+        check_service_name(service)
         if not 0 <= replicas <= 100:
             raise DeployFailed(f"replicas of {service} must be from 0 to 100, got {replicas}")
         name = platform.engine.service_name(project, service)
-        if platform.engine.find_service(name) is None:
+        if platform.engine.find_service(name, project) is None:
             raise DeployFailed(f"{project} has no running service {service!r}", "not_found")
     for service, replicas in counts.items():
         platform.store.set_scale(project, service, replicas)
         platform.engine.scale(platform.engine.service_name(project, service), replicas)
     platform.store.audit(user, "scale", project, ", ".join(f"{s}={n}" for s, n in sorted(counts.items())))
+
+
+def check_service_name(service: str) -> str:
+    """A service name as disco.toml allows it; anything else (like `x/../other`) is refused."""
+    if not SERVICE_NAME.fullmatch(service):
+        raise DeployFailed(f"invalid service name {service[:40]!r}: a-z, 0-9 and '-', starting with a letter")
+    return service
 
 
 def _require_live(platform: Platform, project: str) -> Deployment:

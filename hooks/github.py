@@ -50,18 +50,27 @@ def link(platform: Platform, user: str, project: str, repo: str, branch: str = "
         raise Refused(f"repo must look like OWNER/NAME, got {repo[:100]!r}")
     if not BRANCH_NAME.fullmatch(branch):
         raise Refused(f"invalid branch name {branch[:100]!r}")
-    if clone_url and not re.fullmatch(r"(https?://|ssh://|git@)[^\s]{3,500}", clone_url):
-        raise Refused("clone_url must be an https://, ssh:// or git@host: URL")
+    clone_url = clone_url or f"https://github.com/{repo}.git"
+    _check_clone_url(clone_url)
     previous = platform.store.github_link(project) or {}
+    # A stored token only ever goes to the host it was given for.
+    kept_token = previous.get("token", "") if previous.get("clone_url") == clone_url else ""
     row = {
-        "project": project, "repo": repo, "branch": branch,
-        "clone_url": clone_url or f"https://github.com/{repo}.git",
-        "secret": secrets.token_hex(32), "token": token or previous.get("token", ""),
+        "project": project, "repo": repo, "branch": branch, "clone_url": clone_url,
+        "secret": secrets.token_hex(32), "token": token or kept_token,
         "deploy_key": previous.get("deploy_key", ""), "force_mirror": int(force_mirror), "created_at": now(),
     }
     platform.store.set_github_link(row)
     platform.store.audit(user, "github:link", project, f"{repo} {branch}" + (" (token set)" if token else ""))
     return webhook_form(platform, row)
+
+
+def _check_clone_url(url: str) -> None:
+    """https, ssh, or http to this machine only (a local mirror): tokens never travel in clear."""
+    if not re.fullmatch(r"(https://|ssh://|git@|http://(127\.0\.0\.1|localhost)[:/])[^\s]{3,500}", url):
+        raise Refused("clone_url must be an https://, ssh:// or git@host: URL")
+    if re.match(r"https?://[^/]*@", url):
+        raise Refused("clone_url must not carry credentials: give a token with --token instead")
 
 
 def webhook_form(platform: Platform, row: dict) -> dict:
@@ -247,8 +256,10 @@ class _credentials:
         # A host that accepts and then stalls must fail the deployment, not hold the queue.
         config: list[str] = ["-c", "http.lowSpeedLimit=1", "-c", "http.lowSpeedTime=60"]
         if self.row["token"]:
+            # Through the environment, not the command line, which any local user can read.
             basic = base64.b64encode(f"x-access-token:{self.row['token']}".encode()).decode()
-            config += ["-c", f"http.extraHeader=Authorization: Basic {basic}"]
+            env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
+                        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"})
         if self.row["deploy_key"]:
             self._dir = tempfile.TemporaryDirectory(prefix="disco-key-")
             key = Path(self._dir.name) / "id"

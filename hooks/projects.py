@@ -4,9 +4,10 @@ logs and one-off commands. The REST API calls these; each checks its input and a
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 
-from hooks.deploy import DeployFailed, Platform
+from hooks.deploy import DeployFailed, Platform, check_service_name
 from hooks.errors import Refused
 from hooks.policy import check_project_name
 from hooks.queue import Ticket
@@ -57,6 +58,8 @@ def delete_project(platform: Platform, user: str, name: str, volumes: bool) -> l
     except DockerError as err:
         raise Refused(f"could not remove {name}'s Docker objects: {err}", "conflict") from None
     gitrepo.remove_repo(platform.repo_path(name))
+    # Its deployment logs too: a new project of this name starts its numbering at #1 again.
+    shutil.rmtree(platform.settings.deployments_dir / name, ignore_errors=True)
     platform.store.delete_project(name)
     platform.store.audit(user, "projects:remove", name, "with volumes" if volumes else "volumes kept")
     platform.apply_routes_if_up()
@@ -68,6 +71,10 @@ def add_domain(platform: Platform, user: str, project: str, domain: str) -> None
     domain = domain.strip().lower()
     if not DOMAIN.fullmatch(domain):
         raise Refused(f"invalid domain {domain[:100]!r}: expected a host name like www.example.com", "bad_request")
+    apps_domain = platform.settings.apps_domain
+    if domain == platform.api_host or (apps_domain and (domain == apps_domain or domain.endswith("." + apps_domain))):
+        # These names belong to the server itself and to every project's default address.
+        raise Refused(f"{domain} is reserved by this server; use a domain of your own", "conflict")
     try:
         platform.store.add_domain(project, domain)
     except StoreError as err:
@@ -108,8 +115,8 @@ def deploy_ref(platform: Platform, user: str, project: str, branch: str | None, 
 
 def logs(platform: Platform, project: str, service: str, tail: int, follow: bool) -> Iterator[str]:
     _require(platform, project)
-    name = platform.engine.service_name(project, service)
-    if platform.engine.find_service(name) is None:
+    name = platform.engine.service_name(project, check_service_name(service))
+    if platform.engine.find_service(name, project) is None:
         raise Refused(f"{project} has no running service {service!r}", "not_found")
     return platform.engine.service_logs(name, tail, follow)
 
@@ -119,6 +126,7 @@ def run_command(platform: Platform, user: str, project: str, command: list[str],
 
     Returns (container, output lines); the caller reads the lines and then the exit code.
     """
+    check_service_name(service)
     live = platform.store.live_deployment(project)
     if live is None:
         raise Refused(f"{project} has no live deployment to run a command in", "conflict")

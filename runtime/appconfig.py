@@ -7,6 +7,7 @@ with a message that says exactly what to fix.
 from __future__ import annotations
 
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -145,8 +146,13 @@ def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
     if not 1 <= timeout <= 3600:
         raise AppConfigError(f"{where.at(path, 'health_timeout')}{path}.health_timeout must be from 1 to 3600 seconds")
     command = table.get("command")
-    if command is not None and not command.strip():
-        raise AppConfigError(f"{where.at(path, 'command')}{path}.command is empty")
+    if command is not None:
+        try:
+            words = shlex.split(command)
+        except ValueError as err:
+            raise AppConfigError(f"{where.at(path, 'command')}{path}.command cannot be split into words: {err}") from None
+        if not words:
+            raise AppConfigError(f"{where.at(path, 'command')}{path}.command is empty")
     return ServiceConfig(
         name=name,
         port=port,

@@ -196,11 +196,16 @@ class Engine:
 
     # -- services --------------------------------------------------------------------------
 
-    def find_service(self, name: str):  # type: ignore[no-untyped-def]
+    def find_service(self, name: str, project: str | None = None):  # type: ignore[no-untyped-def]
+        """The service of that exact name (of that project, when given), or None."""
         try:
-            return self.client.services.get(name)
+            service = self.client.services.get(name)
         except docker.errors.NotFound:
             return None
+        labels = service.attrs["Spec"].get("Labels") or {}
+        if service.name != name or (project is not None and labels.get("disco.project") != project):
+            return None
+        return service
 
     def project_services(self, project: str) -> list:  # type: ignore[type-arg]
         return self.client.services.list(
@@ -211,6 +216,11 @@ class Engine:
         """Create the service or roll it to this spec (start-first). True if it was created."""
         parts = _swarm_spec(spec)
         current = self.find_service(spec.name)
+        owner = (current.attrs["Spec"].get("Labels") or {}).get("disco.project") if current else None
+        if current is not None and owner != spec.labels.get("disco.project"):
+            # Names join instance, project and service with '-', which names may contain too.
+            raise DockerError(f"the swarm service {spec.name} belongs to {owner or 'something else'}; "
+                              "rename this service in disco.toml")
         try:
             if current is None:
                 self.client.api.create_service(name=spec.name, **parts)
@@ -440,9 +450,12 @@ class Engine:
 
     def ensure_volume(self, name: str, project: str) -> None:
         try:
-            self.client.volumes.get(name)
+            volume = self.client.volumes.get(name)
         except docker.errors.NotFound:
             self.client.volumes.create(name, labels=self.labels(project=project))
+            return
+        if (volume.attrs.get("Labels") or {}).get("disco.project") != project:
+            raise DockerError(f"the volume {name} belongs to something else; rename this volume in disco.toml")
 
 
 def health_command(port: int, path: str | None) -> list[str]:

@@ -231,3 +231,47 @@ def test_openapi_document_matches_the_routes(client: TestClient):
     for path, ops in document["paths"].items():
         for method, op in ops.items():
             assert "401" in op["responses"] and op["summary"], (method, path)
+
+
+def test_names_that_could_reach_other_objects_are_refused(client: TestClient, platform: Platform, alice):
+    assert client.post("/api/v1/projects", json={"name": "shop"}, headers=alice).status_code == 201
+    # A service name with a path in it would let Docker's API redirect to another service.
+    scaled = client.post("/api/v1/projects/shop/scale", json={"x/../disco-caddy": 0}, headers=alice)
+    assert error_of(scaled)[:2] == (400, "bad_request") and "invalid service name" in error_of(scaled)[2]
+    logs = client.get("/api/v1/projects/shop/logs", params={"service": "x/../other-web"}, headers=alice)
+    assert error_of(logs)[:2] == (400, "bad_request")
+    odd_number = client.get("/api/v1/projects/shop/deployments/%C2%B2", headers=alice)
+    assert error_of(odd_number)[0] in (400, 404)
+
+
+def test_reserved_domains_are_refused(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "d", instance="apitest", apps_domain="apps.example.com",
+                        host="deploy.example.com")
+    ensure_layout(settings)
+    store = Store(settings.db_path)
+    store.add_user("alice", "admin")
+    platform = Platform(settings, store, Engine("apitest"), CaddyAdmin(settings.run_dir))
+    platform.proxy_ready.set()
+    platform.proxy_error = "no proxy in these tests"
+    client = TestClient(build_app(platform))
+    headers = {"Authorization": f"Bearer {key_for(platform, 'alice')}"}
+    assert client.post("/api/v1/projects", json={"name": "alpha"}, headers=headers).status_code == 201
+    for domain in ("shop.apps.example.com", "apps.example.com", "deploy.example.com"):
+        taken = client.post("/api/v1/projects/alpha/domains", json={"domain": domain}, headers=headers)
+        assert error_of(taken)[:2] == (409, "conflict") and "reserved by this server" in error_of(taken)[2]
+
+
+def test_github_token_only_goes_to_the_host_it_was_given_for(client: TestClient, platform: Platform, alice):
+    assert client.post("/api/v1/projects", json={"name": "shop"}, headers=alice).status_code == 201
+    body = {"repo": "octo/shop", "clone_url": "https://github.com/octo/shop.git", "token": "github_pat_x"}
+    assert client.post("/api/v1/projects/shop/github", json=body, headers=alice).status_code == 201
+    assert client.get("/api/v1/projects/shop/github", headers=alice).json()["token_set"] is True
+    same = client.post("/api/v1/projects/shop/github", json={"repo": "octo/shop", "force_mirror": True}, headers=alice)
+    assert same.status_code == 201 and platform.store.github_link("shop")["token"] == "github_pat_x"
+    moved = {"repo": "octo/shop", "clone_url": "https://evil.example.net/x.git"}
+    assert client.post("/api/v1/projects/shop/github", json=moved, headers=alice).status_code == 201
+    assert platform.store.github_link("shop")["token"] == ""
+    for url in ("http://evil.example.net/x.git", "https://user:pat@github.com/octo/shop.git", "--upload-pack=x"):
+        refused = client.post("/api/v1/projects/shop/github", json={"repo": "octo/shop", "clone_url": url},
+                              headers=alice)
+        assert error_of(refused)[0] == 400, url

@@ -73,6 +73,7 @@ command = "./worker"
         ("[services]\n", "[services] is empty"),
         ("[services.web\nport = 1\n", "disco.toml is not valid TOML"),
         ("[services.web]\nport = 1\nport = 2\n", "line 3"),
+        ("[services.web]\ncommand = \"sh -c 'unclosed\"\n", "disco.toml line 2: services.web.command cannot be split"),
     ],
 )
 def test_errors_name_key_and_line(text: str, message: str):

@@ -410,3 +410,25 @@ def test_old_images_are_pruned(disco: Disco, admin_key: Key, tmp_path: Path):
     tags = sorted(t for t in run(["/usr/bin/docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]).stdout.split()
                   if t.startswith(f"{disco.instance}-myapp:"))
     assert tags == [f"{disco.instance}-myapp:3", f"{disco.instance}-myapp:4"]
+
+
+def test_symlinks_cannot_lead_the_build_out_of_the_repo(live: Disco, admin_key: Key, tmp_path: Path):
+    repo = web_app(tmp_path / "app", "v1\n", **{"disco.toml": '[build]\ncontext = "ctx"\n'})
+    (repo / "ctx").symlink_to(str(live.data_dir))  # would put the server's database in the image
+    commit(repo, {}, "escape")
+    result = push(live, admin_key, repo)
+    assert result.returncode != 0
+    assert "build.context leads outside the repo (through a symlink)" in result.stderr
+    assert not [t for t in run(["/usr/bin/docker", "images", "--format", "{{.Repository}}"]).stdout.split()
+                if t.startswith(live.instance + "-myapp")]
+
+
+def test_a_service_name_cannot_take_over_another_projects_service(live: Disco, admin_key: Key, tmp_path: Path):
+    other = web_app(tmp_path / "other", "admin-site\n")
+    assert push(live, admin_key, other, "shop-admin").returncode == 0
+    # "shop" + service "admin-web" spells the same swarm name as "shop-admin" + "web".
+    repo = web_app(tmp_path / "app", "v1\n", **{"disco.toml": "[services.web]\n\n[services.admin-web]\nport = 8000\n"})
+    result = push(live, admin_key, repo, "shop")
+    assert result.returncode != 0 and "belongs to shop-admin" in result.stderr
+    assert body(live, "shop-admin.localhost") == "admin-site\n"
+    assert run(["/usr/bin/docker", "service", "inspect", f"{live.instance}-shop-web"]).returncode != 0
