@@ -18,7 +18,8 @@ from wsgiref.simple_server import WSGIServer, make_server
 import httpx
 import pytest
 from dulwich.repo import Repo
-from dulwich.server import DictBackend
+from dulwich.errors import NotGitRepository
+from dulwich.server import Backend
 from dulwich.web import WSGIRequestHandlerLogger, make_wsgi_chain
 from starlette.testclient import TestClient
 
@@ -156,6 +157,19 @@ class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class FreshRepoBackend(Backend):
+    """A Repo opened per request: the test pushes to the bare repo while a fetch is served."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def open_repository(self, path: str | bytes) -> Repo:
+        name = path.decode() if isinstance(path, bytes) else path
+        if name.rstrip("/") != "/octo/shop.git":
+            raise NotGitRepository(name)
+        return Repo(str(self.path))
+
+
 class FakeGitHub:
     """Smart-HTTP git over a bare repo, optionally demanding a token like GitHub does."""
 
@@ -164,7 +178,7 @@ class FakeGitHub:
         root.mkdir(parents=True, exist_ok=True)
         Repo.init_bare(str(self.bare), mkdir=True, default_branch=b"main").close()
         self.token = token
-        git_app = make_wsgi_chain(DictBackend({"/octo/shop.git": Repo(str(self.bare))}))
+        git_app = make_wsgi_chain(FreshRepoBackend(self.bare))
 
         def app(environ, start_response):  # type: ignore[no-untyped-def]
             if self.token:
