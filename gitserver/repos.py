@@ -81,5 +81,10 @@ class RepoRegistry:
 
 
 def sweep_temporary_packs(repo: Repo) -> None:
-    """Drop `tmp_pack_*` files and index-less packs that an interrupted push left behind."""
-    repo.object_store.prune(grace_period=-1)
+    """Drop the `objects/tmp_pack_*` files an interrupted push left behind.
+
+    Only dulwich's own temporary packs: a webhook's `git fetch` may be writing into
+    objects/pack/ at this very moment, and its files must stay.
+    """
+    for leftover in Path(repo.object_store.path).glob("tmp_pack_*"):
+        leftover.unlink(missing_ok=True)

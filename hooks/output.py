@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -40,8 +41,10 @@ class DeployOutput:
                 self.unsubscribe(listener)
 
     def subscribe(self, listener: Listener) -> None:
+        """Listeners that may block (a pusher's SSH channel) get their own thread and buffer,
+        so a client that stops reading cannot stall the deployment."""
         with self._lock:
-            self._listeners.append(listener)
+            self._listeners.append(_Buffered(listener, self.unsubscribe))
 
     def unsubscribe(self, listener: Listener) -> None:
         with self._lock:
@@ -49,6 +52,42 @@ class DeployOutput:
                 self._listeners.remove(listener)
 
     def close(self) -> None:
+        """Close the log; listeners get what is buffered, then stop."""
         with self._lock:
             self._file.close()
-            self._listeners.clear()
+            listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.finish()
+
+
+class _Buffered:
+    """Feeds one listener from a bounded queue on its own thread; drops it when it falls behind."""
+
+    LIMIT = 10_000
+
+    def __init__(self, listener: Listener, drop: Callable[[Listener], None]) -> None:
+        self._listener, self._drop = listener, drop
+        self._queue: queue.Queue[str | None] = queue.Queue(self.LIMIT)
+        self._thread = threading.Thread(target=self._pump, daemon=True, name="output-listener")
+        self._thread.start()
+
+    def __call__(self, line: str) -> None:
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            self._drop(self)
+
+    def finish(self, timeout: float = 30) -> None:
+        try:
+            self._queue.put(None, timeout=1)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+    def _pump(self) -> None:
+        while (line := self._queue.get()) is not None:
+            try:
+                self._listener(line)
+            except Exception:  # the client hung up: the deployment goes on without it
+                self._drop(self)
+                return
