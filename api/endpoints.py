@@ -17,7 +17,6 @@ from api.spec import (BOOLEAN, OBJECT, PATH_PARAMS, STRING, ApiError, array, end
 from hooks import apikeys, deploy, github, projects, team
 from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_project_name
 from hooks.projects import deployment_json
-from runtime.docker_engine import DockerError
 from runtime.store import ACTIVE_STATUSES, ApiKey, SSHKey, User
 
 
@@ -75,12 +74,7 @@ def queued(ticket) -> JSONResponse:  # type: ignore[no-untyped-def]
 async def meta(ctx) -> Response:  # type: ignore[no-untyped-def]
     from api.app import VERSION
     s = ctx.platform.settings
-    try:
-        info = await run_in_threadpool(lambda: ctx.platform.engine.client.info())
-        docker = {"reachable": True, "version": info.get("ServerVersion", ""),
-                  "swarm": (info.get("Swarm") or {}).get("LocalNodeState", "")}
-    except DockerError as err:
-        docker = {"reachable": False, "error": str(err)}
+    docker = await run_in_threadpool(ctx.platform.docker_state)
     return ok({"version": VERSION, "instance": s.instance, "apps_domain": s.apps_domain, "tls": s.tls,
                "ports": {"ssh": s.ssh_port, "api": s.api_port, "http": s.http_port, "https": s.https_port},
                "proxy": {"up": ctx.platform.proxy_ready.is_set() and not ctx.platform.proxy_error,

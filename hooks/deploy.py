@@ -149,6 +149,15 @@ class Platform:
             routes.append(Route(tuple(hosts), self.engine.service_name(name, "web"), serving.web_port))
         return routes
 
+    def docker_state(self) -> dict:
+        """Whether Docker answers, its version and the swarm's state, for the server's meta."""
+        try:
+            info = self.engine.info()
+        except DockerError as err:
+            return {"reachable": False, "error": str(err)}
+        return {"reachable": True, "version": info.get("ServerVersion", ""),
+                "swarm": (info.get("Swarm") or {}).get("LocalNodeState", "")}
+
     def engine_replicas(self, project: str) -> dict[str, int]:
         """Replicas per service as swarm runs them now."""
         counts = {}

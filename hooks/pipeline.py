@@ -1,6 +1,8 @@
-"""The receive pipeline: the one entry that git pushes (and later webhooks and API redeploys) call.
+"""The receive pipeline of a git push over SSH.
 
-A push goes through three calls, made by the front door in this order:
+Every deployment, whoever asks for it (a push here, a webhook in hooks/github.py, the API
+through hooks/deploy.py and hooks/projects.py), goes through Platform.enqueue and the
+project's queue. A push goes through three calls, made by the front door in this order:
 1. `check_push` before anything is read: may this user push to (or create) this project?
 2. `check_ref_update` for each ref, after the pack is stored and before the ref moves;
    a returned reason refuses that ref (`! [remote rejected] main -> main (<reason>)`).

@@ -1,7 +1,6 @@
 """Who may do what to which project, and what a valid project name is.
 
-Shared by every front door (SSH pushes now, the REST API and webhooks later), so a rule is
-written once.
+Shared by every front door (SSH pushes and the REST API), so a rule is written once.
 """
 
 from __future__ import annotations

@@ -86,6 +86,12 @@ class Engine:
                 raise DockerError(f"cannot reach the Docker engine: {err}") from None
         return self._client
 
+    def info(self) -> dict:
+        try:
+            return self.client.info()
+        except docker.errors.DockerException as err:
+            raise DockerError(f"cannot reach the Docker engine: {err}") from None
+
     # -- names -----------------------------------------------------------------------------
 
     @property

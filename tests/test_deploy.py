@@ -432,3 +432,24 @@ def test_a_service_name_cannot_take_over_another_projects_service(live: Disco, a
     assert result.returncode != 0 and "belongs to shop-admin" in result.stderr
     assert body(live, "shop-admin.localhost") == "admin-site\n"
     assert run(["/usr/bin/docker", "service", "inspect", f"{live.instance}-shop-web"]).returncode != 0
+
+
+def test_caddy_restarting_resumes_its_routes(live: Disco, admin_key: Key, tmp_path: Path):
+    repo = web_app(tmp_path / "app", "v1\n")
+    assert push(live, admin_key, repo).returncode == 0
+    before = run(["/usr/bin/docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={live.instance}-caddy"],
+                 check=True).stdout.split()
+    assert len(before) == 1
+    run(["/usr/bin/docker", "kill", before[0]], check=True)
+    deadline = time.monotonic() + 60
+    while True:  # swarm starts a new Caddy, which resumes the config it autosaved
+        try:
+            if live.get("myapp.localhost", timeout=2).text == "v1\n":
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "Caddy did not come back with its routes"
+        time.sleep(0.5)
+    after = run(["/usr/bin/docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={live.instance}-caddy"],
+                check=True).stdout.split()
+    assert after and after != before
