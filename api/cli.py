@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import getpass
 import os
 import json
@@ -309,21 +310,29 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def or_remote(remote_handler: Any) -> Any:
+    """Team commands act on the local store when given a data dir, and through the API otherwise."""
+    def wrap(local_handler: Any) -> Any:
+        @functools.wraps(local_handler)
+        def handler(args: argparse.Namespace) -> int:
+            return local_handler(args) if _local(args) else remote_handler(args)
+        return handler
+    return wrap
+
+
 # -- team ------------------------------------------------------------------------------------
 
 
+@or_remote(remote.remote_users_add)
 def cmd_users_add(args: argparse.Namespace) -> int:
-    if not _local(args):
-        return remote.remote_users_add(args)
     with _local_store(args) as store:
         user = team.add_user(store, _actor(), args.name, args.role)
     print(f"added {user.role} {user.name}")
     return 0
 
 
+@or_remote(remote.remote_users_list)
 def cmd_users_list(args: argparse.Namespace) -> int:
-    if not _local(args):
-        return remote.remote_users_list(args)
     with _local_store(args) as store:
         rows = [
             {"name": u.name, "role": u.role, "projects": store.grants_of(u.name), "created_at": u.created_at}
@@ -339,27 +348,24 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@or_remote(remote.remote_users_remove)
 def cmd_users_remove(args: argparse.Namespace) -> int:
-    if not _local(args):
-        return remote.remote_users_remove(args)
     with _local_store(args) as store:
         team.remove_user(store, _actor(), args.name)
     print(f"removed {args.name} with their keys and grants")
     return 0
 
 
+@or_remote(remote.remote_users_grant)
 def cmd_users_grant(args: argparse.Namespace) -> int:
-    if not _local(args):
-        return remote.remote_users_grant(args)
     with _local_store(args) as store:
         team.grant(store, _actor(), args.name, args.project)
     print(f"{args.name} may now push to and read {args.project}")
     return 0
 
 
+@or_remote(remote.remote_users_revoke)
 def cmd_users_revoke(args: argparse.Namespace) -> int:
-    if not _local(args):
-        return remote.remote_users_revoke(args)
     with _local_store(args) as store:
         team.revoke(store, _actor(), args.name, args.project)
     print(f"{args.name} no longer has access to {args.project}")
@@ -376,9 +382,8 @@ def cmd_keys_add(args: argparse.Namespace) -> int:
     return 0
 
 
+@or_remote(remote.remote_keys_list)
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    if not _local(args):
-        return remote.remote_keys_list(args)
     with _local_store(args) as store:
         keys = store.list_ssh_keys(args.user)
     rows = [
@@ -395,9 +400,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@or_remote(remote.remote_keys_remove)
 def cmd_keys_remove(args: argparse.Namespace) -> int:
-    if not _local(args):
-        return remote.remote_keys_remove(args)
     with _local_store(args) as store:
         key = team.remove_ssh_key(store, _actor(), args.fingerprint)
     print(f"removed key {key.fingerprint} of {key.user}")
