@@ -349,6 +349,7 @@ class DeploymentRun:
         for number, tag in engine.project_images(d.project).items():
             if number not in kept:
                 engine.remove_image(tag)
+        engine.remove_untagged_images(d.project)
 
     # -- failure ---------------------------------------------------------------------------
 

@@ -189,6 +189,16 @@ class Engine:
         except docker.errors.APIError:
             return False  # used by a running container; a later prune tries again
 
+    def remove_untagged_images(self, project: str) -> None:
+        """Images of this project that lost their last tag while a container still used them
+        (a failed or cancelled deployment); they would otherwise fill the disk."""
+        selector = {"dangling": True, "label": [f"disco.instance={self.instance}", f"disco.project={project}"]}
+        for image in self.client.images.list(filters=selector):
+            try:
+                self.client.images.remove(image.id, force=True)  # stopped task containers may refer to it
+            except docker.errors.APIError:
+                pass  # a running container uses it: the next deploy's cleanup tries again
+
     def project_images(self, project: str) -> dict[int, str]:
         """Deployment number -> tag, for every image this instance built for the project."""
         found: dict[int, str] = {}
@@ -400,18 +410,20 @@ class Engine:
         services = self.client.services.list(filters=selector)
         for service in services:
             service.remove()
-        # Their containers linger (and may still be creating volumes) for a moment.
+        # Their containers linger, and one whose creation was under way still makes its
+        # volumes after the service is gone: wait until none has been seen for a second.
         names = {s.name for s in services}
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(
-            (c.attrs.get("Labels") or {}).get("com.docker.swarm.service.name") in names
-            for c in self.client.containers.list(all=True, sparse=True)  # sparse: no inspect of each
-        ):
-            time.sleep(0.5)
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < 1.0:
+            if any((c.attrs.get("Labels") or {}).get("com.docker.swarm.service.name") in names
+                   for c in self.client.containers.list(all=True, sparse=True)):  # sparse: no inspect
+                quiet_since = time.monotonic()
+            time.sleep(0.2)
         for network in self.client.networks.list(filters=selector):
             _retry_while_in_use(network.remove)
         for image in self.client.images.list(filters=selector):
-            for tag in image.tags:
+            for tag in image.tags or [image.id]:
                 self.remove_image(tag)
         for volume in self.client.volumes.list(filters=selector) + [
             v for v in self.client.volumes.list() if v.name.startswith(f"{self.instance}-caddy-")

@@ -130,6 +130,12 @@ def test_cancel_a_running_deploy_keeps_the_old_version(laptop):
     assert followed.returncode == 1 and "deployment #2 cancelled: cancelled by alice" in followed.stderr
     assert disco.get("shop.localhost").text == "v1\n"
     assert json.loads(cli("deployments", "--json").stdout)[0]["status"] == "cancelled"
+    # The cancelled build's image lost its tag while its container ran; the next deploy's
+    # cleanup removes it, so cancelled deploys do not fill the disk.
+    assert cli("deploy").returncode == 0
+    untagged = run(["/usr/bin/docker", "images", "-q", "--filter", "dangling=true",
+                    "--filter", f"label=disco.instance={disco.instance}"]).stdout.split()
+    assert untagged == []
 
 
 def test_the_api_is_served_through_caddy_on_the_servers_domain(laptop):
