@@ -24,7 +24,7 @@ from hooks.deploy import DeployFailed, Platform
 from hooks.errors import Refused
 from hooks.output import DeployOutput
 from runtime import gitrepo
-from runtime.sshkeys import generate_key_pair
+from runtime.sshkeys import generate_key_pair, public_key_of
 from runtime.store import now
 
 REPO_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}")
@@ -111,7 +111,6 @@ def deploy_key(platform: Platform, user: str, project: str) -> str:
 
 
 def public_of(private_key: str, project: str) -> str:
-    from runtime.sshkeys import public_key_of
     return public_key_of(private_key, f"disco-{project}")
 
 

@@ -3,6 +3,7 @@ logs and one-off commands. The REST API calls these; each checks its input and a
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from hooks.errors import Refused
 from hooks.policy import check_project_name
 from hooks.queue import Ticket
 from runtime import gitrepo
+from runtime.appconfig import parse_app_config
 from runtime.docker_engine import DockerError
 from runtime.store import Deployment, StoreError
 
@@ -145,7 +147,6 @@ def run_command(platform: Platform, user: str, project: str, command: list[str],
 
 
 def _service_volumes(platform: Platform, live: Deployment, service: str) -> list[tuple[str, str]]:
-    from runtime.appconfig import parse_app_config
     text = gitrepo.read_file(platform.repo_path(live.project), live.commit_sha, "disco.toml")
     config = parse_app_config(text.decode() if text else None)
     chosen = config.services.get(service)
@@ -153,7 +154,6 @@ def _service_volumes(platform: Platform, live: Deployment, service: str) -> list
 
 
 def deployment_json(d: Deployment) -> dict:
-    import json
     return {
         "number": d.number, "project": d.project, "commit": d.commit_sha, "branch": d.branch, "user": d.user,
         "source": d.source, "status": d.status, "reason": d.reason, "image": d.image,
