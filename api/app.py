@@ -28,7 +28,7 @@ VERSION = "0.1.0"
 MAX_BODY = 1 << 20  # JSON bodies are small; a larger one is a mistake or an attack
 log = logging.getLogger("disco.api")
 
-KIND_STATUS = {"bad_request": 400, "not_found": 404, "conflict": 409, "forbidden": 403}
+KIND_STATUS = {"bad_request": 400, "not_found": 404, "conflict": 409, "forbidden": 403, "invalid_config": 422}
 
 
 def build_app(platform: Platform) -> Starlette:

@@ -212,7 +212,7 @@ def openapi_document(version: str) -> dict:
             else:
                 operation["responses"][str(status)] = {"description": "success",
                                                        "content": {"application/json": {"schema": schema}}}
-        errors = [400, 404, 409, 413, 422] + ([] if ep.public else [401, 403])
+        errors = [400, 404, 409, 413, 422] + ([] if ep.public else [401, 403])  # 422: a disco.toml that cannot deploy
         for status in errors:
             operation["responses"].setdefault(str(status), {"description": "error",
                                                             "content": {"application/json": {"schema": ERROR}}})

@@ -6,7 +6,7 @@ CLI and git to a one-line message.
 
 from __future__ import annotations
 
-KINDS = ("bad_request", "forbidden", "not_found", "conflict")
+KINDS = ("bad_request", "forbidden", "not_found", "conflict", "invalid_config")
 
 
 class Refused(Exception):

@@ -13,7 +13,7 @@ from hooks.errors import Refused
 from hooks.policy import check_project_name
 from hooks.queue import Ticket
 from runtime import gitrepo
-from runtime.appconfig import parse_app_config
+from runtime.appconfig import AppConfigError, parse_app_config
 from runtime.docker_engine import DockerError
 from runtime.store import Deployment, StoreError
 
@@ -112,6 +112,11 @@ def deploy_ref(platform: Platform, user: str, project: str, branch: str | None, 
         sha = gitrepo.branch_head(repo, branch)
         if sha is None:
             raise Refused(f"{project} has no branch {branch!r}", "not_found")
+    text = gitrepo.read_file(repo, sha, "disco.toml")
+    try:
+        parse_app_config(text.decode() if text is not None else None)
+    except (AppConfigError, UnicodeDecodeError) as err:
+        raise Refused(f"{sha[:7]} cannot deploy: {err}", "invalid_config") from None
     return platform.enqueue(project, sha, branch, user, "api")
 
 

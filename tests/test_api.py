@@ -275,3 +275,22 @@ def test_github_token_only_goes_to_the_host_it_was_given_for(client: TestClient,
         refused = client.post("/api/v1/projects/shop/github", json={"repo": "octo/shop", "clone_url": url},
                               headers=alice)
         assert error_of(refused)[0] == 400, url
+
+
+def test_deploying_a_commit_whose_disco_toml_is_invalid_gets_422(client: TestClient, platform: Platform, alice,
+                                                                   tmp_path: Path):
+    import subprocess
+    assert client.post("/api/v1/projects", json={"name": "shop"}, headers=alice).status_code == 201
+    work = tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    (work / "Dockerfile").write_text("FROM scratch\n")
+    (work / "disco.toml").write_text("[services.web]\nprot = 80\n")
+    subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"], cwd=work, check=True)
+    subprocess.run(["git", "init", "-q", "--bare", str(platform.repo_path("shop"))], check=True)
+    subprocess.run(["git", "push", "-q", str(platform.repo_path("shop")), "main"], cwd=work, check=True)
+    response = client.post("/api/v1/projects/shop/deployments", json={"branch": "main"}, headers=alice)
+    status, code, message = error_of(response)
+    assert (status, code) == (422, "invalid_config")
+    assert "disco.toml line 2: unknown key 'services.web.prot'" in message
+    assert platform.store.list_deployments("shop") == []
