@@ -33,10 +33,6 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, "not_found", message)
 
 
-def conflict(message: str) -> ApiError:
-    return ApiError(409, "conflict", message)
-
-
 def forbidden(message: str) -> ApiError:
     return ApiError(403, "forbidden", message)
 

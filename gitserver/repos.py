@@ -11,6 +11,8 @@ from pathlib import Path
 
 from dulwich.repo import Repo
 
+from runtime import gitrepo
+
 
 class RepoRegistry:
     """Knows where each project's repo lives and which ones have a push in flight.
@@ -27,7 +29,7 @@ class RepoRegistry:
         self._ref_locks: dict[str, threading.Lock] = {}
 
     def path(self, project: str) -> Path:
-        return self.repos_dir / f"{project}.git"
+        return gitrepo.repo_path(self.repos_dir, project)
 
     def exists(self, project: str) -> bool:
         return (self.path(project) / "HEAD").exists()
@@ -36,7 +38,7 @@ class RepoRegistry:
         return Repo(str(self.path(project)))
 
     def create(self, project: str) -> None:
-        Repo.init_bare(str(self.path(project)), mkdir=True, default_branch=b"main").close()
+        gitrepo.init_bare(self.path(project))
 
     def ref_lock(self, project: str) -> threading.Lock:
         with self._guard:

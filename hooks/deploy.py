@@ -25,7 +25,8 @@ from hooks.output import DeployOutput, Listener
 from hooks.queue import DeployQueue, Ticket
 from runtime import gitrepo
 from runtime.appconfig import DEFAULT_PORT, SERVICE_NAME, AppConfig, AppConfigError, ServiceConfig, parse_app_config
-from runtime.caddy import ADMIN_SOCKET_NAME, CONTAINER_RUN_DIR, CaddyAdmin, CaddyError, Route, build_config
+from runtime.caddy import (ADMIN_SOCKET_NAME, CONTAINER_RUN_DIR, UPSTREAM_REFRESH_SECONDS, CaddyAdmin, CaddyError,
+                           Route, build_config)
 from runtime.docker_engine import DockerError, Engine, ServiceSpec
 from runtime.settings import Settings
 from runtime.store import ACTIVE_STATUSES, Deployment, Store, now
@@ -75,7 +76,7 @@ class Platform:
             self.proxy_ready.set()
 
     def repo_path(self, project: str) -> Path:
-        return self.settings.repos_dir / f"{project}.git"
+        return gitrepo.repo_path(self.settings.repos_dir, project)
 
     # -- asking for deployments ----------------------------------------------------------
 
@@ -221,6 +222,10 @@ class DeploymentRun:
             with self._step("health"):
                 for spec, created in self.applied:
                     self._wait_healthy(spec, created)
+                if any(not created for _, created in self.applied):
+                    # Old tasks may still answer for a moment; once Caddy has looked the names up
+                    # again, "live" means only the new version gets requests.
+                    time.sleep(2 * UPSTREAM_REFRESH_SECONDS + 0.1)
             self._stop_if_cancelled()  # the last moment: after this the new version takes over
             with self._step("switch"):
                 if self.p.apply_routes(switching=self.d):

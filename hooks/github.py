@@ -127,7 +127,7 @@ def _require_link(platform: Platform, project: str) -> dict:
 
 def handle_delivery(platform: Platform, project: str, headers: dict[str, str], body: bytes) -> WebhookReply:
     """Answer one webhook delivery. Headers' names are lower case."""
-    row = platform.store.github_link(project) if platform.store.get_project(project) else None
+    row = platform.store.github_link(project)  # deleting a project deletes its link
     if row is None:
         return WebhookReply(404, {"error": {"code": "not_found", "message": f"no project {project!r} linked to GitHub"}})
     if not signature_ok(row["secret"], body, headers.get("x-hub-signature-256", "")):

@@ -43,7 +43,6 @@ class DeployQueue:
         self._lock = threading.Lock()
         self._running: dict[str, Ticket] = {}
         self._waiting: dict[str, Ticket] = {}
-        self._idle = threading.Condition(self._lock)
 
     def submit(self, ticket: Ticket) -> None:
         replaced: Ticket | None = None
@@ -82,10 +81,6 @@ class DeployQueue:
         with self._lock:
             return sorted(self._running)
 
-    def wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._running, timeout)
-
     def _drain(self, project: str) -> None:
         with self._lock:
             ticket: Ticket | None = self._running[project]
@@ -100,7 +95,6 @@ class DeployQueue:
                 ticket = self._waiting.pop(project, None)
                 if ticket is None:
                     del self._running[project]
-                    self._idle.notify_all()
                 else:
                     self._running[project] = ticket
 

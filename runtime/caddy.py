@@ -21,6 +21,11 @@ API_SOCKET_NAME = "api.sock"  # the daemon's API, for Caddy to serve on the serv
 CONTAINER_RUN_DIR = "/run/disco"  # where the data dir's run/ is mounted in the Caddy container
 
 
+# How often Caddy looks a service's tasks up again; after a swarm update completes, the proxy
+# has dropped the old tasks within two of these.
+UPSTREAM_REFRESH_SECONDS = 0.25
+
+
 class CaddyError(Exception):
     pass
 
@@ -61,7 +66,7 @@ def _route(route: Route) -> dict:
                     "source": "a",
                     "name": route.upstream,
                     "port": str(route.port),
-                    "refresh": "250ms",
+                    "refresh": f"{int(UPSTREAM_REFRESH_SECONDS * 1000)}ms",
                 },
                 # A dial that fails (a task just stopped) is retried on another task, inside
                 # Caddy, so the client never sees it.

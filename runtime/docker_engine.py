@@ -43,8 +43,6 @@ DOCKER_CLI = os.environ.get("DISCO_DOCKER_CLI", "/usr/bin/docker")
 PROBE_BINARY = os.environ.get("DISCO_PROBE_BINARY", "/bin/busybox")
 PROBE_PATH = "/.disco/busybox"
 SECOND = 1_000_000_000  # docker API durations are in nanoseconds
-# Two of Caddy's DNS refreshes (runtime/caddy.py refreshes upstreams every 250 ms), and a margin.
-PROXY_DNS_SETTLE = 0.6
 
 OutputLine = Callable[[str], None]
 
@@ -258,11 +256,8 @@ class Engine:
             if service is None:
                 raise DockerError(f"service {spec.name} disappeared during the deploy")
             state = (service.attrs.get("UpdateStatus") or {}).get("State", "")
-            all_tasks = service.tasks()
-            tasks = [t for t in all_tasks if _task_deployment(t) == deployment]
+            tasks = [t for t in service.tasks() if _task_deployment(t) == deployment]
             running = [t for t in tasks if t["Status"]["State"] == "running" and t["DesiredState"] == "running"]
-            old_still_up = [t for t in all_tasks if _task_deployment(t) != deployment
-                            and t["Status"]["State"] in ("running", "starting")]
             if state.startswith("rollback") or state == "paused":
                 raise DockerError(self._failure_reason(spec, tasks) or f"swarm rolled the update back ({state})")
             if created and (reason := self._failure_reason(spec, tasks)):
@@ -270,12 +265,7 @@ class Engine:
             if created and len(running) >= spec.replicas or spec.replicas == 0:
                 return
             if not created and state == "completed":
-                # Swarm has taken the old tasks out of its DNS; they keep answering for a few
-                # seconds while Docker stops them. Waiting for the proxy's next DNS lookups is
-                # enough for "live" to mean that only the new version gets requests.
-                if old_still_up:
-                    time.sleep(PROXY_DNS_SETTLE)
-                return
+                return  # the old tasks are out of swarm's DNS (Docker stops them a little later)
             message = f"waiting for {spec.name}: {len(running)}/{spec.replicas} task(s) healthy"
             if message != said:
                 on_wait(message)

@@ -1,4 +1,5 @@
-"""Reading pushed commits out of a bare repo: single files for checks, whole trees for builds."""
+"""Projects' bare repos: where they are, making one, and reading pushed commits out of them
+(single files for checks, whole trees for builds)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from pathlib import Path
 
 from dulwich.objects import Commit, Tree
 from dulwich.repo import Repo
-
-GITLINK_MODE = 0o160000
 
 
 class GitRepoError(Exception):
@@ -74,6 +73,10 @@ def resolve_commit(repo_path: Path, prefix: str) -> str | None:
     result = subprocess.run(["git", "--git-dir", str(repo_path), "rev-parse", "--verify", "-q", f"{prefix}^{{commit}}"],
                             capture_output=True, text=True)
     return result.stdout.strip() or None
+
+
+def repo_path(repos_dir: Path, project: str) -> Path:
+    return repos_dir / f"{project}.git"
 
 
 def init_bare(repo_path: Path) -> None:

@@ -33,6 +33,6 @@ def new_version(path: Path, text: str, dockerfile: list[str] | None = None, **ex
 
 
 def shell_cmd(script: str) -> str:
-    """A CMD running `script` in busybox sh (exec form: there is no /bin/sh at run time otherwise)."""
+    """A CMD running `script` in busybox sh, in exec form so no shell parses it first."""
     escaped = script.replace("\\", "\\\\").replace('"', '\\"')
     return f'CMD ["/bin/busybox", "sh", "-c", "{escaped}"]'
