@@ -43,13 +43,10 @@ import asyncio
 import itertools
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,23 +55,22 @@ from pathlib import Path
 import httpx
 
 from disco_harness import (
-    CADDY_IMAGE,
-    DISCO,
+    Daemon,
     describe_machine,
     free_port,
     ignore_signals,
     interrupts_become_cleanup,
     percentile,
+    running_daemon,
+    stop_process,
     temp_dir,
+    wait_for_port,
 )
-from runtime.docker_engine import Engine  # disco_harness put the repo root on sys.path
 
 HOST = "127.0.0.1"
 PROJECT_COUNT = 100
 WRITE_PROJECT = "p001"
 LISTEN_TIMEOUT_SECONDS = 30
-PROXY_TIMEOUT_SECONDS = 60  # Caddy's service must be up first: its start would skew the first phase
-STOP_TIMEOUT_SECONDS = 15
 WARMUP_SECONDS = 1.0
 # On top of the phase's own length: a server that stops answering cannot hang the script.
 PHASE_GRACE_SECONDS = 15
@@ -84,118 +80,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- processes we start ------------------------------------------------------------------------
-
-
-def wait_for_port(process: subprocess.Popen, port: int, timeout: float, describe: Callable[[], str]) -> None:
-    """Until something accepts on HOST:port; fail early if the process exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}:\n{describe()}")
-        try:
-            socket.create_connection((HOST, port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listened on {HOST}:{port} within {timeout:.0f} s:\n{describe()}")
-
-
-def stop_process(process: subprocess.Popen | None) -> None:
-    """SIGTERM its process group (started with start_new_session: ours alone), SIGKILL if slow."""
-    if process is None or process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=STOP_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=STOP_TIMEOUT_SECONDS)
-    except ProcessLookupError:
-        pass
-
-
-@dataclass
-class ApiDaemon:
-    """`disco serve` on a fresh data dir with free loopback ports and an instance of its own."""
-
-    workdir: Path
-    instance: str = field(default_factory=lambda: f"benchapi{uuid.uuid4().hex[:8]}")
-    ssh_port: int = field(default_factory=free_port)
-    api_port: int = field(default_factory=free_port)
-    http_port: int = field(default_factory=free_port)
-    https_port: int = field(default_factory=free_port)
-    api_key: str = ""
-    process: subprocess.Popen | None = None
-
-    @property
-    def data_dir(self) -> Path:
-        return self.workdir / "data"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "serve.log"
-
-    def init(self) -> None:
-        """`disco init` makes the admin and prints their API key, the only time it is shown."""
-        result = subprocess.run([str(DISCO), "init", "--data-dir", str(self.data_dir), "--admin", "bench"],
-                                capture_output=True, text=True, timeout=60)
-        marker = "(shown once, store it now): "
-        if result.returncode != 0 or marker not in result.stdout:
-            raise RuntimeError(f"disco init failed ({result.returncode}):\n{result.stdout}{result.stderr}")
-        self.api_key = result.stdout.split(marker)[1].split()[0]
-
-    def start(self) -> None:
-        command = [
-            str(DISCO), "serve", "--data-dir", str(self.data_dir), "--ssh-port", str(self.ssh_port),
-            "--api-port", str(self.api_port), "--listen", HOST, "--host", "disco.bench",
-            "--instance", self.instance, "--http-port", str(self.http_port),
-            "--https-port", str(self.https_port), "--no-tls", "--apps-domain", "localhost",
-            "--caddy-image", CADDY_IMAGE,
-        ]
-        with self.log_path.open("ab") as log:
-            # Its own session: a Ctrl-C in the terminal reaches only us, and we stop it in order.
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_for_port(self.process, self.api_port, LISTEN_TIMEOUT_SECONDS, self.log_tail)
-        self._wait_for_proxy()
-
-    def _wait_for_proxy(self) -> None:
-        """The daemon starts Caddy in the background; /meta tells when it is up (or failed)."""
-        deadline = time.monotonic() + PROXY_TIMEOUT_SECONDS
-        headers = {"Authorization": f"Bearer {self.api_key}"}
-        with httpx.Client(base_url=f"http://{HOST}:{self.api_port}", headers=headers, timeout=10) as client:
-            while time.monotonic() < deadline:
-                proxy = client.get("/api/v1/meta").json()["proxy"]
-                if proxy["up"]:
-                    return
-                if proxy["error"]:
-                    raise RuntimeError(f"disco serve could not start its proxy: {proxy['error']}")
-                time.sleep(0.2)
-        raise RuntimeError(f"the daemon's proxy was not up within {PROXY_TIMEOUT_SECONDS} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-@contextmanager
-def running_daemon(workdir: Path) -> Iterator[ApiDaemon]:
-    """A started daemon; on the way out it is stopped and its Docker objects removed."""
-    daemon = ApiDaemon(workdir)
-    try:
-        daemon.init()
-        daemon.start()
-        yield daemon
-    finally:
-        ignore_signals()
-        daemon.stop()
-        try:
-            Engine(daemon.instance).remove_instance()
-        except Exception as err:  # report, but let the other cleanups run
-            print(f"warning: could not remove Docker objects of {daemon.instance}: {err}", file=sys.stderr)
 
 
 @contextmanager
@@ -443,7 +327,7 @@ def measure(target: Target, make: RequestMaker, args: argparse.Namespace) -> Pha
 # -- setting up --------------------------------------------------------------------------------
 
 
-def create_projects(daemon: ApiDaemon) -> bytes:
+def create_projects(daemon: Daemon) -> bytes:
     """p000..p099 through the API; returns the body of GET /projects (the baseline serves it)."""
     headers = {"Authorization": f"Bearer {daemon.api_key}"}
     with httpx.Client(base_url=f"http://{HOST}:{daemon.api_port}", headers=headers, timeout=30) as client:

@@ -45,6 +45,7 @@ APP_HOST = f"{PROJECT}.localhost"  # the daemon runs with --apps-domain localhos
 LISTEN_TIMEOUT_SECONDS = 20
 PUSH_TIMEOUT_SECONDS = 300
 DAEMON_STOP_SECONDS = 15
+PROXY_TIMEOUT_SECONDS = 60
 
 # The tests' app: FROM scratch plus Debian's static busybox, serving /www on port 8000.
 APP_DOCKERFILE = "\n".join([
@@ -80,6 +81,34 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for_port(process: subprocess.Popen, port: int, timeout: float, describe: Callable[[], str]) -> None:
+    """Until something accepts on 127.0.0.1:port; fail early if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}:\n{describe()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {timeout:.0f} s:\n{describe()}")
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    """SIGTERM its process group (started with start_new_session: ours alone), SIGKILL if slow."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=DAEMON_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=DAEMON_STOP_SECONDS)
+    except ProcessLookupError:
+        pass
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -156,6 +185,7 @@ class Daemon:
     http_port: int = field(default_factory=free_port)
     https_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
+    api_key: str = ""  # the admin's, printed once by `disco init`
     process: subprocess.Popen | None = None
 
     @property
@@ -172,7 +202,8 @@ class Daemon:
 
     def start(self) -> None:
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench@disco", "-f", str(self.key)])
-        run([str(DISCO), "init", "--data-dir", str(self.data_dir), "--admin", "bench", "--key", f"{self.key}.pub"])
+        init = run([str(DISCO), "init", "--data-dir", str(self.data_dir), "--admin", "bench", "--key", f"{self.key}.pub"])
+        self.api_key = init.stdout.split("(shown once, store it now): ")[1].split()[0]
         command = [
             str(DISCO), "serve", "--data-dir", str(self.data_dir), "--ssh-port", str(self.ssh_port),
             "--api-port", str(self.api_port), "--listen", "127.0.0.1", "--host", "disco.bench",
@@ -184,33 +215,26 @@ class Daemon:
             # Its own session: a Ctrl-C in the terminal reaches us, and we stop it in order.
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
-        self._wait_until_listening()
+        wait_for_port(self.process, self.api_port, LISTEN_TIMEOUT_SECONDS, self.log_tail)
+        self._wait_for_proxy()
 
-    def _wait_until_listening(self) -> None:
-        deadline = time.monotonic() + LISTEN_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"disco serve exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.ssh_port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"disco serve did not listen on {self.ssh_port}:\n{self.log_tail()}")
+    def _wait_for_proxy(self) -> None:
+        """The daemon starts Caddy in the background; /meta tells when it is up (or failed).
+        Waiting here keeps Caddy's start-up out of the first measurement."""
+        deadline = time.monotonic() + PROXY_TIMEOUT_SECONDS
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", headers=headers, timeout=10) as client:
+            while time.monotonic() < deadline:
+                proxy = client.get("/api/v1/meta").json()["proxy"]
+                if proxy["up"]:
+                    return
+                if proxy["error"]:
+                    raise RuntimeError(f"disco serve could not start its proxy: {proxy['error']}")
+                time.sleep(0.2)
+        raise RuntimeError(f"the daemon's proxy was not up within {PROXY_TIMEOUT_SECONDS} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not exit in time; the process is ours (its pid)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=DAEMON_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=DAEMON_STOP_SECONDS)
-        except ProcessLookupError:
-            pass
+        stop_process(self.process)
 
     def remove_docker_objects(self) -> None:
         """Services, networks, images and volumes labelled with our instance, as the tests do."""

@@ -50,11 +50,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DISCO = ROOT / ".venv" / "bin" / "disco"
+from disco_harness import CADDY_IMAGE, DISCO, GIT_ENV, free_port, run
+from runtime.docker_engine import DockerError, Engine  # disco_harness put the repo root on sys.path
+
 SSHD = Path("/usr/sbin/sshd")
-# The image the tests use (setup.sh builds it); the daemon starts a Caddy proxy with it.
-CADDY_IMAGE = os.environ.get("DISCO_CADDY_IMAGE", "disco-caddy:debian")
 # sshd refuses to start without its privilege separation directory; Debian's init script makes it.
 SSHD_PRIVSEP_DIR = Path("/run/sshd")
 
@@ -73,32 +72,8 @@ PUSH_TIMEOUT_SECONDS = 1800
 TARGET_REF = "refs/heads/bench"
 LISTEN_TIMEOUT_SECONDS = 20
 
-# Keep the user's and the system's git config out of every git we run, so runs are comparable.
-GIT_ENV = {
-    **os.environ,
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_TERMINAL_PROMPT": "0",
-}
-
 
 # -- small helpers -----------------------------------------------------------------------------
-
-
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
-    """Run a command, failing loudly with its output if it fails."""
-    kwargs.setdefault("env", GIT_ENV)
-    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    if result.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
-    return result
-
-
-def free_port() -> int:
-    # The port could be taken between closing and the server binding it; on loopback that is rare.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def megabytes(size_bytes: float) -> str:
@@ -325,14 +300,6 @@ def start_disco(workspace: Workspace, instance: str) -> tuple[Server, Path]:
 
 def remove_docker_objects(instance: str) -> None:
     """Remove the services, networks and volumes the daemon made, as the tests do."""
-    if shutil.which("docker") is None:
-        return
-    try:
-        from runtime.docker_engine import DockerError, Engine  # the project's own teardown
-    except ImportError as err:
-        print(f"warning: cannot import the project's Docker engine ({err}); remove Docker objects "
-              f"labelled disco.instance={instance} by hand", file=sys.stderr)
-        return
     try:
         Engine(instance).remove_instance()
     except DockerError:
