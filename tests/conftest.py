@@ -89,6 +89,7 @@ class Disco:
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    log_offset: int = 0  # where the current run's lines start in the log
     api_key: str = ""  # alice's, printed by `disco init`
     api_port: int = field(default_factory=free_port)
 
@@ -98,6 +99,7 @@ class Disco:
     def start(self) -> None:
         self.log_path = self.workdir / "serve.log"
         log = self.log_path.open("a")
+        self.log_offset = len(self.log())  # a restart appends to the same log
         self.process = subprocess.Popen(
             [DISCO, "serve", "--data-dir", str(self.data_dir), "--ssh-port", str(self.ssh_port),
              "--listen", "127.0.0.1", "--host", "disco.test", "--instance", self.instance,
@@ -115,6 +117,14 @@ class Disco:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"disco serve did not listen: {self.log()}")
+
+    def wait_for_proxy(self, timeout: float = 60) -> None:
+        """Caddy starts beside the SSH server, not before it: wait for the daemon to report it up."""
+        deadline = time.monotonic() + timeout
+        while "proxy up" not in self.log()[self.log_offset:]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the proxy did not come up: {self.log()}")
+            time.sleep(0.1)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.process is not None

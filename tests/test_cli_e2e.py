@@ -140,6 +140,7 @@ def test_cancel_a_running_deploy_keeps_the_old_version(laptop):
 
 def test_the_api_is_served_through_caddy_on_the_servers_domain(laptop):
     disco, repo, cli, env, app = laptop
+    disco.wait_for_proxy()
     response = httpx.get(f"http://127.0.0.1:{disco.http_port}/api/v1/meta",
                          headers={"Host": "disco.test", "Authorization": f"Bearer {disco.api_key}"}, timeout=10)
     assert response.status_code == 200 and response.json()["instance"] == disco.instance

@@ -365,10 +365,7 @@ def test_restart_keeps_routes_and_proxy(live: Disco, admin_key: Key, tmp_path: P
     assert live.stop() == 0
     assert body(live) == "v1\n"  # the app and Caddy do not need the daemon to serve
     live.start()
-    deadline = time.monotonic() + 30
-    while "proxy up" not in live.log():
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    live.wait_for_proxy()
     assert inspect_service(f"{live.instance}-caddy")["ID"] == proxy_id
     assert body(live) == "v1\n"
 
