@@ -197,8 +197,13 @@ class FakeGitHub:
         return f"http://127.0.0.1:{self.server.server_port}/octo/shop.git"
 
     def push(self, repo: Path, branch: str = "main") -> str:
-        run(["git", "push", "-q", "--force", str(self.bare), f"HEAD:refs/heads/{branch}"], cwd=repo, check=True)
-        return head(repo)
+        # GitHub, like git's own smart-HTTP server, serves any commit reachable from a ref, so a
+        # fetch still succeeds when the branch moves between its two requests. dulwich serves only
+        # current ref tips; keeping every pushed tip under a ref of its own gives the same result.
+        sha = head(repo)
+        run(["git", "push", "-q", "--force", str(self.bare), f"HEAD:refs/heads/{branch}", f"HEAD:refs/seen/{sha}"],
+            cwd=repo, check=True)
+        return sha
 
     def close(self) -> None:
         self.server.shutdown()
