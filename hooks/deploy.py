@@ -50,6 +50,9 @@ class Platform:
     queue: DeployQueue = field(init=False)
     proxy_ready: threading.Event = field(default_factory=threading.Event)
     proxy_error: str = ""
+    # Routes are computed from the store and loaded whole, so two changes at once (deploys of
+    # two projects, a domain added) must not interleave: the later load would drop the other.
+    _routes_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.queue = DeployQueue(self._run, self._supersede)
@@ -60,16 +63,17 @@ class Platform:
         """Make sure the network and Caddy run and carry the current routes (idempotent)."""
         try:
             self.engine.ensure_network()
-            config = build_config(self.routes(), tls=self.settings.tls, api_host=self.api_host)
             # Caddy starts from this file the first time; later it resumes its autosaved config.
-            (self.settings.run_dir / "caddy.json").write_text(json.dumps(config, indent=2))
+            self._write_config()
             command = ["caddy", "run", "--resume", "--config", f"{CONTAINER_RUN_DIR}/caddy.json"]
             if self.engine.ensure_proxy(self.settings.caddy_image, self.settings.run_dir,
                                         self.settings.http_port, self.settings.https_port, command):
                 (self.settings.run_dir / ADMIN_SOCKET_NAME).unlink(missing_ok=True)
             self.caddy.wait_until_up(timeout=120)
-            self.caddy.load(config)
-            self.proxy_error = ""
+            with self._routes_lock:  # routes changed while Caddy started are in this load
+                self._load_routes()
+                self.proxy_error = ""
+                self.proxy_ready.set()
         except (DockerError, CaddyError) as err:
             self.proxy_error = f"the Caddy proxy is not running: {err}"
         finally:
@@ -168,18 +172,35 @@ class Platform:
         return counts
 
     def apply_routes_if_up(self) -> None:
-        """After a route change outside a deploy (domains, a removed project)."""
-        if self.proxy_ready.is_set() and not self.proxy_error:
-            self.apply_routes()
+        """After a route change outside a deploy (domains, a removed project).
 
-    def apply_routes(self, switching: Deployment | None = None) -> bool:
-        """Give Caddy the routes; it reloads only if they changed."""
-        self.proxy_ready.wait(timeout=180)
-        if self.proxy_error:
-            raise CaddyError(self.proxy_error)
+        A proxy still starting loads the routes when it is up, so nothing is lost by waiting.
+        """
+        with self._routes_lock:
+            if self.proxy_ready.is_set() and not self.proxy_error:
+                self._load_routes()
+
+    def switch(self, deployment: Deployment, mark_live: Callable[[], object]) -> bool:
+        """Route to `deployment` and record it live as one step; True if Caddy's routes changed.
+
+        Holding the lock until the store says live means no other route change in between
+        loads routes computed without it.
+        """
+        self.proxy_ready.wait(timeout=180)  # not under the lock: start_proxy takes it to finish
+        with self._routes_lock:
+            if self.proxy_error:
+                raise CaddyError(self.proxy_error)
+            changed = self._load_routes(switching=deployment)
+            mark_live()
+            return changed
+
+    def _load_routes(self, switching: Deployment | None = None) -> bool:
+        return self.caddy.load(self._write_config(switching))
+
+    def _write_config(self, switching: Deployment | None = None) -> dict:
         config = build_config(self.routes(switching), tls=self.settings.tls, api_host=self.api_host)
         (self.settings.run_dir / "caddy.json").write_text(json.dumps(config, indent=2))
-        return self.caddy.load(config)
+        return config
 
     @property
     def api_host(self) -> str:
@@ -227,11 +248,10 @@ class DeploymentRun:
                     # again, "live" means only the new version gets requests.
                     time.sleep(2 * UPSTREAM_REFRESH_SECONDS + 0.1)
             self._stop_if_cancelled()  # the last moment: after this the new version takes over
-            with self._step("switch"):
-                if self.p.apply_routes(switching=self.d):
-                    self.out.line("routes updated")
             previous = store.live_deployment(d.project)
-            self._set(status="live")
+            with self._step("switch"):
+                if self.p.switch(self.d, mark_live=lambda: self._set(status="live")):
+                    self.out.line("routes updated")
             if previous:
                 store.update_deployment(d.project, previous.number,
                                         status="rolled back" if d.source == "rollback" else "replaced")
