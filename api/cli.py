@@ -16,6 +16,7 @@ import logging
 import signal
 import socket
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from collections.abc import Iterator
@@ -234,18 +235,15 @@ async def _serve(settings: Settings, store: Store, listen: str) -> None:
     for settled in deploy.recover(platform):
         log.info("deployment #%d of %s left unfinished: now %s", settled.number, settled.project, settled.status)
     workers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="git")
-    proxy = loop.run_in_executor(workers, platform.start_proxy)
+    # Not awaited, and a daemon thread: SIGTERM stops the daemon at once even while Caddy is
+    # still starting (or never will, with an image that cannot run); the next start goes on.
+    threading.Thread(target=_start_proxy, args=(platform, settings), name="proxy", daemon=True).start()
     git = GitServer(platform, RepoRegistry(settings.repos_dir), workers)
     await git.start(listen)
     api = EmbeddedServer(uvicorn.Config(build_app(platform), log_level="warning", lifespan="off",
                                         timeout_graceful_shutdown=10))
     api_task = asyncio.create_task(api.serve(sockets=api_sockets(settings)))
     log.info("ready (data dir %s, instance %s)", settings.data_dir, settings.instance)
-    await proxy
-    if platform.proxy_error:
-        log.error("%s", platform.proxy_error)
-    else:
-        log.info("proxy up on ports %d/%d", settings.http_port, settings.https_port)
     await stop.wait()
     log.info("shutting down")
     api.should_exit = True
@@ -253,6 +251,15 @@ async def _serve(settings: Settings, store: Store, listen: str) -> None:
     await api_task
     # A deploy still running is left to swarm; the next start settles its record.
     workers.shutdown(wait=False, cancel_futures=True)
+
+
+def _start_proxy(platform: Platform, settings: Settings) -> None:
+    platform.start_proxy()
+    log = logging.getLogger("disco")
+    if platform.proxy_error:
+        log.error("%s", platform.proxy_error)
+    else:
+        log.info("proxy up on ports %d/%d", settings.http_port, settings.https_port)
 
 
 class EmbeddedServer(uvicorn.Server):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import signal
 import socket
@@ -37,10 +38,26 @@ def require_docker() -> None:
         pytest.skip("no Docker engine here; ./setup.sh test starts one")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range (32768+ here).
+
+    Caddy's ports are bound only once its task starts, seconds later; a port from the ephemeral
+    range could by then be the source port of one of the test's own connections.
+    """
+    while True:
+        port = random.randint(20000, 32000)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -112,19 +129,24 @@ class Disco:
             if self.process.poll() is not None:
                 raise RuntimeError(f"disco serve exited: {self.log()}")
             try:
-                socket.create_connection(("127.0.0.1", self.ssh_port), timeout=0.2).close()
+                for port in (self.ssh_port, self.api_port):  # the API opens just after SSH
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"disco serve did not listen: {self.log()}")
 
-    def wait_for_proxy(self, timeout: float = 60) -> None:
-        """Caddy starts beside the SSH server, not before it: wait for the daemon to report it up."""
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        """Wait until the running daemon (not an earlier run in the same log) has logged `text`."""
         deadline = time.monotonic() + timeout
-        while "proxy up" not in self.log()[self.log_offset:]:
+        while text not in self.log()[self.log_offset:]:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the proxy did not come up: {self.log()}")
-            time.sleep(0.1)
+                raise RuntimeError(f"the daemon did not log {text!r}: {self.log()}")
+            time.sleep(0.05)
+
+    def wait_for_proxy(self) -> None:
+        """Caddy starts beside the SSH server, not before it."""
+        self.wait_for_log("proxy up")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.process is not None

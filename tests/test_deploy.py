@@ -370,6 +370,15 @@ def test_restart_keeps_routes_and_proxy(live: Disco, admin_key: Key, tmp_path: P
     assert body(live) == "v1\n"
 
 
+def test_sigterm_stops_the_daemon_while_caddy_cannot_start(disco: Disco, admin_key: Key):
+    require_docker()
+    disco.extra_args = ["--caddy-image", f"{disco.instance}-no-such-caddy:1"]  # swarm retries it for ever
+    disco.start()
+    disco.wait_for_log("ready")
+    assert disco.stop(timeout=20) == 0
+    assert "proxy up" not in disco.log() and "shutting down" in disco.log()
+
+
 def test_build_uses_disco_toml_build_section_buildkit_and_symlinks(live: Disco, admin_key: Key, tmp_path: Path):
     dockerfile = [
         *BASE,

@@ -371,7 +371,7 @@ def test_sigterm_lets_an_inflight_push_finish(disco: Disco, admin_key: Key, tmp_
     wait_for(Path(f"{release}.reached"))
     assert disco.process is not None
     disco.process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    disco.wait_for_log("waiting for 1 session(s) to finish", timeout=10)  # the acceptor is closed
     # No new connections while draining...
     refused = disco.git(admin_key, "ls-remote", disco.url("myapp"), timeout=30)
     assert refused.returncode != 0
