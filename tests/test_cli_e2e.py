@@ -131,7 +131,14 @@ def test_cancel_a_running_deploy_keeps_the_old_version(laptop):
     assert disco.get("shop.localhost").text == "v1\n"
     assert json.loads(cli("deployments", "--json").stdout)[0]["status"] == "cancelled"
     # The cancelled build's image lost its tag while its container ran; the next deploy's
-    # cleanup removes it, so cancelled deploys do not fill the disk.
+    # cleanup removes it, so cancelled deploys do not fill the disk. Docker cannot remove it
+    # while that container still stops (a shell as PID 1 waits out the 10 s SIGKILL grace).
+    cancelled_containers = ["/usr/bin/docker", "ps", "-q", "--filter", f"label=disco.instance={disco.instance}",
+                            "--filter", "label=disco.deployment=2"]
+    deadline = time.monotonic() + 60
+    while run(cancelled_containers).stdout.strip():
+        assert time.monotonic() < deadline, "the cancelled deployment's container never stopped"
+        time.sleep(0.5)
     assert cli("deploy").returncode == 0
     untagged = run(["/usr/bin/docker", "images", "-q", "--filter", "dangling=true",
                     "--filter", f"label=disco.instance={disco.instance}"]).stdout.split()

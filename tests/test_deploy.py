@@ -163,6 +163,7 @@ def test_first_deploy_failing_leaves_nothing_running(live: Disco, admin_key: Key
     result = push(live, admin_key, repo)
     assert result.returncode != 0 and "nothing was left running" in result.stderr
     assert run(["/usr/bin/docker", "service", "inspect", f"{live.instance}-myapp-web"]).returncode != 0
+    live.wait_for_proxy()  # the failed deploy never reached the switch, which waits for Caddy
     assert live.get("myapp.localhost").status_code == 404
     assert server_ref(live, "myapp") is None
 
@@ -280,8 +281,9 @@ def test_rollback_and_env_change_reuse_images(live: Disco, admin_key: Key, tmp_p
 
 
 def test_queue_runs_one_deploy_per_project_and_supersedes(live: Disco, admin_key: Key, tmp_path: Path):
-    slow = [*BASE, "COPY www /www", "EXPOSE 8000", shell_cmd("sleep 4; exec /bin/busybox httpd -f -p 8000 -h /www")]
-    repo = web_app(tmp_path / "app", "v1\n", slow)
+    # v2 starts slowly, so that v3 and v4 are pushed while it runs, however loaded the machine.
+    slow = [*BASE, "COPY www /www", "EXPOSE 8000", shell_cmd("sleep 15; exec /bin/busybox httpd -f -p 8000 -h /www")]
+    repo = web_app(tmp_path / "app", "v1\n")
     assert push(live, admin_key, repo).returncode == 0
     results: dict[str, subprocess.CompletedProcess] = {}
 
@@ -293,10 +295,10 @@ def test_queue_runs_one_deploy_per_project_and_supersedes(live: Disco, admin_key
     new_version(repo, "v2\n", slow)
     second = push_in_background("v2")
     wait_for_status(live, 2, "starting")
-    new_version(repo, "v3\n", slow)
+    new_version(repo, "v3\n")
     third = push_in_background("v3")
     wait_for_status(live, 3, "queued")
-    new_version(repo, "v4\n", slow)
+    new_version(repo, "v4\n")
     fourth = push_in_background("v4")
     for thread in (second, third, fourth):
         thread.join(240)
@@ -309,7 +311,8 @@ def test_queue_runs_one_deploy_per_project_and_supersedes(live: Disco, admin_key
 
 
 def test_projects_deploy_in_parallel(live: Disco, admin_key: Key, tmp_path: Path):
-    slow = [*BASE, "COPY www /www", "EXPOSE 8000", shell_cmd("sleep 6; exec /bin/busybox httpd -f -p 8000 -h /www")]
+    # Long enough for the fast project's whole deploy on a loaded machine.
+    slow = [*BASE, "COPY www /www", "EXPOSE 8000", shell_cmd("sleep 15; exec /bin/busybox httpd -f -p 8000 -h /www")]
     slow_repo = web_app(tmp_path / "slow", "slow\n", slow)
     fast_repo = web_app(tmp_path / "fast", "fast\n")
     results: dict[str, subprocess.CompletedProcess] = {}
@@ -318,7 +321,7 @@ def test_projects_deploy_in_parallel(live: Disco, admin_key: Key, tmp_path: Path
     wait_for_status(live, 1, "starting", "slowapp")
     fast = push(live, admin_key, fast_repo, "fastapp")
     assert fast.returncode == 0, fast.stderr
-    assert "slow" not in results, "the fast project waited for the slow one"
+    assert "queued" not in fast.stderr and "slow" not in results, "the fast project waited for the slow one"
     thread.join(120)
     assert results["slow"].returncode == 0
     assert body(live, "fastapp.localhost") == "fast\n" and body(live, "slowapp.localhost") == "slow\n"
