@@ -46,7 +46,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,11 +58,10 @@ from disco_harness import (
     describe_machine,
     free_port,
     ignore_signals,
-    interrupts_become_cleanup,
     percentile,
+    run_measurement,
     running_daemon,
     stop_process,
-    temp_dir,
     wait_for_port,
 )
 
@@ -402,12 +400,12 @@ def print_report(results: dict[str, dict[str, Phase]], rss: list[tuple[str, int]
 # -- main --------------------------------------------------------------------------------------
 
 
-def run_bench(args: argparse.Namespace) -> None:
+def run_bench(args: argparse.Namespace, workdir: Path) -> None:
     client = "httpx.AsyncClient per task" if args.httpx else "raw asyncio HTTP/1.1, one connection per task"
     print(f"Disco API under load: {args.clients} keep-alive clients ({client}), "
           f"{args.seconds:g} s or {args.max_requests} requests per phase after a {WARMUP_SECONDS:g} s warm-up")
     print(f"machine: {describe_machine()}")
-    with temp_dir("disco-bench-api-") as workdir, running_daemon(workdir) as daemon:
+    with running_daemon(workdir) as daemon:
         assert daemon.process is not None
         started = time.monotonic()
         projects_body = create_projects(daemon)
@@ -448,16 +446,7 @@ def main() -> int:
     if args.serve_baseline:
         serve_baseline(int(args.serve_baseline[0]), Path(args.serve_baseline[1]))
         return 0
-    try:
-        with interrupts_become_cleanup():
-            run_bench(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaned up", file=sys.stderr)
-        return 1
-    except Exception:
-        traceback.print_exc()
-        return 1
-    return 0
+    return run_measurement(run_bench, args, "disco-bench-api-")
 
 
 if __name__ == "__main__":
