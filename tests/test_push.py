@@ -37,6 +37,27 @@ def wait_for(path: Path, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+class StalledPush:
+    """A push through the relay that has read the refs and stalls inside its pack until released."""
+
+    def __init__(self, disco: Disco, key: Key, project: str, repo: Path, tmp_path: Path) -> None:
+        self._gate = tmp_path / f"release-{project}"
+        self.result: subprocess.CompletedProcess | None = None
+        self._thread = threading.Thread(target=self._push, args=(disco, key, project, repo))
+        self._thread.start()
+        wait_for(Path(f"{self._gate}.reached"))
+
+    def _push(self, disco: Disco, key: Key, project: str, repo: Path) -> None:
+        self.result = disco.git(key, "push", disco.url(project), BRANCH, cwd=repo,
+                                wrapper=[*RELAY, "--after", "100000", "--pause-until", str(self._gate), "--"])
+
+    def release(self) -> subprocess.CompletedProcess:
+        self._gate.touch()
+        self._thread.join(60)
+        assert self.result is not None, "the released push never finished"
+        return self.result
+
+
 def big_repo(path: Path, megabytes: int = 4) -> Path:
     """A repo whose pack is large enough that a push is still sending when a test steps in."""
     return make_repo(path, {"blob.bin": os.urandom(megabytes << 20), "README": "big\n"})
@@ -293,20 +314,13 @@ def test_concurrent_pushes_to_one_repo_one_wins_the_other_is_told(running: Disco
     fast_sha = commit(fast, {"fast.txt": "fast\n"}, "fast change")
 
     # The slow push has read the refs and is sending its pack when the fast one lands.
-    release = tmp_path / "release"
-    results: dict[str, subprocess.CompletedProcess] = {}
-    slow_push = threading.Thread(target=lambda: results.setdefault("slow", running.git(
-        admin_key, "push", running.url("myapp"), BRANCH, cwd=slow,
-        wrapper=[*RELAY, "--after", "100000", "--pause-until", str(release), "--"])))
-    slow_push.start()
-    wait_for(Path(f"{release}.reached"))
+    slow_push = StalledPush(running, admin_key, "myapp", slow, tmp_path)
     fast_result = running.git(admin_key, "push", running.url("myapp"), BRANCH, cwd=fast)
     assert fast_result.returncode == 0, fast_result.stderr
-    release.touch()
-    slow_push.join(60)
+    slow_result = slow_push.release()
 
-    assert results["slow"].returncode != 0
-    assert "the ref moved while you pushed; fetch, then push again" in results["slow"].stderr
+    assert slow_result.returncode != 0
+    assert "the ref moved while you pushed; fetch, then push again" in slow_result.stderr
     assert stored(running, "myapp") == fast_sha
     fsck = run(["git", "--git-dir", str(running.repo_dir("myapp")), "fsck"])
     assert fsck.returncode == 0, fsck.stderr
@@ -315,19 +329,12 @@ def test_concurrent_pushes_to_one_repo_one_wins_the_other_is_told(running: Disco
 def test_pushes_to_different_projects_run_in_parallel(running: Disco, admin_key: Key, tmp_path: Path):
     stalled_repo = big_repo(tmp_path / "one", megabytes=2)
     other = make_repo(tmp_path / "two")
-    release = tmp_path / "release"
-    results: dict[str, subprocess.CompletedProcess] = {}
-    stalled = threading.Thread(target=lambda: results.setdefault("one", running.git(
-        admin_key, "push", running.url("one"), BRANCH, cwd=stalled_repo,
-        wrapper=[*RELAY, "--after", "100000", "--pause-until", str(release), "--"])))
-    stalled.start()
-    wait_for(Path(f"{release}.reached"))
+    stalled = StalledPush(running, admin_key, "one", stalled_repo, tmp_path)
     quick = running.git(admin_key, "push", running.url("two"), BRANCH, cwd=other, timeout=30)
     assert quick.returncode == 0, quick.stderr
-    assert results == {}, "the first push should still be stalled"
-    release.touch()
-    stalled.join(60)
-    assert results["one"].returncode == 0, results["one"].stderr
+    assert stalled.result is None, "the first push should still be stalled"
+    released = stalled.release()
+    assert released.returncode == 0, released.stderr
 
 
 def test_push_over_the_size_limit_is_refused(disco: Disco, admin_key: Key, tmp_path: Path):
@@ -362,13 +369,7 @@ def test_restart_keeps_host_key_and_data(disco: Disco, admin_key: Key, tmp_path:
 def test_sigterm_lets_an_inflight_push_finish(disco: Disco, admin_key: Key, tmp_path: Path):
     disco.start()
     repo = big_repo(tmp_path / "app", megabytes=2)
-    release = tmp_path / "release"
-    results: dict[str, subprocess.CompletedProcess] = {}
-    push = threading.Thread(target=lambda: results.setdefault("push", disco.git(
-        admin_key, "push", disco.url("myapp"), BRANCH, cwd=repo,
-        wrapper=[*RELAY, "--after", "100000", "--pause-until", str(release), "--"])))
-    push.start()
-    wait_for(Path(f"{release}.reached"))
+    push = StalledPush(disco, admin_key, "myapp", repo, tmp_path)
     assert disco.process is not None
     disco.process.send_signal(signal.SIGTERM)
     disco.wait_for_log("waiting for 1 session(s) to finish", timeout=10)  # the acceptor is closed
@@ -376,8 +377,7 @@ def test_sigterm_lets_an_inflight_push_finish(disco: Disco, admin_key: Key, tmp_
     refused = disco.git(admin_key, "ls-remote", disco.url("myapp"), timeout=30)
     assert refused.returncode != 0
     # ...but the push in flight completes, then the daemon exits cleanly.
-    release.touch()
-    push.join(60)
-    assert results["push"].returncode == 0, results["push"].stderr
+    pushed = push.release()
+    assert pushed.returncode == 0, pushed.stderr
     assert stored(disco, "myapp") == head(repo)
     assert disco.process.wait(timeout=30) == 0  # exits by itself once the push is done
