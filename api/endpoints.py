@@ -14,9 +14,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.spec import (BOOLEAN, OBJECT, PATH_PARAMS, STRING, ApiError, array, endpoint, forbidden, integer,
                       not_found, nullable, obj)
-from hooks import apikeys, deploy, github, projects, team
+from hooks import apikeys, github, operations, projects, team
 from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_project_name
 from hooks.projects import deployment_json
+from runtime.docker_engine import OneOffRun
 from runtime.store import ACTIVE_STATUSES, ApiKey, SSHKey, User
 
 
@@ -74,12 +75,10 @@ def queued(ticket) -> JSONResponse:  # type: ignore[no-untyped-def]
 async def meta(ctx) -> Response:  # type: ignore[no-untyped-def]
     from api.app import VERSION
     s = ctx.platform.settings
-    docker = await run_in_threadpool(ctx.platform.docker_state)
+    state = await run_in_threadpool(operations.server_state, ctx.platform)
     return ok({"version": VERSION, "instance": s.instance, "apps_domain": s.apps_domain, "tls": s.tls,
                "ports": {"ssh": s.ssh_port, "api": s.api_port, "http": s.http_port, "https": s.https_port},
-               "proxy": {"up": ctx.platform.proxy_ready.is_set() and not ctx.platform.proxy_error,
-                         "error": ctx.platform.proxy_error},
-               "docker": docker, "user": {"name": ctx.user.name, "role": ctx.user.role}})
+               **state, "user": {"name": ctx.user.name, "role": ctx.user.role}})
 
 
 # -- projects -------------------------------------------------------------------------------
@@ -138,7 +137,7 @@ async def show_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
           responses={202: QUEUED})
 async def trigger_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
     name = project_of(ctx, Access.WRITE)
-    ticket = await run_in_threadpool(projects.deploy_ref, ctx.platform, ctx.user.name, name,
+    ticket = await run_in_threadpool(operations.deploy_ref, ctx.platform, ctx.user.name, name,
                                      ctx.body.get("branch"), ctx.body.get("commit"))
     return queued(ticket)
 
@@ -147,7 +146,7 @@ async def trigger_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
           tag="deployments", responses={202: OBJECT})
 async def cancel_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
     name, number = project_of(ctx, Access.WRITE), number_of(ctx)
-    ctx.platform.cancel(name, number, ctx.user.name)
+    operations.cancel(ctx.platform, name, number, ctx.user.name)
     return ok({"number": number, "cancel": "requested"}, 202)
 
 
@@ -155,7 +154,7 @@ async def cancel_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
           tag="deployments", body=obj(None, number=integer(1)), responses={202: QUEUED})
 async def rollback(ctx) -> Response:  # type: ignore[no-untyped-def]
     name = project_of(ctx, Access.WRITE)
-    ticket = await run_in_threadpool(deploy.rollback, ctx.platform, name, ctx.user.name, ctx.body.get("number"))
+    ticket = await run_in_threadpool(operations.rollback, ctx.platform, name, ctx.user.name, ctx.body.get("number"))
     return queued(ticket)
 
 
@@ -223,7 +222,7 @@ ENV_VALUES = {"type": "object", "additionalProperties": {"type": "string", "maxL
           responses={200: obj(None, deployment=nullable(integer()))})
 async def set_env(ctx) -> Response:  # type: ignore[no-untyped-def]
     name = project_of(ctx, Access.WRITE)
-    ticket = await run_in_threadpool(deploy.set_env, ctx.platform, name, ctx.user.name, ctx.body["values"],
+    ticket = await run_in_threadpool(operations.set_env, ctx.platform, name, ctx.user.name, ctx.body["values"],
                                      ctx.body.get("deploy", True))
     return ok({"deployment": ticket.deployment.number if ticket else None})
 
@@ -234,7 +233,7 @@ async def set_env(ctx) -> Response:  # type: ignore[no-untyped-def]
           responses={200: obj(None, deployment=nullable(integer()))})
 async def unset_env(ctx) -> Response:  # type: ignore[no-untyped-def]
     name = project_of(ctx, Access.WRITE)
-    ticket = await run_in_threadpool(deploy.unset_env, ctx.platform, name, ctx.user.name, ctx.body["names"],
+    ticket = await run_in_threadpool(operations.unset_env, ctx.platform, name, ctx.user.name, ctx.body["names"],
                                      ctx.body.get("deploy", True))
     return ok({"deployment": ticket.deployment.number if ticket else None})
 
@@ -269,7 +268,7 @@ async def remove_domain(ctx) -> Response:  # type: ignore[no-untyped-def]
           responses={200: {"type": "object", "additionalProperties": integer()}})
 async def get_scale(ctx) -> Response:  # type: ignore[no-untyped-def]
     name = project_of(ctx)
-    counts = await run_in_threadpool(ctx.platform.engine_replicas, name)
+    counts = await run_in_threadpool(operations.replicas, ctx.platform, name)
     return ok(counts)
 
 
@@ -278,8 +277,8 @@ async def get_scale(ctx) -> Response:  # type: ignore[no-untyped-def]
           responses={200: {"type": "object", "additionalProperties": integer()}})
 async def set_scale(ctx) -> Response:  # type: ignore[no-untyped-def]
     name = project_of(ctx, Access.WRITE)
-    await run_in_threadpool(deploy.scale, ctx.platform, name, ctx.user.name, ctx.body)
-    return ok(await run_in_threadpool(ctx.platform.engine_replicas, name))
+    await run_in_threadpool(operations.scale, ctx.platform, name, ctx.user.name, ctx.body)
+    return ok(await run_in_threadpool(operations.replicas, ctx.platform, name))
 
 
 # -- logs and one-off commands ---------------------------------------------------------------
@@ -289,7 +288,7 @@ async def set_scale(ctx) -> Response:  # type: ignore[no-untyped-def]
                              "follow": BOOLEAN}, responses={200: "text/plain"})
 async def logs(ctx) -> Response:  # type: ignore[no-untyped-def]
     name = project_of(ctx)
-    lines = await run_in_threadpool(projects.logs, ctx.platform, name, ctx.query.get("service", "web"),
+    lines = await run_in_threadpool(operations.logs, ctx.platform, name, ctx.query.get("service", "web"),
                                     ctx.query.get("tail", 100), ctx.query.get("follow", False))
     return StreamingResponse(_with_newlines(iterate_in_threadpool(lines)), media_type="text/plain")
 
@@ -307,29 +306,23 @@ async def _with_newlines(lines: AsyncIterator[str]) -> AsyncIterator[str]:
           responses={200: SSE})
 async def run_command(ctx) -> Response:  # type: ignore[no-untyped-def]
     name = project_of(ctx, Access.WRITE)
-    container = await run_in_threadpool(projects.run_command, ctx.platform, ctx.user.name, name,
-                                        ctx.body["command"], ctx.body.get("service", "web"))
-    return StreamingResponse(_run_events(container), media_type=SSE, headers={"Cache-Control": "no-cache"})
+    run = await run_in_threadpool(operations.run_command, ctx.platform, ctx.user.name, name,
+                                  ctx.body["command"], ctx.body.get("service", "web"))
+    return StreamingResponse(_run_events(run), media_type=SSE, headers={"Cache-Control": "no-cache"})
 
 
-async def _run_events(container) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+async def _run_events(run: OneOffRun) -> AsyncIterator[str]:
     """The command's output, then its exit code; the container goes away even if the client does."""
     try:
-        pending = b""
-        async for chunk in iterate_in_threadpool(container.logs(stream=True, follow=True)):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield f"event: output\ndata: {line.decode(errors='replace')}\n\n"
-        if pending:
-            yield f"event: output\ndata: {pending.decode(errors='replace')}\n\n"
-        result = await run_in_threadpool(container.wait)
-        yield f"event: exit\ndata: {json.dumps({'exit_code': result.get('StatusCode', -1)})}\n\n"
+        async for line in iterate_in_threadpool(run.output()):
+            yield f"event: output\ndata: {line}\n\n"
+        exit_code = await run_in_threadpool(run.exit_code)
+        yield f"event: exit\ndata: {json.dumps({'exit_code': exit_code})}\n\n"
     finally:
         # Shielded: on a client disconnect this generator is cancelled, and the container
         # (with the project's env and volumes) must not outlive the request.
         with anyio.CancelScope(shield=True):
-            await run_in_threadpool(container.remove, force=True)
+            await run_in_threadpool(run.remove)
 
 
 # -- users, SSH keys, API keys -----------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shlex
 import tempfile
 import threading
@@ -24,7 +23,7 @@ from hooks.errors import Refused
 from hooks.output import DeployOutput, Listener
 from hooks.queue import DeployQueue, Ticket
 from runtime import gitrepo
-from runtime.appconfig import DEFAULT_PORT, SERVICE_NAME, AppConfig, AppConfigError, ServiceConfig, parse_app_config
+from runtime.appconfig import DEFAULT_PORT, AppConfig, AppConfigError, ServiceConfig, parse_app_config
 from runtime.caddy import (ADMIN_SOCKET_NAME, CONTAINER_RUN_DIR, UPSTREAM_REFRESH_SECONDS, CaddyAdmin, CaddyError,
                            Route, build_config)
 from runtime.docker_engine import DockerError, Engine, ServiceSpec
@@ -464,88 +463,3 @@ def _settle(platform: Platform, d: Deployment) -> Deployment:
     engine.remove_image(engine.image_tag(d.project, d.number))
     return store.update_deployment(d.project, d.number, status="failed", finished_at=now(),
                                    reason="interrupted by a daemon restart; push again to retry")
-
-
-# -- what users ask for (the REST API puts these in their hands) ------------------------------
-
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-RESERVED_ENV = ("PORT",)
-
-
-def redeploy(platform: Platform, project: str, user: str, source: str = "redeploy") -> Ticket:
-    """Deploy the live commit again with the live image (after an env change, say)."""
-    live = _require_live(platform, project)
-    return platform.enqueue(project, live.commit_sha, live.branch, user, source, image=live.image)
-
-
-def rollback(platform: Platform, project: str, user: str, number: int | None = None) -> Ticket:
-    """Put a kept earlier deployment's image live again, without rebuilding."""
-    live = _require_live(platform, project)
-    candidates = [d for d in platform.store.list_deployments(project, limit=1000)
-                  if d.status in ("replaced", "rolled back") and d.number != live.number]
-    if number is not None:
-        candidates = [d for d in candidates if d.number == number]
-        if not candidates:
-            raise DeployFailed(f"deployment #{number} of {project} never ran or is the live one; "
-                               "roll back to one that was live before", "not_found")
-    kept = [d for d in candidates if platform.engine.image_exists(d.image)]
-    if not kept:
-        raise DeployFailed(f"no earlier image of {project} is kept to roll back to", "conflict")
-    target = kept[0]
-    platform.store.audit(user, "rollback", project, f"to #{target.number}")
-    return platform.enqueue(project, target.commit_sha, target.branch, user, "rollback",
-                            image=target.image, rollback_of=target.number)
-
-
-def set_env(platform: Platform, project: str, user: str, values: dict[str, str], deploy: bool = True) -> Ticket | None:
-    for name in values:
-        _check_env_name(name)
-    platform.store.set_env(project, values)
-    platform.store.audit(user, "env:set", project, ", ".join(sorted(values)))  # names only, never values
-    return redeploy(platform, project, user, "env") if deploy and platform.store.live_deployment(project) else None
-
-
-def unset_env(platform: Platform, project: str, user: str, names: list[str], deploy: bool = True) -> Ticket | None:
-    current = platform.store.env(project)
-    missing = [n for n in names if n not in current]
-    if missing:
-        raise DeployFailed(f"{project} has no env var {missing[0]}", "not_found")
-    platform.store.unset_env(project, names)
-    platform.store.audit(user, "env:unset", project, ", ".join(sorted(names)))
-    return redeploy(platform, project, user, "env") if deploy and platform.store.live_deployment(project) else None
-
-
-def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -> None:
-    """Set replica counts now; later deploys keep them."""
-    for service, replicas in counts.items():
-        check_service_name(service)
-        if not 0 <= replicas <= 100:
-            raise DeployFailed(f"replicas of {service} must be from 0 to 100, got {replicas}")
-        name = platform.engine.service_name(project, service)
-        if platform.engine.find_service(name, project) is None:
-            raise DeployFailed(f"{project} has no running service {service!r}", "not_found")
-    for service, replicas in counts.items():
-        platform.store.set_scale(project, service, replicas)
-        platform.engine.scale(platform.engine.service_name(project, service), replicas)
-    platform.store.audit(user, "scale", project, ", ".join(f"{s}={n}" for s, n in sorted(counts.items())))
-
-
-def check_service_name(service: str) -> str:
-    """A service name as disco.toml allows it; anything else (like `x/../other`) is refused."""
-    if not SERVICE_NAME.fullmatch(service):
-        raise DeployFailed(f"invalid service name {service[:40]!r}: a-z, 0-9 and '-', starting with a letter")
-    return service
-
-
-def _require_live(platform: Platform, project: str) -> Deployment:
-    live = platform.store.live_deployment(project)
-    if live is None:
-        raise DeployFailed(f"{project} has no live deployment yet: push to deploy it first", "conflict")
-    return live
-
-
-def _check_env_name(name: str) -> None:
-    if not ENV_NAME.fullmatch(name):
-        raise DeployFailed(f"invalid env var name {name[:60]!r}: use letters, digits and '_', not starting with a digit")
-    if name in RESERVED_ENV or name.startswith("DISCO_"):
-        raise DeployFailed(f"{name} is set by Disco and cannot be changed")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+from docker.models.containers import Container
 from docker.types import (
     EndpointSpec,
     Healthcheck,
@@ -66,6 +67,33 @@ class ServiceSpec:
     health_path: str | None = None
     health_timeout: int = 60
     mounts: list[tuple[str, str]] = field(default_factory=list)  # (volume name, path)
+
+
+class OneOffRun:
+    """A one-off command's container: read its output, then its exit code, then remove it."""
+
+    def __init__(self, container: Container) -> None:
+        self._container = container
+
+    def output(self) -> Iterator[str]:
+        """Its output lines as they come, until the command ends."""
+        pending = b""
+        for chunk in self._container.logs(stream=True, follow=True):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode(errors="replace")
+        if pending:
+            yield pending.decode(errors="replace")
+
+    def exit_code(self) -> int:
+        return int(self._container.wait().get("StatusCode", -1))
+
+    def remove(self) -> None:
+        try:
+            self._container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
 
 
 class Engine:
@@ -445,16 +473,17 @@ class Engine:
             yield pending.decode(errors="replace")
 
     def run_oneoff(self, image: str, command: list[str], env: dict[str, str], mounts: list[tuple[str, str]],
-                   labels: dict[str, str]):  # type: ignore[no-untyped-def]
-        """Start a container for a one-off command on the project network; returns it running."""
+                   labels: dict[str, str]) -> OneOffRun:
+        """Start a container for a one-off command on the project network."""
         try:
-            return self.client.containers.run(
+            container = self.client.containers.run(
                 image, command, detach=True, environment=env, labels=labels, network=self.network_name,
                 mounts=[Mount(target=path, source=volume, type="volume") for volume, path in mounts],
                 init=True, stdin_open=False, tty=False,
             )
         except docker.errors.APIError as err:
             raise DockerError(f"could not start the command: {err.explanation or err}") from None
+        return OneOffRun(container)
 
     def ensure_volume(self, name: str, project: str) -> None:
         try:

@@ -228,8 +228,8 @@ def test_scale_is_kept_across_deploys(live: Disco, admin_key: Key, tmp_path: Pat
     repo = web_app(tmp_path / "app", "v1\n")
     assert push(live, admin_key, repo).returncode == 0
     platform = local_platform(live)
-    from hooks import deploy
-    deploy.scale(platform, "myapp", "alice", {"web": 2})
+    from hooks import operations
+    operations.scale(platform, "myapp", "alice", {"web": 2})
     new_version(repo, "v2\n")
     assert push(live, admin_key, repo).returncode == 0
     spec = inspect_service(f"{live.instance}-myapp-web")["Spec"]
@@ -259,9 +259,9 @@ def test_rollback_and_env_change_reuse_images(live: Disco, admin_key: Key, tmp_p
     assert push(live, admin_key, repo).returncode == 0
     assert live.stop() == 0  # the hooks run in this process now; Caddy and the app keep serving
     platform = local_platform(live)
-    from hooks import deploy
+    from hooks import deploy, operations
 
-    ticket = deploy.rollback(platform, "myapp", "alice")
+    ticket = operations.rollback(platform, "myapp", "alice")
     final = ticket.wait(120)
     assert final.status == "live", final.reason
     assert final.rollback_of == 1 and final.source == "rollback"
@@ -269,15 +269,15 @@ def test_rollback_and_env_change_reuse_images(live: Disco, admin_key: Key, tmp_p
     assert "reusing image" in Path(final.log_path).read_text()
     assert [d["status"] for d in deployments(live)] == ["replaced", "rolled back", "live"]
 
-    ticket = deploy.set_env(platform, "myapp", "alice", {"GREETING": "hello-env"})
+    ticket = operations.set_env(platform, "myapp", "alice", {"GREETING": "hello-env"})
     final = ticket.wait(120)
     assert final.status == "live" and final.source == "env"
     assert "GREETING=hello-env" in body(live, path="/env.txt")
     assert body(live) == "v1\n"  # same image: the env change did not rebuild v2
     with pytest.raises(deploy.DeployFailed, match="PORT is set by Disco"):
-        deploy.set_env(platform, "myapp", "alice", {"PORT": "1"})
+        operations.set_env(platform, "myapp", "alice", {"PORT": "1"})
     with pytest.raises(deploy.DeployFailed, match="deployment #9"):
-        deploy.rollback(platform, "myapp", "alice", 9)
+        operations.rollback(platform, "myapp", "alice", 9)
 
 
 def test_queue_runs_one_deploy_per_project_and_supersedes(live: Disco, admin_key: Key, tmp_path: Path):

@@ -1,0 +1,181 @@
+"""What users ask of a project's running app: deploy a ref, redeploy, roll back, env vars, scale,
+cancel, logs and one-off commands. Every front door (the REST API, the CLI through it) calls
+these; each checks its input, audits, and goes through the project's deploy queue.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from hooks.deploy import DeployFailed, Platform
+from hooks.errors import Refused
+from hooks.projects import require_project
+from hooks.queue import Ticket
+from runtime import gitrepo
+from runtime.appconfig import SERVICE_NAME, AppConfigError, parse_app_config
+from runtime.docker_engine import DockerError, OneOffRun
+from runtime.store import Deployment
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+RESERVED_ENV = ("PORT",)
+
+
+def server_state(platform: Platform) -> dict:
+    """Docker's and the proxy's state, for the server's meta."""
+    return {"docker": platform.docker_state(),
+            "proxy": {"up": platform.proxy_ready.is_set() and not platform.proxy_error,
+                      "error": platform.proxy_error}}
+
+
+def replicas(platform: Platform, project: str) -> dict[str, int]:
+    """Replicas per service as swarm runs them now."""
+    return platform.engine_replicas(project)
+
+
+def cancel(platform: Platform, project: str, number: int, user: str) -> None:
+    platform.cancel(project, number, user)
+
+
+def deploy_ref(platform: Platform, user: str, project: str, branch: str | None, commit: str | None) -> Ticket:
+    """Deploy the head of a branch (default: the deploy branch) or a given commit."""
+    row = require_project(platform, project)
+    repo = platform.repo_path(project)
+    if not repo.exists():
+        raise Refused(f"{project} has no code yet: git push to it first", "conflict")
+    branch = branch or row["deploy_branch"]
+    if commit:
+        if not re.fullmatch(r"[0-9a-f]{4,40}", commit):
+            raise Refused(f"commit must be a hex commit id, got {commit[:60]!r}", "bad_request")
+        sha = gitrepo.resolve_commit(repo, commit)
+        if sha is None:
+            raise Refused(f"no commit {commit} in {project}", "not_found")
+    else:
+        sha = gitrepo.branch_head(repo, branch)
+        if sha is None:
+            raise Refused(f"{project} has no branch {branch!r}", "not_found")
+    text = gitrepo.read_file(repo, sha, "disco.toml")
+    try:
+        parse_app_config(text.decode() if text is not None else None)
+    except (AppConfigError, UnicodeDecodeError) as err:
+        raise Refused(f"{sha[:7]} cannot deploy: {err}", "invalid_config") from None
+    return platform.enqueue(project, sha, branch, user, "api")
+
+
+def logs(platform: Platform, project: str, service: str, tail: int, follow: bool) -> Iterator[str]:
+    require_project(platform, project)
+    name = platform.engine.service_name(project, check_service_name(service))
+    if platform.engine.find_service(name, project) is None:
+        raise Refused(f"{project} has no running service {service!r}", "not_found")
+    return platform.engine.service_logs(name, tail, follow)
+
+
+def run_command(platform: Platform, user: str, project: str, command: list[str], service: str = "web") -> OneOffRun:
+    """Start a one-off container of the live image with the project's env and volumes.
+
+    The caller reads its output, then its exit code, and removes it.
+    """
+    check_service_name(service)
+    live = platform.store.live_deployment(project)
+    if live is None:
+        raise Refused(f"{project} has no live deployment to run a command in", "conflict")
+    platform.store.audit(user, "run", project, f"{len(command)} argument(s)")  # commands may hold secrets
+    try:
+        return platform.engine.run_oneoff(
+            image=live.image,
+            command=command,
+            env={**platform.store.env(project), "DISCO_PROJECT": project, "DISCO_SERVICE": service,
+                 "DISCO_DEPLOYMENT": str(live.number), "DISCO_COMMIT": live.commit_sha},
+            mounts=[(platform.engine.volume_name(project, v), m) for v, m in _service_volumes(platform, live, service)],
+            labels=platform.engine.labels(project=project, role="run"),
+        )
+    except DockerError as err:
+        raise DeployFailed(str(err)) from None
+
+
+def _service_volumes(platform: Platform, live: Deployment, service: str) -> list[tuple[str, str]]:
+    text = gitrepo.read_file(platform.repo_path(live.project), live.commit_sha, "disco.toml")
+    config = parse_app_config(text.decode() if text else None)
+    chosen = config.services.get(service)
+    return [(v.name, v.mount) for v in chosen.volumes] if chosen else []
+
+
+
+
+def redeploy(platform: Platform, project: str, user: str, source: str = "redeploy") -> Ticket:
+    """Deploy the live commit again with the live image (after an env change, say)."""
+    live = _require_live(platform, project)
+    return platform.enqueue(project, live.commit_sha, live.branch, user, source, image=live.image)
+
+
+def rollback(platform: Platform, project: str, user: str, number: int | None = None) -> Ticket:
+    """Put a kept earlier deployment's image live again, without rebuilding."""
+    live = _require_live(platform, project)
+    candidates = [d for d in platform.store.list_deployments(project, limit=1000)
+                  if d.status in ("replaced", "rolled back") and d.number != live.number]
+    if number is not None:
+        candidates = [d for d in candidates if d.number == number]
+        if not candidates:
+            raise DeployFailed(f"deployment #{number} of {project} never ran or is the live one; "
+                               "roll back to one that was live before", "not_found")
+    kept = [d for d in candidates if platform.engine.image_exists(d.image)]
+    if not kept:
+        raise DeployFailed(f"no earlier image of {project} is kept to roll back to", "conflict")
+    target = kept[0]
+    platform.store.audit(user, "rollback", project, f"to #{target.number}")
+    return platform.enqueue(project, target.commit_sha, target.branch, user, "rollback",
+                            image=target.image, rollback_of=target.number)
+
+
+def set_env(platform: Platform, project: str, user: str, values: dict[str, str], deploy: bool = True) -> Ticket | None:
+    for name in values:
+        _check_env_name(name)
+    platform.store.set_env(project, values)
+    platform.store.audit(user, "env:set", project, ", ".join(sorted(values)))  # names only, never values
+    return redeploy(platform, project, user, "env") if deploy and platform.store.live_deployment(project) else None
+
+
+def unset_env(platform: Platform, project: str, user: str, names: list[str], deploy: bool = True) -> Ticket | None:
+    current = platform.store.env(project)
+    missing = [n for n in names if n not in current]
+    if missing:
+        raise DeployFailed(f"{project} has no env var {missing[0]}", "not_found")
+    platform.store.unset_env(project, names)
+    platform.store.audit(user, "env:unset", project, ", ".join(sorted(names)))
+    return redeploy(platform, project, user, "env") if deploy and platform.store.live_deployment(project) else None
+
+
+def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -> None:
+    """Set replica counts now; later deploys keep them."""
+    for service, replicas in counts.items():
+        check_service_name(service)
+        if not 0 <= replicas <= 100:
+            raise DeployFailed(f"replicas of {service} must be from 0 to 100, got {replicas}")
+        name = platform.engine.service_name(project, service)
+        if platform.engine.find_service(name, project) is None:
+            raise DeployFailed(f"{project} has no running service {service!r}", "not_found")
+    for service, replicas in counts.items():
+        platform.store.set_scale(project, service, replicas)
+        platform.engine.scale(platform.engine.service_name(project, service), replicas)
+    platform.store.audit(user, "scale", project, ", ".join(f"{s}={n}" for s, n in sorted(counts.items())))
+
+
+def check_service_name(service: str) -> str:
+    """A service name as disco.toml allows it; anything else (like `x/../other`) is refused."""
+    if not SERVICE_NAME.fullmatch(service):
+        raise DeployFailed(f"invalid service name {service[:40]!r}: a-z, 0-9 and '-', starting with a letter")
+    return service
+
+
+def _require_live(platform: Platform, project: str) -> Deployment:
+    live = platform.store.live_deployment(project)
+    if live is None:
+        raise DeployFailed(f"{project} has no live deployment yet: push to deploy it first", "conflict")
+    return live
+
+
+def _check_env_name(name: str) -> None:
+    if not ENV_NAME.fullmatch(name):
+        raise DeployFailed(f"invalid env var name {name[:60]!r}: use letters, digits and '_', not starting with a digit")
+    if name in RESERVED_ENV or name.startswith("DISCO_"):
+        raise DeployFailed(f"{name} is set by Disco and cannot be changed")
