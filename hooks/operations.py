@@ -13,9 +13,9 @@ from hooks.errors import Refused
 from hooks.projects import require_project
 from hooks.queue import Ticket
 from runtime import gitrepo
-from runtime.appconfig import SERVICE_NAME, AppConfigError, parse_app_config
+from runtime.appconfig import SERVICE_NAME, AppConfigError, config_at
 from runtime.docker_engine import DockerError, OneOffRun
-from runtime.store import Deployment
+from runtime.store import Deployment, DeploymentStatus
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 RESERVED_ENV = ("PORT",)
@@ -54,10 +54,9 @@ def deploy_ref(platform: Platform, user: str, project: str, branch: str | None, 
         sha = gitrepo.branch_head(repo, branch)
         if sha is None:
             raise Refused(f"{project} has no branch {branch!r}", "not_found")
-    text = gitrepo.read_file(repo, sha, "disco.toml")
     try:
-        parse_app_config(text.decode() if text is not None else None)
-    except (AppConfigError, UnicodeDecodeError) as err:
+        config_at(repo, sha)
+    except AppConfigError as err:
         raise Refused(f"{sha[:7]} cannot deploy: {err}", "invalid_config") from None
     return platform.enqueue(project, sha, branch, user, "api")
 
@@ -94,8 +93,7 @@ def run_command(platform: Platform, user: str, project: str, command: list[str],
 
 
 def _service_volumes(platform: Platform, live: Deployment, service: str) -> list[tuple[str, str]]:
-    text = gitrepo.read_file(platform.repo_path(live.project), live.commit_sha, "disco.toml")
-    config = parse_app_config(text.decode() if text else None)
+    config = config_at(platform.repo_path(live.project), live.commit_sha)
     chosen = config.services.get(service)
     return [(v.name, v.mount) for v in chosen.volumes] if chosen else []
 
@@ -112,7 +110,7 @@ def rollback(platform: Platform, project: str, user: str, number: int | None = N
     """Put a kept earlier deployment's image live again, without rebuilding."""
     live = _require_live(platform, project)
     candidates = [d for d in platform.store.list_deployments(project, limit=1000)
-                  if d.status in ("replaced", "rolled back") and d.number != live.number]
+                  if d.status in (DeploymentStatus.REPLACED, DeploymentStatus.ROLLED_BACK) and d.number != live.number]
     if number is not None:
         candidates = [d for d in candidates if d.number == number]
         if not candidates:

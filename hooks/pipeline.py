@@ -20,8 +20,8 @@ from typing import Protocol
 from hooks.deploy import Platform
 from hooks.policy import Access, authorize
 from runtime import gitrepo
-from runtime.appconfig import AppConfigError, parse_app_config
-from runtime.store import User
+from runtime.appconfig import AppConfigError, config_at
+from runtime.store import DeploymentStatus, User
 
 ZERO_SHA = "0" * 40
 ALLOWED_REF_PREFIXES = ("refs/heads/", "refs/tags/")
@@ -80,11 +80,8 @@ def check_ref_update(platform: Platform, update: RefUpdate) -> str | None:
 def _deployable(platform: Platform, update: RefUpdate) -> str | None:
     """Refuse, before the ref moves, a commit that could never deploy."""
     repo = platform.repo_path(update.project)
-    raw = gitrepo.read_file(repo, update.new_sha, "disco.toml")
     try:
-        config = parse_app_config(raw.decode() if raw is not None else None)
-    except UnicodeDecodeError:
-        return "disco.toml is not UTF-8 text"
+        config = config_at(repo, update.new_sha)
     except AppConfigError as err:
         return str(err)
     if gitrepo.read_file(repo, update.new_sha, config.dockerfile_path) is None:
@@ -123,7 +120,7 @@ def after_receive(platform: Platform, updates: list[RefUpdate], reporter: Report
     ticket = platform.enqueue(to_deploy.project, to_deploy.new_sha, branch, to_deploy.user, "push",
                               listener=reporter.say)
     final = ticket.wait()
-    if final is None or final.status != "live":
+    if final is None or final.status != DeploymentStatus.LIVE:
         status = final.status if final else "unknown"
         reason = final.reason if final else "the deployment did not finish"
         reporter.fail(f"deployment #{ticket.deployment.number} {status}: {reason}")

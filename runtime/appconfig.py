@@ -10,8 +10,10 @@ import re
 import shlex
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+from runtime import gitrepo
 
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,29}")
 VOLUME_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
@@ -73,6 +75,16 @@ SERVICE_KEYS = {
     "health_timeout": int,
     "volumes": list,
 }
+
+
+def config_at(repo: Path, sha: str) -> AppConfig:
+    """The disco.toml of that commit of a bare repo, parsed (the default when it has none)."""
+    raw = gitrepo.read_file(repo, sha, "disco.toml")
+    try:
+        text = raw.decode() if raw is not None else None
+    except UnicodeDecodeError:
+        raise AppConfigError("disco.toml is not UTF-8 text") from None
+    return parse_app_config(text)
 
 
 def parse_app_config(text: str | None) -> AppConfig:

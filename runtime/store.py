@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 import sqlite_utils
@@ -188,9 +189,25 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_team, _migration_2_deploys, _migration_3_api_keys, _migration_4_github,
 ]
 
-# A deployment's life: queued -> building -> starting -> live, or failed / superseded on the
-# way; a live one becomes rolled_back or replaced when another goes live.
-ACTIVE_STATUSES = ("queued", "building", "starting")
+class DeploymentStatus(StrEnum):
+    """A deployment's life: queued -> building -> starting -> live, or failed / cancelled /
+    superseded on the way; a live one becomes replaced (or rolled back) when another goes live."""
+
+    QUEUED = "queued"
+    BUILDING = "building"
+    STARTING = "starting"
+    LIVE = "live"
+    REPLACED = "replaced"
+    ROLLED_BACK = "rolled back"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+
+
+# Not finished yet: a daemon restart settles these (hooks/deployer.py recover).
+ACTIVE_STATUSES = (DeploymentStatus.QUEUED, DeploymentStatus.BUILDING, DeploymentStatus.STARTING)
+# Ran as the live version at some point: their images are worth keeping for a rollback.
+WENT_LIVE = frozenset({DeploymentStatus.LIVE, DeploymentStatus.REPLACED, DeploymentStatus.ROLLED_BACK})
 
 
 class Store:
@@ -379,7 +396,7 @@ class Store:
             ).fetchone()[0]
             row = {
                 "project": project, "number": number, "commit_sha": commit_sha, "branch": branch,
-                "user": user, "source": source, "status": "queued", "reason": "", "image": image,
+                "user": user, "source": source, "status": DeploymentStatus.QUEUED.value, "reason": "", "image": image,
                 "rollback_of": rollback_of, "web_port": 0, "timings": "{}", "delivery": delivery,
                 "log_path": str(log_dir / project / f"{number}.log"),
                 "created_at": now(), "finished_at": "",
