@@ -8,7 +8,7 @@ every body and query is validated against its declared schema, and every error l
 from __future__ import annotations
 
 import json
-import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -17,37 +17,34 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import endpoints  # noqa: F401  (registers the endpoints)
-from api.auth import Caller, authenticate
-from api.spec import PATH_PARAMS, REGISTRY, ApiError, Endpoint, bad_request, openapi_document, query_params, validate
+from api.auth import authenticate
+from api.context import Context
+from api.spec import ApiError, Endpoint, bad_request, openapi_document, path_params, query_params, validate
 from hooks import github
-from hooks.deploy import Platform
+from hooks.platform import Platform
 from hooks.errors import Refused
 
-VERSION = "0.1.0"
 MAX_BODY = 1 << 20  # JSON bodies are small; a larger one is a mistake or an attack
-log = logging.getLogger("disco.api")
-
-KIND_STATUS = {"bad_request": 400, "not_found": 404, "conflict": 409, "forbidden": 403, "invalid_config": 422}
 
 
-def build_app(platform: Platform) -> Starlette:
+def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
+    document = openapi_document(endpoints)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
     routes = [
-        Route("/api/v1/openapi.json", _openapi, methods=["GET"]),
+        Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         Route("/webhooks/github/{project}", _github_webhook, methods=["POST"]),
     ]
     by_path: dict[str, list[Endpoint]] = {}
-    for ep in REGISTRY:
+    for ep in endpoints:
         by_path.setdefault(ep.path, []).append(ep)
     for path, eps in by_path.items():
         routes.append(Route(f"/api/v1{path}", _dispatcher(eps), methods=[e.method for e in eps]))
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
     app.state.platform = platform
     return app
-
-
-async def _openapi(request: Request) -> Response:
-    return JSONResponse(openapi_document(VERSION))
 
 
 async def _github_webhook(request: Request) -> Response:
@@ -66,46 +63,26 @@ async def _github_webhook(request: Request) -> Response:
     return JSONResponse(reply.body, status_code=reply.status)
 
 
-def _dispatcher(eps: list[Endpoint]):  # type: ignore[no-untyped-def]
+def _dispatcher(eps: list[Endpoint]) -> Callable[[Request], Awaitable[Response]]:
     by_method = {ep.method: ep for ep in eps}
 
     async def dispatch(request: Request) -> Response:
         ep = by_method[request.method]
         platform: Platform = request.app.state.platform
         try:
-            caller = None if ep.public else authenticate(platform.store, request)
-            if ep.admin_only and caller is not None and not caller.user.is_admin:
+            caller = authenticate(platform.store, request)
+            if ep.admin_only and not caller.user.is_admin:
                 raise ApiError(403, "forbidden", "only admins may do this")
-            _check_path_params(request)
+            path = path_params(request, ep.path_params)
             query = query_params(request, ep.query)
             body = await _body(request, ep)
-            return await ep.handler(Context(platform, caller, request, body, query))
+            return await ep.handler(Context(platform, caller, request, body, query, path))
         except ApiError as err:
             return error_response(err.status, err.code, err.message)
         except Refused as err:
-            return error_response(KIND_STATUS[err.kind], err.kind, str(err))
+            return error_response(err.kind.http_status, err.kind, str(err))
 
     return dispatch
-
-
-class Context:
-    """What a handler gets: the platform, who asked, the validated body and query."""
-
-    def __init__(self, platform: Platform, caller: Caller | None, request: Request, body: Any,
-                 query: dict[str, Any]) -> None:
-        self.platform, self.caller, self.request, self.body, self.query = platform, caller, request, body, query
-
-    @property
-    def store(self):  # type: ignore[no-untyped-def]
-        return self.platform.store
-
-    @property
-    def user(self):  # type: ignore[no-untyped-def]
-        assert self.caller is not None
-        return self.caller.user
-
-    def param(self, name: str) -> str:
-        return self.request.path_params[name]
 
 
 async def _body(request: Request, ep: Endpoint) -> Any:
@@ -127,18 +104,6 @@ async def _body(request: Request, ep: Endpoint) -> Any:
         raise bad_request(f"the body is not valid JSON: {err}") from None
     validate(body, ep.body)
     return body
-
-
-def _check_path_params(request: Request) -> None:
-    for name, value in request.path_params.items():
-        schema = PATH_PARAMS.get(name)
-        if schema is None:
-            continue
-        if schema.get("type") == "integer":
-            if not value.isdecimal():
-                raise bad_request(f"{name} in the path must be a positive integer, got {value[:20]!r}")
-            value = int(value)
-        validate(value, schema, f"{name} in the path")
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
-
 from starlette.requests import Request
 
+from api.context import Caller
 from api.spec import ApiError
 from hooks import apikeys
-from runtime.store import ApiKey, Store, User
-
-
-@dataclass(frozen=True)
-class Caller:
-    user: User
-    key: ApiKey
+from runtime.store import Store
 
 
 def authenticate(store: Store, request: Request) -> Caller:

@@ -12,24 +12,28 @@ from pathlib import Path
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from api.spec import (BOOLEAN, OBJECT, PATH_PARAMS, STRING, ApiError, array, endpoint, forbidden, integer,
-                      not_found, nullable, obj)
+from api.context import Context
+from api.serializers import api_key_json, ssh_key_json, user_json
+from api.spec import (BOOLEAN, OBJECT, STRING, VERSION, ApiError, EndpointList, array, forbidden, integer, not_found,
+                      nullable, obj)
 from hooks import apikeys, github, operations, projects, team
 from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_project_name
 from hooks.projects import deployment_json
 from runtime.docker_engine import OneOffRun
-from runtime.store import ACTIVE_STATUSES, ApiKey, SSHKey, User
+from hooks.queue import Ticket
+from runtime.store import ACTIVE_STATUSES, Store
 
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 PROJECT_NAME_SCHEMA = {"type": "string", "pattern": PROJECT_NAME.pattern, "description": NAME_RULE}
 USER_NAME_SCHEMA = {"type": "string", "pattern": team.USER_NAME.pattern,
                     "description": "1 to 39 characters of a-z, 0-9, '.', '_' and '-', starting with a letter"}
-PATH_PARAMS.update({
+ENDPOINTS = EndpointList(path_params={
     "project": PROJECT_NAME_SCHEMA,
     "number": {"type": "integer", "minimum": 1},
     "id": {"type": "integer", "minimum": 1},
 })
+endpoint = ENDPOINTS.declare
 DEPLOYMENT = obj(None, number=integer(), project=STRING, commit=STRING, branch=STRING, user=STRING, source=STRING,
                  status=STRING, reason=STRING, image=STRING, rollback_of=nullable(integer()), timings=OBJECT,
                  created_at=STRING, finished_at=STRING)
@@ -47,7 +51,7 @@ def ok(data: object, status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status)
 
 
-def project_of(ctx, access: Access = Access.READ) -> str:  # type: ignore[no-untyped-def]
+def project_of(ctx: Context, access: Access = Access.READ) -> str:
     """The project named in the path, after checking the caller may read or change it."""
     name = check_project_name(ctx.param("project"))
     if not authorize(ctx.store, ctx.user, name, access):
@@ -55,14 +59,7 @@ def project_of(ctx, access: Access = Access.READ) -> str:  # type: ignore[no-unt
     return name
 
 
-def number_of(ctx) -> int:  # type: ignore[no-untyped-def]
-    raw = ctx.param("number")
-    if not raw.isdecimal() or int(raw) < 1:
-        raise ApiError(400, "bad_request", f"deployment number must be a positive integer, got {raw[:20]!r}")
-    return int(raw)
-
-
-def queued(ticket) -> JSONResponse:  # type: ignore[no-untyped-def]
+def queued(ticket: Ticket) -> JSONResponse:
     d = ticket.deployment
     return ok({"number": d.number, "status": d.status,
                "output": f"/api/v1/projects/{d.project}/deployments/{d.number}/output"}, 202)
@@ -72,8 +69,7 @@ def queued(ticket) -> JSONResponse:  # type: ignore[no-untyped-def]
 
 @endpoint("GET", "/meta", "Server version, ports, instance, Docker and swarm state", tag="meta",
           responses={200: OBJECT})
-async def meta(ctx) -> Response:  # type: ignore[no-untyped-def]
-    from api.app import VERSION
+async def meta(ctx: Context) -> Response:
     s = ctx.platform.settings
     state = await run_in_threadpool(operations.server_state, ctx.platform)
     return ok({"version": VERSION, "instance": s.instance, "apps_domain": s.apps_domain, "tls": s.tls,
@@ -84,7 +80,7 @@ async def meta(ctx) -> Response:  # type: ignore[no-untyped-def]
 # -- projects -------------------------------------------------------------------------------
 
 @endpoint("GET", "/projects", "List the projects you can see", tag="projects", responses={200: array(PROJECT)})
-async def list_projects(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def list_projects(ctx: Context) -> Response:
     store, user = ctx.store, ctx.user
     visible = set(store.grants_of(user.name))
     return ok([p for p in store.list_projects() if user.is_admin or p["name"] in visible])
@@ -92,20 +88,20 @@ async def list_projects(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 @endpoint("POST", "/projects", "Create a project (admins)", tag="projects", admin_only=True,
           body=obj(["name"], name=PROJECT_NAME_SCHEMA), responses={201: PROJECT})
-async def create_project(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def create_project(ctx: Context) -> Response:
     return ok(projects.create_project(ctx.platform, ctx.user.name, ctx.body["name"]), 201)
 
 
 @endpoint("GET", "/projects/{project}", "A project with its live deployment and domains", tag="projects",
           responses={200: PROJECT})
-async def show_project(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def show_project(ctx: Context) -> Response:
     return ok(projects.describe(ctx.platform, project_of(ctx)))
 
 
 @endpoint("DELETE", "/projects/{project}", "Delete a project: services, images, repo (volumes with volumes=true)",
           tag="projects", admin_only=True, query={"volumes": BOOLEAN},
           responses={200: obj(None, removed=array(STRING))})
-async def delete_project(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def delete_project(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     removed = await run_in_threadpool(projects.delete_project, ctx.platform, ctx.user.name, name,
                                       ctx.query.get("volumes", False))
@@ -116,15 +112,15 @@ async def delete_project(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 @endpoint("GET", "/projects/{project}/deployments", "Deployments, newest first", tag="deployments",
           query={"limit": integer(1, 1000)}, responses={200: array(DEPLOYMENT)})
-async def list_deployments(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def list_deployments(ctx: Context) -> Response:
     name = project_of(ctx)
     return ok([deployment_json(d) for d in ctx.store.list_deployments(name, ctx.query.get("limit", 50))])
 
 
 @endpoint("GET", "/projects/{project}/deployments/{number}", "One deployment", tag="deployments",
           responses={200: DEPLOYMENT})
-async def show_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
-    name, number = project_of(ctx), number_of(ctx)
+async def show_deployment(ctx: Context) -> Response:
+    name, number = project_of(ctx), ctx.number("number")
     found = ctx.store.get_deployment(name, number)
     if found is None:
         raise not_found(f"{name} has no deployment #{number}")
@@ -135,7 +131,7 @@ async def show_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
           tag="deployments", body=obj(None, branch={"type": "string", "minLength": 1, "maxLength": 200},
                                       commit={"type": "string", "minLength": 4, "maxLength": 40}),
           responses={202: QUEUED})
-async def trigger_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def trigger_deployment(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     ticket = await run_in_threadpool(operations.deploy_ref, ctx.platform, ctx.user.name, name,
                                      ctx.body.get("branch"), ctx.body.get("commit"))
@@ -144,15 +140,15 @@ async def trigger_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 @endpoint("POST", "/projects/{project}/deployments/{number}/cancel", "Cancel a queued or running deployment",
           tag="deployments", responses={202: OBJECT})
-async def cancel_deployment(ctx) -> Response:  # type: ignore[no-untyped-def]
-    name, number = project_of(ctx, Access.WRITE), number_of(ctx)
+async def cancel_deployment(ctx: Context) -> Response:
+    name, number = project_of(ctx, Access.WRITE), ctx.number("number")
     operations.cancel(ctx.platform, name, number, ctx.user.name)
     return ok({"number": number, "cancel": "requested"}, 202)
 
 
 @endpoint("POST", "/projects/{project}/rollback", "Put a kept earlier deployment live again, without rebuilding",
           tag="deployments", body=obj(None, number=integer(1)), responses={202: QUEUED})
-async def rollback(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def rollback(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     ticket = await run_in_threadpool(operations.rollback, ctx.platform, name, ctx.user.name, ctx.body.get("number"))
     return queued(ticket)
@@ -161,8 +157,8 @@ async def rollback(ctx) -> Response:  # type: ignore[no-untyped-def]
 @endpoint("GET", "/projects/{project}/deployments/{number}/output",
           "Follow a deployment's output (Server-Sent Events; resume with Last-Event-ID)", tag="deployments",
           responses={200: SSE})
-async def deployment_output(ctx) -> Response:  # type: ignore[no-untyped-def]
-    name, number = project_of(ctx), number_of(ctx)
+async def deployment_output(ctx: Context) -> Response:
+    name, number = project_of(ctx), ctx.number("number")
     if ctx.store.get_deployment(name, number) is None:
         raise not_found(f"{name} has no deployment #{number}")
     last = ctx.request.headers.get("last-event-id", "0")
@@ -171,7 +167,7 @@ async def deployment_output(ctx) -> Response:  # type: ignore[no-untyped-def]
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _output_events(store, project: str, number: int, after: int) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+async def _output_events(store: Store, project: str, number: int, after: int) -> AsyncIterator[str]:
     """Tail the deployment's log file: every line an event numbered by its line, then `end`."""
     sent = 0
     pending = ""
@@ -202,7 +198,7 @@ async def _output_events(store, project: str, number: int, after: int) -> AsyncI
 
 @endpoint("GET", "/projects/{project}/env", "Env var names; values only for admins who ask (values=true)",
           tag="env", query={"values": BOOLEAN}, responses={200: obj(None, names=array(STRING), values=OBJECT)})
-async def list_env(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def list_env(ctx: Context) -> Response:
     name = project_of(ctx)
     env = ctx.store.env(name)
     if ctx.query.get("values"):
@@ -220,7 +216,7 @@ ENV_VALUES = {"type": "object", "additionalProperties": {"type": "string", "maxL
 @endpoint("POST", "/projects/{project}/env", "Set env vars; redeploys the live commit unless deploy=false",
           tag="env", body=obj(["values"], values=ENV_VALUES, deploy=BOOLEAN),
           responses={200: obj(None, deployment=nullable(integer()))})
-async def set_env(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def set_env(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     ticket = await run_in_threadpool(operations.set_env, ctx.platform, name, ctx.user.name, ctx.body["values"],
                                      ctx.body.get("deploy", True))
@@ -231,7 +227,7 @@ async def set_env(ctx) -> Response:  # type: ignore[no-untyped-def]
           body=obj(["names"], names={**array({"type": "string", "maxLength": 128}), "minItems": 1,
                                      "maxItems": 200}, deploy=BOOLEAN),
           responses={200: obj(None, deployment=nullable(integer()))})
-async def unset_env(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def unset_env(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     ticket = await run_in_threadpool(operations.unset_env, ctx.platform, name, ctx.user.name, ctx.body["names"],
                                      ctx.body.get("deploy", True))
@@ -242,13 +238,13 @@ async def unset_env(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 @endpoint("GET", "/projects/{project}/domains", "Domains routed to the project", tag="domains",
           responses={200: array(STRING)})
-async def list_domains(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def list_domains(ctx: Context) -> Response:
     return ok([d["domain"] for d in ctx.store.domains(project_of(ctx))])
 
 
 @endpoint("POST", "/projects/{project}/domains", "Route a domain to the project", tag="domains",
           body=obj(["domain"], domain={"type": "string", "maxLength": 253}), responses={201: OBJECT})
-async def add_domain(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def add_domain(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     await run_in_threadpool(projects.add_domain, ctx.platform, ctx.user.name, name, ctx.body["domain"])
     return ok({"domain": ctx.body["domain"].strip().lower(), "project": name}, 201)
@@ -256,7 +252,7 @@ async def add_domain(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 @endpoint("DELETE", "/projects/{project}/domains/{domain}", "Stop routing a domain to the project",
           tag="domains", responses={200: OBJECT})
-async def remove_domain(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def remove_domain(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     await run_in_threadpool(projects.remove_domain, ctx.platform, ctx.user.name, name, ctx.param("domain"))
     return ok({"removed": ctx.param("domain")})
@@ -266,7 +262,7 @@ async def remove_domain(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 @endpoint("GET", "/projects/{project}/scale", "Replica count of each service", tag="scale",
           responses={200: {"type": "object", "additionalProperties": integer()}})
-async def get_scale(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def get_scale(ctx: Context) -> Response:
     name = project_of(ctx)
     counts = await run_in_threadpool(operations.replicas, ctx.platform, name)
     return ok(counts)
@@ -275,7 +271,7 @@ async def get_scale(ctx) -> Response:  # type: ignore[no-untyped-def]
 @endpoint("POST", "/projects/{project}/scale", "Set replica counts, kept across deploys", tag="scale",
           body={"type": "object", "additionalProperties": integer(0, 100), "minProperties": 1, "maxProperties": 50},
           responses={200: {"type": "object", "additionalProperties": integer()}})
-async def set_scale(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def set_scale(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     await run_in_threadpool(operations.scale, ctx.platform, name, ctx.user.name, ctx.body)
     return ok(await run_in_threadpool(operations.replicas, ctx.platform, name))
@@ -286,7 +282,7 @@ async def set_scale(ctx) -> Response:  # type: ignore[no-untyped-def]
 @endpoint("GET", "/projects/{project}/logs", "Recent log lines of a service; follow=true streams new ones",
           tag="logs", query={"service": {"type": "string", "maxLength": 30}, "tail": integer(0, 10000),
                              "follow": BOOLEAN}, responses={200: "text/plain"})
-async def logs(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def logs(ctx: Context) -> Response:
     name = project_of(ctx)
     lines = await run_in_threadpool(operations.logs, ctx.platform, name, ctx.query.get("service", "web"),
                                     ctx.query.get("tail", 100), ctx.query.get("follow", False))
@@ -304,7 +300,7 @@ async def _with_newlines(lines: AsyncIterator[str]) -> AsyncIterator[str]:
                                                    "maxItems": 100},
                               service={"type": "string", "maxLength": 30}),
           responses={200: SSE})
-async def run_command(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def run_command(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     run = await run_in_threadpool(operations.run_command, ctx.platform, ctx.user.name, name,
                                   ctx.body["command"], ctx.body.get("service", "web"))
@@ -327,55 +323,41 @@ async def _run_events(run: OneOffRun) -> AsyncIterator[str]:
 
 # -- users, SSH keys, API keys -----------------------------------------------------------------
 
-def user_json(store, user: User) -> dict:  # type: ignore[no-untyped-def]
-    return {"name": user.name, "role": user.role, "projects": store.grants_of(user.name), "created_at": user.created_at}
-
-
-def ssh_key_json(key: SSHKey) -> dict:
-    return {"user": key.user, "type": key.key_type, "fingerprint": key.fingerprint, "comment": key.comment,
-            "added_at": key.added_at}
-
-
-def api_key_json(key: ApiKey) -> dict:
-    return {"id": key.id, "user": key.user, "label": key.label, "prefix": key.prefix, "created_at": key.created_at,
-            "last_used_at": key.last_used_at, "expires_at": key.expires_at, "revoked_at": key.revoked_at}
-
-
 @endpoint("GET", "/users", "Team members (admins)", tag="users", admin_only=True, responses={200: array(USER)})
-async def list_users(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def list_users(ctx: Context) -> Response:
     return ok([user_json(ctx.store, u) for u in ctx.store.list_users()])
 
 
 @endpoint("POST", "/users", "Add a team member (admins)", tag="users", admin_only=True,
           body=obj(["name", "role"], name=USER_NAME_SCHEMA, role={"type": "string", "enum": ["admin", "deployer"]}),
           responses={201: USER})
-async def add_user(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def add_user(ctx: Context) -> Response:
     user = team.add_user(ctx.store, ctx.user.name, ctx.body["name"], ctx.body["role"])
     return ok(user_json(ctx.store, user), 201)
 
 
 @endpoint("DELETE", "/users/{name}", "Remove a team member with their keys and grants (admins)", tag="users",
           admin_only=True, responses={200: OBJECT})
-async def remove_user(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def remove_user(ctx: Context) -> Response:
     team.remove_user(ctx.store, ctx.user.name, ctx.param("name"))
     return ok({"removed": ctx.param("name")})
 
 
 @endpoint("POST", "/users/{name}/grants", "Let a deployer push to and read a project (admins)", tag="users",
           admin_only=True, body=obj(["project"], project=PROJECT_NAME_SCHEMA), responses={201: USER})
-async def grant(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def grant(ctx: Context) -> Response:
     team.grant(ctx.store, ctx.user.name, ctx.param("name"), ctx.body["project"])
     return ok(user_json(ctx.store, ctx.store.get_user(ctx.param("name"))), 201)
 
 
 @endpoint("DELETE", "/users/{name}/grants/{project}", "Take a project grant away (admins)", tag="users",
           admin_only=True, responses={200: USER})
-async def revoke(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def revoke(ctx: Context) -> Response:
     team.revoke(ctx.store, ctx.user.name, ctx.param("name"), ctx.param("project"))
     return ok(user_json(ctx.store, ctx.store.get_user(ctx.param("name"))))
 
 
-def _owner(ctx, requested: str | None) -> str:  # type: ignore[no-untyped-def]
+def _owner(ctx: Context, requested: str | None) -> str:
     """Whose keys: your own, or anyone's for an admin."""
     if requested and requested != ctx.user.name:
         if not ctx.user.is_admin:
@@ -386,7 +368,7 @@ def _owner(ctx, requested: str | None) -> str:  # type: ignore[no-untyped-def]
 
 @endpoint("GET", "/ssh-keys", "SSH keys: your own; an admin may ask for a user's or all (all=true)", tag="keys",
           query={"user": STRING, "all": BOOLEAN}, responses={200: array(SSH_KEY)})
-async def list_ssh_keys(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def list_ssh_keys(ctx: Context) -> Response:
     if ctx.query.get("all"):
         if not ctx.user.is_admin:
             raise forbidden("only admins may list everyone's keys")
@@ -397,14 +379,14 @@ async def list_ssh_keys(ctx) -> Response:  # type: ignore[no-untyped-def]
 @endpoint("POST", "/ssh-keys", "Register an SSH public key (yours, or any user's for an admin)", tag="keys",
           body=obj(["public_key"], public_key={"type": "string", "maxLength": 16384}, user=STRING),
           responses={201: SSH_KEY})
-async def add_ssh_key(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def add_ssh_key(ctx: Context) -> Response:
     key = team.add_ssh_key(ctx.store, ctx.user.name, _owner(ctx, ctx.body.get("user")), ctx.body["public_key"])
     return ok(ssh_key_json(key), 201)
 
 
 @endpoint("DELETE", "/ssh-keys", "Remove an SSH key by its fingerprint", tag="keys",
           query={"fingerprint": STRING}, responses={200: SSH_KEY})
-async def remove_ssh_key(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def remove_ssh_key(ctx: Context) -> Response:
     fingerprint = ctx.query.get("fingerprint", "")
     if not fingerprint:
         raise ApiError(400, "bad_request", "query parameter fingerprint is required")
@@ -416,7 +398,7 @@ async def remove_ssh_key(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 @endpoint("GET", "/api-keys", "API keys (never their secrets): yours; an admin may ask for all (all=true)",
           tag="keys", query={"user": STRING, "all": BOOLEAN}, responses={200: array(API_KEY)})
-async def list_api_keys(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def list_api_keys(ctx: Context) -> Response:
     if ctx.query.get("all"):
         if not ctx.user.is_admin:
             raise forbidden("only admins may list everyone's keys")
@@ -427,7 +409,7 @@ async def list_api_keys(ctx) -> Response:  # type: ignore[no-untyped-def]
 @endpoint("POST", "/api-keys", "Create an API key; its secret is in this response only", tag="keys",
           body=obj(["label"], label=NAME, expires_in_days=integer(1, 3650), user=STRING),
           responses={201: {**API_KEY, "properties": {**API_KEY["properties"], "key": STRING}}})
-async def create_api_key(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def create_api_key(ctx: Context) -> Response:
     key, secret = apikeys.create(ctx.store, ctx.user.name, _owner(ctx, ctx.body.get("user")), ctx.body["label"],
                                  ctx.body.get("expires_in_days"))
     return ok({**api_key_json(key), "key": secret}, 201)
@@ -435,19 +417,16 @@ async def create_api_key(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 @endpoint("DELETE", "/api-keys/{id}", "Revoke an API key, with immediate effect", tag="keys",
           responses={200: API_KEY})
-async def revoke_api_key(ctx) -> Response:  # type: ignore[no-untyped-def]
-    raw = ctx.param("id")
-    if not raw.isdecimal():
-        raise ApiError(400, "bad_request", f"API key id must be a positive integer, got {raw[:20]!r}")
-    apikeys.revoke(ctx.store, ctx.user, int(raw))
-    return ok(api_key_json(ctx.store.get_api_key(int(raw))))
+async def revoke_api_key(ctx: Context) -> Response:
+    key_id = ctx.number("id")
+    apikeys.revoke(ctx.store, ctx.user, key_id)
+    return ok(api_key_json(ctx.store.get_api_key(key_id)))
 
 
 @endpoint("GET", "/audit", "Who did what, newest first (admins)", tag="meta", admin_only=True,
           query={"limit": integer(1, 1000), "target": STRING}, responses={200: array(OBJECT)})
-async def audit_log(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def audit_log(ctx: Context) -> Response:
     return ok(ctx.store.audit_log(ctx.query.get("limit", 100), ctx.query.get("target")))
-
 
 
 # -- GitHub -----------------------------------------------------------------------------------
@@ -462,7 +441,7 @@ WEBHOOK_FORM = obj(None, payload_url=STRING, content_type=STRING, secret=STRING,
                                  clone_url={"type": "string", "maxLength": 500},
                                  token={"type": "string", "maxLength": 500}, force_mirror=BOOLEAN),
           responses={201: WEBHOOK_FORM})
-async def github_link(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def github_link(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     b = ctx.body
     form = github.link(ctx.platform, ctx.user.name, name, b["repo"], b.get("branch", "main"), b.get("clone_url", ""),
@@ -472,7 +451,7 @@ async def github_link(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 @endpoint("GET", "/projects/{project}/github", "The project's GitHub link (never its secret or token)",
           tag="github", responses={200: OBJECT})
-async def github_show(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def github_show(ctx: Context) -> Response:
     name = project_of(ctx)
     row = github._require_link(ctx.platform, name)
     form = github.webhook_form(ctx.platform, row)
@@ -483,7 +462,7 @@ async def github_show(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 @endpoint("DELETE", "/projects/{project}/github", "Unlink the project from GitHub", tag="github",
           responses={200: OBJECT})
-async def github_unlink(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def github_unlink(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     github.unlink(ctx.platform, ctx.user.name, name)
     return ok({"unlinked": name})
@@ -491,19 +470,19 @@ async def github_unlink(ctx) -> Response:  # type: ignore[no-untyped-def]
 
 @endpoint("POST", "/projects/{project}/github/secret", "Rotate the webhook secret; returns the new form",
           tag="github", responses={200: WEBHOOK_FORM})
-async def github_rotate(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def github_rotate(ctx: Context) -> Response:
     return ok(github.rotate_secret(ctx.platform, ctx.user.name, project_of(ctx, Access.WRITE)))
 
 
 @endpoint("POST", "/projects/{project}/github/deploy-key",
           "The public half of the project's deploy key, for a private repo (made on first ask)", tag="github",
           responses={200: obj(None, public_key=STRING)})
-async def github_deploy_key(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def github_deploy_key(ctx: Context) -> Response:
     return ok({"public_key": github.deploy_key(ctx.platform, ctx.user.name, project_of(ctx, Access.WRITE))})
 
 
 @endpoint("GET", "/projects/{project}/github/deliveries", "Webhook deliveries received, newest first",
           tag="github", query={"limit": integer(1, 1000)}, responses={200: array(OBJECT)})
-async def github_deliveries(ctx) -> Response:  # type: ignore[no-untyped-def]
+async def github_deliveries(ctx: Context) -> Response:
     name = project_of(ctx)
     return ok(ctx.store.deliveries(name, ctx.query.get("limit", 50)))

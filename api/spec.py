@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-Handler = Callable[..., Awaitable[Response]]
+from api.context import Context
+
+Handler = Callable[[Context], Awaitable[Response]]
+VERSION = version("disco")  # the package's own, from pyproject.toml
 
 
 class ApiError(Exception):
@@ -37,31 +41,45 @@ def forbidden(message: str) -> ApiError:
     return ApiError(403, "forbidden", message)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Endpoint:
     method: str
     path: str  # under /api/v1, with {name} parameters
     summary: str
     handler: Handler
     tag: str
-    body: dict | None = None  # JSON Schema of the request body
-    query: dict[str, dict] = field(default_factory=dict)  # name -> schema
-    responses: dict[int, dict | str] = field(default_factory=dict)  # status -> schema, or a media type
-    admin_only: bool = False
-    public: bool = False  # no API key needed
+    body: dict | None  # JSON Schema of the request body
+    query: dict[str, dict]  # name -> schema
+    responses: dict[int, dict | str]  # status -> schema, or a media type
+    admin_only: bool
+    path_params: dict[str, dict]  # name -> schema, for each {name} in the path
+
+    @property
+    def path_names(self) -> list[str]:
+        return re.findall(r"{(\w+)}", self.path)
 
 
-REGISTRY: list[Endpoint] = []
+class EndpointList:
+    """The API's endpoints, each declared beside its handler, handed to build_app as a list.
 
+    `path_params` gives the schema of a path parameter wherever it appears (a project name,
+    a deployment number); the dispatcher validates and converts it there and nowhere else.
+    """
 
-def endpoint(method: str, path: str, summary: str, *, tag: str, body: dict | None = None,
-             query: dict[str, dict] | None = None, responses: dict[int, dict | str] | None = None,
-             admin_only: bool = False, public: bool = False) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
-        REGISTRY.append(Endpoint(method, path, summary, handler, tag, body, query or {},
-                                 responses or {200: OBJECT}, admin_only, public))
-        return handler
-    return register
+    def __init__(self, path_params: dict[str, dict]) -> None:
+        self.path_params = path_params
+        self.endpoints: list[Endpoint] = []
+
+    def declare(self, method: str, path: str, summary: str, *, tag: str, body: dict | None = None,
+                query: dict[str, dict] | None = None, responses: dict[int, dict | str] | None = None,
+                admin_only: bool = False) -> Callable[[Handler], Handler]:
+        def add(handler: Handler) -> Handler:
+            names = re.findall(r"{(\w+)}", path)
+            self.endpoints.append(Endpoint(method, path, summary, handler, tag, body, query or {},
+                                           responses or {200: OBJECT}, admin_only,
+                                           {n: self.path_params.get(n, STRING) for n in names}))
+            return handler
+        return add
 
 
 # -- schema helpers -------------------------------------------------------------------------
@@ -185,9 +203,9 @@ def query_params(request: Request, declared: dict[str, dict]) -> dict[str, Any]:
 
 # -- the OpenAPI document --------------------------------------------------------------------
 
-def openapi_document(version: str) -> dict:
+def openapi_document(endpoints: list[Endpoint]) -> dict:
     paths: dict[str, dict] = {}
-    for ep in REGISTRY:
+    for ep in endpoints:
         operation: dict = {
             "summary": ep.summary,
             "tags": [ep.tag],
@@ -195,8 +213,8 @@ def openapi_document(version: str) -> dict:
             "responses": {},
         }
         parameters = [
-            {"name": name, "in": "path", "required": True, "schema": _path_param_schema(name)}
-            for name in re.findall(r"{(\w+)}", ep.path)
+            {"name": name, "in": "path", "required": True, "schema": schema}
+            for name, schema in ep.path_params.items()
         ] + [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in ep.query.items()]
         if parameters:
             operation["parameters"] = parameters
@@ -208,16 +226,15 @@ def openapi_document(version: str) -> dict:
             else:
                 operation["responses"][str(status)] = {"description": "success",
                                                        "content": {"application/json": {"schema": schema}}}
-        errors = [400, 404, 409, 413, 422] + ([] if ep.public else [401, 403])  # 422: a disco.toml that cannot deploy
+        errors = [400, 401, 403, 404, 409, 413, 422]  # 422: a disco.toml that cannot deploy
         for status in errors:
             operation["responses"].setdefault(str(status), {"description": "error",
                                                             "content": {"application/json": {"schema": ERROR}}})
-        if not ep.public:
-            operation["security"] = [{"bearer": []}, {"basic": []}]
+        operation["security"] = [{"bearer": []}, {"basic": []}]
         paths.setdefault(f"/api/v1{ep.path}", {})[ep.method.lower()] = operation
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Disco API", "version": version},
+        "info": {"title": "Disco API", "version": VERSION},
         "paths": paths,
         "components": {"securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"},
@@ -226,8 +243,16 @@ def openapi_document(version: str) -> dict:
     }
 
 
-PATH_PARAMS: dict[str, dict] = {}
-
-
-def _path_param_schema(name: str) -> dict:
-    return PATH_PARAMS.get(name, STRING)
+def path_params(request: Request, declared: dict[str, dict]) -> dict[str, Any]:
+    """The path's parameters, validated against their schemas; integers converted."""
+    values: dict[str, Any] = {}
+    for name, raw in request.path_params.items():
+        schema = declared.get(name, STRING)
+        value: Any = raw
+        if schema.get("type") == "integer":
+            if not raw.isdecimal():
+                raise bad_request(f"{name} in the path must be a positive integer, got {raw[:20]!r}")
+            value = int(raw)
+        validate(value, schema, f"{name} in the path")
+        values[name] = value
+    return values

@@ -6,13 +6,31 @@ CLI and git to a one-line message.
 
 from __future__ import annotations
 
-KINDS = ("bad_request", "forbidden", "not_found", "conflict", "invalid_config")
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    """What kind of refusal, with the HTTP status the API answers it with."""
+
+    BAD_REQUEST = "bad_request"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    INVALID_CONFIG = "invalid_config"  # a commit whose disco.toml cannot deploy
+
+    @property
+    def http_status(self) -> int:
+        return {"bad_request": 400, "forbidden": 403, "not_found": 404, "conflict": 409,
+                "invalid_config": 422}[self.value]
 
 
 class Refused(Exception):
     """A request that cannot be done as asked; the message is for the person who asked."""
 
-    def __init__(self, message: str, kind: str = "bad_request") -> None:
-        assert kind in KINDS, kind
+    def __init__(self, message: str, kind: str = ErrorKind.BAD_REQUEST) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.kind = ErrorKind(kind)  # an unknown kind is a bug: ValueError here
+
+
+class DeployFailed(Refused):
+    """Ends a deployment, or refuses to start one; the message is the reason shown and recorded."""

@@ -1,4 +1,4 @@
-"""Server settings and the data directory layout (ARCHITECTURE.md, "Data directory").
+"""Server settings and the data directory layout (docs/architecture.md, "Data directory").
 
 A setting comes from, in order: the command-line flag, the `DISCO_<NAME>` environment
 variable, `config.toml` in the data dir, then the default below.
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import tomlkit
 
@@ -18,24 +19,29 @@ CONFIG_NAME = "config.toml"
 INSTANCE_NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")
 
 
+def setting(default: object, help: str, shown: str = "") -> Any:
+    """One server setting, declared once: the flag, the env var, config.toml's comment and the
+    README's table are all made from this (`shown` is the default as people read it)."""
+    return field(default=default, metadata={"help": help, "shown": shown or f"`{default}`"})
+
+
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path = Path("/var/lib/disco")
-    ssh_port: int = 2222
-    api_port: int = 8800
-    instance: str = "disco"
-    # Largest pack accepted in one push, in bytes.
-    max_push_size: int = 1 << 30
-    # Host name shown in "how to push" hints; defaults to this machine's name.
-    host: str = ""
-    http_port: int = 80
-    https_port: int = 443
-    caddy_image: str = "caddy:2"
-    # When set, each project is served at <project>.<apps_domain>.
-    apps_domain: str = ""
-    tls: bool = True
-    # Images kept per project for instant rollback (the live one included).
-    keep_images: int = 5
+    data_dir: Path = setting(Path("/var/lib/disco"), "where state, repos and logs live")
+    ssh_port: int = setting(2222, "port of the git-over-SSH server")
+    api_port: int = setting(8800, "port of the REST API, bound to 127.0.0.1 (also run/api.sock for Caddy)")
+    instance: str = setting("disco", "name prefix of every Docker object this server makes")
+    max_push_size: int = setting(1 << 30, "largest pack accepted in one push, in bytes", "1 GiB")
+    host: str = setting("", "the server's name, shown in push hints; when it is a domain, Caddy serves the API "
+                        "there", "machine name")
+    http_port: int = setting(80, "host port Caddy serves HTTP on")
+    https_port: int = setting(443, "host port Caddy serves HTTPS on")
+    caddy_image: str = setting("caddy:2", "Docker image of the Caddy proxy (setup.sh sets DISCO_CADDY_IMAGE)")
+    apps_domain: str = setting("", "serve each project at PROJECT.APPS_DOMAIN (empty: only added domains)",
+                               "none")
+    tls: bool = setting(True, "automatic HTTPS with Let's Encrypt for real domains", "on")
+    keep_images: int = setting(5, "images kept per project for rollback (the live one included)")
+    listen: str = setting("", "address the SSH server binds (empty: all)", "all")
 
     @property
     def db_path(self) -> Path:
@@ -66,24 +72,26 @@ class Settings:
         return self.host or os.uname().nodename
 
 
-SETTING_HELP = {
-    "data_dir": "where state, repos and logs live",
-    "ssh_port": "port of the git-over-SSH server",
-    "api_port": "port of the REST API, bound to 127.0.0.1",
-    "instance": "name prefix of every Docker object this server makes",
-    "max_push_size": "largest pack accepted in one push, in bytes",
-    "host": "host name shown in push hints (default: this machine's name)",
-    "http_port": "host port Caddy serves HTTP on",
-    "https_port": "host port Caddy serves HTTPS on",
-    "caddy_image": "Docker image of the Caddy proxy",
-    "apps_domain": "serve each project at <project>.<apps_domain> (empty: only added domains)",
-    "tls": "automatic HTTPS with Let's Encrypt for real domains",
-    "keep_images": "images kept per project for rollback",
-}
+def help_of(name: str) -> str:
+    return str(_FIELDS[name].metadata["help"])
+
+
+def settings_table() -> str:
+    """The README's table of `disco serve` settings, made from the declarations above."""
+    lines = ["| flag | env | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in fields(Settings):
+        flag = flag_of(f.name)
+        shown_flag = f"`{flag}/--no-{flag[2:]}`" if f.type == "bool" else f"`{flag}`"
+        lines.append(f"| {shown_flag} | `DISCO_{f.name.upper()}` | {f.metadata['shown']} | {f.metadata['help']} |")
+    return "\n".join(lines) + "\n"
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _coerce(name: str, value: object) -> object:
-    kind = {f.name: f.type for f in fields(Settings)}[name]
+    kind = _FIELDS[name].type
     try:
         if kind == "bool":
             if isinstance(value, bool):
@@ -101,6 +109,9 @@ def _coerce(name: str, value: object) -> object:
     except ValueError:
         wanted = "true or false" if kind == "bool" else "a whole number"
         raise ValueError(f"setting {name} must be {wanted}, got {value!r}") from None
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
 
 
 def resolve_settings(flags: dict[str, object], environ: dict[str, str] | None = None) -> Settings:
@@ -150,7 +161,7 @@ def write_default_config(settings: Settings) -> bool:
     for f in fields(Settings):
         if f.name == "data_dir":
             continue
-        document.add(tomlkit.comment(SETTING_HELP[f.name]))
+        document.add(tomlkit.comment(help_of(f.name)))
         document.add(f.name, f.default)
     path.write_text(tomlkit.dumps(document))
     return True

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.settings import Settings, resolve_settings, write_default_config
+from dataclasses import fields
+
+from runtime.settings import Settings, help_of, resolve_settings, settings_table, write_default_config
 
 
 def test_precedence_flag_env_config_default(tmp_path: Path):
@@ -56,3 +58,27 @@ def test_booleans_and_instance_names(tmp_path: Path):
         resolve_settings({"data_dir": str(tmp_path)}, {"DISCO_TLS": "maybe"})
     with pytest.raises(ValueError, match="instance 'Bad_Name' must be"):
         resolve_settings({"data_dir": str(tmp_path), "instance": "Bad_Name"}, {})
+
+
+def test_readme_settings_table_is_the_declared_one():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    marker = "<!-- settings-table: made from runtime/settings.py; tests/test_settings.py fails when it drifts -->\n"
+    assert marker in readme
+    table = readme.split(marker, 1)[1].split("\n\n", 1)[0] + "\n"
+    assert table == settings_table(), "README's settings table drifted: paste runtime.settings.settings_table()"
+
+
+def test_every_setting_is_a_serve_flag_and_an_env_var(tmp_path: Path):
+    from cli.main import build_parser
+
+    args = build_parser().parse_args(["serve", "--listen", "127.0.0.9", "--no-tls", "--keep-images", "3",
+                                      "--data-dir", str(tmp_path)])
+    assert (args.listen, args.tls, args.keep_images) == ("127.0.0.9", False, 3)
+    serve_flags = {action.dest for action in build_parser()._subparsers._group_actions[0].choices["serve"]._actions}
+    assert {f.name for f in fields(Settings)} <= serve_flags
+    assert resolve_settings({"data_dir": str(tmp_path)}, {"DISCO_LISTEN": "10.0.0.1"}).listen == "10.0.0.1"
+    write_default_config(Settings(data_dir=tmp_path))
+    config = (tmp_path / "config.toml").read_text()
+    for f in fields(Settings):
+        if f.name != "data_dir":
+            assert f"# {help_of(f.name)}\n{f.name} = " in config

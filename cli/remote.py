@@ -10,11 +10,9 @@ import sys
 import time
 from typing import Any
 
-from api.client import ApiClient, ClientError, Login, load_login, save_login
-
-
-# A deployment that was replaced or rolled back later had gone live: it succeeded.
-WENT_LIVE = ("live", "replaced", "rolled back")
+from cli.client import ApiClient, ClientError, Login, load_login, save_login
+from cli.output import show
+from runtime.store import WENT_LIVE
 
 
 def client(args: argparse.Namespace) -> ApiClient:
@@ -30,18 +28,6 @@ def project(args: argparse.Namespace) -> str:
         raise ClientError("no project given: pass --project NAME, or run this in a repo with a `disco` git remote")
     name = result.stdout.strip().rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
     return name.removesuffix(".git")
-
-
-def show(args: argparse.Namespace, data: Any, headers: list[str] | None = None,
-         row: Any = None) -> None:
-    """JSON for scripts (--json), a table or a line for people."""
-    if getattr(args, "json", False) or headers is None:
-        print(json.dumps(data, indent=2))
-        return
-    rows = [row(item) for item in data]
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)] if rows else map(len, headers)
-    for line in [headers, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
 
 
 # -- login ----------------------------------------------------------------------------------
@@ -273,58 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return exit_code
 
 
-# -- keys and users, remote ----------------------------------------------------------------------
-
-def remote_keys_list(args: argparse.Namespace) -> int:
-    keys = client(args).get("/ssh-keys", user=args.user)
-    show(args, keys, ["USER", "TYPE", "FINGERPRINT", "COMMENT", "ADDED"],
-         lambda k: [k["user"], k["type"], k["fingerprint"], k["comment"] or "-", k["added_at"]])
-    return 0
-
-
-def remote_keys_add(args: argparse.Namespace, key_line: str) -> int:
-    key = client(args).post("/ssh-keys", {"public_key": key_line, **({"user": args.name} if args.name else {})})
-    print(f"added {key['type']} key {key['fingerprint']} for {key['user']}")
-    return 0
-
-
-def remote_keys_remove(args: argparse.Namespace) -> int:
-    key = client(args).delete("/ssh-keys", fingerprint=args.fingerprint)
-    print(f"removed key {key['fingerprint']} of {key['user']}")
-    return 0
-
-
-def remote_users_list(args: argparse.Namespace) -> int:
-    users = client(args).get("/users")
-    show(args, users, ["NAME", "ROLE", "PROJECTS", "CREATED"],
-         lambda u: [u["name"], u["role"], "(all)" if u["role"] == "admin" else ",".join(u["projects"]) or "-",
-                    u["created_at"]])
-    return 0
-
-
-def remote_users_add(args: argparse.Namespace) -> int:
-    user = client(args).post("/users", {"name": args.name, "role": args.role})
-    print(f"added {user['role']} {user['name']}")
-    return 0
-
-
-def remote_users_remove(args: argparse.Namespace) -> int:
-    client(args).delete(f"/users/{args.name}")
-    print(f"removed {args.name} with their keys and grants")
-    return 0
-
-
-def remote_users_grant(args: argparse.Namespace) -> int:
-    client(args).post(f"/users/{args.name}/grants", {"project": args.project})
-    print(f"{args.name} may now push to and read {args.project}")
-    return 0
-
-
-def remote_users_revoke(args: argparse.Namespace) -> int:
-    client(args).delete(f"/users/{args.name}/grants/{args.project}")
-    print(f"{args.name} no longer has access to {args.project}")
-    return 0
-
+# -- API keys ---------------------------------------------------------------------------------
 
 def cmd_apikeys(args: argparse.Namespace) -> int:
     keys = client(args).get("/api-keys", all=True if args.all else None)

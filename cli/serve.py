@@ -1,0 +1,106 @@
+"""`disco serve`: the composition root, the one place that builds the daemon's parts and runs
+them in one event loop (git over SSH, the API, deploys, with the proxy starting beside them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import uvicorn
+
+from api.app import build_app
+from api.endpoints import ENDPOINTS
+from gitserver.repos import RepoRegistry
+from gitserver.server import GitServer
+from hooks.platform import Platform
+from runtime.caddy import API_SOCKET_NAME, CaddyAdmin
+from runtime.docker_engine import Engine
+from runtime.settings import Settings, ensure_layout, write_default_config
+from runtime.store import Store
+
+log = logging.getLogger("disco")
+
+
+def serve(settings: Settings) -> None:
+    """Run the daemon in the foreground until SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    # Their per-packet chatter would drown our one line per connection and push.
+    for chatty in ("asyncssh", "dulwich", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    ensure_layout(settings)
+    write_default_config(settings)
+    store = Store(settings.db_path)
+    try:
+        asyncio.run(_run(settings, store))
+    finally:
+        store.close()
+
+
+async def _run(settings: Settings, store: Store) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    platform = Platform.create(settings, store, Engine(settings.instance), CaddyAdmin(settings.run_dir))
+    for settled in platform.deployer.recover():
+        log.info("deployment #%d of %s left unfinished: now %s", settled.number, settled.project, settled.status)
+    workers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="git")
+    # Not awaited, and a daemon thread: SIGTERM stops the daemon at once even while Caddy is
+    # still starting (or never will, with an image that cannot run); the next start goes on.
+    threading.Thread(target=_start_proxy, args=(platform, settings), name="proxy", daemon=True).start()
+    git = GitServer(platform, RepoRegistry(settings.repos_dir), workers)
+    await git.start(settings.listen)
+    api = EmbeddedServer(uvicorn.Config(build_app(platform, ENDPOINTS.endpoints), log_level="warning", lifespan="off",
+                                        timeout_graceful_shutdown=10))
+    api_task = asyncio.create_task(api.serve(sockets=api_sockets(settings)))
+    log.info("ready (data dir %s, instance %s)", settings.data_dir, settings.instance)
+    await stop.wait()
+    log.info("shutting down")
+    api.should_exit = True
+    await git.stop()
+    await api_task
+    # A deploy still running is left to swarm; the next start settles its record.
+    workers.shutdown(wait=False, cancel_futures=True)
+
+
+def _start_proxy(platform: Platform, settings: Settings) -> None:
+    platform.router.start_proxy()
+    if platform.router.proxy_error:
+        log.error("%s", platform.router.proxy_error)
+    else:
+        log.info("proxy up on ports %d/%d", settings.http_port, settings.https_port)
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our event loop: the daemon, not uvicorn, owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def api_sockets(settings: Settings) -> list[socket.socket]:
+    """The API on 127.0.0.1:<api-port> for this machine, and on run/api.sock for Caddy."""
+    # proto must say TCP: asyncio only sets TCP_NODELAY on such sockets, and without it small
+    # responses wait ~40 ms for the client's delayed ACK (Nagle).
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind(("127.0.0.1", settings.api_port))
+    path = settings.run_dir / API_SOCKET_NAME
+    path.unlink(missing_ok=True)
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(str(path))
+    os.chmod(path, 0o660)
+    for sock in (tcp, unix):
+        sock.listen(512)
+        sock.set_inheritable(True)
+    return [tcp, unix]
