@@ -2,7 +2,7 @@
 # Set up Disco on a Debian machine (as root) and then either run the daemon or the tests.
 #
 #   ./setup.sh serve [disco serve options]   install what is missing, start dockerd + swarm, run the daemon
-#   ./setup.sh test  [pytest options]        install what is missing, start dockerd + swarm, run every test
+#   ./setup.sh test  [pytest options]        install what is missing, start dockerd + swarm, mypy, run every test
 #
 # Every step checks before it acts, so running it again changes nothing that is already right.
 set -euo pipefail
@@ -126,6 +126,8 @@ test)
     setup
     export PATH="/usr/bin:$PATH"
     cd "$ROOT"
+    say "type-checking with mypy"
+    "$VENV/bin/mypy"
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
 *)

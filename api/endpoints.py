@@ -21,7 +21,7 @@ from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_proje
 from hooks.projects import deployment_json
 from runtime.docker_engine import OneOffRun
 from hooks.queue import Ticket
-from runtime.store import ACTIVE_STATUSES, Store
+from runtime.store import ACTIVE_STATUSES, DeploymentStatus, Store
 
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 100}
@@ -174,7 +174,10 @@ async def _output_events(store: Store, project: str, number: int, after: int) ->
     position = 0
     while True:
         deployment = store.get_deployment(project, number)
-        finished = deployment.status not in ACTIVE_STATUSES
+        if deployment is None:  # the project was deleted while someone followed it
+            yield f"event: end\ndata: {json.dumps({'status': 'deleted', 'reason': 'project deleted', 'number': number})}\n\n"
+            return
+        finished = DeploymentStatus(deployment.status) not in ACTIVE_STATUSES
         path = Path(deployment.log_path)
         if path.exists():
             with path.open("rb") as handle:
@@ -347,14 +350,21 @@ async def remove_user(ctx: Context) -> Response:
           admin_only=True, body=obj(["project"], project=PROJECT_NAME_SCHEMA), responses={201: USER})
 async def grant(ctx: Context) -> Response:
     team.grant(ctx.store, ctx.user.name, ctx.param("name"), ctx.body["project"])
-    return ok(user_json(ctx.store, ctx.store.get_user(ctx.param("name"))), 201)
+    return ok(_user(ctx, ctx.param("name")), 201)
 
 
 @endpoint("DELETE", "/users/{name}/grants/{project}", "Take a project grant away (admins)", tag="users",
           admin_only=True, responses={200: USER})
 async def revoke(ctx: Context) -> Response:
     team.revoke(ctx.store, ctx.user.name, ctx.param("name"), ctx.param("project"))
-    return ok(user_json(ctx.store, ctx.store.get_user(ctx.param("name"))))
+    return ok(_user(ctx, ctx.param("name")))
+
+
+def _user(ctx: Context, name: str) -> dict:
+    user = ctx.store.get_user(name)
+    if user is None:  # removed by someone else in between
+        raise not_found(f"no user named {name!r}")
+    return user_json(ctx.store, user)
 
 
 def _owner(ctx: Context, requested: str | None) -> str:
@@ -420,7 +430,10 @@ async def create_api_key(ctx: Context) -> Response:
 async def revoke_api_key(ctx: Context) -> Response:
     key_id = ctx.number("id")
     apikeys.revoke(ctx.store, ctx.user, key_id)
-    return ok(api_key_json(ctx.store.get_api_key(key_id)))
+    key = ctx.store.get_api_key(key_id)
+    if key is None:
+        raise not_found(f"no API key {key_id}")
+    return ok(api_key_json(key))
 
 
 @endpoint("GET", "/audit", "Who did what, newest first (admins)", tag="meta", admin_only=True,

@@ -58,7 +58,7 @@ def load_login(server: str | None) -> Login:
     if not path.exists():
         raise ClientError("not logged in: run `disco login URL` (or set DISCO_URL and DISCO_API_KEY)")
     document = tomlkit.parse(path.read_text()).unwrap()
-    name = server or document.get("default")
+    name = str(server or document.get("default") or "default")
     servers = document.get("servers", {})
     if name not in servers:
         known = ", ".join(sorted(servers)) or "none"
@@ -97,7 +97,8 @@ class ApiClient:
                 if response.status_code >= 400:
                     response.read()
                     self._result(response)
-                event_id, event, data = "", "message", []
+                event_id, event = "", "message"
+                data: list[str] = []
                 for line in response.iter_lines():
                     if not line:
                         if data:
