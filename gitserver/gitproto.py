@@ -24,7 +24,7 @@ from dulwich.server import DictBackend, ReceivePackHandler, UploadPackHandler
 
 from hooks import pipeline
 from hooks.pipeline import RefUpdate
-from hooks.deploy import Platform
+from hooks.platform import Platform
 
 log = logging.getLogger("disco.git")
 

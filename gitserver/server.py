@@ -18,7 +18,7 @@ from gitserver.gitproto import ChannelIO, PushContext, run_receive_pack, run_upl
 from gitserver.repos import RepoRegistry
 from hooks import pipeline
 from hooks.policy import Access, PolicyError, project_from_path
-from hooks.deploy import Platform
+from hooks.platform import Platform
 from runtime.settings import Settings
 from runtime.sshkeys import fingerprint_of, load_or_create_host_key
 from runtime.store import Store, User

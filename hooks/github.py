@@ -20,9 +20,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hooks.deploy import DeployFailed, Platform
-from hooks.errors import Refused
+from hooks.errors import DeployFailed, Refused
 from hooks.output import DeployOutput
+from hooks.platform import Platform
 from runtime import gitrepo
 from runtime.sshkeys import generate_key_pair, public_key_of
 from runtime.store import now
@@ -74,8 +74,8 @@ def _check_clone_url(url: str) -> None:
 
 
 def webhook_form(platform: Platform, row: dict) -> dict:
-    host = platform.api_host or platform.settings.public_host
-    scheme = "https" if platform.settings.tls and platform.api_host else "http"
+    host = platform.router.api_host or platform.settings.public_host
+    scheme = "https" if platform.settings.tls and platform.router.api_host else "http"
     return {
         "payload_url": f"{scheme}://{host}/webhooks/github/{row['project']}",
         "content_type": "application/json",
@@ -172,7 +172,7 @@ def _push(platform: Platform, project: str, row: dict, delivery: str, payload: d
     if live and live.commit_sha == after:
         return _result(platform, delivery, 200, {"ignored": f"{after[:7]} is already live as #{live.number}"})
     pusher = str((payload.get("pusher") or {}).get("name") or "unknown")[:60]
-    ticket = platform.enqueue(project, after, row["branch"], f"github:{pusher}", "webhook", delivery=delivery,
+    ticket = platform.deployer.enqueue(project, after, row["branch"], f"github:{pusher}", "webhook", delivery=delivery,
                               prepare=lambda out: mirror(platform, project, after, out))
     number = ticket.deployment.number
     return _result(platform, delivery, 202, {"deployment": number, "commit": after}, number)

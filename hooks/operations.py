@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from hooks.deploy import DeployFailed, Platform
-from hooks.errors import Refused
+from hooks.errors import DeployFailed, Refused
+from hooks.platform import Platform
 from hooks.projects import require_project
 from hooks.queue import Ticket
 from runtime import gitrepo
@@ -23,18 +23,23 @@ RESERVED_ENV = ("PORT",)
 
 def server_state(platform: Platform) -> dict:
     """Docker's and the proxy's state, for the server's meta."""
-    return {"docker": platform.docker_state(),
-            "proxy": {"up": platform.proxy_ready.is_set() and not platform.proxy_error,
-                      "error": platform.proxy_error}}
+    try:
+        info = platform.engine.info()
+    except DockerError as err:
+        docker: dict[str, object] = {"reachable": False, "error": str(err)}
+    else:
+        docker = {"reachable": True, "version": info.version, "swarm": info.swarm}
+    router = platform.router
+    return {"docker": docker, "proxy": {"up": router.is_up, "error": router.proxy_error}}
 
 
 def replicas(platform: Platform, project: str) -> dict[str, int]:
     """Replicas per service as swarm runs them now."""
-    return platform.engine_replicas(project)
+    return {s.service: s.replicas for s in platform.engine.project_services(project)}  # by project label
 
 
 def cancel(platform: Platform, project: str, number: int, user: str) -> None:
-    platform.cancel(project, number, user)
+    platform.deployer.cancel(project, number, user)
 
 
 def deploy_ref(platform: Platform, user: str, project: str, branch: str | None, commit: str | None) -> Ticket:
@@ -58,13 +63,13 @@ def deploy_ref(platform: Platform, user: str, project: str, branch: str | None, 
         config_at(repo, sha)
     except AppConfigError as err:
         raise Refused(f"{sha[:7]} cannot deploy: {err}", "invalid_config") from None
-    return platform.enqueue(project, sha, branch, user, "api")
+    return platform.deployer.enqueue(project, sha, branch, user, "api")
 
 
 def logs(platform: Platform, project: str, service: str, tail: int, follow: bool) -> Iterator[str]:
     require_project(platform, project)
     name = platform.engine.service_name(project, check_service_name(service))
-    if platform.engine.find_service(name, project) is None:
+    if platform.engine.service_state(name, project) is None:
         raise Refused(f"{project} has no running service {service!r}", "not_found")
     return platform.engine.service_logs(name, tail, follow)
 
@@ -98,12 +103,10 @@ def _service_volumes(platform: Platform, live: Deployment, service: str) -> list
     return [(v.name, v.mount) for v in chosen.volumes] if chosen else []
 
 
-
-
 def redeploy(platform: Platform, project: str, user: str, source: str = "redeploy") -> Ticket:
     """Deploy the live commit again with the live image (after an env change, say)."""
     live = _require_live(platform, project)
-    return platform.enqueue(project, live.commit_sha, live.branch, user, source, image=live.image)
+    return platform.deployer.enqueue(project, live.commit_sha, live.branch, user, source, image=live.image)
 
 
 def rollback(platform: Platform, project: str, user: str, number: int | None = None) -> Ticket:
@@ -121,7 +124,7 @@ def rollback(platform: Platform, project: str, user: str, number: int | None = N
         raise DeployFailed(f"no earlier image of {project} is kept to roll back to", "conflict")
     target = kept[0]
     platform.store.audit(user, "rollback", project, f"to #{target.number}")
-    return platform.enqueue(project, target.commit_sha, target.branch, user, "rollback",
+    return platform.deployer.enqueue(project, target.commit_sha, target.branch, user, "rollback",
                             image=target.image, rollback_of=target.number)
 
 
@@ -150,7 +153,7 @@ def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -
         if not 0 <= replicas <= 100:
             raise DeployFailed(f"replicas of {service} must be from 0 to 100, got {replicas}")
         name = platform.engine.service_name(project, service)
-        if platform.engine.find_service(name, project) is None:
+        if platform.engine.service_state(name, project) is None:
             raise DeployFailed(f"{project} has no running service {service!r}", "not_found")
     for service, replicas in counts.items():
         platform.store.set_scale(project, service, replicas)

@@ -1,7 +1,7 @@
 """The receive pipeline of a git push over SSH.
 
 Every deployment, whoever asks for it (a push here, a webhook in hooks/github.py, the API
-through hooks/deploy.py and hooks/projects.py), goes through Platform.enqueue and the
+through hooks/operations.py), goes through Deployer.enqueue (hooks/deployer.py) and the
 project's queue. A push goes through three calls, made by the front door in this order:
 1. `check_push` before anything is read: may this user push to (or create) this project?
 2. `check_ref_update` for each ref, after the pack is stored and before the ref moves;
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from hooks.deploy import Platform
+from hooks.platform import Platform
 from hooks.policy import Access, authorize
 from runtime import gitrepo
 from runtime.appconfig import AppConfigError, config_at
@@ -117,7 +117,7 @@ def after_receive(platform: Platform, updates: list[RefUpdate], reporter: Report
             reporter.say(f"{update.short_ref} -> {update.new_sha[:7]} stored (only {branch} deploys)")
     if to_deploy is None:
         return []
-    ticket = platform.enqueue(to_deploy.project, to_deploy.new_sha, branch, to_deploy.user, "push",
+    ticket = platform.deployer.enqueue(to_deploy.project, to_deploy.new_sha, branch, to_deploy.user, "push",
                               listener=reporter.say)
     final = ticket.wait()
     if final is None or final.status != DeploymentStatus.LIVE:

@@ -1,5 +1,5 @@
-"""Projects as a whole: create, describe, delete; their domains; deploying a branch or commit;
-logs and one-off commands. The REST API calls these; each checks its input and audits."""
+"""Projects as a whole: create, describe, delete; their domains. The REST API calls these;
+each checks its input and audits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import re
 import shutil
 
-from hooks.deploy import Platform
+from hooks.platform import Platform
 from hooks.errors import Refused
 from hooks.policy import check_project_name
 from runtime import gitrepo
@@ -40,11 +40,11 @@ def describe(platform: Platform, name: str) -> dict:
 def delete_project(platform: Platform, user: str, name: str, volumes: bool) -> list[str]:
     """Remove a project with what it owns; named volumes only when asked. Returns what went."""
     require_project(platform, name)
-    if name in platform.queue.busy_projects():
+    if name in platform.deployer.busy_projects():
         raise Refused(f"{name} has a deployment running; wait for it or cancel it first", "conflict")
     engine, removed = platform.engine, []
     try:
-        for service in engine.project_services(name):
+        for service in engine.project_services(name):  # selected by their project label
             engine.remove_service(service.name)
             removed.append(f"service {service.name}")
         for tag in engine.project_images(name).values():
@@ -61,7 +61,7 @@ def delete_project(platform: Platform, user: str, name: str, volumes: bool) -> l
     shutil.rmtree(platform.settings.deployments_dir / name, ignore_errors=True)
     platform.store.delete_project(name)
     platform.store.audit(user, "projects:remove", name, "with volumes" if volumes else "volumes kept")
-    platform.apply_routes_if_up()
+    platform.router.apply_routes_if_up()
     return removed
 
 
@@ -71,7 +71,7 @@ def add_domain(platform: Platform, user: str, project: str, domain: str) -> None
     if not DOMAIN.fullmatch(domain):
         raise Refused(f"invalid domain {domain[:100]!r}: expected a host name like www.example.com", "bad_request")
     apps_domain = platform.settings.apps_domain
-    if domain == platform.api_host or (apps_domain and (domain == apps_domain or domain.endswith("." + apps_domain))):
+    if domain == platform.router.api_host or (apps_domain and (domain == apps_domain or domain.endswith("." + apps_domain))):
         # These names belong to the server itself and to every project's default address.
         raise Refused(f"{domain} is reserved by this server; use a domain of your own", "conflict")
     try:
@@ -79,7 +79,7 @@ def add_domain(platform: Platform, user: str, project: str, domain: str) -> None
     except StoreError as err:
         raise Refused(str(err), "conflict") from None
     platform.store.audit(user, "domains:add", project, domain)
-    platform.apply_routes_if_up()
+    platform.router.apply_routes_if_up()
 
 
 def remove_domain(platform: Platform, user: str, project: str, domain: str) -> None:
@@ -89,7 +89,7 @@ def remove_domain(platform: Platform, user: str, project: str, domain: str) -> N
     except StoreError as err:
         raise Refused(str(err), "not_found") from None
     platform.store.audit(user, "domains:remove", project, domain)
-    platform.apply_routes_if_up()
+    platform.router.apply_routes_if_up()
 
 
 def deployment_json(d: Deployment) -> dict:

@@ -15,35 +15,35 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import shlex
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import docker
-import docker.errors
-from docker.models.containers import Container
-from docker.types import (
-    EndpointSpec,
-    Healthcheck,
-    Mount,
-    RestartPolicy,
-    RollbackConfig,
-    ServiceMode,
-    TaskTemplate,
-    UpdateConfig,
+# docker-py ships no type hints (types-docker is not a dependency): its objects are Any here,
+# and never leave this module.
+import docker  # type: ignore[import-untyped]
+import docker.errors  # type: ignore[import-untyped]
+from docker.types import Mount  # type: ignore[import-untyped]
+
+from runtime.docker_specs import (
+    PROBE_BINARY,
+    PROBE_PATH,
+    ServiceSpec,
+    build_command,
+    health_command,
+    instance_labels,
+    proxy_service,
+    swarm_service,
 )
 
-DOCKER_CLI = os.environ.get("DISCO_DOCKER_CLI", "/usr/bin/docker")
-# A static busybox from the host, mounted into every task, runs the health check, so images
-# without a shell or tools (FROM scratch) can be checked too.
-PROBE_BINARY = os.environ.get("DISCO_PROBE_BINARY", "/bin/busybox")
-PROBE_PATH = "/.disco/busybox"
-SECOND = 1_000_000_000  # docker API durations are in nanoseconds
+# Imported from here by bench/ and older callers.
+__all__ = ["PROBE_BINARY", "PROBE_PATH", "DockerError", "DockerInfo", "Engine", "OneOffRun", "ServiceSpec",
+           "ServiceState", "health_command"]
 
 OutputLine = Callable[[str], None]
 
@@ -53,26 +53,40 @@ class DockerError(Exception):
 
 
 @dataclass(frozen=True)
-class ServiceSpec:
-    """Everything that defines one project service; the engine turns it into a swarm spec."""
+class DockerInfo:
+    version: str  # the engine's version
+    swarm: str  # this node's swarm state: "active", "inactive", ...
 
-    name: str
-    image: str
-    network: str
-    labels: dict[str, str]
-    env: dict[str, str]
+
+@dataclass(frozen=True)
+class ServiceState:
+    """A swarm service of a project, as its current spec and last update say."""
+
+    name: str  # the swarm service's name
+    service: str  # the project service it runs (its disco.service label)
+    deployment: str  # the deployment number of its current spec ("" if unlabelled)
     replicas: int
-    args: list[str] | None = None
-    port: int | None = None  # checked for health when set
-    health_path: str | None = None
-    health_timeout: int = 60
-    mounts: list[tuple[str, str]] = field(default_factory=list)  # (volume name, path)
+    update_state: str  # of its last update: "completed" (or none ran), "rollback_completed", "paused", ...
+    has_previous: bool  # swarm kept the spec before the last update, so it can be put back
+
+    @classmethod
+    def of(cls, service: Any) -> ServiceState:
+        spec = service.attrs["Spec"]
+        labels = spec.get("Labels") or {}
+        return cls(
+            name=service.name,
+            service=labels.get("disco.service", service.name),
+            deployment=labels.get("disco.deployment", ""),
+            replicas=int(((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 0)),
+            update_state=(service.attrs.get("UpdateStatus") or {}).get("State", "completed"),
+            has_previous="PreviousSpec" in service.attrs,
+        )
 
 
 class OneOffRun:
     """A one-off command's container: read its output, then its exit code, then remove it."""
 
-    def __init__(self, container: Container) -> None:
+    def __init__(self, container: Any) -> None:  # a docker-py Container
         self._container = container
 
     def output(self) -> Iterator[str]:
@@ -112,11 +126,13 @@ class Engine:
                 raise DockerError(f"cannot reach the Docker engine: {err}") from None
         return self._client
 
-    def info(self) -> dict:
+    def info(self) -> DockerInfo:
         try:
-            return self.client.info()
+            info = self.client.info()
         except docker.errors.DockerException as err:
             raise DockerError(f"cannot reach the Docker engine: {err}") from None
+        return DockerInfo(version=info.get("ServerVersion", ""),
+                          swarm=(info.get("Swarm") or {}).get("LocalNodeState", ""))
 
     # -- names -----------------------------------------------------------------------------
 
@@ -138,7 +154,7 @@ class Engine:
         return f"{self.instance}-{project}-{volume}"
 
     def labels(self, **extra: str) -> dict[str, str]:
-        return {"disco.instance": self.instance, **{f"disco.{k}": v for k, v in extra.items()}}
+        return instance_labels(self.instance, **extra)
 
     # -- network ---------------------------------------------------------------------------
 
@@ -158,12 +174,7 @@ class Engine:
 
         `stop` is polled while the build runs; when it turns true the build is killed.
         """
-        command = [DOCKER_CLI, "build", "--progress=plain", "-t", tag, "-f", str(dockerfile)]
-        for key, value in {**labels}.items():
-            command += ["--label", f"{key}={value}"]
-        for key, value in args.items():
-            command += ["--build-arg", f"{key}={value}"]
-        command.append(str(context))
+        command = build_command(context, dockerfile, tag, args, labels)
         tail: list[str] = []
         process = subprocess.Popen(
             command,
@@ -238,8 +249,8 @@ class Engine:
 
     # -- services --------------------------------------------------------------------------
 
-    def find_service(self, name: str, project: str | None = None):  # type: ignore[no-untyped-def]
-        """The service of that exact name (of that project, when given), or None."""
+    def _find_service(self, name: str, project: str | None = None) -> Any:
+        """The docker-py Service of that exact name (of that project, when given), or None."""
         try:
             service = self.client.services.get(name)
         except docker.errors.NotFound:
@@ -249,15 +260,21 @@ class Engine:
             return None
         return service
 
-    def project_services(self, project: str) -> list:  # type: ignore[type-arg]
-        return self.client.services.list(
+    def service_state(self, name: str, project: str | None = None) -> ServiceState | None:
+        """The service of that exact name (of that project, when given), or None."""
+        service = self._find_service(name, project)
+        return ServiceState.of(service) if service is not None else None
+
+    def project_services(self, project: str) -> list[ServiceState]:
+        services = self.client.services.list(
             filters={"label": [f"disco.instance={self.instance}", f"disco.project={project}"]}
         )
+        return [ServiceState.of(service) for service in services]
 
     def apply(self, spec: ServiceSpec) -> bool:
         """Create the service or roll it to this spec (start-first). True if it was created."""
-        parts = _swarm_spec(spec)
-        current = self.find_service(spec.name)
+        parts = swarm_service(spec)
+        current = self._find_service(spec.name)
         owner = (current.attrs["Spec"].get("Labels") or {}).get("disco.project") if current else None
         if current is not None and owner != spec.labels.get("disco.project"):
             # Names join instance, project and service with '-', which names may contain too.
@@ -280,7 +297,7 @@ class Engine:
         deployment = spec.labels.get("disco.deployment", "")
         said = ""
         while True:
-            service = self.find_service(spec.name)
+            service = self._find_service(spec.name)
             if service is None:
                 raise DockerError(f"service {spec.name} disappeared during the deploy")
             state = (service.attrs.get("UpdateStatus") or {}).get("State", "")
@@ -305,7 +322,7 @@ class Engine:
                 raise DockerError(reason or f"{spec.name} was not healthy after {timeout:.0f} s")
             time.sleep(0.25)
 
-    def _failure_reason(self, spec: ServiceSpec, tasks: list[dict]) -> str | None:
+    def _failure_reason(self, spec: ServiceSpec, tasks: list[dict[str, Any]]) -> str | None:
         """Why a task of this deployment stopped, told as the person deploying needs it."""
         for task in tasks:
             status = task["Status"]
@@ -333,7 +350,7 @@ class Engine:
 
     def restore_previous(self, name: str) -> None:
         """Put a service back on the spec it had before the last update (swarm's rollback)."""
-        service = self.find_service(name)
+        service = self._find_service(name)
         if service is None or "PreviousSpec" not in service.attrs:
             return
         previous = service.attrs["PreviousSpec"]
@@ -345,7 +362,7 @@ class Engine:
         )
 
     def remove_service(self, name: str) -> None:
-        service = self.find_service(name)
+        service = self._find_service(name)
         if service is not None:
             try:
                 service.remove()
@@ -353,19 +370,10 @@ class Engine:
                 pass
 
     def scale(self, name: str, replicas: int) -> None:
-        service = self.find_service(name)
+        service = self._find_service(name)
         if service is None:
             raise DockerError(f"service {name} does not exist")
         service.scale(replicas)
-
-    def service_deployment(self, name: str) -> tuple[str, str] | None:
-        """(deployment label of the current spec, update state) of a service, or None."""
-        service = self.find_service(name)
-        if service is None:
-            return None
-        labels = service.attrs["Spec"].get("Labels") or {}
-        state = (service.attrs.get("UpdateStatus") or {}).get("State", "completed")
-        return labels.get("disco.deployment", ""), state
 
     # -- the proxy -------------------------------------------------------------------------
 
@@ -374,44 +382,12 @@ class Engine:
         return f"{self.instance}-caddy"
 
     def ensure_proxy(self, image: str, run_dir: Path, http_port: int, https_port: int, command: list[str]) -> bool:
-        """Create or fix the Caddy service; True if it was (re)started.
-
-        Host-mode ports (no IPVS for the routing mesh here) mean two Caddy tasks cannot run at
-        once, so its updates are stop-first; they only happen when these settings change.
-        """
-        wanted = {
-            "image": image, "run_dir": str(run_dir), "http": http_port, "https": https_port, "command": command,
-        }
-        fingerprint = hashlib.sha256(repr(sorted(wanted.items())).encode()).hexdigest()[:16]
-        labels = self.labels(role="proxy", spec=fingerprint)
-        current = self.find_service(self.proxy_name)
-        if current is not None and (current.attrs["Spec"].get("Labels") or {}).get("disco.spec") == fingerprint:
+        """Create or fix the Caddy service; True if it was (re)started (only when these settings changed)."""
+        parts = proxy_service(self.instance, self.network_name, image, run_dir, http_port, https_port, command)
+        current = self._find_service(self.proxy_name)
+        if current is not None and (current.attrs["Spec"].get("Labels") or {}).get("disco.spec") == \
+                parts["labels"]["disco.spec"]:
             return False
-        container = docker.types.ContainerSpec(
-            image=image,
-            args=command,
-            env=["XDG_CONFIG_HOME=/config", "XDG_DATA_HOME=/data"],
-            mounts=[
-                Mount(target="/run/disco", source=str(run_dir), type="bind"),
-                Mount(target="/data", source=f"{self.instance}-caddy-data", type="volume"),
-                Mount(target="/config", source=f"{self.instance}-caddy-config", type="volume"),
-            ],
-            labels=labels,
-        )
-        parts = {
-            "task_template": TaskTemplate(
-                container_spec=container,
-                restart_policy=RestartPolicy(condition="any", delay=1 * SECOND),
-                networks=[{"Target": self.network_name}],
-            ),
-            "labels": labels,
-            "mode": ServiceMode("replicated", replicas=1),
-            "update_config": UpdateConfig(parallelism=1, order="stop-first", failure_action="pause"),
-            "endpoint_spec": EndpointSpec(mode="dnsrr", ports=[
-                {"Protocol": "tcp", "PublishedPort": http_port, "TargetPort": 80, "PublishMode": "host"},
-                {"Protocol": "tcp", "PublishedPort": https_port, "TargetPort": 443, "PublishMode": "host"},
-            ]),
-        }
         try:
             if current is None:
                 self.client.api.create_service(name=self.proxy_name, **parts)
@@ -457,7 +433,7 @@ class Engine:
 
     def service_logs(self, name: str, tail: int, follow: bool) -> Iterator[str]:
         """Lines from every task of the service, oldest first; with follow, until closed."""
-        service = self.find_service(name)
+        service = self._find_service(name)
         if service is None:
             raise DockerError(f"service {name} does not exist")
         stream = service.logs(stdout=True, stderr=True, follow=follow, tail=tail, timestamps=True)
@@ -495,71 +471,6 @@ class Engine:
             raise DockerError(f"the volume {name} belongs to something else; rename this volume in disco.toml")
 
 
-def health_command(port: int, path: str | None) -> list[str]:
-    """The HEALTHCHECK, run by the mounted busybox against the task's own overlay address.
-
-    Probing the overlay address rather than 127.0.0.1 catches apps that listen on localhost
-    only, which the proxy could not reach.
-    """
-    b = PROBE_PATH
-    address = f'set -- $({b} hostname -i); H="$1"'
-    if path is None:
-        script = f'{address}; {b} timeout 5 {b} nc "$H" {port} </dev/null'
-    else:
-        request = shlex.quote(f"GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: disco-health\r\n\r\n")
-        script = (
-            f"{address}; S=$(printf %s {request} | {b} timeout 5 {b} nc \"$H\" {port} | {b} head -n 1); "
-            f"echo \"GET {path} on port {port}: ${{S:-no answer}}\"; "
-            f"echo \"$S\" | {b} grep -qE '^HTTP/[0-9.]+ [23][0-9][0-9]'"
-        )
-    return ["CMD", PROBE_PATH, "sh", "-c", script]
-
-
-def _swarm_spec(spec: ServiceSpec) -> dict:
-    mounts = [Mount(target=path, source=volume, type="volume") for volume, path in spec.mounts]
-    healthcheck = None
-    if spec.port is not None:
-        mounts.append(Mount(target=PROBE_PATH, source=PROBE_BINARY, type="bind", read_only=True))
-        healthcheck = Healthcheck(
-            test=health_command(spec.port, spec.health_path),
-            interval=1 * SECOND,
-            timeout=6 * SECOND,
-            retries=3,
-            # Failures before this do not count; the first pass makes the task healthy.
-            start_period=spec.health_timeout * SECOND,
-        )
-    container = docker.types.ContainerSpec(
-        image=spec.image,
-        args=spec.args,
-        env=[f"{k}={v}" for k, v in spec.env.items()],
-        labels=spec.labels,
-        mounts=mounts,
-        healthcheck=healthcheck,
-        init=True,  # PID 1 that forwards SIGTERM: apps that ignore it still stop promptly
-        stop_grace_period=10 * SECOND,
-    )
-    template = TaskTemplate(
-        container_spec=container,
-        restart_policy=RestartPolicy(condition="on-failure", delay=1 * SECOND),
-        networks=[{"Target": spec.network}],
-    )
-    # Workers have no health check, so watch them longer for an early crash.
-    monitor = (1 if spec.port is not None else 5) * SECOND
-    return {
-        "task_template": template,
-        "labels": spec.labels,
-        "mode": ServiceMode("replicated", replicas=spec.replicas),
-        "update_config": UpdateConfig(
-            parallelism=1, delay=0, failure_action="rollback", monitor=monitor,
-            max_failure_ratio=0, order="start-first",
-        ),
-        "rollback_config": RollbackConfig(
-            parallelism=0, delay=0, failure_action="pause", monitor=1 * SECOND, order="start-first",
-        ),
-        "endpoint_spec": EndpointSpec(mode="dnsrr"),
-    }
-
-
 def _retry_while_in_use(remove: Callable[[], object], timeout: float = 30) -> None:
     """Volumes and networks stay busy for a moment after their service is removed."""
     deadline = time.monotonic() + timeout
@@ -575,11 +486,11 @@ def _retry_while_in_use(remove: Callable[[], object], timeout: float = 30) -> No
             time.sleep(0.5)
 
 
-def _task_deployment(task: dict) -> str:
+def _task_deployment(task: dict[str, Any]) -> str:
     return (task["Spec"]["ContainerSpec"].get("Labels") or {}).get("disco.deployment", "")
 
 
-def _kill_when(process: subprocess.Popen, stop: Callable[[], bool]) -> None:
+def _kill_when(process: subprocess.Popen[bytes], stop: Callable[[], bool]) -> None:
     while process.poll() is None:
         if stop():
             process.kill()

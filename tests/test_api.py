@@ -10,9 +10,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from api.app import build_app
-from api.spec import REGISTRY
+from api.endpoints import ENDPOINTS
 from hooks import apikeys
-from hooks.deploy import Platform
+from hooks.platform import Platform
 from runtime.caddy import CaddyAdmin
 from runtime.docker_engine import Engine
 from runtime.settings import Settings, ensure_layout
@@ -26,15 +26,15 @@ def platform(tmp_path: Path) -> Platform:
     store = Store(settings.db_path)
     store.add_user("alice", "admin")
     store.add_user("bob", "deployer")
-    platform = Platform(settings, store, Engine("apitest"), CaddyAdmin(settings.run_dir))
-    platform.proxy_ready.set()
-    platform.proxy_error = "no proxy in these tests"
+    platform = Platform.create(settings, store, Engine("apitest"), CaddyAdmin(settings.run_dir))
+    platform.router.proxy_ready.set()
+    platform.router.proxy_error = "no proxy in these tests"
     return platform
 
 
 @pytest.fixture
 def client(platform: Platform) -> TestClient:
-    return TestClient(build_app(platform))
+    return TestClient(build_app(platform, ENDPOINTS.endpoints))
 
 
 def key_for(platform: Platform, user: str, **kwargs) -> str:
@@ -225,7 +225,7 @@ def test_users_ssh_keys_and_grants(client: TestClient, platform: Platform, alice
 def test_openapi_document_matches_the_routes(client: TestClient):
     document = client.get("/api/v1/openapi.json").json()
     assert document["openapi"].startswith("3.")
-    served = {(ep.method.lower(), f"/api/v1{ep.path}") for ep in REGISTRY}
+    served = {(ep.method.lower(), f"/api/v1{ep.path}") for ep in ENDPOINTS.endpoints}
     documented = {(method, path) for path, ops in document["paths"].items() for method in ops}
     assert served == documented
     for path, ops in document["paths"].items():
@@ -250,10 +250,10 @@ def test_reserved_domains_are_refused(tmp_path: Path):
     ensure_layout(settings)
     store = Store(settings.db_path)
     store.add_user("alice", "admin")
-    platform = Platform(settings, store, Engine("apitest"), CaddyAdmin(settings.run_dir))
-    platform.proxy_ready.set()
-    platform.proxy_error = "no proxy in these tests"
-    client = TestClient(build_app(platform))
+    platform = Platform.create(settings, store, Engine("apitest"), CaddyAdmin(settings.run_dir))
+    platform.router.proxy_ready.set()
+    platform.router.proxy_error = "no proxy in these tests"
+    client = TestClient(build_app(platform, ENDPOINTS.endpoints))
     headers = {"Authorization": f"Bearer {key_for(platform, 'alice')}"}
     assert client.post("/api/v1/projects", json={"name": "alpha"}, headers=headers).status_code == 201
     for domain in ("shop.apps.example.com", "apps.example.com", "deploy.example.com"):

@@ -14,8 +14,9 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from hypothesis import HealthCheck, settings
 
 from api.app import build_app
+from api.endpoints import ENDPOINTS
 from hooks import apikeys
-from hooks.deploy import Platform
+from hooks.platform import Platform
 from runtime.caddy import CaddyAdmin
 from runtime.docker_engine import Engine
 from runtime.settings import Settings, ensure_layout
@@ -30,15 +31,15 @@ def _platform() -> tuple[Platform, str]:
     store.add_user("alice", "admin")
     store.add_project("shop", "alice")
     store.set_env("shop", {"A": "1"})
-    platform = Platform(settings, store, Engine("schema"), CaddyAdmin(settings.run_dir))
+    platform = Platform.create(settings, store, Engine("schema"), CaddyAdmin(settings.run_dir))
     platform.engine._client = None
-    platform.proxy_ready.set()
-    platform.proxy_error = "no proxy in these tests"
+    platform.router.proxy_ready.set()
+    platform.router.proxy_error = "no proxy in these tests"
     return platform, apikeys.create(store, "test", "alice", "schemathesis")[1]
 
 
 PLATFORM, KEY = _platform()
-APP = build_app(PLATFORM)
+APP = build_app(PLATFORM, ENDPOINTS.endpoints)
 schema = schemathesis.openapi.from_asgi("/api/v1/openapi.json", APP)
 
 # Endpoints that talk to Docker are exercised for real in the end-to-end tests; here they

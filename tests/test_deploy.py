@@ -239,15 +239,15 @@ def test_scale_is_kept_across_deploys(live: Disco, admin_key: Key, tmp_path: Pat
 
 def local_platform(disco: Disco):
     """The hooks layer in this process, on the daemon's data dir (the API will call the same)."""
-    from hooks.deploy import Platform
+    from hooks.platform import Platform
     from runtime.caddy import CaddyAdmin
     from runtime.docker_engine import Engine
     from runtime.settings import resolve_settings
     from runtime.store import Store
     settings = resolve_settings({"data_dir": str(disco.data_dir), "instance": disco.instance, "tls": False,
                                  "apps_domain": "localhost"}, {})
-    platform = Platform(settings, Store(settings.db_path), Engine(disco.instance), CaddyAdmin(settings.run_dir))
-    platform.proxy_ready.set()
+    platform = Platform.create(settings, Store(settings.db_path), Engine(disco.instance), CaddyAdmin(settings.run_dir))
+    platform.router.proxy_ready.set()
     return platform
 
 
@@ -259,7 +259,8 @@ def test_rollback_and_env_change_reuse_images(live: Disco, admin_key: Key, tmp_p
     assert push(live, admin_key, repo).returncode == 0
     assert live.stop() == 0  # the hooks run in this process now; Caddy and the app keep serving
     platform = local_platform(live)
-    from hooks import deploy, operations
+    from hooks import operations
+    from hooks.errors import DeployFailed
 
     ticket = operations.rollback(platform, "myapp", "alice")
     final = ticket.wait(120)
@@ -274,9 +275,9 @@ def test_rollback_and_env_change_reuse_images(live: Disco, admin_key: Key, tmp_p
     assert final.status == "live" and final.source == "env"
     assert "GREETING=hello-env" in body(live, path="/env.txt")
     assert body(live) == "v1\n"  # same image: the env change did not rebuild v2
-    with pytest.raises(deploy.DeployFailed, match="PORT is set by Disco"):
+    with pytest.raises(DeployFailed, match="PORT is set by Disco"):
         operations.set_env(platform, "myapp", "alice", {"PORT": "1"})
-    with pytest.raises(deploy.DeployFailed, match="deployment #9"):
+    with pytest.raises(DeployFailed, match="deployment #9"):
         operations.rollback(platform, "myapp", "alice", 9)
 
 

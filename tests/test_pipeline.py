@@ -9,7 +9,7 @@ import pytest
 from hooks import pipeline
 from hooks.pipeline import ZERO_SHA, RefUpdate
 from hooks.policy import Access, PolicyError, authorize, project_from_path
-from hooks.deploy import Platform
+from hooks.platform import Platform
 from runtime.caddy import CaddyAdmin
 from runtime.docker_engine import Engine
 from runtime.settings import Settings
@@ -69,7 +69,7 @@ class Recorder:
 def platform(store: Store, tmp_path: Path) -> Platform:
     # Nothing here reaches Docker or Caddy: the engine connects lazily, on first use.
     settings = Settings(data_dir=tmp_path)
-    return Platform(settings, store, Engine("unit"), CaddyAdmin(tmp_path))
+    return Platform.create(settings, store, Engine("unit"), CaddyAdmin(tmp_path))
 
 
 def test_ref_checks(platform: Platform):

@@ -1,6 +1,6 @@
 """Route changes at the same time: Caddy's last config must carry every one of them.
 
-Caddy is faked here (a unit test of the Platform's bookkeeping); test_deploy drives the real one.
+Caddy is faked here (a unit test of the Router's bookkeeping); test_deploy drives the real one.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from hooks.deploy import Platform
+from hooks.platform import Platform
 from runtime.docker_engine import Engine
 from runtime.settings import Settings, ensure_layout
 from runtime.store import Store
 
 
 class RecordingCaddy:
-    """The part of Caddy's admin API the Platform uses: every config it loaded, in order."""
+    """The part of Caddy's admin API the Router uses: every config it loaded, in order."""
 
     def __init__(self) -> None:
         self.loaded: list[dict] = []
@@ -35,8 +35,8 @@ class RecordingCaddy:
 def platform(tmp_path: Path) -> Platform:
     settings = Settings(data_dir=tmp_path / "data", instance="routetest", apps_domain="localhost", tls=False)
     ensure_layout(settings)
-    platform = Platform(settings, Store(settings.db_path), Engine("routetest"), RecordingCaddy())  # type: ignore[arg-type]
-    platform.proxy_ready.set()
+    platform = Platform.create(settings, Store(settings.db_path), Engine("routetest"), RecordingCaddy())  # type: ignore[arg-type]
+    platform.router.proxy_ready.set()
     return platform
 
 
@@ -59,15 +59,15 @@ def test_a_domain_added_while_another_project_switches_keeps_both_routes(platfor
         release.wait(5)
         platform.store.update_deployment("shop", first.number, status="live")
 
-    deploy = threading.Thread(target=platform.switch, args=(first, mark_live))
+    deploy = threading.Thread(target=platform.router.switch, args=(first, mark_live))
     deploy.start()
     assert switched.wait(5)
     platform.store.add_domain("blog", "blog.example.com")
-    domain = threading.Thread(target=platform.apply_routes_if_up)
+    domain = threading.Thread(target=platform.router.apply_routes_if_up)
     domain.start()
     domain.join(0.3)
     release.set()
     deploy.join(5)
     domain.join(5)
-    assert platform.caddy.routed_hosts() == {"shop.localhost", "blog.localhost", "blog.example.com"}  # type: ignore[attr-defined]
+    assert platform.router.caddy.routed_hosts() == {"shop.localhost", "blog.localhost", "blog.example.com"}  # type: ignore[attr-defined]
 

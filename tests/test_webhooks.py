@@ -24,10 +24,11 @@ from dulwich.web import WSGIRequestHandlerLogger, make_wsgi_chain
 from starlette.testclient import TestClient
 
 from api.app import build_app
+from api.endpoints import ENDPOINTS
 from apps import new_version, web_app
 from conftest import Disco, Key, head, require_docker, run
 from hooks import github
-from hooks.deploy import Platform
+from hooks.platform import Platform
 from runtime.caddy import CaddyAdmin
 from runtime.docker_engine import Engine
 from runtime.settings import Settings, ensure_layout
@@ -75,9 +76,9 @@ def linked(tmp_path: Path):
     store.add_user("alice", "admin")
     store.add_project("shop", "alice")
     store.add_project("other", "alice")
-    platform = Platform(settings, store, Engine("hooktest"), CaddyAdmin(settings.run_dir))
+    platform = Platform.create(settings, store, Engine("hooktest"), CaddyAdmin(settings.run_dir))
     form = github.link(platform, "alice", "shop", "octo/shop")
-    return platform, TestClient(build_app(platform)), form["secret"], form
+    return platform, TestClient(build_app(platform, ENDPOINTS.endpoints)), form["secret"], form
 
 
 def test_link_prints_the_webhook_form(linked):

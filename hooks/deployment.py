@@ -1,0 +1,272 @@
+"""One deployment, stage by stage: fetch, build, plan, start, wait until healthy, switch, clean up.
+
+A small stage runner does the bookkeeping around the stages: it stops at a cancel between
+stages, times each stage into the record, and on any error undoes what the deployment started,
+so the old version keeps serving (swarm only stops an old task once its replacement is healthy,
+and rolls back on its own when one never is).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hooks.engine import DeployEngine
+from hooks.errors import DeployFailed
+from hooks.queue import Ticket
+from hooks.router import Router
+from runtime import gitrepo
+from runtime.appconfig import DEFAULT_PORT, AppConfig, AppConfigError, ServiceConfig, config_at
+from runtime.caddy import UPSTREAM_REFRESH_SECONDS, CaddyError
+from runtime.docker_engine import DockerError, ServiceSpec
+from runtime.settings import Settings
+from runtime.store import WENT_LIVE, Deployment, DeploymentStatus, Store, now
+
+log = logging.getLogger("disco.deploy")
+
+# Errors that say what went wrong in the deploy's own terms; anything else is a bug, logged.
+KNOWN_ERRORS = (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError, AppConfigError)
+
+
+@dataclass(frozen=True)
+class Stage:
+    timing: str  # its key in the record's timings; "" for a stage too quick to time
+    run: Callable[[], None]
+
+
+class DeploymentRun:
+    """One deployment; `run` goes through the stages and returns the final record."""
+
+    def __init__(self, settings: Settings, store: Store, engine: DeployEngine, router: Router,
+                 ticket: Ticket) -> None:
+        self.settings, self.store, self.engine, self.router = settings, store, engine, router
+        self.ticket = ticket
+        self.d = ticket.deployment
+        self.out = ticket.output
+        self.timings: dict[str, float] = {}
+        # What the stages made, in order: the undo needs it.
+        self.image = ""
+        self.built_image = False
+        self.specs: list[ServiceSpec] = []
+        self.applied: list[tuple[ServiceSpec, bool]] = []  # (spec, created) in the order started
+        self._app_config: AppConfig | None = None
+
+    def run(self) -> Deployment:
+        self._set(status=DeploymentStatus.BUILDING)
+        stages = [
+            *([Stage("fetch", self.fetch)] if self.ticket.prepare is not None else []),
+            Stage("build", self.build),
+            Stage("", self.plan),
+            Stage("start", self.start),
+            Stage("health", self.wait_until_healthy),
+            Stage("switch", self.switch),
+        ]
+        for stage in stages:
+            try:
+                # Between stages; the last check, before switch, is the last moment to stop.
+                self._stop_if_cancelled()
+                self._timed(stage)
+            except Exception as err:  # whatever broke, undo what this deployment started
+                return self._fail(err)
+        self._timed(Stage("cleanup", self.clean_up))
+        self.out.line(f"deployment #{self.d.number} is live" + self._where())
+        return self._set(finished_at=now())
+
+    # -- the stages ------------------------------------------------------------------------
+
+    def fetch(self) -> None:
+        """Work the queue does first (a webhook's git fetch), so a superseded one never does it."""
+        assert self.ticket.prepare is not None
+        self.ticket.prepare(self.out)
+
+    def build(self) -> None:
+        engine, d = self.engine, self.d
+        tag = engine.image_tag(d.project, d.number)
+        if d.image:  # a rollback or env change: reuse the image, no rebuild
+            engine.retag(d.image, tag)
+            self.out.line(f"reusing image of {d.image} (no rebuild)")
+            self.image = tag
+            return
+        repo = self._repo()
+        config = self._config()
+        for path in gitrepo.submodules(repo, d.commit_sha):
+            self.out.line(f"warning: submodule {path} is skipped: its files are not part of the build context")
+        with tempfile.TemporaryDirectory(prefix=f"disco-build-{d.project}-") as tmp:
+            tree = Path(tmp)
+            gitrepo.export_tree(repo, d.commit_sha, tree)
+            dockerfile = tree / config.dockerfile_path
+            context = tree / config.build.context
+            for path, what in ((dockerfile, "build.dockerfile"), (context, "build.context")):
+                # A symlink in the repo must not lead the build to the server's own files.
+                if not path.resolve().is_relative_to(tree.resolve()):
+                    raise DeployFailed(f"{what} leads outside the repo (through a symlink)")
+            if not dockerfile.is_file():
+                raise DeployFailed(f"no Dockerfile at {config.dockerfile_path} in {d.commit_sha[:7]}")
+            self.out.line(f"building {config.dockerfile_path} of {d.commit_sha[:7]}")
+            labels = engine.labels(project=d.project, deployment=str(d.number), commit=d.commit_sha)
+            engine.build(context, dockerfile, tag, config.build.args, labels, self.out.line, stop=self._cancelled)
+        self.built_image = True
+        self.image = tag
+
+    def plan(self) -> None:
+        """The swarm spec of every service in disco.toml, on the env and scale of now."""
+        engine, d = self.engine, self.d
+        env = self.store.env(d.project)
+        scale = self.store.scale(d.project)
+        exposed = engine.exposed_ports(self.image)
+        for service in self._config().services.values():
+            port = _port_of(service, exposed)
+            service_env = {
+                **env,
+                "DISCO_PROJECT": d.project,
+                "DISCO_SERVICE": service.name,
+                "DISCO_DEPLOYMENT": str(d.number),
+                "DISCO_COMMIT": d.commit_sha,
+            }
+            if port is not None:
+                service_env["PORT"] = str(port)
+            self.specs.append(ServiceSpec(
+                name=engine.service_name(d.project, service.name),
+                image=self.image,
+                network=engine.network_name,
+                labels=engine.labels(project=d.project, service=service.name, deployment=str(d.number)),
+                env=service_env,
+                replicas=scale.get(service.name, service.replicas),
+                args=shlex.split(service.command) if service.command else None,
+                port=port,
+                health_path=service.health,
+                health_timeout=service.health_timeout,
+                mounts=[(engine.volume_name(d.project, v.name), v.mount) for v in service.volumes],
+            ))
+
+    def start(self) -> None:
+        """New tasks start beside the old ones; swarm keeps the old ones until these are healthy."""
+        web = next((s for s in self.specs if s.labels["disco.service"] == "web" and s.port), None)
+        self.d = self._set(status=DeploymentStatus.STARTING, image=self.image, web_port=web.port if web else 0)
+        for spec in self.specs:
+            for volume, _ in spec.mounts:
+                self.engine.ensure_volume(volume, self.d.project)
+            self.out.line(f"starting {spec.name} ({spec.replicas} replica(s))")
+            created = self.engine.apply(spec)
+            self.applied.append((spec, created))
+
+    def wait_until_healthy(self) -> None:
+        for spec, created in self.applied:
+            check = (f"GET {spec.health_path}" if spec.health_path else "TCP connect") if spec.port else "no crash"
+            self.out.line(f"waiting for {spec.name} to be healthy ({check}, up to {spec.health_timeout} s)")
+            # Swarm's own clock (start period + retries) fails the task first; this is the backstop.
+            self.engine.wait_rollout(spec, created, spec.health_timeout + 30, self.out.line, stop=self._cancelled)
+        if any(not created for _, created in self.applied):
+            # Old tasks may still answer for a moment; once Caddy has looked the names up
+            # again, "live" means only the new version gets requests.
+            time.sleep(2 * UPSTREAM_REFRESH_SECONDS + 0.1)
+
+    def switch(self) -> None:
+        """Route to the new version and record it live; the one it replaces steps down."""
+        previous = self.store.live_deployment(self.d.project)
+        if self.router.switch(self.d, mark_live=lambda: self._set(status=DeploymentStatus.LIVE)):
+            self.out.line("routes updated")
+        if previous:
+            stepped_down = DeploymentStatus.ROLLED_BACK if self.d.source == "rollback" else DeploymentStatus.REPLACED
+            self.store.update_deployment(self.d.project, previous.number, status=stepped_down)
+
+    def clean_up(self) -> None:
+        """Services dropped from disco.toml go, and images beyond the kept ones."""
+        try:
+            wanted = {s.name for s in self.specs}
+            for service in self.engine.project_services(self.d.project):
+                if service.name not in wanted:
+                    self.out.line(f"removing service {service.name}: no longer in disco.toml")
+                    self.engine.remove_service(service.name)
+            self._prune_images()
+        except DockerError as err:  # the new version is live; leftovers go next time
+            self.out.line(f"warning: cleanup incomplete: {err}")
+
+    def _prune_images(self) -> None:
+        """Keep the live image and the newest others that once ran, up to keep_images in all."""
+        ran = [x.number for x in self.store.list_deployments(self.d.project, limit=1000) if x.status in WENT_LIVE]
+        kept = set(ran[: self.settings.keep_images])
+        for number, tag in self.engine.project_images(self.d.project).items():
+            if number not in kept:
+                self.engine.remove_image(tag)
+        self.engine.remove_untagged_images(self.d.project)
+
+    # -- failure ---------------------------------------------------------------------------
+
+    def _cancelled(self) -> bool:
+        return bool(self.ticket.cancelled_by)
+
+    def _stop_if_cancelled(self) -> None:
+        if self.ticket.cancelled_by:
+            raise DeployFailed("cancelled")
+
+    def _fail(self, err: Exception) -> Deployment:
+        """Record why (a cancel, a known failure, or a bug), undo, and say what keeps serving."""
+        status = DeploymentStatus.FAILED
+        if self.ticket.cancelled_by:
+            status, reason = DeploymentStatus.CANCELLED, f"cancelled by {self.ticket.cancelled_by}"
+        elif isinstance(err, KNOWN_ERRORS):
+            reason = str(err)
+        else:
+            log.exception("deployment #%d of %s failed unexpectedly", self.d.number, self.d.project, exc_info=err)
+            reason = f"{type(err).__name__}: {err}"
+        self.out.line(f"deploy {status}: {reason}")
+        self._undo()
+        self.out.line("the previous version keeps serving" if self.store.live_deployment(self.d.project)
+                      else "nothing was left running")
+        return self._set(status=status, reason=reason, finished_at=now())
+
+    def _undo(self) -> None:
+        engine = self.engine
+        for spec, created in reversed(self.applied):
+            try:
+                current = engine.service_state(spec.name)
+                if created:
+                    engine.remove_service(spec.name)
+                elif (current and current.deployment == str(self.d.number)
+                      and not current.update_state.startswith("rollback")):
+                    engine.restore_previous(spec.name)  # swarm undoes the failed ones itself
+            except DockerError as err:
+                self.out.line(f"warning: could not undo {spec.name}: {err}")
+        if self.built_image or self.d.image:
+            engine.remove_image(engine.image_tag(self.d.project, self.d.number))
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _timed(self, stage: Stage) -> None:
+        started = time.monotonic()
+        try:
+            stage.run()
+        finally:
+            if stage.timing:
+                self.timings[stage.timing] = round(time.monotonic() - started, 3)
+                self.store.update_deployment(self.d.project, self.d.number, timings=json.dumps(self.timings))
+
+    def _set(self, **changes: object) -> Deployment:
+        return self.store.update_deployment(self.d.project, self.d.number, **changes)
+
+    def _repo(self) -> Path:
+        return gitrepo.repo_path(self.settings.repos_dir, self.d.project)
+
+    def _config(self) -> AppConfig:
+        if self._app_config is None:
+            self._app_config = config_at(self._repo(), self.d.commit_sha)
+        return self._app_config
+
+    def _where(self) -> str:
+        hosts = self.router.hosts_of(self.d.project)
+        return f" at {', '.join(hosts)}" if hosts else ""
+
+
+def _port_of(service: ServiceConfig, exposed: list[int]) -> int | None:
+    if service.port is not None:
+        return service.port
+    if not service.is_web:
+        return None  # a worker without a port gets no health check and no route
+    return exposed[0] if len(exposed) == 1 else DEFAULT_PORT

@@ -1,0 +1,31 @@
+"""The parts every front door gets: settings, the store, the Docker engine, the router (Caddy)
+and the deployer (the deploy queues). `Platform.create` builds them the one way they fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hooks.deployer import Deployer
+from hooks.router import Caddy, Router
+from runtime import gitrepo
+from runtime.docker_engine import Engine
+from runtime.settings import Settings
+from runtime.store import Store
+
+
+@dataclass(frozen=True)
+class Platform:
+    settings: Settings
+    store: Store
+    engine: Engine
+    router: Router
+    deployer: Deployer
+
+    @classmethod
+    def create(cls, settings: Settings, store: Store, engine: Engine, caddy: Caddy) -> Platform:
+        router = Router(settings, store, engine, caddy)
+        return cls(settings, store, engine, router, Deployer(settings, store, engine, router))
+
+    def repo_path(self, project: str) -> Path:
+        return gitrepo.repo_path(self.settings.repos_dir, project)

@@ -1,0 +1,121 @@
+"""The proxy: start Caddy, compute every project's route from the store, load them whole.
+
+Routes are computed from the store and loaded whole, so two changes at once (deploys of two
+projects, a domain added) must not interleave: the later load would drop the other. One lock
+orders them; a deploy's switch holds it until the store says the new version is live.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from hooks.engine import DeployEngine
+from runtime.caddy import ADMIN_SOCKET_NAME, CONTAINER_RUN_DIR, CaddyError, Route, build_config
+from runtime.docker_engine import DockerError
+from runtime.settings import Settings
+from runtime.store import Deployment, Store
+
+
+class Caddy(Protocol):
+    """The part of Caddy's admin API (runtime/caddy.CaddyAdmin) the router uses."""
+
+    def load(self, config: dict) -> bool: ...  # Caddy's JSON config
+    def wait_until_up(self, timeout: float) -> None: ...
+
+
+class Router:
+    def __init__(self, settings: Settings, store: Store, engine: DeployEngine, caddy: Caddy) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.caddy = caddy
+        self.proxy_ready = threading.Event()  # set once start_proxy is done, however it went
+        self.proxy_error = ""  # why the proxy is not running, if it is not
+        self._lock = threading.Lock()
+
+    def start_proxy(self) -> None:
+        """Make sure the network and Caddy run and carry the current routes (idempotent)."""
+        try:
+            self.engine.ensure_network()
+            # Caddy starts from this file the first time; later it resumes its autosaved config.
+            self._write_config()
+            command = ["caddy", "run", "--resume", "--config", f"{CONTAINER_RUN_DIR}/caddy.json"]
+            if self.engine.ensure_proxy(self.settings.caddy_image, self.settings.run_dir,
+                                        self.settings.http_port, self.settings.https_port, command):
+                (self.settings.run_dir / ADMIN_SOCKET_NAME).unlink(missing_ok=True)
+            self.caddy.wait_until_up(timeout=120)
+            with self._lock:  # routes changed while Caddy started are in this load
+                self._load_routes()
+                self.proxy_error = ""
+                self.proxy_ready.set()
+        except (DockerError, CaddyError) as err:
+            self.proxy_error = f"the Caddy proxy is not running: {err}"
+        finally:
+            self.proxy_ready.set()
+
+    @property
+    def is_up(self) -> bool:
+        return self.proxy_ready.is_set() and not self.proxy_error
+
+    @property
+    def api_host(self) -> str:
+        """The server's own domain (--host), if it is one: Caddy serves the API there."""
+        host = self.settings.host
+        looks_like_domain = "." in host and not host.replace(".", "").isdigit()
+        return host if looks_like_domain else ""
+
+    def routes(self, switching: Deployment | None = None) -> list[Route]:
+        """A route per project whose serving deployment has a web service.
+
+        `switching` is a deployment about to go live: it serves its project in the routes.
+        """
+        routes = []
+        for project in self.store.list_projects():
+            name = project["name"]
+            serving = switching if switching and switching.project == name else self.store.live_deployment(name)
+            if serving is None or not serving.web_port:
+                continue
+            hosts = [d["domain"] for d in self.store.domains(name)]
+            if self.settings.apps_domain:
+                hosts.append(f"{name}.{self.settings.apps_domain}")
+            routes.append(Route(tuple(hosts), self.engine.service_name(name, "web"), serving.web_port))
+        return routes
+
+    def hosts_of(self, project: str) -> list[str]:
+        """The host names routed to the project's web service now."""
+        upstream = self.engine.service_name(project, "web")
+        return sorted(h for r in self.routes() if r.upstream == upstream for h in r.hosts)
+
+    def apply_routes_if_up(self) -> None:
+        """After a route change outside a deploy (domains, a removed project).
+
+        A proxy still starting loads the routes when it is up, so nothing is lost by waiting.
+        """
+        with self._lock:
+            if self.is_up:
+                self._load_routes()
+
+    def switch(self, deployment: Deployment, mark_live: Callable[[], object]) -> bool:
+        """Route to `deployment` and record it live as one step; True if Caddy's routes changed.
+
+        Holding the lock until the store says live means no other route change in between
+        loads routes computed without it.
+        """
+        self.proxy_ready.wait(timeout=180)  # not under the lock: start_proxy takes it to finish
+        with self._lock:
+            if self.proxy_error:
+                raise CaddyError(self.proxy_error)
+            changed = self._load_routes(switching=deployment)
+            mark_live()
+            return changed
+
+    def _load_routes(self, switching: Deployment | None = None) -> bool:
+        return self.caddy.load(self._write_config(switching))
+
+    def _write_config(self, switching: Deployment | None = None) -> dict:
+        config = build_config(self.routes(switching), tls=self.settings.tls, api_host=self.api_host)
+        (self.settings.run_dir / "caddy.json").write_text(json.dumps(config, indent=2))
+        return config

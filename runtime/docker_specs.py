@@ -1,0 +1,179 @@
+"""What Disco asks Docker for, as plain data: swarm service specs, the `docker build` command
+line and the health check. No client and no I/O here, so tests can read every choice
+(start-first updates, dnsrr endpoints, the read-only probe) straight from the data; the Engine
+in runtime/docker_engine.py sends it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# docker-py ships no type hints; these are plain dict builders, no client.
+from docker.types import (  # type: ignore[import-untyped]
+    ContainerSpec,
+    EndpointSpec,
+    Healthcheck,
+    Mount,
+    RestartPolicy,
+    RollbackConfig,
+    ServiceMode,
+    TaskTemplate,
+    UpdateConfig,
+)
+
+DOCKER_CLI = os.environ.get("DISCO_DOCKER_CLI", "/usr/bin/docker")
+# A static busybox from the host, mounted into every task, runs the health check, so images
+# without a shell or tools (FROM scratch) can be checked too.
+PROBE_BINARY = os.environ.get("DISCO_PROBE_BINARY", "/bin/busybox")
+PROBE_PATH = "/.disco/busybox"
+SECOND = 1_000_000_000  # docker API durations are in nanoseconds
+
+# The keyword arguments of docker-py's `APIClient.create_service` / `update_service`
+# (task_template, labels, mode, update_config, rollback_config, endpoint_spec).
+ServiceKwargs = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Everything that defines one project service; `swarm_service` turns it into a swarm spec."""
+
+    name: str
+    image: str
+    network: str
+    labels: dict[str, str]
+    env: dict[str, str]
+    replicas: int
+    args: list[str] | None = None
+    port: int | None = None  # checked for health when set
+    health_path: str | None = None
+    health_timeout: int = 60
+    mounts: list[tuple[str, str]] = field(default_factory=list)  # (volume name, path)
+
+
+def instance_labels(instance: str, **extra: str) -> dict[str, str]:
+    """The labels every Docker object of this instance carries (`disco.<key>` for each extra)."""
+    return {"disco.instance": instance, **{f"disco.{k}": v for k, v in extra.items()}}
+
+
+def health_command(port: int, path: str | None) -> list[str]:
+    """The HEALTHCHECK, run by the mounted busybox against the task's own overlay address.
+
+    Probing the overlay address rather than 127.0.0.1 catches apps that listen on localhost
+    only, which the proxy could not reach.
+    """
+    b = PROBE_PATH
+    address = f'set -- $({b} hostname -i); H="$1"'
+    if path is None:
+        script = f'{address}; {b} timeout 5 {b} nc "$H" {port} </dev/null'
+    else:
+        request = shlex.quote(f"GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: disco-health\r\n\r\n")
+        script = (
+            f"{address}; S=$(printf %s {request} | {b} timeout 5 {b} nc \"$H\" {port} | {b} head -n 1); "
+            f"echo \"GET {path} on port {port}: ${{S:-no answer}}\"; "
+            f"echo \"$S\" | {b} grep -qE '^HTTP/[0-9.]+ [23][0-9][0-9]'"
+        )
+    return ["CMD", PROBE_PATH, "sh", "-c", script]
+
+
+def swarm_service(spec: ServiceSpec) -> ServiceKwargs:
+    """A project service: start-first updates that swarm rolls back when a task fails."""
+    mounts = [Mount(target=path, source=volume, type="volume") for volume, path in spec.mounts]
+    healthcheck = None
+    if spec.port is not None:
+        mounts.append(Mount(target=PROBE_PATH, source=PROBE_BINARY, type="bind", read_only=True))
+        healthcheck = Healthcheck(
+            test=health_command(spec.port, spec.health_path),
+            interval=1 * SECOND,
+            timeout=6 * SECOND,
+            retries=3,
+            # Failures before this do not count; the first pass makes the task healthy.
+            start_period=spec.health_timeout * SECOND,
+        )
+    container = ContainerSpec(
+        image=spec.image,
+        args=spec.args,
+        env=[f"{k}={v}" for k, v in spec.env.items()],
+        labels=spec.labels,
+        mounts=mounts,
+        healthcheck=healthcheck,
+        init=True,  # PID 1 that forwards SIGTERM: apps that ignore it still stop promptly
+        stop_grace_period=10 * SECOND,
+    )
+    template = TaskTemplate(
+        container_spec=container,
+        restart_policy=RestartPolicy(condition="on-failure", delay=1 * SECOND),
+        networks=[{"Target": spec.network}],
+    )
+    # Workers have no health check, so watch them longer for an early crash.
+    monitor = (1 if spec.port is not None else 5) * SECOND
+    return {
+        "task_template": template,
+        "labels": spec.labels,
+        "mode": ServiceMode("replicated", replicas=spec.replicas),
+        # docker-py's defaults differ from the CLI's (parallelism 0, failure_action continue).
+        "update_config": UpdateConfig(
+            parallelism=1, delay=0, failure_action="rollback", monitor=monitor,
+            max_failure_ratio=0, order="start-first",
+        ),
+        "rollback_config": RollbackConfig(
+            parallelism=0, delay=0, failure_action="pause", monitor=1 * SECOND, order="start-first",
+        ),
+        # VIPs need IPVS, which some kernels lack; DNS round robin works everywhere.
+        "endpoint_spec": EndpointSpec(mode="dnsrr"),
+    }
+
+
+def proxy_service(instance: str, network: str, image: str, run_dir: Path, http_port: int, https_port: int,
+                  command: list[str]) -> ServiceKwargs:
+    """The Caddy service. Its `disco.spec` label fingerprints these settings: the Engine only
+    restarts Caddy when it differs.
+
+    Host-mode ports (no IPVS for the routing mesh) mean two Caddy tasks cannot run at once,
+    so its updates are stop-first.
+    """
+    wanted = {"image": image, "run_dir": str(run_dir), "http": http_port, "https": https_port, "command": command}
+    fingerprint = hashlib.sha256(repr(sorted(wanted.items())).encode()).hexdigest()[:16]
+    labels = instance_labels(instance, role="proxy", spec=fingerprint)
+    container = ContainerSpec(
+        image=image,
+        args=command,
+        env=["XDG_CONFIG_HOME=/config", "XDG_DATA_HOME=/data"],
+        mounts=[
+            Mount(target="/run/disco", source=str(run_dir), type="bind"),
+            Mount(target="/data", source=f"{instance}-caddy-data", type="volume"),
+            Mount(target="/config", source=f"{instance}-caddy-config", type="volume"),
+        ],
+        labels=labels,
+    )
+    return {
+        "task_template": TaskTemplate(
+            container_spec=container,
+            restart_policy=RestartPolicy(condition="any", delay=1 * SECOND),
+            networks=[{"Target": network}],
+        ),
+        "labels": labels,
+        "mode": ServiceMode("replicated", replicas=1),
+        "update_config": UpdateConfig(parallelism=1, order="stop-first", failure_action="pause"),
+        "endpoint_spec": EndpointSpec(mode="dnsrr", ports=[
+            {"Protocol": "tcp", "PublishedPort": http_port, "TargetPort": 80, "PublishMode": "host"},
+            {"Protocol": "tcp", "PublishedPort": https_port, "TargetPort": 443, "PublishMode": "host"},
+        ]),
+    }
+
+
+def build_command(context: Path, dockerfile: Path, tag: str, args: dict[str, str],
+                  labels: dict[str, str]) -> list[str]:
+    """The `docker build` argv; run with DOCKER_BUILDKIT=1 (docker-py only drives the legacy
+    builder, where `RUN --mount` fails)."""
+    command = [DOCKER_CLI, "build", "--progress=plain", "-t", tag, "-f", str(dockerfile)]
+    for key, value in labels.items():
+        command += ["--label", f"{key}={value}"]
+    for key, value in args.items():
+        command += ["--build-arg", f"{key}={value}"]
+    command.append(str(context))
+    return command
