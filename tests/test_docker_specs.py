@@ -1,0 +1,179 @@
+"""What Disco asks Docker for, read as data (runtime/docker_specs.py): no Docker needed.
+
+Each assertion guards a choice that zero downtime, health checks or routing depend on.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from runtime.docker_specs import (
+    DOCKER_CLI,
+    PROBE_BINARY,
+    PROBE_PATH,
+    SECOND,
+    ServiceSpec,
+    build_command,
+    health_command,
+    instance_labels,
+    proxy_service,
+    swarm_service,
+)
+
+LABELS = {"disco.instance": "t", "disco.project": "shop", "disco.service": "web", "disco.deployment": "7"}
+
+
+def web(**changes: object) -> ServiceSpec:
+    fields: dict = dict(name="t-shop-web", image="t-shop:7", network="t-net", labels=LABELS,
+                        env={"PORT": "8000", "A": "1"}, replicas=2, port=8000, health_path="/healthz",
+                        health_timeout=30, mounts=[("t-shop-data", "/data")])
+    fields.update(changes)
+    return ServiceSpec(**fields)  # type: ignore[arg-type]
+
+
+def mounts_of(kwargs: dict) -> list[dict]:
+    return kwargs["task_template"]["ContainerSpec"]["Mounts"]
+
+
+def test_updates_start_the_new_task_first_and_roll_back_on_failure():
+    kwargs = swarm_service(web())
+    update = kwargs["update_config"]
+    assert update["Order"] == "start-first"  # old tasks keep serving until the new one is healthy
+    assert update["FailureAction"] == "rollback"  # docker-py's default is "continue"
+    assert update["Parallelism"] == 1 and update["MaxFailureRatio"] == 0
+    assert kwargs["rollback_config"]["Order"] == "start-first"
+    assert kwargs["rollback_config"]["FailureAction"] == "pause"  # a failed rollback must not loop
+
+
+def test_services_are_reached_by_dns_round_robin_not_a_vip():
+    assert swarm_service(web())["endpoint_spec"]["Mode"] == "dnsrr"  # VIPs need IPVS
+
+
+def test_replicas_network_labels_env_and_args_reach_the_spec():
+    kwargs = swarm_service(web(args=["python", "-m", "app"]))
+    assert kwargs["mode"] == {"replicated": {"Replicas": 2}}
+    assert kwargs["labels"] == LABELS
+    template = kwargs["task_template"]
+    assert template["Networks"] == [{"Target": "t-net"}]
+    assert template["RestartPolicy"]["Condition"] == "on-failure"
+    container = template["ContainerSpec"]
+    assert container["Image"] == "t-shop:7"
+    assert container["Labels"] == LABELS  # tasks are matched to their deployment by this label
+    assert container["Env"] == ["PORT=8000", "A=1"]
+    assert container["Args"] == ["python", "-m", "app"]
+    assert container["Init"] is True  # apps that ignore SIGTERM still stop
+
+
+def test_a_service_with_a_port_is_health_checked_by_the_read_only_probe():
+    kwargs = swarm_service(web())
+    probe = [m for m in mounts_of(kwargs) if m["Target"] == PROBE_PATH]
+    assert probe == [{"Target": PROBE_PATH, "Source": PROBE_BINARY, "Type": "bind", "ReadOnly": True}]
+    check = kwargs["task_template"]["ContainerSpec"]["Healthcheck"]
+    assert check["Test"] == health_command(8000, "/healthz")
+    assert check["StartPeriod"] == 30 * SECOND  # health_timeout: failures before it do not count
+    assert check["Interval"] == 1 * SECOND and check["Retries"] == 3
+    assert kwargs["update_config"]["Monitor"] == 1 * SECOND
+
+
+def test_a_worker_without_a_port_has_no_health_check_and_no_probe():
+    kwargs = swarm_service(web(port=None, health_path=None))
+    assert "Healthcheck" not in kwargs["task_template"]["ContainerSpec"]
+    assert all(m["Target"] != PROBE_PATH for m in mounts_of(kwargs))
+    assert kwargs["update_config"]["Monitor"] == 5 * SECOND  # watched longer for an early crash
+
+
+def test_named_volumes_are_mounted_where_disco_toml_says():
+    volumes = [m for m in mounts_of(swarm_service(web())) if m["Type"] == "volume"]
+    assert volumes == [{"Target": "/data", "Source": "t-shop-data", "Type": "volume", "ReadOnly": False}]
+
+
+def test_tcp_health_check_connects_to_the_tasks_overlay_address():
+    test = health_command(8000, None)
+    assert test[:4] == ["CMD", PROBE_PATH, "sh", "-c"]  # exec form: no shell needed in the image
+    script = test[4]
+    assert "hostname -i" in script and "127.0.0.1" not in script  # catches apps bound to localhost
+    assert re.search(r'nc "\$H" 8000', script)
+
+
+def probe_answer(status_line: str, tmp_path: Path) -> int:
+    """Run the HTTP check's script with a fake busybox whose nc answers `status_line`."""
+    fake = tmp_path / "busybox"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        "  hostname) echo 10.0.0.5 ;;\n"
+        "  timeout) shift 2; exec \"$@\" ;;\n"
+        f"  nc) cat >/dev/null; printf '{status_line}\\r\\nServer: x\\r\\n\\r\\n' ;;\n"
+        '  *) cmd="$1"; shift; exec "$cmd" "$@" ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    script = health_command(8000, "/healthz")[4].replace(PROBE_PATH, str(fake))
+    return subprocess.run(["sh", "-c", script], capture_output=True, timeout=10).returncode
+
+
+@pytest.mark.parametrize("status, healthy", [
+    ("HTTP/1.1 200 OK", True), ("HTTP/1.0 204 No Content", True), ("HTTP/1.1 302 Found", True),
+    ("HTTP/1.1 404 Not Found", False), ("HTTP/1.1 500 Internal Server Error", False), ("garbage", False),
+])
+def test_http_health_check_passes_on_2xx_and_3xx_only(status: str, healthy: bool, tmp_path: Path):
+    assert (probe_answer(status, tmp_path) == 0) is healthy
+
+
+def test_http_health_check_asks_for_the_configured_path():
+    script = health_command(8000, "/ready?x=1")[4]
+    assert "GET /ready?x=1 HTTP/1.0" in script and "GET /ready?x=1 on port 8000" in script
+
+
+def test_proxy_publishes_host_mode_ports_and_updates_stop_first():
+    kwargs = proxy_service("t", "t-net", "caddy:2", Path("/srv/run"), 8080, 8443, ["caddy", "run"])
+    assert kwargs["endpoint_spec"]["Ports"] == [
+        {"Protocol": "tcp", "PublishedPort": 8080, "TargetPort": 80, "PublishMode": "host"},
+        {"Protocol": "tcp", "PublishedPort": 8443, "TargetPort": 443, "PublishMode": "host"},
+    ]  # no routing mesh without IPVS
+    assert kwargs["update_config"]["Order"] == "stop-first"  # two tasks cannot share a host port
+    assert kwargs["mode"] == {"replicated": {"Replicas": 1}}
+    container = kwargs["task_template"]["ContainerSpec"]
+    assert container["Args"] == ["caddy", "run"]
+    assert {m["Target"]: (m["Source"], m["Type"]) for m in container["Mounts"]} == {
+        "/run/disco": ("/srv/run", "bind"),  # the admin socket and caddy.json
+        "/data": ("t-caddy-data", "volume"),  # certificates survive a restart
+        "/config": ("t-caddy-config", "volume"),
+    }
+    assert kwargs["task_template"]["Networks"] == [{"Target": "t-net"}]
+    assert kwargs["task_template"]["RestartPolicy"]["Condition"] == "any"
+
+
+def test_the_proxy_fingerprint_changes_only_with_its_settings():
+    def fingerprint(**changes: object) -> str:
+        args: dict = dict(instance="t", network="t-net", image="caddy:2", run_dir=Path("/r"), http_port=80,
+                          https_port=443, command=["caddy", "run"])
+        args.update(changes)
+        labels = proxy_service(**args)["labels"]
+        assert labels["disco.instance"] == "t" and labels["disco.role"] == "proxy"
+        return labels["disco.spec"]
+
+    assert fingerprint() == fingerprint()  # a daemon restart does not restart Caddy
+    assert len({fingerprint(), fingerprint(image="caddy:3"), fingerprint(http_port=8080),
+                fingerprint(command=["caddy", "run", "--resume"]), fingerprint(run_dir=Path("/x"))}) == 5
+
+
+def test_build_command_line_carries_tag_dockerfile_labels_and_args():
+    argv = build_command(Path("/tmp/tree/site"), Path("/tmp/tree/build/Dockerfile"), "t-shop:7",
+                         {"APP_ENV": "prod", "X": "a b"}, {"disco.project": "shop", "disco.deployment": "7"})
+    assert argv[:3] == [DOCKER_CLI, "build", "--progress=plain"]  # plain: lines stream as they come
+    assert argv[argv.index("-t") + 1] == "t-shop:7"
+    assert argv[argv.index("-f") + 1] == "/tmp/tree/build/Dockerfile"
+    pairs = list(zip(argv, argv[1:], strict=False))
+    assert ("--build-arg", "APP_ENV=prod") in pairs and ("--build-arg", "X=a b") in pairs  # one argv item each
+    assert ("--label", "disco.project=shop") in pairs and ("--label", "disco.deployment=7") in pairs
+    assert argv[-1] == "/tmp/tree/site"  # the context comes last
+
+
+def test_instance_labels_prefix_every_extra_key():
+    assert instance_labels("t", project="shop", role="run") == {
+        "disco.instance": "t", "disco.project": "shop", "disco.role": "run"}
