@@ -1,0 +1,209 @@
+"""The deploy's paths, failures first, through the real Deployer, DeploymentRun and Router, with
+Docker and Caddy faked in memory (tests/fake_engine.py): fast, no Docker. test_deploy.py drives
+the same code against a real dockerd and Caddy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fake_engine import FakeCaddy, FakeEngine
+from hooks import deployment
+from hooks.deployer import Deployer
+from hooks.router import Router
+from runtime.settings import Settings, ensure_layout
+from runtime.store import Deployment, DeploymentStatus, Store
+
+WEB = "fake-shop-web"
+
+
+class Rig:
+    """A deployer on a fake engine, a fake Caddy and a bare repo of the project 'shop'."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.settings = Settings(data_dir=tmp_path / "data", instance="fake", apps_domain="localhost", tls=False,
+                                 keep_images=2)
+        ensure_layout(self.settings)
+        self.store = Store(self.settings.db_path)
+        self.store.add_project("shop", "alice")
+        self.engine = FakeEngine("fake")
+        self.caddy = FakeCaddy()
+        self.router = Router(self.settings, self.store, self.engine, self.caddy)
+        self.deployer = Deployer(self.settings, self.store, self.engine, self.router)
+        self.work = tmp_path / "work"
+        self.bare = self.settings.repos_dir / "shop.git"
+        self.sha = self.commit({"Dockerfile": "FROM scratch\n", "disco.toml": '[services.web]\nhealth = "/healthz"\n'})
+        git("clone", "-q", "--bare", str(self.work), str(self.bare))
+        self.router.start_proxy()
+        assert self.router.is_up
+
+    def commit(self, files: dict[str, str]) -> str:
+        self.work.mkdir(exist_ok=True)
+        if not (self.work / ".git").exists():
+            git("init", "-q", "-b", "main", str(self.work))
+        for name, text in files.items():
+            (self.work / name).write_text(text)
+        git("-C", str(self.work), "add", "-A")
+        git("-C", str(self.work), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+        return git("-C", str(self.work), "rev-parse", "HEAD").strip()
+
+    def deploy(self, user: str = "alice") -> Deployment:
+        ticket = self.deployer.enqueue("shop", self.sha, "main", user, "push")
+        final = ticket.wait(30)
+        assert final is not None, "the deployment did not finish"
+        return final
+
+    def status(self, number: int) -> str:
+        found = self.store.get_deployment("shop", number)
+        assert found is not None
+        return found.status
+
+    def log(self, d: Deployment) -> str:
+        return Path(d.log_path).read_text()
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
+    monkeypatch.setattr(deployment, "UPSTREAM_REFRESH_SECONDS", 0)  # no Caddy to look names up again
+    return Rig(tmp_path)
+
+
+def test_a_deploy_goes_live_replaces_the_previous_and_prunes_old_images(rig: Rig):
+    first = rig.deploy()
+    assert first.status == DeploymentStatus.LIVE and first.reason == ""
+    assert rig.caddy.routed_hosts() >= {"shop.localhost"}
+    assert rig.engine.deployment_of(WEB) == "1"
+    assert "deployment #1 is live at shop.localhost" in rig.log(first)
+    for _ in range(2):
+        final = rig.deploy()
+    assert final.number == 3 and final.status == DeploymentStatus.LIVE
+    assert [rig.status(n) for n in (1, 2, 3)] == ["replaced", "replaced", "live"]
+    assert rig.engine.deployment_of(WEB) == "3"
+    assert set(json.loads(final.timings)) == {"build", "start", "health", "switch", "cleanup"}
+    assert all(seconds >= 0 for seconds in json.loads(final.timings).values())
+    # keep_images = 2: the live image and the newest one that ran before it.
+    assert sorted(rig.engine.project_images("shop")) == [2, 3]
+    assert final.image == "fake-shop:3" and final.web_port == 8000
+    # A deployment that never went live takes no place among the kept images.
+    rig.engine.never_healthy[WEB] = "rollback"
+    assert rig.deploy().status == DeploymentStatus.FAILED
+    del rig.engine.never_healthy[WEB]
+    assert rig.deploy().number == 5
+    assert sorted(rig.engine.project_images("shop")) == [3, 5]
+
+
+def test_a_failed_build_fails_with_its_reason_and_starts_nothing(rig: Rig):
+    rig.engine.build_error = "ERROR: failed to solve: COPY missing.txt: not found"
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.FAILED
+    assert final.reason == "build failed: ERROR: failed to solve: COPY missing.txt: not found"
+    assert rig.engine.started() == [] and rig.engine.services == {}
+    assert "fake-shop:1" not in rig.engine.images
+    log = rig.log(final)
+    assert "#2 DONE" in log and "deploy failed: build failed" in log and "nothing was left running" in log
+
+
+def test_a_first_deploy_that_never_gets_healthy_is_removed(rig: Rig):
+    rig.engine.never_healthy[WEB] = "timeout"
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.FAILED
+    assert final.reason.startswith(f"health check failed for {WEB}: GET /healthz on port 8000")
+    assert rig.engine.services == {} and ("remove_service", WEB) in rig.engine.calls
+    assert "fake-shop:1" not in rig.engine.images  # its image went with it
+    assert rig.store.live_deployment("shop") is None
+
+
+@pytest.mark.parametrize("how", ["timeout", "rollback"])
+def test_an_update_that_never_gets_healthy_leaves_the_old_version_live(rig: Rig, how: str):
+    assert rig.deploy().status == DeploymentStatus.LIVE
+    rig.engine.never_healthy[WEB] = how
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.FAILED and "health check failed" in final.reason
+    assert rig.engine.deployment_of(WEB) == "1"  # back on the old spec
+    # Swarm rolled back by itself, or the deployer put the previous spec back; never both.
+    restored = ("restore_previous", WEB) in rig.engine.calls
+    assert restored is (how == "timeout")
+    live = rig.store.live_deployment("shop")
+    assert live is not None and live.number == 1
+    assert "the previous version keeps serving" in rig.log(final)
+    assert sorted(rig.engine.project_images("shop")) == [1]
+
+
+def test_a_cancel_during_the_build_ends_it_cancelled_and_starts_nothing(rig: Rig):
+    def cancel_now() -> None:
+        rig.deployer.cancel("shop", 1, "bob")
+
+    rig.engine.during_build = cancel_now
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.CANCELLED
+    assert final.reason == "cancelled by bob"
+    assert rig.engine.started() == []
+    assert "cancel requested by bob" in rig.log(final) and "deploy cancelled: cancelled by bob" in rig.log(final)
+
+
+def test_caddy_down_at_the_switch_fails_and_undoes_the_update(rig: Rig):
+    assert rig.deploy().status == DeploymentStatus.LIVE
+    rig.caddy.down = True
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.FAILED
+    assert "cannot reach Caddy's admin API" in final.reason
+    assert rig.engine.deployment_of(WEB) == "1" and ("restore_previous", WEB) in rig.engine.calls
+    assert rig.status(1) == "live"  # the store never said #2 was live
+    assert "fake-shop:2" not in rig.engine.images
+
+
+def test_caddy_not_running_fails_the_first_deploy_and_removes_its_service(rig: Rig):
+    rig.router.proxy_error = "the Caddy proxy is not running: no such image"
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.FAILED
+    assert final.reason == "the Caddy proxy is not running: no such image"
+    assert rig.engine.services == {}
+
+
+def test_a_bug_in_a_stage_fails_the_deploy_with_its_type_and_undoes(rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    def broken(spec: object) -> bool:
+        raise KeyError("Spec")
+
+    monkeypatch.setattr(rig.engine, "apply", broken)
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.FAILED and final.reason == "KeyError: 'Spec'"
+    assert "fake-shop:1" not in rig.engine.images
+
+
+def test_an_invalid_disco_toml_fails_with_the_key_and_line(rig: Rig):
+    rig.sha = rig.commit({"disco.toml": "[services.web]\nprot = 80\n"})
+    git("-C", str(rig.bare), "fetch", "-q", str(rig.work), "main:main")
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.FAILED
+    assert final.reason.startswith("disco.toml line 2: unknown key 'services.web.prot'")
+    assert rig.engine.calls.count(("build", "fake-shop:1")) == 0
+
+
+def test_a_rollback_reuses_the_image_and_marks_the_old_one_rolled_back(rig: Rig):
+    first, second = rig.deploy(), rig.deploy()
+    ticket = rig.deployer.enqueue("shop", first.commit_sha, "main", "alice", "rollback", image=first.image,
+                                  rollback_of=first.number)
+    final = ticket.wait(30)
+    assert final is not None and final.status == DeploymentStatus.LIVE
+    assert [rig.status(n) for n in (1, 2, 3)] == ["replaced", "rolled back", "live"]
+    assert ("build", "fake-shop:3") not in rig.engine.calls  # no rebuild
+    assert "reusing image of fake-shop:1" in rig.log(final)
+    assert second.number == 2
+
+
+def test_recover_settles_what_a_restart_left_unfinished(rig: Rig):
+    assert rig.deploy().status == DeploymentStatus.LIVE
+    building = rig.store.create_deployment("shop", rig.sha, "main", "alice", "push", rig.settings.deployments_dir)
+    rig.store.update_deployment("shop", building.number, status=DeploymentStatus.BUILDING)
+    settled = rig.deployer.recover()
+    assert [(d.number, d.status) for d in settled] == [(2, "failed")]
+    assert "interrupted by a daemon restart" in settled[0].reason
+    assert rig.status(1) == "live" and rig.engine.deployment_of(WEB) == "1"
