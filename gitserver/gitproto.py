@@ -9,24 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import asyncssh
 from dulwich.errors import ApplyDeltaError, ChecksumMismatch, ObjectFormatException
-from dulwich.object_store import PackInputTooLarge
+from dulwich.object_store import DiskObjectStore, PackInputTooLarge
 from dulwich.objects import ObjectID
 from dulwich.protocol import SIDE_BAND_CHANNEL_PROGRESS, ReceivableProtocol
 from dulwich.refs import Ref
 from dulwich.repo import Repo
-from dulwich.server import DictBackend, ReceivePackHandler, UploadPackHandler
+from dulwich.server import (
+    BackendRepo,
+    DictBackend,
+    ReceivePackHandler,
+    UploadPackHandler,
+)
 
 from hooks import pipeline
 from hooks.pipeline import RefUpdate
 from hooks.platform import Platform
 
 log = logging.getLogger("disco.git")
+T = TypeVar("T")
 
 # Errors dulwich raises for a broken or truncated pack; anything else is a bug and propagates.
 PACK_ERRORS = (OSError, ChecksumMismatch, ApplyDeltaError, ObjectFormatException, zlib.error, AssertionError)
@@ -50,7 +58,7 @@ class ChannelIO:
         self._process.stdout.write(data)
         await self._process.stdout.drain()
 
-    def _run(self, coroutine):  # type: ignore[no-untyped-def]
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
 
@@ -62,7 +70,7 @@ class PushContext:
     project: str
     user: str
     max_push_size: int
-    ref_lock: object  # a threading.Lock shared by every push to this project
+    ref_lock: threading.Lock  # shared by every push to this project
     updated: list[RefUpdate] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
     failure: str | None = None
@@ -90,10 +98,11 @@ class DiscoReceivePack(ReceivePackHandler):
     """
 
     def __init__(self, repo: Repo, proto: ReceivableProtocol, context: PushContext) -> None:
-        super().__init__(DictBackend({"/": repo}), ["/"], proto)
+        super().__init__(_backend(repo), ["/"], proto)
         self.context = context
+        self._receivable = proto  # self.proto is typed as the plain Protocol, which has no recv
 
-    def capabilities(self):  # type: ignore[no-untyped-def]
+    def capabilities(self) -> list[bytes]:
         # No atomic pushes: every ref is checked and moved on its own.
         return [cap for cap in super().capabilities() if cap != b"atomic"]
 
@@ -116,9 +125,9 @@ class DiscoReceivePack(ReceivePackHandler):
     def _receive_pack(self) -> str | None:
         """Store the incoming pack; return why it was refused, or None."""
         try:
-            self.repo.object_store.add_thin_pack(
-                self.proto.read, self.proto.recv, max_input_size=self.context.max_push_size
-            )
+            # Repo(path) always has a DiskObjectStore; the attribute is typed as its base class.
+            store = cast(DiskObjectStore, self.repo.object_store)
+            store.add_thin_pack(self._receivable.read, self._receivable.recv, max_input_size=self.context.max_push_size)
         except PackInputTooLarge:
             return f"push refused: the pack is larger than the server's limit of {_human_size(self.context.max_push_size)}"
         except PACK_ERRORS as err:
@@ -136,7 +145,7 @@ class DiscoReceivePack(ReceivePackHandler):
         try:
             reason = pipeline.check_ref_update(self.context.platform, update)
             if reason is None:
-                with self.context.ref_lock:  # type: ignore[attr-defined]
+                with self.context.ref_lock:
                     if update.is_delete:
                         moved = self.repo.refs.remove_if_equals(ref, old)
                     else:
@@ -152,7 +161,7 @@ class DiscoReceivePack(ReceivePackHandler):
         self.context.updated.append(update)
         return "ok"
 
-    def _on_post_receive(self, client_refs):  # type: ignore[no-untyped-def]
+    def _on_post_receive(self, client_refs: list[tuple[ObjectID, ObjectID, Ref]]) -> None:
         # dulwich calls this once the refs have moved and before it sends the status report,
         # so whatever the pipeline says streams to the pusher first.
         try:
@@ -167,8 +176,8 @@ class DiscoReceivePack(ReceivePackHandler):
 
     def _move_back(self, update: RefUpdate) -> None:
         """Undo a ref whose deployment failed, unless another push moved it since."""
-        ref, new, old = update.ref.encode(), update.new_sha.encode(), update.old_sha.encode()
-        with self.context.ref_lock:  # type: ignore[attr-defined]
+        ref, new, old = Ref(update.ref.encode()), ObjectID(update.new_sha.encode()), ObjectID(update.old_sha.encode())
+        with self.context.ref_lock:
             if update.old_sha == pipeline.ZERO_SHA:
                 self.repo.refs.remove_if_equals(ref, new)
             else:
@@ -184,7 +193,13 @@ def run_receive_pack(repo: Repo, io: ChannelIO, context: PushContext) -> None:
 
 
 def run_upload_pack(repo: Repo, io: ChannelIO) -> None:
-    UploadPackHandler(DictBackend({"/": repo}), ["/"], make_protocol(io)).handle()
+    UploadPackHandler(_backend(repo), ["/"], make_protocol(io)).handle()
+
+
+def _backend(repo: Repo) -> DictBackend:
+    """dulwich's handlers open repos through a backend; ours holds the one repo of the session."""
+    repos: dict[str, BackendRepo] = {"/": repo}
+    return DictBackend(repos)
 
 
 def _human_size(size: float) -> str:

@@ -17,8 +17,8 @@ import asyncssh
 from gitserver.gitproto import ChannelIO, PushContext, run_receive_pack, run_upload_pack
 from gitserver.repos import RepoRegistry
 from hooks import pipeline
-from hooks.policy import Access, PolicyError, project_from_path
 from hooks.platform import Platform
+from hooks.policy import Access, PolicyError, project_from_path
 from runtime.settings import Settings
 from runtime.sshkeys import fingerprint_of, load_or_create_host_key
 from runtime.store import Store, User

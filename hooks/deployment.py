@@ -22,7 +22,13 @@ from hooks.errors import DeployFailed
 from hooks.queue import Ticket
 from hooks.router import Router
 from runtime import gitrepo
-from runtime.appconfig import DEFAULT_PORT, AppConfig, AppConfigError, ServiceConfig, config_at
+from runtime.appconfig import (
+    DEFAULT_PORT,
+    AppConfig,
+    AppConfigError,
+    ServiceConfig,
+    config_at,
+)
 from runtime.caddy import UPSTREAM_REFRESH_SECONDS, CaddyError
 from runtime.docker_engine import DockerError, ServiceSpec
 from runtime.settings import Settings
@@ -95,8 +101,8 @@ class DeploymentRun:
             return
         repo = self._repo()
         config = self._config()
-        for path in gitrepo.submodules(repo, d.commit_sha):
-            self.out.line(f"warning: submodule {path} is skipped: its files are not part of the build context")
+        for submodule in gitrepo.submodules(repo, d.commit_sha):
+            self.out.line(f"warning: submodule {submodule} is skipped: its files are not part of the build context")
         with tempfile.TemporaryDirectory(prefix=f"disco-build-{d.project}-") as tmp:
             tree = Path(tmp)
             gitrepo.export_tree(repo, d.commit_sha, tree)

@@ -22,7 +22,7 @@ class DeployOutput:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         self._file = log_path.open("a", encoding="utf-8")
-        self._listeners: list[Listener] = []
+        self._listeners: list[_Buffered] = []
         self._lock = threading.Lock()
         # Longest first, so a secret containing another is masked whole; tiny values would mask noise.
         self._secrets = sorted((s for s in secrets or [] if len(s) >= 4), key=len, reverse=True)
@@ -38,15 +38,15 @@ class DeployOutput:
             try:
                 listener(text)
             except Exception:  # a listener that hung up must not break the deploy
-                self.unsubscribe(listener)
+                self._unsubscribe(listener)
 
     def subscribe(self, listener: Listener) -> None:
         """Listeners that may block (a pusher's SSH channel) get their own thread and buffer,
         so a client that stops reading cannot stall the deployment."""
         with self._lock:
-            self._listeners.append(_Buffered(listener, self.unsubscribe))
+            self._listeners.append(_Buffered(listener, self._unsubscribe))
 
-    def unsubscribe(self, listener: Listener) -> None:
+    def _unsubscribe(self, listener: _Buffered) -> None:
         with self._lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
@@ -65,7 +65,7 @@ class _Buffered:
 
     LIMIT = 10_000
 
-    def __init__(self, listener: Listener, drop: Callable[[Listener], None]) -> None:
+    def __init__(self, listener: Listener, drop: Callable[[_Buffered], None]) -> None:
         self._listener, self._drop = listener, drop
         self._queue: queue.Queue[str | None] = queue.Queue(self.LIMIT)
         self._thread = threading.Thread(target=self._pump, daemon=True, name="output-listener")

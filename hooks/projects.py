@@ -7,8 +7,8 @@ import json
 import re
 import shutil
 
-from hooks.platform import Platform
 from hooks.errors import Refused
+from hooks.platform import Platform
 from hooks.policy import check_project_name
 from runtime import gitrepo
 from runtime.docker_engine import DockerError

@@ -13,7 +13,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 from hooks.engine import DeployEngine
-from runtime.caddy import ADMIN_SOCKET_NAME, CONTAINER_RUN_DIR, CaddyError, Route, build_config
+from runtime.caddy import (
+    ADMIN_SOCKET_NAME,
+    CONTAINER_RUN_DIR,
+    CaddyError,
+    Route,
+    build_config,
+)
 from runtime.docker_engine import DockerError
 from runtime.settings import Settings
 from runtime.store import Deployment, Store

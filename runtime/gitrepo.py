@@ -8,7 +8,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from dulwich.objects import Commit, Tree
+from dulwich.objects import ZERO_SHA, Commit, ObjectID, Tree
+from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 
@@ -22,8 +23,11 @@ def read_file(repo_path: Path, commit_sha: str, path: str) -> bytes | None:
         commit = repo[commit_sha.encode()]
         if not isinstance(commit, Commit):
             raise GitRepoError(f"{commit_sha[:7]} is not a commit")
+        tree = repo[commit.tree]
+        if not isinstance(tree, Tree):
+            raise GitRepoError(f"{commit_sha[:7]} has no tree")
         try:
-            _mode, sha = repo[commit.tree].lookup_path(repo.__getitem__, path.encode())  # type: ignore[union-attr]
+            _mode, sha = tree.lookup_path(repo.__getitem__, path.encode())
         except KeyError:
             return None
         blob = repo[sha]
@@ -32,7 +36,7 @@ def read_file(repo_path: Path, commit_sha: str, path: str) -> bytes | None:
 
 def has_commit(repo_path: Path, commit_sha: str) -> bool:
     with Repo(str(repo_path)) as repo:
-        return commit_sha.encode() in repo.object_store
+        return ObjectID(commit_sha.encode()) in repo
 
 
 def submodules(repo_path: Path, commit_sha: str) -> list[str]:
@@ -55,7 +59,7 @@ def export_tree(repo_path: Path, commit_sha: str, destination: Path) -> None:
         ["git", "--git-dir", str(repo_path), "archive", "--format=tar", commit_sha],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    assert archive.stdout is not None
+    assert archive.stdout is not None and archive.stderr is not None  # both are pipes
     with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
         tar.extractall(destination, filter="tar")
     if archive.wait() != 0:
@@ -64,7 +68,7 @@ def export_tree(repo_path: Path, commit_sha: str, destination: Path) -> None:
 
 def branch_head(repo_path: Path, branch: str) -> str | None:
     with Repo(str(repo_path)) as repo:
-        sha = repo.refs.as_dict().get(f"refs/heads/{branch}".encode())
+        sha = repo.refs.as_dict().get(Ref(f"refs/heads/{branch}".encode()))
         return sha.decode() if sha else None
 
 
@@ -92,8 +96,8 @@ def is_ancestor(repo_path: Path, ancestor: str, descendant: str) -> bool:
 def set_branch(repo_path: Path, branch: str, new: str, expected_old: str | None) -> None:
     """Move a branch, only if it still points where we last saw it (a push may race us)."""
     with Repo(str(repo_path)) as repo:
-        old = expected_old.encode() if expected_old else b"0" * 40
-        if not repo.refs.set_if_equals(f"refs/heads/{branch}".encode(), old, new.encode()):
+        old = ObjectID(expected_old.encode()) if expected_old else ZERO_SHA
+        if not repo.refs.set_if_equals(Ref(f"refs/heads/{branch}".encode()), old, ObjectID(new.encode())):
             raise GitRepoError(f"{branch} moved while it was being updated; try again")
 
 

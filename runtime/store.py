@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlite_utils
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Record = TypeVar("Record", bound="DataclassInstance")  # User, Deployment, ApiKey, SSHKey
 
 ROLES = ("admin", "deployer")
 
@@ -85,7 +91,7 @@ class SSHKey:
     added_at: str
 
 
-def _from_row(cls, row: dict):  # type: ignore[no-untyped-def]
+def _from_row(cls: type[Record], row: Mapping[str, Any]) -> Record:
     """Build a record from a row, ignoring columns that later migrations added."""
     return cls(**{f.name: row[f.name] for f in fields(cls)})
 
@@ -95,13 +101,13 @@ def now() -> str:
 
 
 def _migration_1_team(db: sqlite_utils.Database) -> None:
-    db["users"].create({"name": str, "role": str, "created_at": str}, pk="name")
-    db["grants"].create(
+    db.table("users").create({"name": str, "role": str, "created_at": str}, pk="name")
+    db.table("grants").create(
         {"user": str, "project": str, "granted_at": str},
         pk=("user", "project"),
         foreign_keys=[("user", "users", "name")],
     )
-    db["ssh_keys"].create(
+    db.table("ssh_keys").create(
         {
             "fingerprint": str,
             "user": str,
@@ -113,19 +119,19 @@ def _migration_1_team(db: sqlite_utils.Database) -> None:
         pk="fingerprint",
         foreign_keys=[("user", "users", "name")],
     )
-    db["ssh_keys"].create_index(["user"])
-    db["projects"].create(
+    db.table("ssh_keys").create_index(["user"])
+    db.table("projects").create(
         {"name": str, "created_at": str, "created_by": str, "deploy_branch": str},
         pk="name",
     )
-    db["audit"].create(
+    db.table("audit").create(
         {"id": int, "at": str, "user": str, "action": str, "target": str, "detail": str},
         pk="id",
     )
 
 
 def _migration_2_deploys(db: sqlite_utils.Database) -> None:
-    db["deployments"].create(
+    db.table("deployments").create(
         {
             "id": int,
             "project": str,
@@ -146,17 +152,17 @@ def _migration_2_deploys(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["deployments"].create_index(["project", "number"], unique=True)
-    db["deployments"].create_index(["status"])
-    db["env_vars"].create(
+    db.table("deployments").create_index(["project", "number"], unique=True)
+    db.table("deployments").create_index(["status"])
+    db.table("env_vars").create(
         {"project": str, "name": str, "value": str, "updated_at": str}, pk=("project", "name")
     )
-    db["domains"].create({"domain": str, "project": str, "added_at": str}, pk="domain")
-    db["scale"].create({"project": str, "service": str, "replicas": int}, pk=("project", "service"))
+    db.table("domains").create({"domain": str, "project": str, "added_at": str}, pk="domain")
+    db.table("scale").create({"project": str, "service": str, "replicas": int}, pk=("project", "service"))
 
 
 def _migration_3_api_keys(db: sqlite_utils.Database) -> None:
-    db["api_keys"].create(
+    db.table("api_keys").create(
         {
             "id": int, "user": str, "label": str, "digest": str, "prefix": str, "created_at": str,
             "last_used_at": str, "expires_at": str, "revoked_at": str,
@@ -164,23 +170,23 @@ def _migration_3_api_keys(db: sqlite_utils.Database) -> None:
         pk="id",
         foreign_keys=[("user", "users", "name")],
     )
-    db["api_keys"].create_index(["digest"], unique=True)
+    db.table("api_keys").create_index(["digest"], unique=True)
 
 
 def _migration_4_github(db: sqlite_utils.Database) -> None:
-    db["github_links"].create(
+    db.table("github_links").create(
         {
             "project": str, "repo": str, "branch": str, "clone_url": str, "secret": str, "token": str,
             "deploy_key": str, "force_mirror": int, "created_at": str,
         },
         pk="project",
     )
-    db["github_deliveries"].create(
+    db.table("github_deliveries").create(
         {"delivery": str, "project": str, "event": str, "result": str, "deployment": int, "received_at": str},
         pk="delivery",
     )
-    db["github_deliveries"].create_index(["project"])
-    db["deployments"].add_column("delivery", str)
+    db.table("github_deliveries").create_index(["project"])
+    db.table("deployments").add_column("delivery", str)
 
 
 # Applied in order on every open; PRAGMA user_version records how many have run.
@@ -517,7 +523,7 @@ class Store:
     # -- API keys --------------------------------------------------------------------------
 
     def add_api_key(self, user: str, label: str, digest: str, prefix: str, expires_at: str) -> ApiKey:
-        row = {"user": user, "label": label, "digest": digest, "prefix": prefix, "created_at": now(),
+        row: dict[str, object] = {"user": user, "label": label, "digest": digest, "prefix": prefix, "created_at": now(),
                "last_used_at": "", "expires_at": expires_at, "revoked_at": ""}
         with self.transaction() as db:
             self._require_user(db, user)
