@@ -61,7 +61,7 @@ class AppConfig:
 
     @property
     def dockerfile_path(self) -> str:
-        """The Dockerfile's path from the repo root (as ARCHITECTURE.md has it, not from context)."""
+        """The Dockerfile's path from the repo root (as docs/architecture.md has it, not from context)."""
         return str(PurePosixPath(self.build.dockerfile))
 
 

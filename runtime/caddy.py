@@ -138,10 +138,14 @@ class CaddyAdmin:
 
     def load(self, config: dict) -> bool:
         """Replace the config if it differs; return whether Caddy had to reload."""
-        if _normalise(self.current_config()) == _normalise(config):
-            return False
-        with self._client() as client:
-            response = client.post("/load", content=json.dumps(config), headers={"Content-Type": "application/json"})
+        try:
+            if _normalise(self.current_config()) == _normalise(config):
+                return False
+            with self._client() as client:
+                response = client.post("/load", content=json.dumps(config),
+                                       headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as err:  # Caddy down or restarting: a known failure, not a bug
+            raise CaddyError(f"cannot reach Caddy's admin API on {self.socket}: {err}") from None
         if response.status_code != 200:
             raise CaddyError(f"Caddy refused the config: {response.text.strip()[:500]}")
         return True

@@ -80,3 +80,31 @@ def test_errors_name_key_and_line(text: str, message: str):
     with pytest.raises(AppConfigError) as caught:
         parse_app_config(text)
     assert message in str(caught.value)
+
+
+def test_config_at_reads_the_commit_and_refuses_non_utf8(tmp_path):
+    import subprocess
+
+    from runtime.appconfig import config_at
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q", "-b", "main")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "no toml")
+    without = git("rev-parse", "HEAD").strip()
+    (tmp_path / "disco.toml").write_bytes(b"[services.web]\ncommand = \"caf\xe9\"\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "latin-1")
+    latin = git("rev-parse", "HEAD").strip()
+    (tmp_path / "disco.toml").write_text("[services.worker]\ncommand = \"run\"\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "worker")
+    worker = git("rev-parse", "HEAD").strip()
+    repo = tmp_path / ".git"
+    assert list(config_at(repo, without).services) == ["web"]
+    assert list(config_at(repo, worker).services) == ["worker"]
+    with pytest.raises(AppConfigError, match="^disco.toml is not UTF-8 text$"):
+        config_at(repo, latin)
