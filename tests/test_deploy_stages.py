@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from fake_engine import FakeCaddy, FakeEngine
+
 from hooks import deployment
 from hooks.deployer import Deployer
 from hooks.router import Router

@@ -5,6 +5,7 @@ Each assertion guards a choice that zero downtime, health checks or routing depe
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 from pathlib import Path
@@ -28,9 +29,9 @@ LABELS = {"disco.instance": "t", "disco.project": "shop", "disco.service": "web"
 
 
 def web(**changes: object) -> ServiceSpec:
-    fields: dict = dict(name="t-shop-web", image="t-shop:7", network="t-net", labels=LABELS,
-                        env={"PORT": "8000", "A": "1"}, replicas=2, port=8000, health_path="/healthz",
-                        health_timeout=30, mounts=[("t-shop-data", "/data")])
+    fields: dict = {"name": "t-shop-web", "image": "t-shop:7", "network": "t-net", "labels": LABELS,
+                    "env": {"PORT": "8000", "A": "1"}, "replicas": 2, "port": 8000, "health_path": "/healthz",
+                    "health_timeout": 30, "mounts": [("t-shop-data", "/data")]}
     fields.update(changes)
     return ServiceSpec(**fields)  # type: ignore[arg-type]
 
@@ -113,7 +114,7 @@ def probe_answer(status_line: str, tmp_path: Path) -> int:
     )
     fake.chmod(0o755)
     script = health_command(8000, "/healthz")[4].replace(PROBE_PATH, str(fake))
-    return subprocess.run(["sh", "-c", script], capture_output=True, timeout=10).returncode
+    return subprocess.run(["sh", "-c", script], capture_output=True, timeout=10, check=False).returncode
 
 
 @pytest.mark.parametrize("status, healthy", [
@@ -150,8 +151,8 @@ def test_proxy_publishes_host_mode_ports_and_updates_stop_first():
 
 def test_the_proxy_fingerprint_changes_only_with_its_settings():
     def fingerprint(**changes: object) -> str:
-        args: dict = dict(instance="t", network="t-net", image="caddy:2", run_dir=Path("/r"), http_port=80,
-                          https_port=443, command=["caddy", "run"])
+        args: dict = {"instance": "t", "network": "t-net", "image": "caddy:2", "run_dir": Path("/r"),
+                      "http_port": 80, "https_port": 443, "command": ["caddy", "run"]}
         args.update(changes)
         labels = proxy_service(**args)["labels"]
         assert labels["disco.instance"] == "t" and labels["disco.role"] == "proxy"
@@ -168,7 +169,7 @@ def test_build_command_line_carries_tag_dockerfile_labels_and_args():
     assert argv[:3] == [DOCKER_CLI, "build", "--progress=plain"]  # plain: lines stream as they come
     assert argv[argv.index("-t") + 1] == "t-shop:7"
     assert argv[argv.index("-f") + 1] == "/tmp/tree/build/Dockerfile"
-    pairs = list(zip(argv, argv[1:], strict=False))
+    pairs = list(itertools.pairwise(argv))
     assert ("--build-arg", "APP_ENV=prod") in pairs and ("--build-arg", "X=a b") in pairs  # one argv item each
     assert ("--label", "disco.project=shop") in pairs and ("--label", "disco.deployment=7") in pairs
     assert argv[-1] == "/tmp/tree/site"  # the context comes last
