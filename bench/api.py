@@ -119,7 +119,7 @@ def serve_baseline(port: int, body_path: Path) -> None:
 
     app = Starlette(routes=[Route("/api/v1/projects", list_projects, methods=["GET"]),
                             Route("/api/v1/projects/{project}/env", set_env, methods=["POST"])])
-    # As api/cli.py configures the daemon's uvicorn (same HTTP and loop implementations: auto).
+    # As cli/serve.py configures the daemon's uvicorn (same HTTP and loop implementations: auto).
     uvicorn.run(app, host=HOST, port=port, log_level="warning", lifespan="off")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,10 @@ def save_login(login: Login, make_default: bool = True) -> Path:
     server = tomlkit.table()
     server["url"] = login.url
     server["key"] = login.key
-    document["servers"][login.name] = server  # type: ignore[index]
+    servers = document["servers"]
+    if not isinstance(servers, MutableMapping):
+        raise ClientError(f"{path}: `servers` must be a table of stored logins")
+    servers[login.name] = server
     if make_default or "default" not in document:
         document["default"] = login.name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

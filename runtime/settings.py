@@ -102,7 +102,9 @@ def _coerce(name: str, value: object) -> object:
                 return False
             raise ValueError
         if kind == "int":
-            return int(value)  # type: ignore[arg-type]
+            if isinstance(value, bool) or not isinstance(value, int | str):  # TOML's true or 2.5
+                raise ValueError
+            return int(value)
         if kind == "Path":
             return Path(str(value))
         return str(value)
