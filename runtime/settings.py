@@ -42,6 +42,18 @@ class Settings:
     tls: bool = setting(True, "automatic HTTPS with Let's Encrypt for real domains", "on")
     keep_images: int = setting(5, "images kept per project for rollback (the live one included)")
     listen: str = setting("", "address the SSH server binds (empty: all)", "all")
+    # What one user or project may cost the server (issue: one project cannot hurt another).
+    max_object_size: int = setting(512 << 20, "largest git object a push may hold, inflated, in bytes", "512 MiB")
+    max_push_inflated_size: int = setting(2 << 30, "largest total of a push's objects, inflated, in bytes", "2 GiB")
+    max_ssh_sessions: int = setting(8, "git sessions one user may have open at once")
+    ssh_idle_timeout: int = setting(120, "seconds a git session may wait for its client before it is closed")
+    max_streams: int = setting(10, "API streams (logs, deployment output, run) one user may hold open at once")
+    max_services: int = setting(20, "services one project may run")
+    max_replicas: int = setting(20, "replicas one service may run")
+    default_memory: str = setting("1G", "memory a task or one-off container may use, unless disco.toml says")
+    default_cpus: str = setting("", "CPUs a task may use, like 0.5 or 2, unless disco.toml says (empty: no limit)",
+                                "no limit")
+    default_pids: int = setting(4096, "processes a task may run, unless disco.toml says")
 
     @property
     def db_path(self) -> Path:
