@@ -199,14 +199,15 @@ async def _output_events(store: Store, project: str, number: int, after: int) ->
 
 # -- env vars -------------------------------------------------------------------------------
 
-@endpoint("GET", "/projects/{project}/env", "Env var names; values only for admins who ask (values=true)",
-          tag="env", query={"values": BOOLEAN}, responses={200: obj(None, names=array(STRING), values=OBJECT)})
+@endpoint("GET", "/projects/{project}/env",
+          "Env var names; values too (values=true) for whoever may deploy the project, audited", tag="env",
+          query={"values": BOOLEAN}, responses={200: obj(None, names=array(STRING), values=OBJECT)})
 async def list_env(ctx: Context) -> Response:
-    name = project_of(ctx)
+    # One rule, Heroku's: who may deploy a project (and so `disco run -- env` in it) may read
+    # its values. Reading them is audited; the values never go to a log.
+    name = project_of(ctx, Access.WRITE if ctx.query.get("values") else Access.READ)
     env = ctx.store.env(name)
     if ctx.query.get("values"):
-        if not ctx.user.is_admin:
-            raise forbidden("only admins may read env var values")
         ctx.store.audit(ctx.user.name, "env:read-values", name)
         return ok({"names": sorted(env), "values": env})
     return ok({"names": sorted(env)})

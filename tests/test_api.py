@@ -170,7 +170,9 @@ def test_projects_env_domains_and_audit(client: TestClient, platform: Platform, 
                           headers=bob)
     assert set_env.status_code == 200 and set_env.json() == {"deployment": None}  # nothing live to redeploy
     assert client.get("/api/v1/projects/shop/env", headers=bob).json() == {"names": ["API_TOKEN", "MODE"]}
-    assert error_of(client.get("/api/v1/projects/shop/env?values=true", headers=bob))[0] == 403
+    # Who may deploy a project may read its values (as `disco run -- env` shows them anyway).
+    bobs = client.get("/api/v1/projects/shop/env?values=true", headers=bob).json()["values"]
+    assert bobs == {"API_TOKEN": "t0ps3cret", "MODE": "prod"}
     values = client.get("/api/v1/projects/shop/env?values=true", headers=alice).json()["values"]
     assert values == {"API_TOKEN": "t0ps3cret", "MODE": "prod"}
     assert "invalid env var name" in error_of(client.post("/api/v1/projects/shop/env", json={"values": {"1X": "a"}},
@@ -195,6 +197,7 @@ def test_projects_env_domains_and_audit(client: TestClient, platform: Platform, 
     actions = [(row["user"], row["action"]) for row in audit]
     assert ("bob", "env:set") in actions and ("alice", "projects:create") in actions
     assert ("bob", "domains:add") in actions and ("alice", "env:read-values") in actions
+    assert ("bob", "env:read-values") in actions
     assert "t0ps3cret" not in json.dumps(audit)
 
 
