@@ -100,7 +100,9 @@ async def _body(request: Request, ep: Endpoint) -> Any:
         raise bad_request("a JSON body is required")
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        raise bad_request("the body is nested too deeply to be valid input here") from None
+    except ValueError as err:  # bad JSON, bad UTF-8, or an integer of more digits than Python parses
         raise bad_request(f"the body is not valid JSON: {err}") from None
     validate(body, ep.body)
     return body

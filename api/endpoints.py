@@ -30,8 +30,8 @@ USER_NAME_SCHEMA = {"type": "string", "pattern": team.USER_NAME.pattern,
                     "description": "1 to 39 characters of a-z, 0-9, '.', '_' and '-', starting with a letter"}
 ENDPOINTS = EndpointList(path_params={
     "project": PROJECT_NAME_SCHEMA,
-    "number": {"type": "integer", "minimum": 1},
-    "id": {"type": "integer", "minimum": 1},
+    "number": integer(1),
+    "id": integer(1),
 })
 endpoint = ENDPOINTS.declare
 DEPLOYMENT = obj(None, number=integer(), project=STRING, commit=STRING, branch=STRING, user=STRING, source=STRING,
@@ -162,6 +162,8 @@ async def deployment_output(ctx: Context) -> Response:
     if ctx.store.get_deployment(name, number) is None:
         raise not_found(f"{name} has no deployment #{number}")
     last = ctx.request.headers.get("last-event-id", "0")
+    if last.isdecimal() and len(last) > 18:
+        raise ApiError(400, "bad_request", "Last-Event-ID is larger than any line number")
     start = int(last) if last.isdecimal() else 0
     return StreamingResponse(_output_events(ctx.store, name, number, start), media_type=SSE,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

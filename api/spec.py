@@ -89,12 +89,15 @@ STRING: dict = {"type": "string"}
 BOOLEAN: dict = {"type": "boolean"}
 
 
-def integer(minimum: int | None = None, maximum: int | None = None) -> dict:
+MAX_INT = 2**63 - 1  # SQLite's INTEGER: a larger one raises OverflowError on any store read
+
+
+def integer(minimum: int | None = None, maximum: int = MAX_INT) -> dict:
+    """An integer schema; every one has a maximum, so no input reaches the store out of range."""
     schema: dict = {"type": "integer"}
     if minimum is not None:
         schema["minimum"] = minimum
-    if maximum is not None:
-        schema["maximum"] = maximum
+    schema["maximum"] = maximum
     return schema
 
 
@@ -140,6 +143,11 @@ def validate(value: Any, schema: dict, where: str = "body") -> None:
             raise bad_request(f"{where} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
     if "enum" in schema and value not in schema["enum"]:
         raise bad_request(f"{where} must be one of {', '.join(map(str, schema['enum']))}")
+    # Counts first: a body of 200 000 small items is refused before any of them is looked at.
+    if kind == "object" and "maxProperties" in schema and len(value) > schema["maxProperties"]:
+        raise bad_request(f"{where} has more than {schema['maxProperties']} entries")
+    if kind == "array" and "maxItems" in schema and len(value) > schema["maxItems"]:
+        raise bad_request(f"{where} has more than {schema['maxItems']} items")
     if kind == "object":
         properties = schema.get("properties", {})
         for name in schema.get("required", []):
@@ -174,8 +182,11 @@ def validate(value: Any, schema: dict, where: str = "body") -> None:
     if kind == "integer":
         if "minimum" in schema and value < schema["minimum"]:
             raise bad_request(f"{where} must be at least {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            raise bad_request(f"{where} must be at most {schema['maximum']}")
+        # Beyond what SQLite stores, whatever the schema says (it always says less).
+        if value > schema.get("maximum", MAX_INT):
+            raise bad_request(f"{where} must be at most {schema.get('maximum', MAX_INT)}")
+        if value < -MAX_INT - 1:
+            raise bad_request(f"{where} must be at least {-MAX_INT - 1}")
 
 
 def query_params(request: Request, declared: dict[str, dict]) -> dict[str, Any]:
@@ -186,10 +197,7 @@ def query_params(request: Request, declared: dict[str, dict]) -> dict[str, Any]:
             raise bad_request(f"unknown query parameter {name!r}; known: {', '.join(sorted(declared)) or 'none'}")
         schema = declared[name]
         if schema.get("type") == "integer":
-            try:
-                value: Any = int(raw)
-            except ValueError:
-                raise bad_request(f"query parameter {name} must be an integer") from None
+            value: Any = _integer(raw, f"query parameter {name}", schema)
         elif schema.get("type") == "boolean":
             if raw.lower() not in ("true", "false", "1", "0"):
                 raise bad_request(f"query parameter {name} must be true or false")
@@ -252,7 +260,21 @@ def path_params(request: Request, declared: dict[str, dict]) -> dict[str, Any]:
         if schema.get("type") == "integer":
             if not raw.isdecimal():
                 raise bad_request(f"{name} in the path must be a positive integer, got {raw[:20]!r}")
-            value = int(raw)
+            value = _integer(raw, f"{name} in the path", schema)
         validate(value, schema, f"{name} in the path")
         values[name] = value
     return values
+
+
+def _integer(raw: str, where: str, schema: dict) -> int:
+    """`raw` as an int; more digits than any allowed value has is out of range, not a 500."""
+    text = raw.strip()
+    digits = text.lstrip("+-")
+    if digits.isdecimal() and len(digits.lstrip("0")) > 19:  # past 2**63, and maybe past int()'s 4300 digits
+        if text.startswith("-"):
+            raise bad_request(f"{where} must be at least {schema.get('minimum', -MAX_INT - 1)}")
+        raise bad_request(f"{where} must be at most {schema.get('maximum', MAX_INT)}")
+    try:
+        return int(text)
+    except ValueError:
+        raise bad_request(f"{where} must be an integer") from None

@@ -139,7 +139,9 @@ def handle_delivery(platform: Platform, project: str, headers: dict[str, str], b
         return _bad("the X-GitHub-Delivery header is missing or too long")
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        return _bad("the body is nested too deeply to be a push payload")
+    except ValueError as err:  # bad JSON, bad UTF-8, or an integer of more digits than Python parses
         return _bad(f"the body is not valid JSON: {err}")
     if not isinstance(payload, dict):
         return _bad("the body must be a JSON object")

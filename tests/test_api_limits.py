@@ -1,0 +1,141 @@
+"""What one caller can make the API do: bad input is a 400 naming the problem, never a 500
+(ASGI, real store, no Docker needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+from test_api import error_of, key_for
+
+from api.app import build_app
+from api.endpoints import ENDPOINTS
+from hooks.platform import Platform
+from runtime.caddy import CaddyAdmin
+from runtime.docker_engine import Engine
+from runtime.settings import Settings, ensure_layout
+from runtime.store import Store
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Platform:
+    settings = Settings(data_dir=tmp_path / "data", instance="limitstest")
+    ensure_layout(settings)
+    store = Store(settings.db_path)
+    store.add_user("alice", "admin")
+    platform = Platform.create(settings, store, Engine("limitstest"), CaddyAdmin(settings.run_dir))
+    platform.router.proxy_ready.set()
+    platform.router.proxy_error = "no proxy in these tests"
+    return platform
+
+
+@pytest.fixture
+def alice(platform: Platform) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key_for(platform, 'alice')}"}
+
+
+@pytest.fixture
+def shop(platform: Platform, alice: dict[str, str]) -> TestClient:
+    client = TestClient(build_app(platform, ENDPOINTS.endpoints))
+    assert client.post("/api/v1/projects", json={"name": "shop"}, headers=alice).status_code == 201
+    return client
+
+
+def post_raw(client: TestClient, path: str, raw: bytes, headers: dict) -> tuple[int, str, str]:
+    return error_of(client.post(path, content=raw, headers={**headers, "Content-Type": "application/json"}))
+
+
+def test_deeply_nested_json_is_a_400(shop: TestClient, alice):
+    for raw in (b"[" * 100_000, b'{"values": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                b'{"a":' * 50_000 + b"1" + b"}" * 50_000):
+        status, code, message = post_raw(shop, "/api/v1/projects/shop/env", raw, alice)
+        assert (status, code) == (400, "bad_request") and "nested too deeply" in message, message
+
+
+def test_huge_bodies_of_many_small_items_are_a_quick_400(shop: TestClient, alice):
+    many_names = json.dumps({"names": ["A"] * 200_000}).encode()
+    status, code, message = post_raw(shop, "/api/v1/projects/shop/env/unset", many_names, alice)
+    assert (status, code) == (400, "bad_request") and "body.names has more than 200 items" in message
+    many_values = json.dumps({"values": {f"K{i}": "v" for i in range(60_000)}}).encode()
+    status, code, message = post_raw(shop, "/api/v1/projects/shop/env", many_values, alice)
+    assert (status, code) == (400, "bad_request") and "body.values has more than 200 entries" in message
+    many_scales = json.dumps({f"s{i}": 1 for i in range(80_000)}).encode()
+    status, code, message = post_raw(shop, "/api/v1/projects/shop/scale", many_scales, alice)
+    assert (status, code) == (400, "bad_request") and "has more than 50 entries" in message
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/projects/shop/deployments/99999999999999999999999",
+    "/api/v1/projects/shop/deployments/9223372036854775808",
+    "/api/v1/projects/shop/deployments/" + "9" * 5000,
+    "/api/v1/projects/shop/deployments/99999999999999999999999/output",
+])
+def test_out_of_range_path_integers_are_a_400(shop: TestClient, alice, path: str):
+    status, code, message = error_of(shop.get(path, headers=alice))
+    assert (status, code) == (400, "bad_request") and "number in the path must be at most" in message, message
+    cancel = shop.post("/api/v1/projects/shop/deployments/99999999999999999999999/cancel", headers=alice)
+    assert error_of(cancel)[:2] == (400, "bad_request")
+
+
+def test_out_of_range_api_key_id_is_a_400(shop: TestClient, alice):
+    status, code, message = error_of(shop.delete("/api/v1/api-keys/99999999999999999999999", headers=alice))
+    assert (status, code) == (400, "bad_request") and "id in the path must be at most" in message, message
+
+
+@pytest.mark.parametrize("query, message", [
+    ("limit=1e400", "query parameter limit must be an integer"),
+    ("limit=99999999999999999999999", "query parameter limit must be at most 1000"),
+    ("limit=" + "9" * 5000, "query parameter limit must be"),
+    ("limit=-99999999999999999999999", "query parameter limit must be at least 1"),
+])
+def test_out_of_range_query_integers_are_a_400(shop: TestClient, alice, query: str, message: str):
+    for path in ("/api/v1/projects/shop/deployments", "/api/v1/audit", "/api/v1/projects/shop/github/deliveries"):
+        status, code, text = error_of(shop.get(f"{path}?{query}", headers=alice))
+        assert (status, code) == (400, "bad_request") and message in text, (path, text)
+
+
+def test_out_of_range_body_integers_are_a_400(shop: TestClient, alice):
+    status, code, message = post_raw(shop, "/api/v1/projects/shop/rollback", json.dumps({"number": 10**30}).encode(),
+                                     alice)
+    assert (status, code) == (400, "bad_request") and "body.number must be at most" in message, message
+    # More digits than Python parses into an int is still the caller's mistake.
+    status, code, message = post_raw(shop, "/api/v1/projects/shop/rollback", b'{"number": ' + b"9" * 5000 + b"}",
+                                     alice)
+    assert (status, code) == (400, "bad_request") and "not valid JSON" in message, message
+    status, code, message = post_raw(shop, "/api/v1/api-keys",
+                                     json.dumps({"label": "x", "expires_in_days": 10**30}).encode(), alice)
+    assert (status, code) == (400, "bad_request") and "at most 3650" in message
+
+
+def test_a_huge_last_event_id_is_a_400_not_a_500(shop: TestClient, platform, alice):
+    deployment = platform.store.create_deployment("shop", "a" * 40, "main", "alice", "api",
+                                                  platform.settings.data_dir / "deployments")
+    platform.store.update_deployment("shop", deployment.number, status="failed", reason="test")
+    response = shop.get(f"/api/v1/projects/shop/deployments/{deployment.number}/output",
+                        headers={**alice, "Last-Event-ID": "9" * 5000})
+    status, code, message = error_of(response)
+    assert (status, code) == (400, "bad_request") and "Last-Event-ID" in message
+
+
+def test_every_declared_integer_has_a_maximum():
+    from api.endpoints import ENDPOINTS
+
+    def integers(schema: dict, where: str):  # type: ignore[no-untyped-def]
+        if schema.get("type") == "integer":
+            yield where, schema
+        for name, sub in (schema.get("properties") or {}).items():
+            yield from integers(sub, f"{where}.{name}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(schema.get(key), dict):
+                yield from integers(schema[key], f"{where}[]")
+        for option in schema.get("anyOf", []):
+            yield from integers(option, where)
+
+    for ep in ENDPOINTS.endpoints:
+        inputs = [(f"path {n}", s) for n, s in ep.path_params.items()] + \
+                 [(f"query {n}", s) for n, s in ep.query.items()] + ([("body", ep.body)] if ep.body else [])
+        for where, schema in inputs:
+            for field, found in integers(schema, f"{ep.method} {ep.path} {where}"):
+                assert "maximum" in found and found["maximum"] <= 2**63 - 1, field
