@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 Listener = Callable[[str], None]
 MASK = "*****"
+SHORT = 4  # values shorter than this are masked only where they stand as a whole word
+
+
+def masker(secrets: list[str]) -> Callable[[str], str]:
+    """What masks every env value in a line of output.
+
+    Every non-blank value is masked. A value of 4 characters or more is masked wherever it
+    appears, longest first so a secret containing another is masked whole. A shorter value
+    (`1`, `on`, `abc`) is masked only where it stands alone: not touching a letter, digit or `_`
+    on either side. So `PIN=42` hides `42` in `pin is 42` and `42,` but leaves `1420`, `step
+    42a` and every word merely containing it alone; otherwise one tiny value would turn ordinary
+    output into asterisks. The price: a short value also hides the same number or word where it
+    means something else (`#1` in `deployment #1` when a value is `1`): a masked line is safer
+    than a leaked one. A value of only whitespace cannot be told from layout and is not masked.
+    """
+    values = sorted({s for s in secrets if s.strip()}, key=len, reverse=True)
+    if not values:
+        return lambda text: text
+    parts = [re.escape(v) if len(v) >= SHORT else rf"(?<![A-Za-z0-9_]){re.escape(v)}(?![A-Za-z0-9_])"
+             for v in values]
+    pattern = re.compile("|".join(parts))
+    return lambda text: pattern.sub(MASK, text)
 
 
 class DeployOutput:
@@ -24,12 +47,10 @@ class DeployOutput:
         self._file = log_path.open("a", encoding="utf-8")
         self._listeners: list[_Buffered] = []
         self._lock = threading.Lock()
-        # Longest first, so a secret containing another is masked whole; tiny values would mask noise.
-        self._secrets = sorted((s for s in secrets or [] if len(s) >= 4), key=len, reverse=True)
+        self._mask = masker(secrets or [])  # every value; see masker for how short ones are kept quiet
 
     def line(self, text: str) -> None:
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
+        text = self._mask(text)
         with self._lock:
             self._file.write(text + "\n")
             self._file.flush()
