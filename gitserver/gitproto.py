@@ -19,7 +19,11 @@ import asyncssh
 from dulwich.errors import ApplyDeltaError, ChecksumMismatch, ObjectFormatException
 from dulwich.object_store import DiskObjectStore, PackInputTooLarge
 from dulwich.objects import ObjectID
-from dulwich.protocol import SIDE_BAND_CHANNEL_PROGRESS, ReceivableProtocol
+from dulwich.protocol import (
+    CAPABILITY_SIDE_BAND_64K,
+    SIDE_BAND_CHANNEL_PROGRESS,
+    ReceivableProtocol,
+)
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 from dulwich.server import (
@@ -107,7 +111,9 @@ class DiscoReceivePack(ReceivePackHandler):
         return [cap for cap in super().capabilities() if cap != b"atomic"]
 
     def progress(self, line: str) -> None:
-        self.proto.write_sideband(SIDE_BAND_CHANNEL_PROGRESS, line.encode() + b"\n")
+        # Only a client that asked for side-band can tell a progress line from the status report.
+        if self.has_capability(CAPABILITY_SIDE_BAND_64K):
+            self.proto.write_sideband(SIDE_BAND_CHANNEL_PROGRESS, line.encode() + b"\n")
 
     def _apply_pack(self, refs: list[tuple[ObjectID, ObjectID, Ref]]) -> Iterator[tuple[bytes, bytes]]:
         if any(new != pipeline.ZERO_SHA.encode() for _, new, _ in refs):
@@ -115,7 +121,7 @@ class DiscoReceivePack(ReceivePackHandler):
             if reason:
                 yield (b"unpack", reason.encode())
                 for _, _, ref in refs:
-                    self.context.refused.append((ref.decode(), reason))
+                    self.context.refused.append((ref.decode(errors="replace"), reason))
                     yield (ref, reason.encode())
                 return
         yield (b"unpack", b"ok")
@@ -137,7 +143,8 @@ class DiscoReceivePack(ReceivePackHandler):
     def _update_ref(self, ref: Ref, old: ObjectID, new: ObjectID) -> str:
         update = RefUpdate(
             project=self.context.project,
-            ref=ref.decode(),
+            # A ref that is not UTF-8 must reach the checks (which refuse it), not crash the session.
+            ref=ref.decode(errors="surrogateescape"),
             old_sha=old.decode(),
             new_sha=new.decode(),
             user=self.context.user,

@@ -65,8 +65,59 @@ def deploy_branch(platform: Platform, project: str) -> str:
     return row["deploy_branch"] if row else "main"
 
 
+def ref_name_problem(ref: str) -> str | None:
+    """Which of git's ref-name rules (`git check-ref-format`) `ref` breaks, or None.
+
+    Pure, and run before anything else looks at the name: the filesystem treats
+    `refs/heads//main` as `refs/heads/main`, so a name compared as a string before git's rules
+    could move the deploy branch under another spelling.
+    """
+    if not ref:
+        return "it is empty"
+    if ref == "@":
+        return "it is '@', git's shorthand for HEAD"
+    for char in ref:
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            return f"it contains the control character {char!r}"
+        if "\udc80" <= char <= "\udcff":  # a byte that was not UTF-8 (decoded with surrogateescape)
+            return "it is not valid UTF-8"
+        if char in " ~^:?*[\\":
+            return f"it contains {char!r}"
+    if ref.startswith("/"):
+        return "it starts with '/'"
+    if ref.endswith("/"):
+        return "it ends with '/'"
+    if "//" in ref:
+        return "it contains '//' (an empty component)"
+    if ".." in ref:
+        return "it contains '..'"
+    if "@{" in ref:
+        return "it contains '@{'"
+    if ref.endswith("."):
+        return "it ends with '.'"
+    for component in ref.split("/"):
+        if component.startswith("."):
+            return f"the component {component!r} starts with '.'"
+        if component.endswith(".lock"):
+            return f"the component {component!r} ends with '.lock'"
+        if component == "@":
+            return "a component is '@', git's shorthand for HEAD"
+    if "/" not in ref:
+        return "it has a single level (a ref is like refs/heads/<name>)"
+    for prefix, kind in (("refs/heads/", "branch"), ("refs/tags/", "tag")):
+        name = ref[len(prefix):] if ref.startswith(prefix) else None
+        if name is not None and name.startswith("-"):
+            return f"the {kind} name {name!r} starts with '-'"
+    if ref == "refs/heads/HEAD":
+        return "'HEAD' is not a valid branch name"
+    return None
+
+
 def check_ref_update(platform: Platform, update: RefUpdate) -> str | None:
     """Return why this ref may not move, or None to let it move."""
+    problem = ref_name_problem(update.ref)
+    if problem:
+        return f"invalid ref name {update.ref!r}: {problem}"
     if not update.ref.startswith(ALLOWED_REF_PREFIXES):
         return f"only branches and tags can be pushed, not {update.ref}"
     branch = deploy_branch(platform, update.project)

@@ -247,3 +247,29 @@ def head(path: Path, ref: str = "HEAD") -> str:
 def server_ref(disco: Disco, project: str, ref: str = "refs/heads/main") -> str | None:
     result = run(["git", "--git-dir", str(disco.repo_dir(project)), "rev-parse", "--verify", "-q", ref])
     return result.stdout.strip() or None
+
+
+def shared_disco(workdir: Path, extra_args: list[str] | None = None, users: tuple[str, ...] = ()):
+    """A started daemon with admin alice (and `users`, admins too) for a module-scoped fixture.
+
+    Yields (disco, alice's key) or, with users, (disco, {name: key}); stops the daemon after.
+    """
+    server = Disco(data_dir=workdir / "data", workdir=workdir, extra_args=list(extra_args or []))
+    keys: dict[str, Key] = {}
+    for name in ("alice", *users):
+        path = workdir / "keys" / name
+        path.parent.mkdir(exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@test", "-f", str(path)], check=True)
+        keys[name] = Key(path)
+    result = server.cli("init", "--admin", "alice", "--key", str(keys["alice"].public))
+    assert result.returncode == 0, result.stderr
+    for name in users:
+        assert server.cli("users:add", name, "--role", "admin").returncode == 0
+        assert server.cli("keys:add", name, str(keys[name].public)).returncode == 0
+    server.start()
+    try:
+        yield (server, keys) if users else (server, keys["alice"])
+    finally:
+        if server.process is not None:
+            server.stop(signal.SIGKILL)
+        server.remove_docker_objects()
