@@ -113,6 +113,9 @@ class Deployer:
                 engine.restore_previous(service.name)
             else:
                 engine.remove_service(service.name)
-        engine.remove_image(engine.image_tag(d.project, d.number))
+        # Its tag is random and a build's is not in the record yet: the tags made for this number.
+        for number, tag in engine.project_images(d.project).items():
+            if number == d.number:
+                engine.remove_image(tag)
         return store.update_deployment(d.project, d.number, status=DeploymentStatus.FAILED, finished_at=now(),
                                        reason="interrupted by a daemon restart; push again to retry")

@@ -31,6 +31,7 @@ from runtime.appconfig import (
 )
 from runtime.caddy import UPSTREAM_REFRESH_SECONDS, CaddyError
 from runtime.docker_engine import DockerError, ServiceSpec
+from runtime.dockerfile import DockerfileError, prepare
 from runtime.settings import Settings
 from runtime.store import WENT_LIVE, Deployment, DeploymentStatus, Store, now
 
@@ -59,6 +60,7 @@ class DeploymentRun:
         # What the stages made, in order: the undo needs it.
         self.image = ""
         self.built_image = False
+        self.tagged = ""  # the image tag this deployment made (built or retagged), for the undo
         self.specs: list[ServiceSpec] = []
         self.applied: list[tuple[ServiceSpec, bool]] = []  # (spec, created) in the order started
         self._app_config: AppConfig | None = None
@@ -93,9 +95,10 @@ class DeploymentRun:
 
     def build(self) -> None:
         engine, d = self.engine, self.d
-        tag = engine.image_tag(d.project, d.number)
+        tag = engine.image_tag(d.project, d.number)  # random: the record's `image` keeps it
         if d.image:  # a rollback or env change: reuse the image, no rebuild
             engine.retag(d.image, tag)
+            self.tagged = tag
             self.out.line(f"reusing image of {d.image} (no rebuild)")
             self.image = tag
             return
@@ -104,7 +107,7 @@ class DeploymentRun:
         for submodule in gitrepo.submodules(repo, d.commit_sha):
             self.out.line(f"warning: submodule {submodule} is skipped: its files are not part of the build context")
         with tempfile.TemporaryDirectory(prefix=f"disco-build-{d.project}-") as tmp:
-            tree = Path(tmp)
+            tree = Path(tmp) / "tree"
             gitrepo.export_tree(repo, d.commit_sha, tree)
             dockerfile = tree / config.dockerfile_path
             context = tree / config.build.context
@@ -114,11 +117,32 @@ class DeploymentRun:
                     raise DeployFailed(f"{what} leads outside the repo (through a symlink)")
             if not dockerfile.is_file():
                 raise DeployFailed(f"no Dockerfile at {config.dockerfile_path} in {d.commit_sha[:7]}")
+            checked = self._checked_dockerfile(dockerfile, config.dockerfile_path, config.build.args, Path(tmp))
             self.out.line(f"building {config.dockerfile_path} of {d.commit_sha[:7]}")
             labels = engine.labels(project=d.project, deployment=str(d.number), commit=d.commit_sha)
-            engine.build(context, dockerfile, tag, config.build.args, labels, self.out.line, stop=self._cancelled)
+            self.tagged = tag  # a cancelled build may still tag it
+            engine.build(context, checked, tag, config.build.args, labels, self.out.line, stop=self._cancelled)
         self.built_image = True
         self.image = tag
+
+    def _checked_dockerfile(self, dockerfile: Path, shown: str, args: dict[str, str], tmp: Path) -> Path:
+        """The Dockerfile to build: refused if it names an image this project may not use, and
+        with its cache mounts made private to the project (runtime/dockerfile.py). Written beside
+        the exported tree, so the build context stays the commit's own files."""
+        text = dockerfile.read_bytes().decode("utf-8", "surrogateescape")
+        try:
+            checked = prepare(text, build_args=args, instance=self.settings.instance, project=self.d.project,
+                              proxy_image=self.settings.caddy_image, owner_of=self.engine.image_owner,
+                              filename=shown)
+        except DockerfileError as err:
+            raise DeployFailed(str(err)) from None
+        target = tmp / "dockerfile" / dockerfile.name
+        target.parent.mkdir()
+        target.write_bytes(checked.encode("utf-8", "surrogateescape"))
+        ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")  # BuildKit reads it beside the file
+        if ignore.is_file():
+            target.with_name(ignore.name).write_bytes(ignore.read_bytes())
+        return target
 
     def plan(self) -> None:
         """The swarm spec of every service in disco.toml, on the env and scale of now."""
@@ -196,10 +220,10 @@ class DeploymentRun:
 
     def _prune_images(self) -> None:
         """Keep the live image and the newest others that once ran, up to keep_images in all."""
-        ran = [x.number for x in self.store.list_deployments(self.d.project, limit=1000) if x.status in WENT_LIVE]
-        kept = set(ran[: self.settings.keep_images])
-        for number, tag in self.engine.project_images(self.d.project).items():
-            if number not in kept:
+        ran = [x.image for x in self.store.list_deployments(self.d.project, limit=1000) if x.status in WENT_LIVE]
+        kept = {*ran[: self.settings.keep_images], self.image}  # tags as the records hold them
+        for tag in self.engine.project_images(self.d.project).values():
+            if tag not in kept:
                 self.engine.remove_image(tag)
         self.engine.remove_untagged_images(self.d.project)
 
@@ -240,8 +264,8 @@ class DeploymentRun:
                     engine.restore_previous(spec.name)  # swarm undoes the failed ones itself
             except DockerError as err:
                 self.out.line(f"warning: could not undo {spec.name}: {err}")
-        if self.built_image or self.d.image:
-            engine.remove_image(engine.image_tag(self.d.project, self.d.number))
+        if self.tagged:
+            engine.remove_image(self.tagged)
 
     # -- bookkeeping -----------------------------------------------------------------------
 

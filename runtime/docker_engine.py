@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import secrets
 import signal
 import subprocess
 import threading
@@ -40,6 +41,7 @@ from runtime.docker_specs import (
     proxy_service,
     swarm_service,
 )
+from runtime.dockerfile import ImageOwner
 
 # Imported from here by bench/ and older callers.
 __all__ = ["PROBE_BINARY", "PROBE_PATH", "DockerError", "DockerInfo", "Engine", "OneOffRun", "ServiceSpec",
@@ -148,7 +150,13 @@ class Engine:
         return f"{name[:54]}-{digest}"
 
     def image_tag(self, project: str, number: int) -> str:
-        return f"{self.instance}-{project}:{number}"
+        """A new tag for deployment `number`'s image: `<instance>-<project>:<number>-<random>`.
+
+        The random part keeps other projects from guessing it (a Dockerfile naming it is refused
+        anyway, see runtime/dockerfile.py). Each call makes another: the deployment record's
+        `image` holds the one used, and nothing derives it again from (project, number).
+        """
+        return f"{self.instance}-{project}:{number}-{secrets.token_hex(6)}"
 
     def volume_name(self, project: str, volume: str) -> str:
         return f"{self.instance}-{project}-{volume}"
@@ -209,6 +217,23 @@ class Engine:
         except docker.errors.ImageNotFound:
             raise DockerError(f"image {source} is no longer kept") from None
 
+    def image_owner(self, name: str) -> ImageOwner | None:
+        """Who built the local image of that name, id or digest (its Disco labels), or None if
+        there is no such local image. Never pulls."""
+        if not name or name.startswith("-"):
+            return None
+        try:
+            image = self.client.images.get(name)
+        except (docker.errors.ImageNotFound, docker.errors.NullResource):
+            return None
+        except docker.errors.APIError as err:
+            if err.status_code in (400, 404):  # not a valid name: the build fails on it anyway
+                return None
+            raise DockerError(f"could not look up the image {name}: {err.explanation or err}") from None
+        labels = (image.attrs.get("Config") or {}).get("Labels") or {}
+        return ImageOwner(instance=labels.get("disco.instance", ""), project=labels.get("disco.project", ""),
+                          role=labels.get("disco.role", ""))
+
     def image_exists(self, tag: str) -> bool:
         try:
             self.client.images.get(tag)
@@ -237,15 +262,11 @@ class Engine:
                 pass  # a running container uses it: the next deploy's cleanup tries again
 
     def project_images(self, project: str) -> dict[int, str]:
-        """Deployment number -> tag, for every image this instance built for the project."""
-        found: dict[int, str] = {}
+        """Deployment number -> tag, for every image tag this instance made for the project
+        (`:<number>-<random>`, and `:<number>` from before tags were random)."""
         repository = f"{self.instance}-{project}"
-        for image in self.client.images.list(name=repository):
-            for tag in image.tags:
-                name, _, number = tag.rpartition(":")
-                if name == repository and number.isdigit():
-                    found[int(number)] = tag
-        return found
+        tags = [tag for image in self.client.images.list(name=repository) for tag in image.tags]
+        return project_tags(repository, tags)
 
     # -- services --------------------------------------------------------------------------
 
@@ -469,6 +490,17 @@ class Engine:
             return
         if (volume.attrs.get("Labels") or {}).get("disco.project") != project:
             raise DockerError(f"the volume {name} belongs to something else; rename this volume in disco.toml")
+
+
+def project_tags(repository: str, tags: list[str]) -> dict[int, str]:
+    """Deployment number -> tag among `tags`, for those of this repository that a deployment made."""
+    found: dict[int, str] = {}
+    for tag in tags:
+        name, _, version = tag.rpartition(":")
+        number, _, random = version.partition("-")
+        if name == repository and number.isdigit() and (not random or random.isalnum()):
+            found[int(number)] = tag
+    return found
 
 
 def _retry_while_in_use(remove: Callable[[], object], timeout: float = 30) -> None:

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.caddy import CaddyError
-from runtime.docker_engine import DockerError, Engine, ServiceSpec, ServiceState
+from runtime.docker_engine import (
+    DockerError,
+    Engine,
+    ServiceSpec,
+    ServiceState,
+    project_tags,
+)
+from runtime.dockerfile import ImageOwner
 
 
 @dataclass
@@ -34,6 +41,7 @@ class FakeService:
 class FakeEngine:
     instance: str
     images: dict[str, dict[str, str]] = field(default_factory=dict)  # tag -> labels
+    built_dockerfiles: list[str] = field(default_factory=list)  # the text each build was given
     exposed: dict[str, list[int]] = field(default_factory=dict)  # tag -> EXPOSEd ports (default [8000])
     services: dict[str, FakeService] = field(default_factory=dict)
     volumes: dict[str, str] = field(default_factory=dict)  # name -> project
@@ -80,6 +88,7 @@ class FakeEngine:
               on_line: Callable[[str], None], stop: Callable[[], bool] = lambda: False) -> None:
         assert dockerfile.is_file() and context.is_dir(), "the deployer exports the tree before building"
         self.calls.append(("build", tag))
+        self.built_dockerfiles.append(dockerfile.read_text())
         for line in self.build_output:
             on_line(line)
         self.during_build()
@@ -108,13 +117,17 @@ class FakeEngine:
         self.calls.append(("remove_untagged_images", project))
 
     def project_images(self, project: str) -> dict[int, str]:
-        repository = f"{self.instance}-{project}"
-        found = {}
-        for tag in self.images:
-            name, _, number = tag.rpartition(":")
-            if name == repository and number.isdigit():
-                found[int(number)] = tag
-        return found
+        return project_tags(f"{self.instance}-{project}", list(self.images))
+
+    def image_owner(self, name: str) -> ImageOwner | None:
+        labels = self.images.get(name)
+        if labels is None:
+            return None
+        return ImageOwner(labels.get("disco.instance", ""), labels.get("disco.project", ""), labels.get("disco.role", ""))
+
+    def tag_of(self, number: int, project: str = "shop") -> str:
+        """The tag the deployment's image got (random since tags are not to be guessed)."""
+        return self.project_images(project)[number]
 
     # -- services --------------------------------------------------------------------------
 
