@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
 import threading
 import zlib
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import IO, Any, TypeVar, cast
 
 import asyncssh
 from dulwich.errors import ApplyDeltaError, ChecksumMismatch, ObjectFormatException
 from dulwich.object_store import DiskObjectStore, PackInputTooLarge
 from dulwich.objects import ObjectID
+from dulwich.pack import (
+    DELTA_TYPES,
+    PackData,
+    PackIndexer,
+    PackStreamCopier,
+    UnpackedObject,
+)
 from dulwich.protocol import (
     CAPABILITY_SIDE_BAND_64K,
     SIDE_BAND_CHANNEL_PROGRESS,
@@ -42,6 +51,137 @@ T = TypeVar("T")
 
 # Errors dulwich raises for a broken or truncated pack; anything else is a bug and propagates.
 PACK_ERRORS = (OSError, ChecksumMismatch, ApplyDeltaError, ObjectFormatException, zlib.error, AssertionError)
+PACK_HEADER_SIZE = 12  # "PACK", version, object count
+
+
+@dataclass(frozen=True)
+class PushLimits:
+    """What one push may cost: bytes on the wire, and bytes once its objects are inflated."""
+
+    max_input_size: int  # the pack as sent (compressed)
+    max_object_size: int  # any one object, inflated (for a delta: the object it makes)
+    max_inflated_size: int  # all the push's objects, inflated
+
+
+class PushTooLarge(Exception):
+    """A pack refused by a limit; str() is the reason shown to the pusher."""
+
+
+class LimitedPackCopier(PackStreamCopier):
+    """dulwich's PackStreamCopier that refuses an object by its declared size, before inflating it.
+
+    dulwich reads an object's header with `read()` (byte by byte: type, size, delta base), then
+    inflates its zlib stream with `recv()`, and only calls `read()` again for the next header.
+    So the bytes `read()` returned since the last stream are that object's header, and the first
+    `recv()` of an object is the moment its size is declared and nothing is inflated yet.
+    A delta declares only its own size there; the size of the object it makes is the second
+    number of the delta itself, checked once the (small) delta is read and before the indexer
+    applies it.
+    """
+
+    def __init__(self, hash_func: Callable[[], Any], read_all: Callable[[int], bytes],
+                 read_some: Callable[[int], bytes] | None, outfile: IO[bytes], limits: PushLimits,
+                 delta_iter: PackIndexer | None = None) -> None:
+        super().__init__(hash_func, read_all, read_some, outfile, delta_iter=delta_iter)  # type: ignore[arg-type]
+        self.limits = limits
+        self.inflated_size = 0  # declared so far
+        self._header: bytearray | None = bytearray()  # None while inside an object's zlib stream
+
+    def _read(self, read: Callable[[int], bytes], size: int) -> bytes:
+        data = super()._read(read, size)
+        if self._offset > self.limits.max_input_size:
+            raise PackInputTooLarge(f"pack exceeds maximum input size of {self.limits.max_input_size} bytes")
+        return data
+
+    def read(self, size: int) -> bytes:
+        start = self.offset
+        data = super().read(size)
+        if self._header is None:  # a stream ended: this is the next object's header
+            self._header = bytearray()
+        self._header += data[max(0, PACK_HEADER_SIZE - start):]
+        return data
+
+    def recv(self, size: int) -> bytes:
+        if self._header is not None:
+            self._check_header(bytes(self._header))
+            self._header = None
+        return super().recv(size)
+
+    def read_objects(self, compute_crc32: bool = False) -> Iterator[UnpackedObject]:
+        for unpacked in super().read_objects(compute_crc32):
+            if unpacked.pack_type_num in DELTA_TYPES:
+                self._declare(delta_target_size(b"".join(unpacked.decomp_chunks[:4])))
+            yield unpacked
+
+    def _check_header(self, header: bytes) -> None:
+        if not header:
+            raise AssertionError("pack object without a header")
+        type_num, size = (header[0] >> 4) & 7, header[0] & 0x0F
+        pos, shift = 0, 4
+        while header[pos] & 0x80 and pos + 1 < len(header):  # a set top bit: the size goes on
+            pos += 1
+            size |= (header[pos] & 0x7F) << shift
+            shift += 7
+        if type_num in DELTA_TYPES:
+            self._check_object(size)  # a delta larger than an object may be makes one too large
+        else:
+            self._declare(size)
+
+    def _check_object(self, size: int) -> None:
+        if size > self.limits.max_object_size:
+            raise PushTooLarge(f"push too large: object of {_human_size(size)} exceeds the "
+                               f"{_human_size(self.limits.max_object_size)} limit")
+
+    def _declare(self, size: int) -> None:
+        self._check_object(size)
+        self.inflated_size += size
+        if self.inflated_size > self.limits.max_inflated_size:
+            raise PushTooLarge(f"push too large: its objects inflate to more than the "
+                               f"{_human_size(self.limits.max_inflated_size)} limit")
+
+
+def delta_target_size(delta_start: bytes) -> int:
+    """The size of the object a delta makes: the second varint at the start of the delta."""
+    pos = 0
+    sizes = []
+    for _ in range(2):
+        size = shift = 0
+        while True:
+            if pos >= len(delta_start):
+                raise ApplyDeltaError("delta too short for its header")
+            byte = delta_start[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        sizes.append(size)
+    return sizes[1]
+
+
+def add_limited_thin_pack(store: DiskObjectStore, read_all: Callable[[int], bytes],
+                          read_some: Callable[[int], bytes] | None, limits: PushLimits) -> None:
+    """`DiskObjectStore.add_thin_pack`, with `LimitedPackCopier` reading the stream.
+
+    Its steps, dulwich's own: copy the stream to a temporary pack while recording deltas,
+    index it, complete it into objects/pack. A refused or broken pack leaves no temporary file.
+    """
+    fd, path = tempfile.mkstemp(dir=store.path, prefix="tmp_pack_")
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            indexer = PackIndexer(f, store.object_format.hash_func, resolve_ext_ref=store.get_raw)
+            copier = LimitedPackCopier(store.object_format.hash_func, read_all, read_some, f, limits,
+                                       delta_iter=indexer)
+            copier.verify()
+            f.flush()
+            f.seek(0)
+            with PackData(path, file=f, object_format=store.object_format) as data:
+                indexer.set_pack_data(data)
+                entries, ext_refs = store._index_pack(indexer, len(copier))
+            store._complete_pack(f, path, entries, ext_refs)
+    finally:
+        if os.path.exists(path):  # moved into objects/pack when complete
+            os.unlink(path)
 
 
 class ChannelIO:
@@ -73,7 +213,7 @@ class PushContext:
     platform: Platform
     project: str
     user: str
-    max_push_size: int
+    limits: PushLimits
     ref_lock: threading.Lock  # shared by every push to this project
     updated: list[RefUpdate] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
@@ -133,9 +273,11 @@ class DiscoReceivePack(ReceivePackHandler):
         try:
             # Repo(path) always has a DiskObjectStore; the attribute is typed as its base class.
             store = cast(DiskObjectStore, self.repo.object_store)
-            store.add_thin_pack(self._receivable.read, self._receivable.recv, max_input_size=self.context.max_push_size)
+            add_limited_thin_pack(store, self._receivable.read, self._receivable.recv, self.context.limits)
+        except PushTooLarge as err:
+            return str(err)
         except PackInputTooLarge:
-            return f"push refused: the pack is larger than the server's limit of {_human_size(self.context.max_push_size)}"
+            return f"push refused: the pack is larger than the server's limit of {_human_size(self.context.limits.max_input_size)}"
         except PACK_ERRORS as err:
             return f"unpack failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
         return None

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from gitserver.gitproto import ChannelIO, PushContext, run_receive_pack, run_upload_pack
+from gitserver.gitproto import (
+    ChannelIO,
+    PushContext,
+    PushLimits,
+    run_receive_pack,
+    run_upload_pack,
+)
 from gitserver.repos import RepoRegistry
 from hooks import pipeline
 from hooks.platform import Platform
@@ -117,7 +123,11 @@ class GitServer:
             platform=self.platform,
             project=project,
             user=user.name,
-            max_push_size=self.settings.max_push_size,
+            limits=PushLimits(
+                max_input_size=self.settings.max_push_size,
+                max_object_size=self.settings.max_object_size,
+                max_inflated_size=self.settings.max_push_inflated_size,
+            ),
             ref_lock=self.repos.ref_lock(project),
         )
         await loop.run_in_executor(self.workers, self._push, project, io, context)

@@ -1,0 +1,223 @@
+"""A push is bounded by what it costs the server (inflated sizes), not by what it weighs on the wire."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import make_repo, run, server_ref, shared_disco
+from dulwich.object_format import DEFAULT_OBJECT_FORMAT
+from dulwich.objects import Blob, Commit, Tree
+from dulwich.pack import write_pack_index, write_pack_objects
+
+from gitserver.gitproto import (
+    LimitedPackCopier,
+    PushLimits,
+    PushTooLarge,
+    delta_target_size,
+)
+
+GiB = 1 << 30
+MiB = 1 << 20
+DEFAULT = PushLimits(max_input_size=GiB, max_object_size=512 * MiB, max_inflated_size=2 * GiB)
+
+
+def object_header(type_num: int, size: int) -> bytes:
+    out = bytearray([(type_num << 4) | (size & 0x0F)])
+    size >>= 4
+    while size:
+        out[-1] |= 0x80
+        out.append(size & 0x7F)
+        size >>= 7
+    return bytes(out)
+
+
+def varint(size: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(size & 0x7F)
+        size >>= 7
+        if not size:
+            return bytes(out)
+        out[-1] |= 0x80
+
+
+def pack_of(entries: list[bytes]) -> bytes:
+    body = b"PACK" + struct.pack(">LL", 2, len(entries)) + b"".join(entries)
+    return body + hashlib.sha1(body).digest()
+
+
+def copy(pack: bytes, limits: PushLimits = DEFAULT) -> LimitedPackCopier:
+    stream = io.BytesIO(pack)
+    copier = LimitedPackCopier(hashlib.sha1, stream.read, stream.read, io.BytesIO(), limits)
+    copier.verify()
+    return copier
+
+
+class Exploding(io.BytesIO):
+    """A stream whose zlib part must never be asked for: the header alone must be enough."""
+
+    def __init__(self, data: bytes, header_end: int) -> None:
+        super().__init__(data)
+        self.header_end = header_end
+
+    def read(self, size: int | None = -1) -> bytes:
+        assert self.tell() < self.header_end, "read past the header of an object that should be refused"
+        return super().read(size)
+
+
+def test_a_blob_declared_too_large_is_refused_from_its_header_alone():
+    prefix = b"PACK" + struct.pack(">LL", 2, 1) + object_header(3, 2 * GiB)
+    stream = Exploding(prefix + zlib.compress(b"never inflated"), len(prefix))
+    copier = LimitedPackCopier(hashlib.sha1, lambda n: stream.read(n), lambda n: stream.read(1),
+                               io.BytesIO(), DEFAULT)
+    with pytest.raises(PushTooLarge, match=r"^push too large: object of 2 GiB exceeds the 512 MiB limit$"):
+        copier.verify()
+
+
+def test_objects_that_together_inflate_too_much_are_refused():
+    limits = PushLimits(max_input_size=GiB, max_object_size=100, max_inflated_size=250)
+    blobs = [object_header(3, 100) + zlib.compress(bytes(100)) for _ in range(3)]
+    copy(pack_of(blobs[:2]), limits)  # 200 of 250: fine
+    with pytest.raises(PushTooLarge, match="its objects inflate to more than the 250 bytes limit"):
+        copy(pack_of(blobs), limits)
+
+
+def test_a_small_delta_that_makes_a_huge_object_is_refused():
+    base = object_header(3, 10) + zlib.compress(bytes(10))
+    # A delta of a few bytes claiming to make 2 GiB out of a 10-byte base (copy ops would follow).
+    delta = varint(10) + varint(2 * GiB) + b"\x90\x0a"
+    ofs_delta = object_header(6, len(delta)) + varint(len(base))[:1] + zlib.compress(delta)
+    with pytest.raises(PushTooLarge, match="object of 2 GiB exceeds the 512 MiB limit"):
+        copy(pack_of([base, ofs_delta]))
+    ref_delta = object_header(7, len(delta)) + b"\x11" * 20 + zlib.compress(delta)
+    with pytest.raises(PushTooLarge, match="object of 2 GiB exceeds"):
+        copy(pack_of([ref_delta]))
+
+
+def test_delta_target_size_reads_the_second_number():
+    assert delta_target_size(varint(10) + varint(2 * GiB) + b"rest") == 2 * GiB
+    assert delta_target_size(varint(300) + varint(5)) == 5
+
+
+def test_an_ordinary_pack_within_the_limits_is_copied_unchanged():
+    blob = Blob.from_string(b"hello\n" * 1000)
+    other = Blob.from_string(b"hello\n" * 1000 + b"and more\n")  # stored as a delta of blob
+    tree = Tree()
+    tree.add(b"README", 0o100644, blob.id)
+    out = io.BytesIO()
+    write_pack_objects(out.write, [(blob, None), (other, None), (tree, None)], DEFAULT_OBJECT_FORMAT, deltify=True)
+    copier = copy(out.getvalue())
+    assert len(copier) == 3
+    # A delta counts as the object it makes.
+    assert copier.inflated_size == sum(len(o.as_raw_string()) for o in (blob, other, tree))
+
+
+def test_the_wire_limit_still_applies():
+    from dulwich.object_store import PackInputTooLarge
+
+    blob = object_header(3, 4096) + zlib.compress(bytes(4096))
+    with pytest.raises(PackInputTooLarge):
+        copy(pack_of([blob]), PushLimits(max_input_size=20, max_object_size=GiB, max_inflated_size=GiB))
+
+
+# --- a real git push of a 2 GiB file of zeros: a 2 MB pack that would inflate to 2 GiB ---
+
+
+def zeros_stream(size: int, chunk: int = 16 * MiB) -> bytes:
+    """zlib data of `size` zero bytes, made from one compressed chunk (compressing 2 GiB takes ~10 s).
+
+    After a full flush deflate starts afresh, so each further chunk compresses to the same bytes.
+    """
+    assert size % chunk == 0
+    zeros = bytes(chunk)
+    c = zlib.compressobj(9)
+    first = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    again = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    assert c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH) == again
+    end = c.flush(zlib.Z_FINISH)[:-4]  # the final block, without the checksum of three chunks
+    adler = ((size % 65521) << 16) | 1  # adler32 of zeros: a stays 1, b grows by 1 a byte
+    return first + again * (size // chunk - 1) + end + struct.pack(">L", adler)
+
+
+def blob_id_of_zeros(size: int) -> bytes:
+    digest = hashlib.sha1(b"blob %d\0" % size)
+    zeros = bytes(16 * MiB)
+    for _ in range(size // len(zeros)):
+        digest.update(zeros)
+    return digest.digest()
+
+
+def bomb_repo(path: Path, size: int = 2 * GiB) -> str:
+    """A repo whose branch `dev` holds zeros.bin, `size` zero bytes, as `truncate -s 2G` makes.
+
+    `git add` of 2 GiB takes ~30 s here, so its pack (and index) are written directly: git then
+    pushes the blob as it is stored, without inflating it.
+    """
+    make_repo(path, branch="dev")
+    blob_id = blob_id_of_zeros(size)
+    tree = Tree()
+    tree.add(b"zeros.bin", 0o100644, blob_id.hex().encode())
+    parent = run(["git", "rev-parse", "HEAD"], cwd=path, check=True).stdout.strip()
+    commit = Commit()
+    commit.tree, commit.parents, commit.message = tree.id, [parent.encode()], b"2 GiB of zeros\n"
+    commit.author = commit.committer = b"Test <test@example.com>"
+    commit.author_time = commit.commit_time = 1700000000
+    commit.author_timezone = commit.commit_timezone = 0
+    entries = [object_header(3, size) + zeros_stream(size)]
+    for obj in (tree, commit):
+        entries.append(object_header(obj.type_num, len(obj.as_raw_string())) + zlib.compress(obj.as_raw_string()))
+    pack = pack_of(entries)
+    index, offset = [], 12
+    for raw_id, entry in zip([blob_id, bytes.fromhex(tree.id.decode()), bytes.fromhex(commit.id.decode())],
+                             entries, strict=True):
+        index.append((raw_id, offset, zlib.crc32(entry)))
+        offset += len(entry)
+    name = path / ".git" / "objects" / "pack" / f"pack-{pack[-20:].hex()}"
+    name.with_suffix(".pack").write_bytes(pack)
+    with name.with_suffix(".idx").open("wb") as f:
+        write_pack_index(f, sorted(index), pack[-20:], version=2)
+    run(["git", "update-ref", "refs/heads/dev", commit.id.decode()], cwd=path, check=True)
+    return commit.id.decode()
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    yield from shared_disco(tmp_path_factory.mktemp("limits"))
+
+
+def test_a_push_that_would_inflate_to_2_gib_is_refused_without_the_memory(shared, tmp_path: Path):
+    disco, key = shared
+    repo = tmp_path / "bomb"
+    bomb_repo(repo)
+    # The client side is sound (a full fsck would inflate the 2 GiB: 12 s).
+    assert run(["git", "cat-file", "-s", "dev:zeros.bin"], cwd=repo, check=True).stdout.strip() == str(2 * GiB)
+    first = run(["git", "rev-parse", "HEAD~1"], cwd=repo, check=True).stdout.strip()
+    assert disco.git(key, "push", disco.url("bomb"), f"{first}:refs/heads/dev", cwd=repo).returncode == 0
+    packs = sorted((disco.repo_dir("bomb") / "objects" / "pack").iterdir())
+
+    result = disco.git(key, "push", disco.url("bomb"), "dev", cwd=repo)
+    assert disco.process is not None
+    rss = peak_rss(disco.process.pid)
+    print(f"daemon peak RSS after the 2 GiB push: {rss / MiB:.0f} MiB")
+    assert result.returncode != 0
+    assert "! [remote rejected] dev -> dev (push too large: object of 2 GiB exceeds the 512 MiB limit)" in result.stderr
+    assert rss < 300 * MiB, f"the daemon peaked at {rss / MiB:.0f} MiB"
+
+    assert server_ref(disco, "bomb", "refs/heads/dev") == first
+    objects = disco.repo_dir("bomb") / "objects"
+    assert sorted((objects / "pack").iterdir()) == packs
+    assert list(objects.glob("tmp_pack_*")) == []
+    fsck = run(["git", "--git-dir", str(disco.repo_dir("bomb")), "fsck", "--strict"])
+    assert fsck.returncode == 0, fsck.stderr
