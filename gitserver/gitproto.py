@@ -184,23 +184,45 @@ def add_limited_thin_pack(store: DiskObjectStore, read_all: Callable[[int], byte
             os.unlink(path)
 
 
-class ChannelIO:
-    """Blocking byte I/O for a worker thread, carried out on the event loop."""
+class ClientIdle(Exception):
+    """The client sent nothing (or took nothing) for the idle timeout: the session is closed.
 
-    def __init__(self, process: asyncssh.SSHServerProcess, loop: asyncio.AbstractEventLoop) -> None:
+    Not an OSError: dulwich turns those into protocol errors, and the pack reader into a
+    broken pack; this one must reach the session as itself.
+    """
+
+
+class ChannelIO:
+    """Blocking byte I/O for a worker thread, carried out on the event loop.
+
+    A read that waits `idle_timeout` seconds for the client without a byte, or a write the
+    client does not take in that time, raises ClientIdle, which ends the session and frees its
+    thread. Time the server spends on its own (a push waiting for its deployment) is not idle:
+    no read is waiting then.
+    """
+
+    def __init__(self, process: asyncssh.SSHServerProcess, loop: asyncio.AbstractEventLoop,
+                 idle_timeout: float | None = None) -> None:
         self._process = process
         self._loop = loop
+        self._idle_timeout = idle_timeout
 
     def recv(self, size: int) -> bytes:
         """Up to `size` bytes; b"" once the client has closed its side."""
-        return self._run(self._process.stdin.read(size))
+        return self._run(self._idle(self._process.stdin.read(size), "sent nothing"))
 
     def write(self, data: bytes) -> None:
-        self._run(self._write(data))
+        self._run(self._idle(self._write(data), "read nothing"))
 
     async def _write(self, data: bytes) -> None:
         self._process.stdout.write(data)
         await self._process.stdout.drain()
+
+    async def _idle(self, waiting: Coroutine[Any, Any, T], what: str) -> T:
+        try:
+            return await asyncio.wait_for(waiting, self._idle_timeout)
+        except TimeoutError:
+            raise ClientIdle(f"the client {what} for {self._idle_timeout:g} s") from None
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()

@@ -9,13 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import threading
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncssh
 
 from gitserver.gitproto import (
     ChannelIO,
+    ClientIdle,
     PushContext,
     PushLimits,
     run_receive_pack,
@@ -36,13 +40,23 @@ GIT_SERVICES = {"git-receive-pack": Access.WRITE, "git-upload-pack": Access.READ
 
 @dataclass
 class GitServer:
-    """The daemon's SSH side: holds what every connection shares."""
+    """The daemon's SSH side: holds what every connection shares.
+
+    What one user may cost it: `max_ssh_sessions` git sessions at once (the next is refused at
+    once), each closed when its client sends nothing for `ssh_idle_timeout` seconds. Each git
+    session runs in a thread of its own rather than in a shared pool, so the sessions of one
+    user (at most the cap, idle ones closed) can never leave another user's waiting for a thread;
+    the threads in use are bounded by the cap times the team's size.
+    """
 
     platform: Platform
     repos: RepoRegistry
-    workers: ThreadPoolExecutor
+    # No longer used by git sessions (each has its own thread, see above); kept so the
+    # composition root that hands it in keeps working.
+    workers: ThreadPoolExecutor | None = None
     sessions: set[asyncio.Task] | None = None
     _acceptor: asyncssh.SSHAcceptor | None = None
+    _open: Counter[str] = field(default_factory=Counter)  # git sessions per user, on the event loop
 
     @property
     def settings(self) -> Settings:
@@ -87,14 +101,30 @@ class GitServer:
     async def _run_session(self, process: asyncssh.SSHServerProcess) -> None:
         task = asyncio.current_task()
         assert task is not None and self.sessions is not None
+        user: User = process.get_extra_info("disco_user")
+        counted = process.command is not None  # a git command (the greeting holds nothing)
+        if counted and self._open[user.name] >= self.settings.max_ssh_sessions:
+            log.info("refused a session of %s: %d open", user.name, self._open[user.name])
+            process.exit(_refuse(process, f"too many git sessions open for {user.name} "
+                                          f"({self.settings.max_ssh_sessions}); close some and retry"))
+            return
+        if counted:
+            self._open[user.name] += 1
         self.sessions.add(task)
         try:
             status = await self._dispatch(process)
+        except ClientIdle as err:
+            log.info("session of %s closed: %s", user.name, err)
+            status = _refuse(process, f"closed: {err}")
         except (asyncssh.Error, BrokenPipeError, ConnectionError) as err:
-            log.info("session of %s ended early: %s", process.get_extra_info("disco_user").name, err)
+            log.info("session of %s ended early: %s", user.name, err)
             status = 1
         finally:
             self.sessions.discard(task)
+            if counted:
+                self._open[user.name] -= 1
+                if not self._open[user.name]:
+                    del self._open[user.name]
         if not process.is_closing():
             process.exit(status)
 
@@ -113,10 +143,9 @@ class GitServer:
             return _refuse(process, str(err))
         if access is Access.READ and not self.repos.exists(project):
             return _refuse(process, f"project {project!r} has no code yet: push to it first")
-        io = ChannelIO(process, asyncio.get_running_loop())
-        loop = asyncio.get_running_loop()
+        io = ChannelIO(process, asyncio.get_running_loop(), idle_timeout=self.settings.ssh_idle_timeout or None)
         if access is Access.READ:
-            await loop.run_in_executor(self.workers, self._fetch, project, io)
+            await _in_own_thread(f"git-fetch-{user.name}", self._fetch, project, io)
             log.info("fetch user=%s project=%s", user.name, project)
             return 0
         context = PushContext(
@@ -130,7 +159,7 @@ class GitServer:
             ),
             ref_lock=self.repos.ref_lock(project),
         )
-        await loop.run_in_executor(self.workers, self._push, project, io, context)
+        await _in_own_thread(f"git-push-{user.name}", self._push, project, io, context)
         _log_push(context)
         return 1 if context.failure or context.refused else 0
 
@@ -193,6 +222,35 @@ class _Connection(asyncssh.SSHServer):
         assert self._conn is not None and self._candidate is not None
         self._conn.set_extra_info(disco_user=self._candidate)
         log.info("connect peer=%s user=%s", self._peer, self._candidate.name)
+
+
+async def _in_own_thread(name: str, function: Callable[..., None], *args: object) -> None:
+    """Run a blocking git handler in a new thread; wait for it without blocking the loop.
+
+    A daemon thread: a session still running when the daemon exits (after stop's grace) must
+    not hold the process up.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():  # the session was cancelled (shutdown): nobody waits for this any more
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        try:
+            function(*args)
+        except BaseException as err:  # noqa: BLE001 (handed to the awaiting session, which decides)
+            loop.call_soon_threadsafe(settle, err)
+        else:
+            loop.call_soon_threadsafe(settle, None)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    await done
 
 
 def parse_git_command(command: str) -> tuple[str, str]:
