@@ -8,8 +8,11 @@ every body and query is validated against its declared schema, and every error l
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import anyio
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +28,25 @@ from hooks.platform import Platform
 from hooks.errors import Refused
 
 MAX_BODY = 1 << 20  # JSON bodies are small; a larger one is a mistake or an attack
+WEBHOOK_READERS = 4  # unproven webhook bodies read at once; beyond them a 503 at once, unread
+WEBHOOK_READ_SECONDS = 10  # GitHub wants its answer within 10 s; a slower sender loses its slot
+WEBHOOK_IN_MEMORY = 1 << 20  # a body past this is spooled to disk while it is unproven
+
+
+class Slots:
+    """A count of what may run at once, taken without waiting (one event loop: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.taken = limit, 0
+
+    def take(self) -> bool:
+        if self.taken >= self.limit:
+            return False
+        self.taken += 1
+        return True
+
+    def give_back(self) -> None:
+        self.taken -= 1
 
 
 def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
@@ -44,22 +66,53 @@ def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
         routes.append(Route(f"/api/v1{path}", _dispatcher(eps), methods=[e.method for e in eps]))
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
     app.state.platform = platform
+    app.state.webhook_readers = Slots(WEBHOOK_READERS)
     return app
 
 
 async def _github_webhook(request: Request) -> Response:
-    """GitHub's call: no API key, the signature is the auth; the body is read raw, capped."""
+    """GitHub's call: no API key, the signature is the auth.
+
+    An unproven delivery costs nothing: its link and headers are checked before a byte of its
+    body is read, at most WEBHOOK_READERS bodies are read at once (the next gets a 503 at
+    once), each within WEBHOOK_READ_SECONDS and 25 MB, into an HMAC and a spool file that
+    keeps only 1 MB in memory. Only a body whose signature matches is held and parsed.
+    """
     declared = request.headers.get("content-length", "")
-    if declared.isdecimal() and int(declared) > github.MAX_BODY:
+    if declared.isdecimal() and (len(declared) > 12 or int(declared) > github.MAX_BODY):
         return error_response(413, "too_large", "webhook body is larger than 25 MB")
-    raw = bytearray()  # appending to bytes would copy the whole body on every chunk
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > github.MAX_BODY:
-            return error_response(413, "too_large", "webhook body is larger than 25 MB")
+    platform: Platform = request.app.state.platform
+    project = request.path_params["project"]
     headers = {k.lower(): v for k, v in request.headers.items()}
-    reply = await run_in_threadpool(github.handle_delivery, request.app.state.platform,
-                                    request.path_params["project"], headers, bytes(raw))
+    checked = github.check_headers(platform, project, headers)
+    if isinstance(checked, github.WebhookReply):
+        return JSONResponse(checked.body, status_code=checked.status)
+    readers: Slots = request.app.state.webhook_readers
+    if not readers.take():
+        response = error_response(503, "busy", "too many webhook deliveries are being read; try again")
+        response.headers["Retry-After"] = "1"
+        return response
+    try:
+        mac = github.signer(checked)
+        with tempfile.SpooledTemporaryFile(max_size=WEBHOOK_IN_MEMORY) as spool:
+            size = 0
+            with anyio.move_on_after(WEBHOOK_READ_SECONDS) as timer:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > github.MAX_BODY:
+                        return error_response(413, "too_large", "webhook body is larger than 25 MB")
+                    mac.update(chunk)
+                    spool.write(chunk)
+            if timer.cancel_called:
+                return error_response(408, "timeout", f"the body did not arrive within {WEBHOOK_READ_SECONDS} s")
+            if not github.signed(mac, headers):
+                reply = github.unsigned()
+                return JSONResponse(reply.body, status_code=reply.status)
+            spool.seek(0)
+            body = spool.read()
+    finally:
+        readers.give_back()
+    reply = await run_in_threadpool(github.handle_delivery, platform, project, headers, body)
     return JSONResponse(reply.body, status_code=reply.status)
 
 

@@ -1,7 +1,9 @@
 """GitHub push webhooks: link a project to a repo, verify deliveries, mirror and deploy.
 
-A delivery is verified (HMAC-SHA256 over the raw body, constant-time compare) before its body
-is parsed or logged. A push to the linked branch is answered at once with the number of a
+A delivery costs nothing until it is proven: the project's link and the headers' presence and
+shape are checked before its body is read (`check_headers`), the body is then read as a stream
+into an HMAC (`signer`), and it is verified (HMAC-SHA256 over the raw body, constant-time
+compare) before it is parsed or logged. A push to the linked branch is answered at once with the number of a
 queued deployment; the fetch from GitHub is that deployment's first step, run by the project's
 queue, so a burst of pushes fetches and builds only the newest.
 """
@@ -31,6 +33,8 @@ REPO_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}")
 BRANCH_NAME = re.compile(r"(?!.*\.\.)(?!/)[A-Za-z0-9._/-]{1,200}(?<!/)")
 SHA = re.compile(r"[0-9a-f]{40}")
 MAX_BODY = 25 << 20  # GitHub caps payloads at 25 MB
+SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}")
+NOT_SIGNED = "missing or wrong X-Hub-Signature-256 for this project's secret"
 
 
 @dataclass(frozen=True)
@@ -125,18 +129,48 @@ def _require_link(platform: Platform, project: str) -> dict:
 
 # -- deliveries ---------------------------------------------------------------------------------
 
-def handle_delivery(platform: Platform, project: str, headers: dict[str, str], body: bytes) -> WebhookReply:
-    """Answer one webhook delivery. Headers' names are lower case."""
+def check_headers(platform: Platform, project: str, headers: dict[str, str]) -> dict | WebhookReply:
+    """What can be refused before the body is read: the project's link (one store read), and
+    the presence and shape of the signature, event and delivery headers. Returns the link, or
+    the refusal. Headers' names are lower case."""
     row = platform.store.github_link(project)  # deleting a project deletes its link
     if row is None:
         return WebhookReply(404, {"error": {"code": "not_found", "message": f"no project {project!r} linked to GitHub"}})
-    if not signature_ok(row["secret"], body, headers.get("x-hub-signature-256", "")):
-        return WebhookReply(401, {"error": {"code": "unauthorized",
-                                            "message": "missing or wrong X-Hub-Signature-256 for this project's secret"}})
+    if not SIGNATURE.fullmatch(headers.get("x-hub-signature-256", "").strip()):
+        return WebhookReply(401, {"error": {"code": "unauthorized", "message": NOT_SIGNED}})
     event = headers.get("x-github-event", "")
+    if not event or len(event) > 100:
+        return _bad("the X-GitHub-Event header is missing or too long")
     delivery = headers.get("x-github-delivery", "")
     if not delivery or len(delivery) > 100:
         return _bad("the X-GitHub-Delivery header is missing or too long")
+    return row
+
+
+def signer(row: dict) -> hmac.HMAC:
+    """An HMAC to feed the body to as it arrives; `signed(mac, headers)` then says if it matches."""
+    return hmac.new(row["secret"].encode(), digestmod=hashlib.sha256)
+
+
+def signed(mac: hmac.HMAC, headers: dict[str, str]) -> bool:
+    expected = "sha256=" + mac.hexdigest()
+    return hmac.compare_digest(expected.encode(), headers.get("x-hub-signature-256", "").strip().encode())
+
+
+def unsigned() -> WebhookReply:
+    return WebhookReply(401, {"error": {"code": "unauthorized", "message": NOT_SIGNED}})
+
+
+def handle_delivery(platform: Platform, project: str, headers: dict[str, str], body: bytes) -> WebhookReply:
+    """Answer one webhook delivery. Headers' names are lower case."""
+    checked = check_headers(platform, project, headers)
+    if isinstance(checked, WebhookReply):
+        return checked
+    row = checked
+    if not signature_ok(row["secret"], body, headers.get("x-hub-signature-256", "")):
+        return unsigned()
+    event = headers["x-github-event"]
+    delivery = headers["x-github-delivery"]
     try:
         payload = json.loads(body)
     except RecursionError:

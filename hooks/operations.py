@@ -6,7 +6,7 @@ these; each checks its input, audits, and goes through the project's deploy queu
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 from hooks.errors import DeployFailed, Refused
 from hooks.platform import Platform
@@ -66,7 +66,9 @@ def deploy_ref(platform: Platform, user: str, project: str, branch: str | None, 
     return platform.deployer.enqueue(project, sha, branch, user, "api")
 
 
-def logs(platform: Platform, project: str, service: str, tail: int, follow: bool) -> Iterator[str]:
+def logs(platform: Platform, project: str, service: str, tail: int, follow: bool) -> AsyncIterator[str]:
+    """A service's lines: checked and found here (blocking, briefly), then read asynchronously,
+    so a follower holds no thread; closing the iterator closes Docker's stream."""
     require_project(platform, project)
     name = platform.engine.service_name(project, check_service_name(service))
     if platform.engine.service_state(name, project) is None:

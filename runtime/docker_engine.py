@@ -20,7 +20,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,30 +86,78 @@ class ServiceState:
 
 
 class OneOffRun:
-    """A one-off command's container: read its output, then its exit code, then remove it."""
+    """A one-off command's container: read its output, then its exit code, then remove it.
+
+    Its output, like a service's logs, is read from Docker's API asynchronously (`stream_lines`):
+    a reader holds no thread while it waits, and closing the iterator (a client that went away)
+    closes Docker's stream at once.
+    """
 
     def __init__(self, container: Any) -> None:  # a docker-py Container
         self._container = container
+        self._removed = False
 
-    def output(self) -> Iterator[str]:
+    def output(self) -> AsyncIterator[str]:
         """Its output lines as they come, until the command ends."""
-        pending = b""
-        for chunk in self._container.logs(stream=True, follow=True):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line.decode(errors="replace")
-        if pending:
-            yield pending.decode(errors="replace")
+        return self.stream_lines(f"/containers/{self._container.id}/logs",
+                                 {"stdout": "1", "stderr": "1", "follow": "1"})
+
+    @staticmethod
+    async def stream_lines(path: str, params: dict[str, str], multiplexed: bool = True) -> AsyncIterator[str]:
+        """Docker's log stream at `path` as lines, read without a thread (Engine.service_logs too).
+
+        A stream without a TTY is multiplexed: frames of an 8-byte header (stream, 0, 0, 0,
+        big-endian length) and that many bytes.
+        """
+        import httpx  # here, not at the top: the rest of this module talks to Docker through docker-py
+
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        if host.startswith("unix://"):
+            transport, base = httpx.AsyncHTTPTransport(uds=host.removeprefix("unix://")), "http://docker"
+        elif host.startswith("tcp://"):
+            transport, base = httpx.AsyncHTTPTransport(), "http://" + host.removeprefix("tcp://")
+        else:
+            raise DockerError(f"cannot stream logs from DOCKER_HOST={host}")
+        # No read timeout: a follower waits for the next line as long as its client stays.
+        timeout = httpx.Timeout(30, read=None)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url=base, timeout=timeout) as client, \
+                    client.stream("GET", path, params=params) as response:
+                if response.status_code != 200:
+                    detail = (await response.aread()).decode(errors="replace")[:300]
+                    raise DockerError(f"Docker refused {path}: {response.status_code} {detail}")
+                frames, pending = b"", b""
+                async for chunk in response.aiter_raw():
+                    if multiplexed:
+                        frames += chunk
+                        while len(frames) >= 8:
+                            size = int.from_bytes(frames[4:8], "big")
+                            if len(frames) < 8 + size:
+                                break
+                            pending += frames[8:8 + size]
+                            frames = frames[8 + size:]
+                    else:
+                        pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        yield line.decode(errors="replace")
+                if pending:
+                    yield pending.decode(errors="replace")
+        except httpx.HTTPError as err:
+            raise DockerError(f"the log stream from Docker broke: {err}") from None
 
     def exit_code(self) -> int:
         return int(self._container.wait().get("StatusCode", -1))
 
     def remove(self) -> None:
+        """Remove the container (force); a second call does nothing."""
+        if self._removed:
+            return
         try:
             self._container.remove(force=True)
         except docker.errors.NotFound:
             pass
+        self._removed = True
 
 
 class Engine:
@@ -452,22 +500,19 @@ class Engine:
     def remove_volume(self, name: str) -> None:
         _retry_while_in_use(self.client.volumes.get(name).remove)
 
-    def service_logs(self, name: str, tail: int, follow: bool) -> Iterator[str]:
-        """Lines from every task of the service, oldest first; with follow, until closed."""
+    def service_logs(self, name: str, tail: int, follow: bool) -> AsyncIterator[str]:
+        """Lines from every task of the service, oldest first; with follow, until closed.
+
+        The service is looked up here (blocking, briefly); its lines are then read without a
+        thread (OneOffRun.stream_lines), and closing the iterator closes Docker's stream.
+        """
         service = self._find_service(name)
         if service is None:
             raise DockerError(f"service {name} does not exist")
-        stream = service.logs(stdout=True, stderr=True, follow=follow, tail=tail, timestamps=True)
-        if isinstance(stream, bytes):  # docker-py returns the whole text when not following
-            stream = [stream]
-        pending = b""
-        for chunk in stream:
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line.decode(errors="replace")
-        if pending:
-            yield pending.decode(errors="replace")
+        container_spec = ((service.attrs.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}
+        params = {"stdout": "1", "stderr": "1", "follow": "1" if follow else "0", "tail": str(tail),
+                  "timestamps": "1"}
+        return OneOffRun.stream_lines(f"/services/{service.id}/logs", params, multiplexed=not container_spec.get("TTY"))
 
     def run_oneoff(self, image: str, command: list[str], env: dict[str, str], mounts: list[tuple[str, str]],
                    labels: dict[str, str]) -> OneOffRun:
