@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,10 +21,19 @@ from starlette.routing import Route
 
 from api.auth import authenticate
 from api.context import Context
-from api.spec import ApiError, Endpoint, bad_request, openapi_document, path_params, query_params, validate
+from api.spec import (
+    ApiError,
+    Endpoint,
+    bad_request,
+    openapi_document,
+    path_params,
+    query_params,
+    validate,
+)
+from api.streams import UserStreams
 from hooks import github
-from hooks.platform import Platform
 from hooks.errors import Refused
+from hooks.platform import Platform
 
 MAX_BODY = 1 << 20  # JSON bodies are small; a larger one is a mistake or an attack
 WEBHOOK_READERS = 4  # unproven webhook bodies read at once; beyond them a 503 at once, unread
@@ -67,6 +75,7 @@ def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
     app.state.platform = platform
     app.state.webhook_readers = Slots(WEBHOOK_READERS)
+    app.state.streams = UserStreams(platform.settings.max_streams)
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+
 from starlette.requests import Request
 
 from api.context import Caller

@@ -4,25 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import json
-
-import anyio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
-from starlette.responses import JSONResponse, Response, StreamingResponse
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
 
 from api.context import Context
 from api.serializers import api_key_json, ssh_key_json, user_json
-from api.spec import (BOOLEAN, OBJECT, STRING, VERSION, ApiError, EndpointList, array, forbidden, integer, not_found,
-                      nullable, obj)
+from api.spec import (
+    BOOLEAN,
+    OBJECT,
+    STRING,
+    VERSION,
+    ApiError,
+    EndpointList,
+    array,
+    forbidden,
+    integer,
+    not_found,
+    nullable,
+    obj,
+)
+from api.streams import OpenStream, UserStreams
 from hooks import apikeys, github, operations, projects, team
 from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_project_name
 from hooks.projects import deployment_json
-from runtime.docker_engine import OneOffRun
 from hooks.queue import Ticket
+from runtime.docker_engine import OneOffRun
 from runtime.store import ACTIVE_STATUSES, DeploymentStatus, Store
-
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 PROJECT_NAME_SCHEMA = {"type": "string", "pattern": PROJECT_NAME.pattern, "description": NAME_RULE}
@@ -59,6 +71,21 @@ def project_of(ctx: Context, access: Access = Access.READ) -> str:
     return name
 
 
+async def open_stream(ctx: Context, start: Callable[[], Awaitable[AsyncIterator[str]]], media_type: str,
+                      headers: dict[str, str] | None = None,
+                      cleanup: Callable[[], Awaitable[None]] | None = None) -> Response:
+    """A long response, counted against the caller's max_streams (a 429 beyond it) before any
+    work is done, and given back the moment it ends, however it ends."""
+    streams: UserStreams = ctx.request.app.state.streams
+    give_back = streams.take(ctx.user.name)
+    try:
+        content = await start()
+    except BaseException:
+        give_back()
+        raise
+    return OpenStream(content, give_back, media_type, headers, cleanup)
+
+
 def queued(ticket: Ticket) -> JSONResponse:
     d = ticket.deployment
     return ok({"number": d.number, "status": d.status,
@@ -71,10 +98,25 @@ def queued(ticket: Ticket) -> JSONResponse:
           responses={200: OBJECT})
 async def meta(ctx: Context) -> Response:
     s = ctx.platform.settings
-    state = await run_in_threadpool(operations.server_state, ctx.platform)
+    state = await _server_state(ctx)
     return ok({"version": VERSION, "instance": s.instance, "apps_domain": s.apps_domain, "tls": s.tls,
                "ports": {"ssh": s.ssh_port, "api": s.api_port, "http": s.http_port, "https": s.https_port},
                **state, "user": {"name": ctx.user.name, "role": ctx.user.role}})
+
+
+META_FRESH = 1.0  # seconds Docker's and the proxy's state is reused for
+
+
+async def _server_state(ctx: Context) -> dict:
+    """Docker's and the proxy's state, asked at most once a second: each ask is a Docker round
+    trip (20 to 60 ms here), which no caller should be able to multiply."""
+    app_state = ctx.request.app.state
+    cached: tuple[float, dict] | None = getattr(app_state, "server_state", None)
+    if cached is not None and time.monotonic() - cached[0] < META_FRESH:
+        return cached[1]
+    state = await run_in_threadpool(operations.server_state, ctx.platform)
+    app_state.server_state = (time.monotonic(), state)
+    return state
 
 
 # -- projects -------------------------------------------------------------------------------
@@ -165,8 +207,11 @@ async def deployment_output(ctx: Context) -> Response:
     if last.isdecimal() and len(last) > 18:
         raise ApiError(400, "bad_request", "Last-Event-ID is larger than any line number")
     start = int(last) if last.isdecimal() else 0
-    return StreamingResponse(_output_events(ctx.store, name, number, start), media_type=SSE,
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def events() -> AsyncIterator[str]:
+        return _output_events(ctx.store, name, number, start)
+
+    return await open_stream(ctx, events, SSE, {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def _output_events(store: Store, project: str, number: int, after: int) -> AsyncIterator[str]:
@@ -180,12 +225,9 @@ async def _output_events(store: Store, project: str, number: int, after: int) ->
             yield f"event: end\ndata: {json.dumps({'status': 'deleted', 'reason': 'project deleted', 'number': number})}\n\n"
             return
         finished = DeploymentStatus(deployment.status) not in ACTIVE_STATUSES
-        path = Path(deployment.log_path)
-        if path.exists():
-            with path.open("rb") as handle:
-                handle.seek(position)
-                chunk = handle.read()
-                position += len(chunk)
+        chunk = _appended(Path(deployment.log_path), position)
+        if chunk is not None:
+            position += len(chunk)
             pending += chunk.decode(errors="replace")
             *lines, pending = pending.split("\n")
             for line in lines:
@@ -197,6 +239,18 @@ async def _output_events(store: Store, project: str, number: int, after: int) ->
             yield f"event: end\ndata: {json.dumps(final)}\n\n"
             return
         await asyncio.sleep(0.2)
+
+
+def _appended(path: Path, position: int) -> bytes | None:
+    """What was appended to a local log since `position` (None if it is not there yet).
+
+    Read in the event loop on purpose: a few new lines of a local file take microseconds, and a
+    worker thread per follower per tick is what would starve the API."""
+    if not path.exists():
+        return None
+    with path.open("rb") as handle:
+        handle.seek(position)
+        return handle.read(8 << 20)
 
 
 # -- env vars -------------------------------------------------------------------------------
@@ -290,9 +344,13 @@ async def set_scale(ctx: Context) -> Response:
                              "follow": BOOLEAN}, responses={200: "text/plain"})
 async def logs(ctx: Context) -> Response:
     name = project_of(ctx)
-    lines = await run_in_threadpool(operations.logs, ctx.platform, name, ctx.query.get("service", "web"),
-                                    ctx.query.get("tail", 100), ctx.query.get("follow", False))
-    return StreamingResponse(_with_newlines(iterate_in_threadpool(lines)), media_type="text/plain")
+
+    async def lines() -> AsyncIterator[str]:
+        found = await run_in_threadpool(operations.logs, ctx.platform, name, ctx.query.get("service", "web"),
+                                        ctx.query.get("tail", 100), ctx.query.get("follow", False))
+        return _with_newlines(found)
+
+    return await open_stream(ctx, lines, "text/plain")
 
 
 async def _with_newlines(lines: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -308,21 +366,32 @@ async def _with_newlines(lines: AsyncIterator[str]) -> AsyncIterator[str]:
           responses={200: SSE})
 async def run_command(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
-    run = await run_in_threadpool(operations.run_command, ctx.platform, ctx.user.name, name,
-                                  ctx.body["command"], ctx.body.get("service", "web"))
-    return StreamingResponse(_run_events(run), media_type=SSE, headers={"Cache-Control": "no-cache"})
+    started: list[OneOffRun] = []
+
+    async def events() -> AsyncIterator[str]:
+        run = await run_in_threadpool(operations.run_command, ctx.platform, ctx.user.name, name,
+                                      ctx.body["command"], ctx.body.get("service", "web"))
+        started.append(run)
+        return _run_events(run)
+
+    async def remove() -> None:
+        # Run however the response ends (shielded), even if the client went before the first
+        # line: the container, with the project's env and volumes, must not outlive the request.
+        for run in started:
+            await run_in_threadpool(run.remove)
+
+    return await open_stream(ctx, events, SSE, {"Cache-Control": "no-cache"}, cleanup=remove)
 
 
 async def _run_events(run: OneOffRun) -> AsyncIterator[str]:
-    """The command's output, then its exit code; the container goes away even if the client does."""
+    """The command's output as it comes (no thread waits on it), then its exit code; the
+    container is gone before the response ends."""
     try:
-        async for line in iterate_in_threadpool(run.output()):
+        async for line in run.output():
             yield f"event: output\ndata: {line}\n\n"
-        exit_code = await run_in_threadpool(run.exit_code)
+        exit_code = await run_in_threadpool(run.exit_code)  # the output ended: the command has, too
         yield f"event: exit\ndata: {json.dumps({'exit_code': exit_code})}\n\n"
     finally:
-        # Shielded: on a client disconnect this generator is cancelled, and the container
-        # (with the project's env and volumes) must not outlive the request.
         with anyio.CancelScope(shield=True):
             await run_in_threadpool(run.remove)
 

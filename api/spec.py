@@ -234,7 +234,8 @@ def openapi_document(endpoints: list[Endpoint]) -> dict:
             else:
                 operation["responses"][str(status)] = {"description": "success",
                                                        "content": {"application/json": {"schema": schema}}}
-        errors = [400, 401, 403, 404, 409, 413, 422]  # 422: a disco.toml that cannot deploy
+        # 422: a disco.toml that cannot deploy; 429: too many streams open (logs, output, run)
+        errors = [400, 401, 403, 404, 409, 413, 422, 429]
         for status in errors:
             operation["responses"].setdefault(str(status), {"description": "error",
                                                             "content": {"application/json": {"schema": ERROR}}})
