@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,9 @@ def test_a_push_waiting_for_its_deployment_is_not_idle(impatient, tmp_path: Path
     require_docker()
     disco, key = impatient
     # The build alone takes longer than the idle timeout, and the client sends nothing meanwhile.
-    dockerfile = [*BASE, f"RUN /bin/busybox sleep {IDLE * 2}", "COPY www /www", "EXPOSE 8000", SERVE]
+    # (A fresh token each run: BuildKit would otherwise reuse the cached step, and take no time.)
+    dockerfile = [*BASE, f"RUN /bin/busybox sleep {IDLE * 2} && echo {uuid.uuid4().hex}", "COPY www /www",
+                  "EXPOSE 8000", SERVE]
     repo = web_app(tmp_path / "app", dockerfile=dockerfile)
     started = time.monotonic()
     result = disco.git(key, "push", disco.url("slowbuild"), "main", cwd=repo, timeout=300)
