@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from test_api import error_of, key_for
 
 from api.app import build_app
 from api.endpoints import ENDPOINTS
+from hooks import github
 from hooks.platform import Platform
 from runtime.caddy import CaddyAdmin
 from runtime.docker_engine import Engine
@@ -139,3 +142,48 @@ def test_every_declared_integer_has_a_maximum():
         for where, schema in inputs:
             for field, found in integers(schema, f"{ep.method} {ep.path} {where}"):
                 assert "maximum" in found and found["maximum"] <= 2**63 - 1, field
+
+
+# -- webhooks: refused before their body is read ------------------------------------------------
+
+@pytest.fixture
+def hooked(platform: Platform, shop: TestClient) -> tuple[TestClient, str]:
+    return shop, github.link(platform, "alice", "shop", "octo/shop")["secret"]
+
+
+def signed_post(client: TestClient, project: str, secret: str, body: bytes, **headers: str):  # type: ignore[no-untyped-def]
+    sent = {"Content-Type": "application/json", "X-GitHub-Event": "push", "X-GitHub-Delivery": "d-1",
+            "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
+    sent.update({k.replace("_", "-"): v for k, v in headers.items()})
+    return client.post(f"/webhooks/github/{project}", content=body, headers={k: v for k, v in sent.items() if v})
+
+
+def test_a_signed_but_deeply_nested_webhook_body_is_a_400(hooked):
+    client, secret = hooked
+    response = signed_post(client, "shop", secret, b"[" * 100_000)
+    assert response.status_code == 400 and "nested too deeply" in response.json()["error"]["message"]
+    huge_int = signed_post(client, "shop", secret, b'{"ref": ' + b"9" * 5000 + b"}")
+    assert huge_int.status_code == 400 and "not valid JSON" in huge_int.json()["error"]["message"]
+
+
+def test_webhook_headers_are_checked_before_the_body(hooked):
+    client, secret = hooked
+    malformed = signed_post(client, "shop", secret, b"{}", X_Hub_Signature_256="sha256=nothex")
+    assert malformed.status_code == 401 and "X-Hub-Signature-256" in malformed.json()["error"]["message"]
+    no_event = signed_post(client, "shop", secret, b"{}", X_GitHub_Event="")
+    assert no_event.status_code == 400 and "X-GitHub-Event" in no_event.json()["error"]["message"]
+    no_delivery = signed_post(client, "shop", secret, b"{}", X_GitHub_Delivery="")
+    assert no_delivery.status_code == 400 and "X-GitHub-Delivery" in no_delivery.json()["error"]["message"]
+
+
+def test_beyond_the_webhook_readers_a_503_comes_at_once(hooked):
+    client, secret = hooked
+    readers = client.app.state.webhook_readers  # type: ignore[attr-defined]
+    readers.taken = readers.limit  # every slot busy reading someone's body
+    busy = signed_post(client, "shop", secret, b"{}", X_GitHub_Event="ping")
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+    assert busy.json()["error"]["code"] == "busy"
+    assert signed_post(client, "ghost", secret, b"{}").status_code == 404  # no body read for that either
+    readers.taken = 0
+    assert signed_post(client, "shop", secret, b"{}", X_GitHub_Event="ping").status_code == 200
+    assert readers.taken == 0  # given back
