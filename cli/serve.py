@@ -13,7 +13,6 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import uvicorn
 
@@ -53,11 +52,10 @@ async def _run(settings: Settings, store: Store) -> None:
     platform = Platform.create(settings, store, Engine(settings.instance), CaddyAdmin(settings.run_dir))
     for settled in platform.deployer.recover():
         log.info("deployment #%d of %s left unfinished: now %s", settled.number, settled.project, settled.status)
-    workers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="git")
     # Not awaited, and a daemon thread: SIGTERM stops the daemon at once even while Caddy is
     # still starting (or never will, with an image that cannot run); the next start goes on.
     threading.Thread(target=_start_proxy, args=(platform, settings), name="proxy", daemon=True).start()
-    git = GitServer(platform, RepoRegistry(settings.repos_dir), workers)
+    git = GitServer(platform, RepoRegistry(settings.repos_dir))
     await git.start(settings.listen)
     api = EmbeddedServer(uvicorn.Config(build_app(platform, ENDPOINTS.endpoints), log_level="warning", lifespan="off",
                                         timeout_graceful_shutdown=10))
@@ -67,9 +65,7 @@ async def _run(settings: Settings, store: Store) -> None:
     log.info("shutting down")
     api.should_exit = True
     await git.stop()
-    await api_task
-    # A deploy still running is left to swarm; the next start settles its record.
-    workers.shutdown(wait=False, cancel_futures=True)
+    await api_task  # a deploy still running is left to swarm; the next start settles its record
 
 
 def _start_proxy(platform: Platform, settings: Settings) -> None:

@@ -12,7 +12,6 @@ import shlex
 import threading
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import asyncssh
@@ -51,9 +50,6 @@ class GitServer:
 
     platform: Platform
     repos: RepoRegistry
-    # No longer used by git sessions (each has its own thread, see above); kept so the
-    # composition root that hands it in keeps working.
-    workers: ThreadPoolExecutor | None = None
     sessions: set[asyncio.Task] | None = None
     _acceptor: asyncssh.SSHAcceptor | None = None
     _open: Counter[str] = field(default_factory=Counter)  # git sessions per user, on the event loop
