@@ -107,7 +107,7 @@ def deploy_key(platform: Platform, user: str, project: str) -> str:
     """The public half of the project's deploy key (made on first ask); the private half stays here."""
     row = _require_link(platform, project)
     if not row["deploy_key"]:
-        private, public = generate_key_pair(f"disco-{project}")
+        private, _public = generate_key_pair(f"disco-{project}")
         row = {**row, "deploy_key": private}
         platform.store.set_github_link(row)
         platform.store.audit(user, "github:deploy-key", project)
@@ -262,7 +262,7 @@ def mirror(platform: Platform, project: str, commit: str, out: DeployOutput) -> 
             result = subprocess.run(
                 ["git", *git_config, "--git-dir", str(repo), "fetch", "--no-tags", "--quiet", row["clone_url"],
                  f"+refs/heads/{row['branch']}:{tracking}"],
-                capture_output=True, text=True, env=env, timeout=600,
+                check=False, capture_output=True, text=True, env=env, timeout=600,
             )
         except subprocess.TimeoutExpired:
             raise DeployFailed(f"fetch from {row['clone_url']} took longer than 10 minutes") from None
