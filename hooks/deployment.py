@@ -27,10 +27,12 @@ from runtime.appconfig import (
     AppConfig,
     AppConfigError,
     ServiceConfig,
+    check_caps,
     config_at,
 )
 from runtime.caddy import UPSTREAM_REFRESH_SECONDS, CaddyError
 from runtime.docker_engine import DockerError, ServiceSpec
+from runtime.docker_specs import task_limits
 from runtime.dockerfile import DockerfileError, prepare
 from runtime.settings import Settings
 from runtime.store import WENT_LIVE, Deployment, DeploymentStatus, Store, now
@@ -60,6 +62,7 @@ class DeploymentRun:
         # What the stages made, in order: the undo needs it.
         self.image = ""
         self.built_image = False
+        self.tagged = ""  # the image tag this deployment made (built or retagged), for the undo
         self.tagged = ""  # the image tag this deployment made (built or retagged), for the undo
         self.specs: list[ServiceSpec] = []
         self.applied: list[tuple[ServiceSpec, bool]] = []  # (spec, created) in the order started
@@ -132,7 +135,7 @@ class DeploymentRun:
         text = dockerfile.read_bytes().decode("utf-8", "surrogateescape")
         try:
             checked = prepare(text, build_args=args, instance=self.settings.instance, project=self.d.project,
-                              proxy_image=self.settings.caddy_image, owner_of=self.engine.image_owner,
+                              owner_of=self.engine.image_owner,
                               filename=shown)
         except DockerfileError as err:
             raise DeployFailed(str(err)) from None
@@ -150,7 +153,10 @@ class DeploymentRun:
         env = self.store.env(d.project)
         scale = self.store.scale(d.project)
         exposed = engine.exposed_ports(self.image)
-        for service in self._config().services.values():
+        config = self._config()
+        # Checked before the ref moved too; the settings may have changed since.
+        check_caps(config, self.settings.max_services, self.settings.max_replicas)
+        for service in config.services.values():
             port = _port_of(service, exposed)
             service_env = {
                 **env,
@@ -173,12 +179,14 @@ class DeploymentRun:
                 health_path=service.health,
                 health_timeout=service.health_timeout,
                 mounts=[(engine.volume_name(d.project, v.name), v.mount) for v in service.volumes],
+                limits=task_limits(service.limits, self.settings),
             ))
 
     def start(self) -> None:
         """New tasks start beside the old ones; swarm keeps the old ones until these are healthy."""
         web = next((s for s in self.specs if s.labels["disco.service"] == "web" and s.port), None)
-        self.d = self._set(status=DeploymentStatus.STARTING, image=self.image, web_port=web.port if web else 0)
+        self.d = self._set(status=DeploymentStatus.STARTING, image=self.image, web_port=web.port if web else 0,
+                           web_service=web.name if web else "")
         for spec in self.specs:
             for volume, _ in spec.mounts:
                 self.engine.ensure_volume(volume, self.d.project)

@@ -13,8 +13,9 @@ from hooks.platform import Platform
 from hooks.projects import require_project
 from hooks.queue import Ticket
 from runtime import gitrepo
-from runtime.appconfig import SERVICE_NAME, AppConfigError, config_at
+from runtime.appconfig import SERVICE_NAME, AppConfigError, ServiceConfig, check_caps, config_at
 from runtime.docker_engine import DockerError, OneOffRun
+from runtime.docker_specs import task_limits
 from runtime.store import Deployment, DeploymentStatus
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -60,7 +61,7 @@ def deploy_ref(platform: Platform, user: str, project: str, branch: str | None, 
         if sha is None:
             raise Refused(f"{project} has no branch {branch!r}", "not_found")
     try:
-        config_at(repo, sha)
+        check_caps(config_at(repo, sha), platform.settings.max_services, platform.settings.max_replicas)
     except AppConfigError as err:
         raise Refused(f"{sha[:7]} cannot deploy: {err}", "invalid_config") from None
     return platform.deployer.enqueue(project, sha, branch, user, "api")
@@ -70,10 +71,10 @@ def logs(platform: Platform, project: str, service: str, tail: int, follow: bool
     """A service's lines: checked and found here (blocking, briefly), then read asynchronously,
     so a follower holds no thread; closing the iterator closes Docker's stream."""
     require_project(platform, project)
-    name = platform.engine.service_name(project, check_service_name(service))
-    if platform.engine.service_state(name, project) is None:
+    running = platform.engine.project_service(project, check_service_name(service))
+    if running is None:  # found by its labels: a service made before runtime/names.py has its old name
         raise Refused(f"{project} has no running service {service!r}", "not_found")
-    return platform.engine.service_logs(name, tail, follow)
+    return platform.engine.service_logs(running.name, tail, follow)
 
 
 def run_command(platform: Platform, user: str, project: str, command: list[str], service: str = "web") -> OneOffRun:
@@ -86,23 +87,25 @@ def run_command(platform: Platform, user: str, project: str, command: list[str],
     if live is None:
         raise Refused(f"{project} has no live deployment to run a command in", "conflict")
     platform.store.audit(user, "run", project, f"{len(command)} argument(s)")  # commands may hold secrets
+    chosen = _service_config(platform, live, service)
     try:
         return platform.engine.run_oneoff(
             image=live.image,
             command=command,
             env={**platform.store.env(project), "DISCO_PROJECT": project, "DISCO_SERVICE": service,
                  "DISCO_DEPLOYMENT": str(live.number), "DISCO_COMMIT": live.commit_sha},
-            mounts=[(platform.engine.volume_name(project, v), m) for v, m in _service_volumes(platform, live, service)],
+            mounts=[(platform.engine.volume_name(project, v.name), v.mount) for v in chosen.volumes],
             labels=platform.engine.labels(project=project, role="run"),
+            limits=task_limits(chosen.limits, platform.settings),  # the service's own, like its tasks
         )
     except DockerError as err:
         raise DeployFailed(str(err)) from None
 
 
-def _service_volumes(platform: Platform, live: Deployment, service: str) -> list[tuple[str, str]]:
+def _service_config(platform: Platform, live: Deployment, service: str) -> ServiceConfig:
+    """The live commit's config of that service (its volumes, its limits); a bare one if it has none."""
     config = config_at(platform.repo_path(live.project), live.commit_sha)
-    chosen = config.services.get(service)
-    return [(v.name, v.mount) for v in chosen.volumes] if chosen else []
+    return config.services.get(service) or ServiceConfig(service)
 
 
 def redeploy(platform: Platform, project: str, user: str, source: str = "redeploy") -> Ticket:
@@ -152,14 +155,16 @@ def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -
     """Set replica counts now; later deploys keep them."""
     for service, replicas in counts.items():
         check_service_name(service)
-        if not 0 <= replicas <= 100:
-            raise DeployFailed(f"replicas of {service} must be from 0 to 100, got {replicas}")
-        name = platform.engine.service_name(project, service)
-        if platform.engine.service_state(name, project) is None:
+        if not 0 <= replicas <= platform.settings.max_replicas:
+            raise DeployFailed(f"replicas of {service} must be from 0 to {platform.settings.max_replicas} "
+                               f"(this server's max_replicas), got {replicas}")
+        if platform.engine.project_service(project, service) is None:
             raise DeployFailed(f"{project} has no running service {service!r}", "not_found")
     for service, replicas in counts.items():
         platform.store.set_scale(project, service, replicas)
-        platform.engine.scale(platform.engine.service_name(project, service), replicas)
+        running = platform.engine.project_service(project, service)
+        if running is not None:  # gone in between: the store has the count for the next deploy
+            platform.engine.scale(running.name, replicas)
     platform.store.audit(user, "scale", project, ", ".join(f"{s}={n}" for s, n in sorted(counts.items())))
 
 

@@ -20,7 +20,7 @@ from typing import Protocol
 from hooks.platform import Platform
 from hooks.policy import Access, authorize
 from runtime import gitrepo
-from runtime.appconfig import AppConfigError, config_at
+from runtime.appconfig import AppConfigError, check_caps, config_at
 from runtime.store import DeploymentStatus, User
 
 ZERO_SHA = "0" * 40
@@ -131,8 +131,10 @@ def check_ref_update(platform: Platform, update: RefUpdate) -> str | None:
 def _deployable(platform: Platform, update: RefUpdate) -> str | None:
     """Refuse, before the ref moves, a commit that could never deploy."""
     repo = platform.repo_path(update.project)
+    settings = platform.settings
     try:
         config = config_at(repo, update.new_sha)
+        check_caps(config, settings.max_services, settings.max_replicas)
     except AppConfigError as err:
         return str(err)
     if gitrepo.read_file(repo, update.new_sha, config.dockerfile_path) is None:

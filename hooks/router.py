@@ -87,12 +87,18 @@ class Router:
             hosts = [d["domain"] for d in self.store.domains(name)]
             if self.settings.apps_domain:
                 hosts.append(f"{name}.{self.settings.apps_domain}")
-            routes.append(Route(tuple(hosts), self.engine.service_name(name, "web"), serving.web_port))
+            routes.append(Route(tuple(hosts), self._upstream(serving), serving.web_port))
         return routes
+
+    def _upstream(self, serving: Deployment) -> str:
+        """The web service a deployment routes to; deployments made before names were
+        collision-free (runtime/names.py) kept the old name until a deploy replaces them."""
+        return serving.web_service or self.engine.legacy_service_name(serving.project, "web")
 
     def hosts_of(self, project: str) -> list[str]:
         """The host names routed to the project's web service now."""
-        upstream = self.engine.service_name(project, "web")
+        live = self.store.live_deployment(project)
+        upstream = self._upstream(live) if live else ""
         return sorted(h for r in self.routes() if r.upstream == upstream for h in r.hosts)
 
     def apply_routes_if_up(self) -> None:

@@ -33,6 +33,15 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one task (or one-off container) of a service may use; None: the server's default."""
+
+    memory: str | None = None  # as written, like "256M"; memory_bytes() reads it
+    cpus: float | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     port: int | None = None  # None: web takes the image's EXPOSEd port, else DEFAULT_PORT
@@ -41,6 +50,7 @@ class ServiceConfig:
     health: str | None = None  # HTTP path; None: TCP connect to the port
     health_timeout: int = DEFAULT_HEALTH_TIMEOUT
     volumes: tuple[Volume, ...] = ()
+    limits: Limits = Limits()
 
     @property
     def is_web(self) -> bool:
@@ -74,7 +84,35 @@ SERVICE_KEYS = {
     "health": str,
     "health_timeout": int,
     "volumes": list,
+    "memory": str,
+    "cpus": float,
+    "pids": int,
 }
+MAX_TEXT = 256 << 10  # a disco.toml is a few lines; a huge one is a mistake or an attack
+MEMORY = re.compile(r"(\d{1,12})\s*([kmg]?)(i?b)?", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def memory_bytes(text: str) -> int:
+    """`256M`, `1G`, `512m`, `1GiB`, or a number of bytes; ValueError names the forms."""
+    match = MEMORY.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"memory {text[:40]!r} must look like 256M or 1G")
+    amount = int(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()]
+    if amount < 6 << 20:  # Docker refuses less than 6 MiB
+        raise ValueError(f"memory {text!r} is below Docker's minimum of 6M")
+    return amount
+
+
+def check_caps(config: AppConfig, max_services: int, max_replicas: int) -> None:
+    """The server's caps on what one project may run (settings max_services, max_replicas)."""
+    if len(config.services) > max_services:
+        raise AppConfigError(f"disco.toml defines {len(config.services)} services; this server allows "
+                             f"{max_services} per project")
+    for service in config.services.values():
+        if service.replicas > max_replicas:
+            raise AppConfigError(f"services.{service.name}.replicas is {service.replicas}; this server allows "
+                                 f"{max_replicas} per service")
 
 
 def config_at(repo: Path, sha: str) -> AppConfig:
@@ -91,10 +129,14 @@ def parse_app_config(text: str | None) -> AppConfig:
     """Parse disco.toml; None (no file) gives the default: one `web` service."""
     if text is None:
         return AppConfig()
+    if len(text) > MAX_TEXT:
+        raise AppConfigError(f"disco.toml is larger than {MAX_TEXT >> 10} KiB")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise AppConfigError(f"disco.toml is not valid TOML: {err}") from None
+    except RecursionError:
+        raise AppConfigError("disco.toml nests arrays or tables too deeply to read") from None
     where = _Locator(text)
     _reject_unknown(data, TOP_KEYS, "", where)
     build = _parse_build(data.get("build", {}), where)
@@ -173,7 +215,24 @@ def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
         health=health,
         health_timeout=timeout,
         volumes=tuple(_parse_volume(item, path, where) for item in table.get("volumes", [])),
+        limits=_parse_limits(table, path, where),
     )
+
+
+def _parse_limits(table: dict, path: str, where: _Locator) -> Limits:
+    memory = table.get("memory")
+    if memory is not None:
+        try:
+            memory_bytes(memory)
+        except ValueError as err:
+            raise AppConfigError(f"{where.at(path, 'memory')}{path}.{err}") from None
+    cpus = table.get("cpus")
+    if cpus is not None and not 0.01 <= cpus <= 1024:
+        raise AppConfigError(f"{where.at(path, 'cpus')}{path}.cpus must be from 0.01 to 1024, got {cpus}")
+    pids = table.get("pids")
+    if pids is not None and not 16 <= pids <= 1_000_000:
+        raise AppConfigError(f"{where.at(path, 'pids')}{path}.pids must be from 16 to 1000000, got {pids}")
+    return Limits(memory=memory, cpus=float(cpus) if cpus is not None else None, pids=pids)
 
 
 def _parse_volume(item: Any, path: str, where: _Locator) -> Volume:
@@ -193,12 +252,13 @@ def _stays_inside_repo(path: str) -> bool:
     return bool(path) and not path.startswith("/") and ".." not in parts
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", dict: "a table", list: "an array"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "a table", list: "an array"}
 
 
 def _expect(value: Any, kind: type, path: str, where: _Locator) -> None:
-    # bool is an int in Python, but `port = true` is a mistake worth naming.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    # bool is an int in Python, but `port = true` is a mistake worth naming; a float key takes ints too.
+    allowed: tuple[type, ...] = (int, float) if kind is float else (kind,)
+    if not isinstance(value, allowed) or (kind in (int, float) and isinstance(value, bool)):
         parent, _, key = path.rpartition(".")
         raise AppConfigError(
             f"{where.at(parent, key)}{path} must be {_TYPE_NAMES[kind]}, got {type(value).__name__} {value!r}"

@@ -31,10 +31,12 @@ import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 from docker.types import Mount  # type: ignore[import-untyped]
 
+from runtime import names
 from runtime.docker_specs import (
     PROBE_BINARY,
     PROBE_PATH,
     ServiceSpec,
+    TaskLimits,
     build_command,
     health_command,
     instance_labels,
@@ -191,23 +193,43 @@ class Engine:
         return f"{self.instance}-net"
 
     def service_name(self, project: str, service: str) -> str:
-        name = f"{self.instance}-{project}-{service}"
-        if len(name) <= 63:  # a DNS label: swarm refuses longer service names
+        """The swarm service (also its DNS name) of a project's service; see runtime/names.py."""
+        return names.dns_label(names.join(self.instance, project, service))
+
+    def legacy_service_name(self, project: str, service: str) -> str:
+        """What versions before runtime/names.py called it: deployments made then still run
+        under this name until a deploy replaces them."""
+        name = names.legacy(self.instance, project, service)
+        if len(name) <= 63:
             return name
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
         return f"{name[:54]}-{digest}"
 
     def image_tag(self, project: str, number: int) -> str:
-        """A new tag for deployment `number`'s image: `<instance>-<project>:<number>-<random>`.
+        """A new tag for deployment `number`'s image: `<instance>-<project>:<number>-<random>`
+        (its repository joined as runtime/names.py joins names).
 
         The random part keeps other projects from guessing it (a Dockerfile naming it is refused
         anyway, see runtime/dockerfile.py). Each call makes another: the deployment record's
         `image` holds the one used, and nothing derives it again from (project, number).
         """
-        return f"{self.instance}-{project}:{number}-{secrets.token_hex(6)}"
+        return f"{names.join(self.instance, project)}:{number}-{secrets.token_hex(6)}"
 
     def volume_name(self, project: str, volume: str) -> str:
-        return f"{self.instance}-{project}-{volume}"
+        """A project's named volume. One made under the old name (before runtime/names.py) by
+        this project keeps being used: volumes hold data, so they are never renamed."""
+        name = names.join(self.instance, project, volume)
+        old = names.legacy(self.instance, project, volume)
+        if old != name and self._volume_owner(old) == project:
+            return old
+        return name
+
+    def _volume_owner(self, name: str) -> str | None:
+        try:
+            volume = self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            return None
+        return str((volume.attrs.get("Labels") or {}).get("disco.project", "")) or None
 
     def labels(self, **extra: str) -> dict[str, str]:
         return instance_labels(self.instance, **extra)
@@ -311,10 +333,15 @@ class Engine:
 
     def project_images(self, project: str) -> dict[int, str]:
         """Deployment number -> tag, for every image tag this instance made for the project
-        (`:<number>-<random>`, and `:<number>` from before tags were random)."""
-        repository = f"{self.instance}-{project}"
-        tags = [tag for image in self.client.images.list(name=repository) for tag in image.tags]
-        return project_tags(repository, tags)
+        (`:<number>-<random>`, and `:<number>` from before tags were random). Found by their
+        labels, so another instance's images under a look-alike name are never taken."""
+        selector = {"label": [f"disco.instance={self.instance}", f"disco.project={project}"]}
+        tags = [tag for image in self.client.images.list(filters=selector) for tag in image.tags]
+        found: dict[int, str] = {}
+        # Its repository as runtime/names.py joins it, and as versions before that named it.
+        for repository in (names.legacy(self.instance, project), names.join(self.instance, project)):
+            found.update(project_tags(repository, tags))
+        return found
 
     # -- services --------------------------------------------------------------------------
 
@@ -334,6 +361,11 @@ class Engine:
         service = self._find_service(name, project)
         return ServiceState.of(service) if service is not None else None
 
+    def project_service(self, project: str, service: str) -> ServiceState | None:
+        """The swarm service running a project's service, found by its labels whatever its name."""
+        found = [s for s in self.project_services(project) if s.service == service]
+        return found[0] if found else None
+
     def project_services(self, project: str) -> list[ServiceState]:
         services = self.client.services.list(
             filters={"label": [f"disco.instance={self.instance}", f"disco.project={project}"]}
@@ -346,7 +378,7 @@ class Engine:
         current = self._find_service(spec.name)
         owner = (current.attrs["Spec"].get("Labels") or {}).get("disco.project") if current else None
         if current is not None and owner != spec.labels.get("disco.project"):
-            # Names join instance, project and service with '-', which names may contain too.
+            # Names cannot collide (runtime/names.py), but something else may have taken one.
             raise DockerError(f"the swarm service {spec.name} belongs to {owner or 'something else'}; "
                               "rename this service in disco.toml")
         try:
@@ -398,7 +430,11 @@ class Engine:
             if status["State"] not in ("failed", "rejected", "complete"):
                 continue
             container = status.get("ContainerStatus") or {}
-            health = self._last_health_output(container["ContainerID"]) if container.get("ContainerID") else None
+            state = self._container_state(container["ContainerID"]) if container.get("ContainerID") else {}
+            if state.get("OOMKilled"):
+                limit = f" (limit {spec.limits.memory})" if spec.limits else ""
+                return f"{spec.name} ran out of memory{limit} and was killed"
+            health = _last_health_output(state)
             if health:
                 return f"health check failed for {spec.name}: {health} (for {spec.health_timeout} s)"
             detail = status.get("Err") or status.get("Message") or status["State"]
@@ -407,15 +443,11 @@ class Engine:
             return f"{spec.name}: {detail}"
         return None
 
-    def _last_health_output(self, container_id: str) -> str | None:
+    def _container_state(self, container_id: str) -> dict[str, Any]:
         try:
-            state = self.client.api.inspect_container(container_id)["State"]
+            return dict(self.client.api.inspect_container(container_id)["State"])
         except docker.errors.APIError:
-            return None
-        log = (state.get("Health") or {}).get("Log") or []
-        if state.get("Health", {}).get("Status") == "unhealthy" and log:
-            return log[-1].get("Output", "").strip().splitlines()[-1] if log[-1].get("Output") else "no output"
-        return None
+            return {}
 
     def restore_previous(self, name: str) -> None:
         """Put a service back on the spec it had before the last update (swarm's rollback)."""
@@ -448,7 +480,8 @@ class Engine:
 
     @property
     def proxy_name(self) -> str:
-        return f"{self.instance}-caddy"
+        # Joined like the others, or instance `disco-x`'s proxy would be project x's service caddy.
+        return names.join(self.instance, "caddy")
 
     def ensure_proxy(self, image: str, run_dir: Path, http_port: int, https_port: int, command: list[str]) -> bool:
         """Create or fix the Caddy service; True if it was (re)started (only when these settings changed)."""
@@ -459,6 +492,7 @@ class Engine:
             return False
         try:
             if current is None:
+                self._remove_renamed_proxy()
                 self.client.api.create_service(name=self.proxy_name, **parts)
             else:
                 current.reload()
@@ -466,6 +500,14 @@ class Engine:
         except docker.errors.APIError as err:
             raise DockerError(f"could not start the Caddy proxy service: {err.explanation or err}") from None
         return True
+
+    def _remove_renamed_proxy(self) -> None:
+        """An instance with a '-' in its name had its proxy under the old name: it holds the host
+        ports the new one needs, so it goes first (a few seconds without Caddy, once)."""
+        selector = {"label": [f"disco.instance={self.instance}", "disco.role=proxy"]}
+        for service in self.client.services.list(filters=selector):
+            if service.name != self.proxy_name:
+                service.remove()
 
     def remove_instance(self) -> None:
         """Remove every service, image, volume and network of this instance (tests, uninstall)."""
@@ -515,13 +557,13 @@ class Engine:
         return OneOffRun.stream_lines(f"/services/{service.id}/logs", params, multiplexed=not container_spec.get("TTY"))
 
     def run_oneoff(self, image: str, command: list[str], env: dict[str, str], mounts: list[tuple[str, str]],
-                   labels: dict[str, str]) -> OneOffRun:
-        """Start a container for a one-off command on the project network."""
+                   labels: dict[str, str], limits: TaskLimits) -> OneOffRun:
+        """Start a container for a one-off command on the project network, within its limits."""
         try:
             container = self.client.containers.run(
                 image, command, detach=True, environment=env, labels=labels, network=self.network_name,
                 mounts=[Mount(target=path, source=volume, type="volume") for volume, path in mounts],
-                init=True, stdin_open=False, tty=False,
+                init=True, stdin_open=False, tty=False, **limits.as_container_options(),
             )
         except docker.errors.APIError as err:
             raise DockerError(f"could not start the command: {err.explanation or err}") from None
@@ -561,6 +603,16 @@ def _retry_while_in_use(remove: Callable[[], object], timeout: float = 30) -> No
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def _last_health_output(state: dict[str, Any]) -> str | None:
+    """The last line the health check printed, if the container ended unhealthy."""
+    health = state.get("Health") or {}
+    log = health.get("Log") or []
+    if health.get("Status") == "unhealthy" and log:
+        output = (log[-1].get("Output") or "").strip()
+        return output.splitlines()[-1] if output else "no output"
+    return None
 
 
 def _task_deployment(task: dict[str, Any]) -> str:

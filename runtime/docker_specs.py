@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.appconfig import Limits, memory_bytes
+from runtime.settings import Settings
+
 # docker-py ships no type hints; these are plain dict builders, no client.
 from docker.types import (  # type: ignore[import-untyped]
     ContainerSpec,
@@ -39,6 +42,34 @@ ServiceKwargs = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class TaskLimits:
+    """What one container may use; swarm and Docker kill or throttle it beyond."""
+
+    memory: str  # as people wrote it ("256M"), for messages
+    memory_bytes: int
+    cpus: float | None = None  # None: no CPU limit
+    pids: int | None = None
+
+    def as_resources(self) -> dict[str, Any]:
+        """Swarm's TaskTemplate.Resources (Pids needs API 1.41, Docker 20.10)."""
+        limits: dict[str, Any] = {"MemoryBytes": self.memory_bytes}
+        if self.cpus is not None:
+            limits["NanoCPUs"] = int(self.cpus * 1e9)
+        if self.pids is not None:
+            limits["Pids"] = self.pids
+        return {"Limits": limits}
+
+    def as_container_options(self) -> dict[str, Any]:
+        """The same for docker-py's `containers.run` (one-off commands)."""
+        options: dict[str, Any] = {"mem_limit": self.memory_bytes, "memswap_limit": self.memory_bytes}
+        if self.cpus is not None:
+            options["nano_cpus"] = int(self.cpus * 1e9)
+        if self.pids is not None:
+            options["pids_limit"] = self.pids
+        return options
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """Everything that defines one project service; `swarm_service` turns it into a swarm spec."""
 
@@ -53,6 +84,15 @@ class ServiceSpec:
     health_path: str | None = None
     health_timeout: int = 60
     mounts: list[tuple[str, str]] = field(default_factory=list)  # (volume name, path)
+    limits: TaskLimits | None = None
+
+
+def task_limits(wanted: Limits, settings: Settings) -> TaskLimits:
+    """A service's limits from disco.toml, each missing one from the server's defaults."""
+    memory = wanted.memory or settings.default_memory
+    cpus = wanted.cpus if wanted.cpus is not None else (float(settings.default_cpus) if settings.default_cpus else None)
+    return TaskLimits(memory=memory, memory_bytes=memory_bytes(memory), cpus=cpus,
+                      pids=wanted.pids if wanted.pids is not None else settings.default_pids)
 
 
 def instance_labels(instance: str, **extra: str) -> dict[str, str]:
@@ -108,6 +148,7 @@ def swarm_service(spec: ServiceSpec) -> ServiceKwargs:
         container_spec=container,
         restart_policy=RestartPolicy(condition="on-failure", delay=1 * SECOND),
         networks=[{"Target": spec.network}],
+        resources=spec.limits.as_resources() if spec.limits else None,
     )
     # Workers have no health check, so watch them longer for an early crash.
     monitor = (1 if spec.port is not None else 5) * SECOND

@@ -11,7 +11,7 @@ daemon's local images, so `FROM <instance>-b:2`, `COPY --from=...` and
   the `# syntax=` directive. A name that is an earlier stage's name or index is a stage, not an
   image. A name still holding a variable that cannot be resolved is refused.
 - `check_references` refuses, naming the line, a name under this server's instance prefix that
-  is not this project's repository, the proxy's image, and any local image labelled as built by
+  is not this project's repository, and any local image labelled as built by
   a Disco instance (this one or another) for something else than this project (looked up
   through the engine, so sha256 ids and `name@sha256:` digests of such images count too).
   Public images (`debian:bookworm`) stay allowed, present locally or not.
@@ -42,6 +42,8 @@ import platform
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+
+from runtime import names
 
 DIRECTIVE = re.compile(r"#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 KNOWN_DIRECTIVES = ("escape", "syntax", "check")
@@ -473,18 +475,23 @@ def _normalized(name: str) -> tuple[str, str]:
     return repository, at + digest or ":latest"
 
 
-def check_references(refs: list[ImageRef], instance: str, project: str, proxy_image: str,
+def check_references(refs: list[ImageRef], instance: str, project: str,
                      owner_of: Callable[[str], ImageOwner | None], filename: str = "Dockerfile") -> None:
-    """Refuse, naming the line, the first reference to an image this project may not use."""
-    own = f"{instance}-{project}"
-    proxy = _normalized(proxy_image) if proxy_image else None
+    """Refuse, naming the line, the first reference to an image this project may not use.
+
+    The proxy's image is not refused by name: it is a public Caddy (or Debian's caddy binary),
+    and a static site may well build FROM caddy:2. Images labelled as the proxy's are.
+    """
+    # Its repository as runtime/names.py joins it, and as versions before that named it.
+    own = {names.join(instance, project), names.legacy(instance, project)}
+    prefixes = (f"{names.join(instance)}-", f"{instance}-")
     for ref in refs:
-        why = _refusal(ref, instance, project, own, proxy, owner_of)
+        why = _refusal(ref, project, own, prefixes, instance, owner_of)
         if why:
             raise DockerfileError(f"{filename} line {ref.line}: {ref}: {why}")
 
 
-def _refusal(ref: ImageRef, instance: str, project: str, own: str, proxy: tuple[str, str] | None,
+def _refusal(ref: ImageRef, project: str, own: set[str], prefixes: tuple[str, ...], instance: str,
              owner_of: Callable[[str], ImageOwner | None]) -> str:
     name = ref.name.strip()
     if not name:
@@ -493,10 +500,8 @@ def _refusal(ref: ImageRef, instance: str, project: str, own: str, proxy: tuple[
     if ref.what == "# syntax" and repository not in OFFICIAL_FRONTENDS:
         return ("only Docker's own Dockerfile frontends (docker/dockerfile) can be used: "
                     "another frontend could read any image on this server")
-    if repository.startswith(f"{instance}-") and repository != own:
+    if repository.startswith(prefixes) and repository not in own:
         return "images of other projects cannot be used"
-    if proxy is not None and (repository, rest) == proxy:
-        return "the proxy's image cannot be used"
     owner = owner_of(name)
     if owner is not None and owner.instance:
         if owner.instance != instance:
@@ -565,10 +570,10 @@ def cache_namespace(instance: str, project: str) -> str:
     return f"{instance}/{project}"
 
 
-def prepare(text: str, *, build_args: Mapping[str, str], instance: str, project: str, proxy_image: str,
+def prepare(text: str, *, build_args: Mapping[str, str], instance: str, project: str,
             owner_of: Callable[[str], ImageOwner | None], filename: str = "Dockerfile") -> str:
     """Check the file and its build args; the text to build (cache mounts private to the project)."""
     check_build_args(build_args)
     refs = image_references(text, build_args, filename)
-    check_references(refs, instance, project, proxy_image, owner_of, filename)
+    check_references(refs, instance, project, owner_of, filename)
     return private_cache_mounts(text, cache_namespace(instance, project))

@@ -14,6 +14,8 @@ from typing import Any
 
 import tomlkit
 
+from runtime.appconfig import memory_bytes
+
 CONFIG_NAME = "config.toml"
 # The instance prefixes Docker names (service names must stay DNS labels of 63 at most).
 INSTANCE_NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")
@@ -142,9 +144,28 @@ def resolve_settings(flags: dict[str, object], environ: dict[str, str] | None = 
     for name, value in read_config_file(data_dir / CONFIG_NAME).items():
         chosen.setdefault(name, _coerce(name, value))
     settings = Settings(**chosen)  # type: ignore[arg-type]
+    _check_limits(settings)
     if not INSTANCE_NAME.fullmatch(settings.instance):
         raise ValueError(f"instance {settings.instance!r} must be 1 to 20 characters of a-z, 0-9 and '-', starting with a letter")
     return settings
+
+
+def _check_limits(settings: Settings) -> None:
+    try:
+        memory_bytes(settings.default_memory)
+    except ValueError as err:
+        raise ValueError(f"setting default_memory: {err}") from None
+    if settings.default_cpus:
+        try:
+            if not 0.01 <= float(settings.default_cpus) <= 1024:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"setting default_cpus must be a number of CPUs like 0.5 or 2, or empty, "
+                             f"got {settings.default_cpus!r}") from None
+    for name in ("max_services", "max_replicas", "max_streams", "max_ssh_sessions", "ssh_idle_timeout",
+                 "default_pids", "max_object_size", "max_push_inflated_size"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"setting {name} must be at least 1")
 
 
 def read_config_file(path: Path) -> dict[str, object]:

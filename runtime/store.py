@@ -67,6 +67,7 @@ class Deployment:
     created_at: str
     finished_at: str
     delivery: str  # the GitHub delivery id of a webhook deployment
+    web_service: str  # the swarm service its web traffic goes to ("": made before names.join)
 
 
 @dataclass(frozen=True)
@@ -189,10 +190,17 @@ def _migration_4_github(db: sqlite_utils.Database) -> None:
     db.table("deployments").add_column("delivery", str)
 
 
+def _migration_5_web_service(db: sqlite_utils.Database) -> None:
+    # The swarm service a deployment's web traffic goes to; "" for deployments made before
+    # names were collision-free (runtime/names.py), whose services still have the old names.
+    db.table("deployments").add_column("web_service", str, not_null_default="")
+
+
 # Applied in order on every open; PRAGMA user_version records how many have run.
 # Append new steps; never edit a released one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_team, _migration_2_deploys, _migration_3_api_keys, _migration_4_github,
+    _migration_5_web_service,
 ]
 
 class DeploymentStatus(StrEnum):
@@ -403,7 +411,7 @@ class Store:
             row = {
                 "project": project, "number": number, "commit_sha": commit_sha, "branch": branch,
                 "user": user, "source": source, "status": DeploymentStatus.QUEUED.value, "reason": "", "image": image,
-                "rollback_of": rollback_of, "web_port": 0, "timings": "{}", "delivery": delivery,
+                "rollback_of": rollback_of, "web_port": 0, "web_service": "", "timings": "{}", "delivery": delivery,
                 "log_path": str(log_dir / project / f"{number}.log"),
                 "created_at": now(), "finished_at": "",
             }

@@ -263,6 +263,7 @@ def shared_disco(workdir: Path, extra_args: list[str] | None = None, users: tupl
         keys[name] = Key(path)
     result = server.cli("init", "--admin", "alice", "--key", str(keys["alice"].public))
     assert result.returncode == 0, result.stderr
+    server.api_key = result.stdout.split("(shown once, store it now): ")[1].split()[0]
     for name in users:
         assert server.cli("users:add", name, "--role", "admin").returncode == 0
         assert server.cli("keys:add", name, str(keys[name].public)).returncode == 0

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime import names
 from runtime.caddy import CaddyError
 from runtime.docker_engine import (
     DockerError,
@@ -67,8 +68,12 @@ class FakeEngine:
     def image_tag(self, project: str, number: int) -> str:
         return self._names.image_tag(project, number)
 
+    def legacy_service_name(self, project: str, service: str) -> str:
+        return self._names.legacy_service_name(project, service)
+
     def volume_name(self, project: str, volume: str) -> str:
-        return self._names.volume_name(project, volume)
+        old = names.legacy(self.instance, project, volume)  # the real one keeps a project's old volume
+        return old if self.volumes.get(old) == project else names.join(self.instance, project, volume)
 
     def labels(self, **extra: str) -> dict[str, str]:
         return self._names.labels(**extra)
@@ -117,7 +122,9 @@ class FakeEngine:
         self.calls.append(("remove_untagged_images", project))
 
     def project_images(self, project: str) -> dict[int, str]:
-        return project_tags(f"{self.instance}-{project}", list(self.images))
+        ours = [tag for tag, labels in self.images.items() if labels.get("disco.project") in (project, None)]
+        return {**project_tags(names.legacy(self.instance, project), ours),
+                **project_tags(names.join(self.instance, project), ours)}
 
     def image_owner(self, name: str) -> ImageOwner | None:
         labels = self.images.get(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.appconfig import AppConfigError, ServiceConfig, Volume, parse_app_config
+from runtime.appconfig import Limits, check_caps, memory_bytes, AppConfigError, ServiceConfig, Volume, parse_app_config
 
 
 def test_no_file_means_one_web_service():
@@ -74,6 +74,13 @@ command = "./worker"
         ("[services.web\nport = 1\n", "disco.toml is not valid TOML"),
         ("[services.web]\nport = 1\nport = 2\n", "line 3"),
         ("[services.web]\ncommand = \"sh -c 'unclosed\"\n", "disco.toml line 2: services.web.command cannot be split"),
+        ("[services.web]\nmemory = 'lots'\n", "disco.toml line 2: services.web.memory 'lots' must look like 256M or 1G"),
+        ("[services.web]\nmemory = '1k'\n", "below Docker's minimum of 6M"),
+        ("[services.web]\ncpus = 0\n", "disco.toml line 2: services.web.cpus must be from 0.01 to 1024"),
+        ("[services.web]\ncpus = '2'\n", "services.web.cpus must be a number, got str"),
+        ("[services.web]\npids = 3\n", "services.web.pids must be from 16 to 1000000"),
+        ("[services.web]\nport = " + "[" * 5000 + "]" * 5000 + "\n", "nests arrays or tables too deeply"),
+        ("x = '" + "a" * (300 << 10) + "'\n", "disco.toml is larger than 256 KiB"),
     ],
 )
 def test_errors_name_key_and_line(text: str, message: str):
@@ -108,3 +115,16 @@ def test_config_at_reads_the_commit_and_refuses_non_utf8(tmp_path):
     assert list(config_at(repo, worker).services) == ["worker"]
     with pytest.raises(AppConfigError, match="^disco.toml is not UTF-8 text$"):
         config_at(repo, latin)
+
+
+def test_limits_and_the_servers_caps():
+    config = parse_app_config('[services.web]\nmemory = "1GiB"\ncpus = 2\npids = 64\n[services.worker]\nreplicas = 3\n')
+    assert config.services["web"].limits == Limits(memory="1GiB", cpus=2.0, pids=64)
+    assert config.services["worker"].limits == Limits()
+    assert [memory_bytes(text) for text in ("256M", "256m", "1G", "1GiB", "6291456")] == [
+        256 << 20, 256 << 20, 1 << 30, 1 << 30, 6 << 20]
+    check_caps(config, max_services=2, max_replicas=3)
+    with pytest.raises(AppConfigError, match="defines 2 services; this server allows 1 per project"):
+        check_caps(config, max_services=1, max_replicas=3)
+    with pytest.raises(AppConfigError, match="services.worker.replicas is 3; this server allows 2 per service"):
+        check_caps(config, max_services=2, max_replicas=2)

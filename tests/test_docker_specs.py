@@ -12,17 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from runtime.appconfig import Limits
+from runtime.settings import Settings
 from runtime.docker_specs import (
     DOCKER_CLI,
     PROBE_BINARY,
     PROBE_PATH,
     SECOND,
     ServiceSpec,
+    TaskLimits,
     build_command,
     health_command,
     instance_labels,
     proxy_service,
     swarm_service,
+    task_limits,
 )
 
 LABELS = {"disco.instance": "t", "disco.project": "shop", "disco.service": "web", "disco.deployment": "7"}
@@ -178,3 +182,20 @@ def test_build_command_line_carries_tag_dockerfile_labels_and_args():
 def test_instance_labels_prefix_every_extra_key():
     assert instance_labels("t", project="shop", role="run") == {
         "disco.instance": "t", "disco.project": "shop", "disco.role": "run"}
+
+
+def test_limits_reach_the_task_and_one_off_containers():
+    limits = TaskLimits(memory="256M", memory_bytes=256 << 20, cpus=0.5, pids=100)
+    resources = swarm_service(web(limits=limits))["task_template"]["Resources"]
+    assert resources == {"Limits": {"MemoryBytes": 256 << 20, "NanoCPUs": 500_000_000, "Pids": 100}}
+    # No swap beyond the limit: memswap equal to memory.
+    assert limits.as_container_options() == {"mem_limit": 256 << 20, "memswap_limit": 256 << 20,
+                                             "nano_cpus": 500_000_000, "pids_limit": 100}
+    assert "Resources" not in swarm_service(web())["task_template"]
+
+
+def test_missing_limits_come_from_the_servers_defaults(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path, default_memory="512M", default_cpus="", default_pids=300)
+    assert task_limits(Limits(), settings) == TaskLimits("512M", 512 << 20, None, 300)
+    assert task_limits(Limits(memory="1G", cpus=2, pids=50), settings) == TaskLimits("1G", 1 << 30, 2, 50)
+    assert task_limits(Limits(), Settings(data_dir=tmp_path, default_cpus="1.5")).cpus == 1.5

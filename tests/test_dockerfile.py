@@ -31,13 +31,13 @@ def refs(text: str, args: dict[str, str] | None = None) -> list[tuple[int, str, 
 
 def refused(text: str, args: dict[str, str] | None = None) -> str:
     with pytest.raises(DockerfileError) as err:
-        prepare(text, build_args=args or {}, instance="shop", project="a", proxy_image="caddy:2",
+        prepare(text, build_args=args or {}, instance="shop", project="a",
                 owner_of=OWNERS.get)
     return str(err.value)
 
 
 def allowed(text: str, args: dict[str, str] | None = None) -> str:
-    return prepare(text, build_args=args or {}, instance="shop", project="a", proxy_image="caddy:2",
+    return prepare(text, build_args=args or {}, instance="shop", project="a",
                    owner_of=OWNERS.get)
 
 
@@ -119,8 +119,6 @@ def test_args_expand_in_from_and_unresolved_variables_are_refused():
     ("FROM sha256:" + "b" * 64, "images of other projects cannot be used"),
     ("FROM renamed:1", "images of other projects cannot be used"),
     ("FROM other-a:1", "images of another Disco instance on this server cannot be used"),
-    ("FROM caddy:2", "the proxy's image cannot be used"),
-    ("FROM docker.io/library/caddy:2", "the proxy's image cannot be used"),
     ("FROM scratch\nCOPY --from=shop-b:2-abc /s /s", "images of other projects cannot be used"),
     ("FROM scratch\nRUN --mount=type=bind,from=shop-b:2-abc,target=/m true", "images of other projects"),
     ("FROM scratch\nRUN --mount=type=cache,from=shop-b:2-abc,target=/m true", "images of other projects"),
@@ -136,7 +134,7 @@ def test_what_is_refused_names_the_line(line: str, why: str):
 
 
 @pytest.mark.parametrize("text", [
-    "FROM debian:bookworm\n", "FROM python:3.12\n", "FROM shop-a:1-def\n", "FROM shop-a:3\n",
+    "FROM debian:bookworm\n", "FROM python:3.12\n", "FROM caddy:2\n", "FROM shop-a:1-def\n", "FROM shop-a:3\n",
     "FROM docker/dockerfile:1\n", "# syntax=docker/dockerfile:1\nFROM scratch\n",
     "# syntax = docker.io/docker/dockerfile:1.4@sha256:" + "d" * 64 + "\nFROM scratch\n",
     "FROM scratch AS b\nFROM b\nCOPY --from=b /x /y\nCOPY --from=0 /x /y\n",
@@ -156,11 +154,11 @@ def test_buildkit_settings_cannot_be_build_args():
     assert "BUILDKIT_CACHE_MOUNT_NS cannot be set" in refused("FROM scratch\n", {"BUILDKIT_CACHE_MOUNT_NS": "shop"})
 
 
-def test_check_references_without_the_proxy_or_with_another_instance():
-    found = image_references("FROM caddy:2\n")
-    check_references(found, "shop", "a", "", OWNERS.get)  # no proxy image configured
-    with pytest.raises(DockerfileError, match="line 1: FROM caddy:2: the proxy's image"):
-        check_references(found, "shop", "a", "caddy:2", OWNERS.get)
+def test_a_projects_own_repository_under_either_naming_is_its_own():
+    found = image_references("FROM shop-my--app:3-abc\nFROM shop-my-app:2\n")
+    check_references(found, "shop", "my-app", OWNERS.get)  # joined (runtime/names.py) and legacy
+    with pytest.raises(DockerfileError, match="line 1: FROM shop-my--app:3-abc: images of other projects"):
+        check_references(found, "shop", "my", OWNERS.get)
 
 
 def test_cache_ids_are_namespaced_and_nothing_else_changes():

@@ -82,3 +82,12 @@ def test_every_setting_is_a_serve_flag_and_an_env_var(tmp_path: Path):
     for f in fields(Settings):
         if f.name != "data_dir":
             assert f"# {help_of(f.name)}\n{f.name} = " in config
+
+
+def test_limits_settings_are_checked(tmp_path: Path):
+    with pytest.raises(ValueError, match="default_memory: memory 'lots' must look like 256M or 1G"):
+        resolve_settings({"data_dir": str(tmp_path), "default_memory": "lots"}, {})
+    with pytest.raises(ValueError, match="default_cpus must be a number of CPUs"):
+        resolve_settings({"data_dir": str(tmp_path)}, {"DISCO_DEFAULT_CPUS": "many"})
+    with pytest.raises(ValueError, match="max_replicas must be at least 1"):
+        resolve_settings({"data_dir": str(tmp_path), "max_replicas": 0}, {})
