@@ -34,6 +34,7 @@ from api.streams import UserStreams
 from hooks import github
 from hooks.errors import Refused
 from hooks.platform import Platform
+from runtime.docker_engine import DockerError
 
 MAX_BODY = 1 << 20  # JSON bodies are small; a larger one is a mistake or an attack
 WEBHOOK_READERS = 4  # unproven webhook bodies read at once; beyond them a 503 at once, unread
@@ -143,6 +144,8 @@ def _dispatcher(eps: list[Endpoint]) -> Callable[[Request], Awaitable[Response]]
             return error_response(err.status, err.code, err.message)
         except Refused as err:
             return error_response(err.kind.http_status, err.kind, str(err))
+        except DockerError as err:  # Docker down or refusing: the server's trouble, said plainly
+            return error_response(503, "docker_unavailable", str(err))
 
     return dispatch
 

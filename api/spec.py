@@ -235,7 +235,7 @@ def openapi_document(endpoints: list[Endpoint]) -> dict:
                 operation["responses"][str(status)] = {"description": "success",
                                                        "content": {"application/json": {"schema": schema}}}
         # 422: a disco.toml that cannot deploy; 429: too many streams open (logs, output, run)
-        errors = [400, 401, 403, 404, 409, 413, 422, 429]
+        errors = [400, 401, 403, 404, 409, 413, 422, 429, 503]  # 503: Docker is not reachable
         for status in errors:
             operation["responses"].setdefault(str(status), {"description": "error",
                                                             "content": {"application/json": {"schema": ERROR}}})

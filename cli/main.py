@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("number", type=int, nargs="?", help="default: the one live before the current one")
     back.add_argument("--no-follow", action="store_true", help="return once queued")
 
-    command("env", remote.cmd_env, "env var names (values with --values, admins)").add_argument(
+    command("env", remote.cmd_env, "env var names (values too with --values)").add_argument(
         "--values", action="store_true", help="show values too (whoever may deploy the project; audited)")
     env_set = command("env:set", remote.cmd_env_set, "set env vars and redeploy")
     env_set.add_argument("pairs", nargs="+", metavar="KEY=VALUE")

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -213,6 +214,43 @@ def admin_key(disco: Disco, make_key) -> Key:
 def running(disco: Disco, admin_key: Key) -> Disco:
     disco.start()
     return disco
+
+
+class Poller:
+    """Requests the app through Caddy every 50 ms in the background and counts what fails.
+
+    keep_alive=False opens a new connection per request: what a route change (a Caddy reload,
+    which resets some idle keep-alive connections) must not fail either.
+    """
+
+    def __init__(self, disco: Disco, host: str = "myapp.localhost", keep_alive: bool = True) -> None:
+        self.disco, self.host, self.keep_alive = disco, host, keep_alive
+        self.bodies: list[str] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        kept = 20 if self.keep_alive else 0  # httpx keeps 20 by default
+        with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=kept)) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.get(f"http://127.0.0.1:{self.disco.http_port}/", headers={"Host": self.host})
+                    if response.status_code == 200:
+                        self.bodies.append(response.text)
+                    else:
+                        self.errors.append(f"{response.status_code} {response.text[:80]}")
+                except httpx.HTTPError as err:
+                    self.errors.append(repr(err))
+                time.sleep(0.05)
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
 
 
 def make_repo(path: Path, files: dict[str, bytes | str] | None = None, message: str = "first",

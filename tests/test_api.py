@@ -297,3 +297,15 @@ def test_deploying_a_commit_whose_disco_toml_is_invalid_gets_422(client: TestCli
     assert (status, code) == (422, "invalid_config")
     assert "disco.toml line 2: unknown key 'services.web.prot'" in message
     assert platform.store.list_deployments("shop") == []
+
+
+def test_docker_out_of_reach_is_a_503_that_says_so(platform: Platform, client: TestClient, alice, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{platform.settings.data_dir}/no-docker.sock")
+    platform.store.add_project("shop", "alice")
+    for method, path, body in (("GET", "/api/v1/projects/shop/logs", None),
+                               ("GET", "/api/v1/projects/shop/scale", None),
+                               ("POST", "/api/v1/projects/shop/scale", {"web": 1})):
+        response = client.request(method, path, json=body, headers=alice)
+        assert response.status_code == 503, (path, response.text)
+        assert response.json()["error"]["code"] == "docker_unavailable"
+        assert "cannot reach the Docker engine" in response.json()["error"]["message"]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from apps import BASE, SERVE, new_version, shell_cmd, web_app
-from conftest import Disco, Key, commit, head, require_docker, run, server_ref
+from conftest import Disco, Key, Poller, commit, head, require_docker, run, server_ref
 
 
 @pytest.fixture
@@ -58,38 +58,6 @@ def docker_rows(*args: str) -> list[dict]:
 def service_env(disco: Disco, service: str = "web") -> dict[str, str]:
     spec = inspect_service(f"{disco.instance}-myapp-{service}")["Spec"]
     return dict(item.split("=", 1) for item in spec["TaskTemplate"]["ContainerSpec"]["Env"])
-
-
-class Poller:
-    """Requests the app through Caddy every 50 ms in the background and counts what fails."""
-
-    def __init__(self, disco: Disco, host: str = "myapp.localhost") -> None:
-        self.disco, self.host = disco, host
-        self.bodies: list[str] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set():
-                try:
-                    response = client.get(f"http://127.0.0.1:{self.disco.http_port}/", headers={"Host": self.host})
-                    if response.status_code == 200:
-                        self.bodies.append(response.text)
-                    else:
-                        self.errors.append(f"{response.status_code} {response.text[:80]}")
-                except httpx.HTTPError as err:
-                    self.errors.append(repr(err))
-                time.sleep(0.05)
-
-    def __enter__(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
 
 def test_push_deploys_then_a_second_version_replaces_it(live: Disco, admin_key: Key, tmp_path: Path):

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from apps import BASE, new_version, shell_cmd, web_app
-from conftest import CADDY_IMAGE, Disco, Key, require_docker, run
+from conftest import CADDY_IMAGE, Disco, Key, Poller, require_docker, run
 from hooks import apikeys
 from runtime.store import Store
 
@@ -50,38 +49,6 @@ def old_disco(*args: str) -> list[str]:
     """The old `disco` command; run with PYTHONPATH=<its code>, whose packages then come
     before this checkout's (the editable install's finder is consulted last)."""
     return [sys.executable, "-c", "import sys; from api.cli import main; sys.exit(main())", *args]
-
-
-class Poller:
-    """A new connection per request through Caddy, every 50 ms, counting what fails."""
-
-    def __init__(self, disco: Disco, host: str) -> None:
-        self.disco, self.host = disco, host
-        self.ok = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                response = httpx.get(f"http://127.0.0.1:{self.disco.http_port}/", headers={"Host": self.host},
-                                     timeout=10)
-                if response.status_code == 200:
-                    self.ok += 1
-                else:
-                    self.errors.append(f"{response.status_code} {response.text[:80]}")
-            except httpx.HTTPError as err:
-                self.errors.append(repr(err))
-            time.sleep(0.05)
-
-    def __enter__(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
 
 def services_of(disco: Disco) -> set[str]:
@@ -139,7 +106,7 @@ def test_an_upgrade_keeps_serving_and_the_next_deploy_moves_to_the_new_names(fre
     born = disco.get("my-app.localhost", "/born").text
     assert disco.get("my-app.localhost").text == "v1\n"
 
-    with Poller(disco, "my-app.localhost") as during:
+    with Poller(disco, "my-app.localhost", keep_alive=False) as during:
         # The new daemon takes over the same data dir and Docker objects: nothing moves yet.
         disco.start()
         disco.wait_for_proxy()
@@ -151,7 +118,7 @@ def test_an_upgrade_keeps_serving_and_the_next_deploy_moves_to_the_new_names(fre
         second = disco.git(key, "push", disco.url("my-app"), "main", cwd=repo, timeout=300)
         assert second.returncode == 0, second.stderr
         time.sleep(1)
-    assert during.errors == [] and during.ok > 20, (during.errors, during.ok)
+    assert during.errors == [] and len(during.bodies) > 20, (during.errors, len(during.bodies))
     current = f"{disco.instance}-my--app-web"
     assert current in services_of(disco) and legacy not in services_of(disco)
     assert disco.get("my-app.localhost").text == "v2\n"
