@@ -37,25 +37,33 @@ from hooks.platform import Platform
 from runtime.docker_engine import DockerError
 
 MAX_BODY = 1 << 20  # JSON bodies are small; a larger one is a mistake or an attack
-WEBHOOK_READERS = 4  # unproven webhook bodies read at once; beyond them a 503 at once, unread
+WEBHOOK_READERS = 4  # unproven bodies read at once for one project; beyond them a 503 at once, unread
+WEBHOOK_READERS_IN_ALL = 16  # and for all projects together
 WEBHOOK_READ_SECONDS = 10  # GitHub wants its answer within 10 s; a slower sender loses its slot
 WEBHOOK_IN_MEMORY = 1 << 20  # a body past this is spooled to disk while it is unproven
 
 
-class Slots:
-    """A count of what may run at once, taken without waiting (one event loop: no lock)."""
+class WebhookReaders:
+    """How many unproven webhook bodies are being read, per project and in all, taken without
+    waiting (one event loop: no lock). Per project, so a sender flooding one project's hook
+    (its name is often public) cannot turn away every other project's deliveries."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.taken = limit, 0
+    def __init__(self, per_project: int, in_all: int) -> None:
+        self.per_project, self.in_all = per_project, in_all
+        self.reading: dict[str, int] = {}
 
-    def take(self) -> bool:
-        if self.taken >= self.limit:
+    def take(self, project: str) -> bool:
+        if self.reading.get(project, 0) >= self.per_project or sum(self.reading.values()) >= self.in_all:
             return False
-        self.taken += 1
+        self.reading[project] = self.reading.get(project, 0) + 1
         return True
 
-    def give_back(self) -> None:
-        self.taken -= 1
+    def give_back(self, project: str) -> None:
+        left = self.reading.get(project, 1) - 1
+        if left > 0:
+            self.reading[project] = left
+        else:
+            self.reading.pop(project, None)
 
 
 def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
@@ -75,7 +83,7 @@ def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
         routes.append(Route(f"/api/v1{path}", _dispatcher(eps), methods=[e.method for e in eps]))
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
     app.state.platform = platform
-    app.state.webhook_readers = Slots(WEBHOOK_READERS)
+    app.state.webhook_readers = WebhookReaders(WEBHOOK_READERS, WEBHOOK_READERS_IN_ALL)
     app.state.streams = UserStreams(platform.settings.max_streams)
     return app
 
@@ -84,8 +92,8 @@ async def _github_webhook(request: Request) -> Response:
     """GitHub's call: no API key, the signature is the auth.
 
     An unproven delivery costs nothing: its link and headers are checked before a byte of its
-    body is read, at most WEBHOOK_READERS bodies are read at once (the next gets a 503 at
-    once), each within WEBHOOK_READ_SECONDS and 25 MB, into an HMAC and a spool file that
+    body is read, at most WEBHOOK_READERS bodies per project (WEBHOOK_READERS_IN_ALL in all) are
+    read at once (the next gets a 503 at once), each within WEBHOOK_READ_SECONDS and 25 MB, into an HMAC and a spool file that
     keeps only 1 MB in memory. Only a body whose signature matches is held and parsed.
     """
     declared = request.headers.get("content-length", "")
@@ -97,8 +105,8 @@ async def _github_webhook(request: Request) -> Response:
     checked = github.check_headers(platform, project, headers)
     if isinstance(checked, github.WebhookReply):
         return JSONResponse(checked.body, status_code=checked.status)
-    readers: Slots = request.app.state.webhook_readers
-    if not readers.take():
+    readers: WebhookReaders = request.app.state.webhook_readers
+    if not readers.take(project):
         response = error_response(503, "busy", "too many webhook deliveries are being read; try again")
         response.headers["Retry-After"] = "1"
         return response
@@ -121,7 +129,7 @@ async def _github_webhook(request: Request) -> Response:
             spool.seek(0)
             body = spool.read()
     finally:
-        readers.give_back()
+        readers.give_back(project)
     reply = await run_in_threadpool(github.handle_delivery, platform, project, headers, body)
     return JSONResponse(reply.body, status_code=reply.status)
 

@@ -67,6 +67,9 @@ class PushTooLarge(Exception):
     """A pack refused by a limit; str() is the reason shown to the pusher."""
 
 
+OBJECT_FLOOR = 4096  # what the smallest object counts for against max_push_inflated_size
+
+
 class LimitedPackCopier(PackStreamCopier):
     """dulwich's PackStreamCopier that refuses an object by its declared size, before inflating it.
 
@@ -134,10 +137,13 @@ class LimitedPackCopier(PackStreamCopier):
 
     def _declare(self, size: int) -> None:
         self._check_object(size)
-        self.inflated_size += size
+        # Every object costs dulwich's indexing memory and time however small it is: millions
+        # of empty blobs (ten bytes each on the wire) must not get through as "nothing".
+        self.inflated_size += max(size, OBJECT_FLOOR)
         if self.inflated_size > self.limits.max_inflated_size:
             raise PushTooLarge(f"push too large: its objects inflate to more than the "
-                               f"{_human_size(self.limits.max_inflated_size)} limit")
+                               f"{_human_size(self.limits.max_inflated_size)} limit "
+                               f"(each counts at least {_human_size(OBJECT_FLOOR)})")
 
 
 def delta_target_size(delta_start: bytes) -> int:

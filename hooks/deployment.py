@@ -34,7 +34,7 @@ from runtime.caddy import UPSTREAM_REFRESH_SECONDS, CaddyError
 from runtime.docker_engine import DockerError, ServiceSpec
 from runtime.docker_specs import task_limits
 from runtime.dockerfile import DockerfileError, prepare
-from runtime.settings import Settings
+from runtime.settings import Settings, load_or_create_secret
 from runtime.store import WENT_LIVE, Deployment, DeploymentStatus, Store, now
 
 log = logging.getLogger("disco.deploy")
@@ -135,6 +135,7 @@ class DeploymentRun:
         text = dockerfile.read_bytes().decode("utf-8", "surrogateescape")
         try:
             checked = prepare(text, build_args=args, instance=self.settings.instance, project=self.d.project,
+                              cache_key=load_or_create_secret(self.settings.cache_key_path),
                               owner_of=self.engine.image_owner,
                               filename=shown)
         except DockerfileError as err:
@@ -155,7 +156,7 @@ class DeploymentRun:
         exposed = engine.exposed_ports(self.image)
         config = self._config()
         # Checked before the ref moved too; the settings may have changed since.
-        check_caps(config, self.settings.max_services, self.settings.max_replicas)
+        check_caps(config, self.settings.caps)
         for service in config.services.values():
             port = _port_of(service, exposed)
             service_env = {

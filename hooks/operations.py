@@ -61,7 +61,7 @@ def deploy_ref(platform: Platform, user: str, project: str, branch: str | None, 
         if sha is None:
             raise Refused(f"{project} has no branch {branch!r}", "not_found")
     try:
-        check_caps(config_at(repo, sha), platform.settings.max_services, platform.settings.max_replicas)
+        check_caps(config_at(repo, sha), platform.settings.caps)
     except AppConfigError as err:
         raise Refused(f"{sha[:7]} cannot deploy: {err}", "invalid_config") from None
     return platform.deployer.enqueue(project, sha, branch, user, "api")
@@ -104,7 +104,10 @@ def run_command(platform: Platform, user: str, project: str, command: list[str],
 
 def _service_config(platform: Platform, live: Deployment, service: str) -> ServiceConfig:
     """The live commit's config of that service (its volumes, its limits); a bare one if it has none."""
-    config = config_at(platform.repo_path(live.project), live.commit_sha)
+    try:
+        config = config_at(platform.repo_path(live.project), live.commit_sha)
+    except (AppConfigError, gitrepo.GitRepoError) as err:
+        raise Refused(f"the live commit {live.commit_sha[:7]} cannot be read: {err}", "invalid_config") from None
     return config.services.get(service) or ServiceConfig(service)
 
 

@@ -24,8 +24,11 @@ def masker(secrets: list[str]) -> Callable[[str], str]:
     output into asterisks. The price: a short value also hides the same number or word where it
     means something else (`#1` in `deployment #1` when a value is `1`): a masked line is safer
     than a leaked one. A value of only whitespace cannot be told from layout and is not masked.
+    Output is masked a line at a time, so a value of several lines (a PEM key) is masked by each
+    of its lines too.
     """
-    values = sorted({s for s in secrets if s.strip()}, key=len, reverse=True)
+    pieces = [piece for s in secrets for piece in (s, *s.splitlines())]
+    values = sorted({s for s in pieces if s.strip()}, key=len, reverse=True)
     if not values:
         return lambda text: text
     parts = [re.escape(v) if len(v) >= SHORT else rf"(?<![A-Za-z0-9_]){re.escape(v)}(?![A-Za-z0-9_])"

@@ -134,7 +134,7 @@ def _deployable(platform: Platform, update: RefUpdate) -> str | None:
     settings = platform.settings
     try:
         config = config_at(repo, update.new_sha)
-        check_caps(config, settings.max_services, settings.max_replicas)
+        check_caps(config, settings.caps)
     except AppConfigError as err:
         return str(err)
     if gitrepo.read_file(repo, update.new_sha, config.dockerfile_path) is None:

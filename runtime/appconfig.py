@@ -104,15 +104,31 @@ def memory_bytes(text: str) -> int:
     return amount
 
 
-def check_caps(config: AppConfig, max_services: int, max_replicas: int) -> None:
-    """The server's caps on what one project may run (settings max_services, max_replicas)."""
-    if len(config.services) > max_services:
+@dataclass(frozen=True)
+class Caps:
+    """The most one project may ask for (the server's max_* settings)."""
+
+    services: int
+    replicas: int
+    memory_bytes: int
+    pids: int
+
+
+def check_caps(config: AppConfig, caps: Caps) -> None:
+    """Refuse a disco.toml that asks for more than this server allows one project."""
+    if len(config.services) > caps.services:
         raise AppConfigError(f"disco.toml defines {len(config.services)} services; this server allows "
-                             f"{max_services} per project")
+                             f"{caps.services} per project")
     for service in config.services.values():
-        if service.replicas > max_replicas:
-            raise AppConfigError(f"services.{service.name}.replicas is {service.replicas}; this server allows "
-                                 f"{max_replicas} per service")
+        path = f"services.{service.name}"
+        if service.replicas > caps.replicas:
+            raise AppConfigError(f"{path}.replicas is {service.replicas}; this server allows "
+                                 f"{caps.replicas} per service")
+        if service.limits.memory and memory_bytes(service.limits.memory) > caps.memory_bytes:
+            raise AppConfigError(f"{path}.memory is {service.limits.memory}; this server allows "
+                                 f"{caps.memory_bytes >> 20}M per task")
+        if service.limits.pids and service.limits.pids > caps.pids:
+            raise AppConfigError(f"{path}.pids is {service.limits.pids}; this server allows {caps.pids} per task")
 
 
 def config_at(repo: Path, sha: str) -> AppConfig:

@@ -38,6 +38,9 @@ frontends have them, so the file is read both ways and what either finds counts.
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
+import json
 import platform
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -46,7 +49,12 @@ from dataclasses import dataclass
 from runtime import names
 
 DIRECTIVE = re.compile(r"#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
-KNOWN_DIRECTIVES = ("escape", "syntax", "check")
+# The directives every BuildKit honours; the 20.10 engine's (v0.8) stops at any other line,
+# where newer ones also know `check`. `escape` is therefore only honoured before anything else.
+KNOWN_DIRECTIVES = ("escape", "syntax")
+# How BuildKit versions find the frontend: any leading `#` or `//` comment `syntax=...` (after a
+# `#!` line), whatever other directives stand before it.
+SYNTAX_COMMENT = re.compile(r"\s*(?:#|//)\s*syntax\s*=\s*(\S+)", re.IGNORECASE)
 HEREDOC = re.compile(r"(\d*)<<(-?)([^<]*)")
 HEREDOC_INSTRUCTIONS = ("RUN", "COPY", "ADD")
 # Docker's own Dockerfile frontends, the only ones a `# syntax=` may name.
@@ -148,6 +156,7 @@ def parse(text: str, heredocs: bool = False) -> Parsed:
                                       f"{match.group(2)!r} does not match ` or \\")
             escape = match.group(2)
         i += 1
+    _refuse_late_escape(lines, i)
     continuation = re.compile(r"([^" + re.escape(escape) + r"])" + re.escape(escape) + r"[ \t]*$|^"
                               + re.escape(escape) + r"[ \t]*$")
     instructions: list[Instruction] = []
@@ -180,6 +189,42 @@ def parse(text: str, heredocs: bool = False) -> Parsed:
                     if body == name:
                         break
     return Parsed(directives, escape, instructions)
+
+
+def _leading_comments(lines: list[_Line], start: int = 0) -> Iterator[_Line]:
+    """The comment (and blank) lines before the first instruction."""
+    for line in lines[start:]:
+        stripped = line.text.strip()
+        if stripped and not stripped.startswith(("#", "//")):
+            return
+        yield line
+
+
+def _refuse_late_escape(lines: list[_Line], after: int) -> None:
+    """An `escape` directive after another comment (`# check=...`, say) is honoured by some
+    BuildKit versions and not by others: the file would not read the same to the check here
+    and to the builder, so it is refused."""
+    for line in _leading_comments(lines, after):
+        match = DIRECTIVE.match(line.text.lstrip())
+        if match and match.group(1).lower() == "escape":
+            raise DockerfileError(f"Dockerfile line {line.number}: the escape directive must be the first line "
+                                  "(only a syntax directive may come before it)")
+
+
+def _frontends(text: str, lines: list[_Line]) -> Iterator[tuple[int, str]]:
+    """Every frontend a BuildKit version could take from the file: `syntax=` in any leading
+    comment, `#` or `//` (a `#!` line first is skipped), and a JSON file's "syntax" key."""
+    for line in _leading_comments(lines):
+        match = SYNTAX_COMMENT.match(line.text)
+        if match:
+            yield line.number, match.group(1)
+    if text.lstrip("\ufeff \t\r\n").startswith("{"):
+        try:
+            data = json.loads(text.lstrip("\ufeff"))
+        except ValueError:
+            return
+        if isinstance(data, dict) and "syntax" in data:
+            yield 1, str(data["syntax"])
 
 
 def _join(line: _Line, skip: int, continuation: re.Pattern[str], chars: list[str], offsets: list[int]) -> bool:
@@ -349,6 +394,8 @@ def image_references(text: str, build_args: Mapping[str, str] | None = None,
                      name: str = "Dockerfile") -> list[ImageRef]:
     """Every image the file names, with its line, read with and without heredocs."""
     found: dict[tuple[int, str, str], ImageRef] = {}
+    for line, value in _frontends(text, _lines(text)):
+        found.setdefault((line, "# syntax", value), ImageRef(line, "# syntax", value, value))
     for heredocs in (False, True):
         for ref in _references(parse(text, heredocs), dict(build_args or {}), name):
             found.setdefault((ref.line, ref.what, ref.name), ref)
@@ -357,9 +404,6 @@ def image_references(text: str, build_args: Mapping[str, str] | None = None,
 
 def _references(parsed: Parsed, build_args: dict[str, str], filename: str) -> Iterator[ImageRef]:
     escape = parsed.escape
-    if "syntax" in parsed.directives:
-        line, value = parsed.directives["syntax"]
-        yield ImageRef(line, "# syntax", value, value)
     global_scope: dict[str, str] = dict(automatic_args())
     stages: list[str] = []  # lower-cased stage names, "" when unnamed
     scope: dict[str, str] = {}
@@ -566,14 +610,18 @@ def _private_mount(flag: Flag, namespace: str, line: int) -> str | None:
     return "--mount=" + ",".join([*kept, f"id={namespace}/{given}"])
 
 
-def cache_namespace(instance: str, project: str) -> str:
-    return f"{instance}/{project}"
+def cache_namespace(instance: str, project: str, key: bytes) -> str:
+    """`<instance>/<project>/<16 hex>`: the hex is a keyed digest of the project (the key is this
+    server's, kept in the data dir), so nobody can spell another project's cache id, not even
+    through an ONBUILD trigger of a public base image that this check never sees."""
+    digest = hmac.new(key, f"{instance}/{project}".encode(), hashlib.sha256).hexdigest()[:16]
+    return f"{instance}/{project}/{digest}"
 
 
-def prepare(text: str, *, build_args: Mapping[str, str], instance: str, project: str,
+def prepare(text: str, *, build_args: Mapping[str, str], instance: str, project: str, cache_key: bytes,
             owner_of: Callable[[str], ImageOwner | None], filename: str = "Dockerfile") -> str:
     """Check the file and its build args; the text to build (cache mounts private to the project)."""
     check_build_args(build_args)
     refs = image_references(text, build_args, filename)
     check_references(refs, instance, project, owner_of, filename)
-    return private_cache_mounts(text, cache_namespace(instance, project))
+    return private_cache_mounts(text, cache_namespace(instance, project, cache_key))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import tomlkit
 
-from runtime.appconfig import memory_bytes
+from runtime.appconfig import Caps, memory_bytes
 
 CONFIG_NAME = "config.toml"
 # The instance prefixes Docker names (service names must stay DNS labels of 63 at most).
@@ -56,6 +57,8 @@ class Settings:
     default_cpus: str = setting("", "CPUs a task may use, like 0.5 or 2, unless disco.toml says (empty: no limit)",
                                 "no limit")
     default_pids: int = setting(4096, "processes a task may run, unless disco.toml says")
+    max_memory: str = setting("8G", "the most memory disco.toml may give a task")
+    max_pids: int = setting(32768, "the most processes disco.toml may give a task")
 
     @property
     def db_path(self) -> Path:
@@ -68,6 +71,15 @@ class Settings:
     @property
     def host_key_path(self) -> Path:
         return self.data_dir / "ssh_host_ed25519_key"
+
+    @property
+    def caps(self) -> Caps:
+        return Caps(self.max_services, self.max_replicas, memory_bytes(self.max_memory), self.max_pids)
+
+    @property
+    def cache_key_path(self) -> Path:
+        """The key that makes each project's build cache ids its own (runtime/dockerfile.py)."""
+        return self.data_dir / "build_cache_key"
 
     @property
     def repos_dir(self) -> Path:
@@ -151,10 +163,14 @@ def resolve_settings(flags: dict[str, object], environ: dict[str, str] | None = 
 
 
 def _check_limits(settings: Settings) -> None:
-    try:
-        memory_bytes(settings.default_memory)
-    except ValueError as err:
-        raise ValueError(f"setting default_memory: {err}") from None
+    for name in ("default_memory", "max_memory"):
+        try:
+            memory_bytes(getattr(settings, name))
+        except ValueError as err:
+            raise ValueError(f"setting {name}: {err}") from None
+    if memory_bytes(settings.default_memory) > memory_bytes(settings.max_memory):
+        raise ValueError(f"setting default_memory ({settings.default_memory}) is above max_memory "
+                         f"({settings.max_memory})")
     if settings.default_cpus:
         try:
             if not 0.01 <= float(settings.default_cpus) <= 1024:
@@ -163,7 +179,7 @@ def _check_limits(settings: Settings) -> None:
             raise ValueError(f"setting default_cpus must be a number of CPUs like 0.5 or 2, or empty, "
                              f"got {settings.default_cpus!r}") from None
     for name in ("max_services", "max_replicas", "max_streams", "max_ssh_sessions", "ssh_idle_timeout",
-                 "default_pids", "max_object_size", "max_push_inflated_size"):
+                 "default_pids", "max_pids", "max_object_size", "max_push_inflated_size"):
         if getattr(settings, name) < 1:
             raise ValueError(f"setting {name} must be at least 1")
 
@@ -200,6 +216,18 @@ def write_default_config(settings: Settings) -> bool:
         document.add(f.name, f.default)
     path.write_text(tomlkit.dumps(document))
     return True
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """32 random bytes kept in `path` (0600), made the first time."""
+    if path.exists():
+        return path.read_bytes()
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_bytes(32))
+    os.replace(tmp, path)  # two first builds at once: both keys are fine, the last one stays
+    return path.read_bytes()
 
 
 def ensure_layout(settings: Settings) -> None:

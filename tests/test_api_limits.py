@@ -176,14 +176,20 @@ def test_webhook_headers_are_checked_before_the_body(hooked):
     assert no_delivery.status_code == 400 and "X-GitHub-Delivery" in no_delivery.json()["error"]["message"]
 
 
-def test_beyond_the_webhook_readers_a_503_comes_at_once(hooked):
+def test_beyond_the_webhook_readers_a_503_comes_at_once(platform: Platform, hooked):
     client, secret = hooked
     readers = client.app.state.webhook_readers  # type: ignore[attr-defined]
-    readers.taken = readers.limit  # every slot busy reading someone's body
+    readers.reading["shop"] = readers.per_project  # every slot of shop busy reading someone's body
     busy = signed_post(client, "shop", secret, b"{}", X_GitHub_Event="ping")
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
     assert busy.json()["error"]["code"] == "busy"
     assert signed_post(client, "ghost", secret, b"{}").status_code == 404  # no body read for that either
-    readers.taken = 0
+    # A flood at shop's hook does not turn another project's deliveries away.
+    platform.store.add_project("blog", "alice")
+    blog_secret = github.link(platform, "alice", "blog", "octo/blog")["secret"]
+    assert signed_post(client, "blog", blog_secret, b"{}", X_GitHub_Event="ping").status_code == 200
+    readers.reading.update({f"p{i}": readers.per_project for i in range(readers.in_all // readers.per_project)})
+    assert signed_post(client, "blog", blog_secret, b"{}", X_GitHub_Event="ping").status_code == 503  # all full
+    readers.reading.clear()
     assert signed_post(client, "shop", secret, b"{}", X_GitHub_Event="ping").status_code == 200
-    assert readers.taken == 0  # given back
+    assert readers.reading == {}  # given back

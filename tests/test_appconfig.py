@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from runtime.appconfig import Limits, check_caps, memory_bytes, AppConfigError, ServiceConfig, Volume, parse_app_config
+from runtime.appconfig import Caps, Limits, check_caps, memory_bytes, AppConfigError, ServiceConfig, Volume, parse_app_config
 
 
 def test_no_file_means_one_web_service():
@@ -123,8 +125,13 @@ def test_limits_and_the_servers_caps():
     assert config.services["worker"].limits == Limits()
     assert [memory_bytes(text) for text in ("256M", "256m", "1G", "1GiB", "6291456")] == [
         256 << 20, 256 << 20, 1 << 30, 1 << 30, 6 << 20]
-    check_caps(config, max_services=2, max_replicas=3)
+    roomy = Caps(services=2, replicas=3, memory_bytes=1 << 30, pids=64)
+    check_caps(config, roomy)
     with pytest.raises(AppConfigError, match="defines 2 services; this server allows 1 per project"):
-        check_caps(config, max_services=1, max_replicas=3)
+        check_caps(config, replace(roomy, services=1))
     with pytest.raises(AppConfigError, match="services.worker.replicas is 3; this server allows 2 per service"):
-        check_caps(config, max_services=2, max_replicas=2)
+        check_caps(config, replace(roomy, replicas=2))
+    with pytest.raises(AppConfigError, match="services.web.memory is 1GiB; this server allows 512M per task"):
+        check_caps(config, replace(roomy, memory_bytes=512 << 20))
+    with pytest.raises(AppConfigError, match="services.web.pids is 64; this server allows 32 per task"):
+        check_caps(config, replace(roomy, pids=32))

@@ -405,12 +405,17 @@ def test_symlinks_cannot_lead_the_build_out_of_the_repo(live: Disco, admin_key: 
 def test_a_service_name_cannot_take_over_another_projects_service(live: Disco, admin_key: Key, tmp_path: Path):
     other = web_app(tmp_path / "other", "admin-site\n")
     assert push(live, admin_key, other, "shop-admin").returncode == 0
-    # "shop" + service "admin-web" spells the same swarm name as "shop-admin" + "web".
+    # "shop" + service "admin-web" once spelled the same swarm name as "shop-admin" + "web", and
+    # the second project could never deploy; names are joined so that they cannot (runtime/names.py).
     repo = web_app(tmp_path / "app", "v1\n", **{"disco.toml": "[services.web]\n\n[services.admin-web]\nport = 8000\n"})
     result = push(live, admin_key, repo, "shop")
-    assert result.returncode != 0 and "belongs to shop-admin" in result.stderr
+    assert result.returncode == 0, result.stderr
     assert body(live, "shop-admin.localhost") == "admin-site\n"
-    assert run(["/usr/bin/docker", "service", "inspect", f"{live.instance}-shop-web"]).returncode != 0
+    assert body(live, "shop.localhost") == "v1\n"
+    theirs = inspect_service(f"{live.instance}-shop--admin-web")["Spec"]["Labels"]
+    ours = inspect_service(f"{live.instance}-shop-admin--web")["Spec"]["Labels"]
+    assert (theirs["disco.project"], theirs["disco.service"]) == ("shop-admin", "web")
+    assert (ours["disco.project"], ours["disco.service"]) == ("shop", "admin-web")
 
 
 def test_caddy_restarting_resumes_its_routes(live: Disco, admin_key: Key, tmp_path: Path):

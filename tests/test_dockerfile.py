@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.dockerfile import (
+    cache_namespace,
     DockerfileError,
     ImageOwner,
     check_references,
@@ -31,13 +32,13 @@ def refs(text: str, args: dict[str, str] | None = None) -> list[tuple[int, str, 
 
 def refused(text: str, args: dict[str, str] | None = None) -> str:
     with pytest.raises(DockerfileError) as err:
-        prepare(text, build_args=args or {}, instance="shop", project="a",
+        prepare(text, build_args=args or {}, instance="shop", project="a", cache_key=b"k",
                 owner_of=OWNERS.get)
     return str(err.value)
 
 
 def allowed(text: str, args: dict[str, str] | None = None) -> str:
-    return prepare(text, build_args=args or {}, instance="shop", project="a",
+    return prepare(text, build_args=args or {}, instance="shop", project="a", cache_key=b"k",
                    owner_of=OWNERS.get)
 
 
@@ -202,3 +203,37 @@ def test_namespaces_cannot_collide_through_dashes():
     one = private_cache_mounts("RUN --mount=type=cache,id=b-x,target=/c true\n", "shop/a")
     two = private_cache_mounts("RUN --mount=type=cache,id=x,target=/c true\n", "shop/a-b")
     assert "id=shop/a/b-x" in one and "id=shop/a-b/x" in two
+
+
+@pytest.mark.parametrize("text", [
+    "# foo=bar\n# syntax=attacker/frontend\nFROM debian\n",  # BuildKit 0.8 reads every leading key=value
+    "#!/usr/bin/env docker-build\n# syntax=attacker/frontend\nFROM debian\n",
+    "// syntax=attacker/frontend\nFROM debian\n",
+    "# just a note\n\n#syntax = attacker/frontend\nFROM debian\n",
+    '{"syntax": "attacker/frontend"}\n',
+])
+def test_a_frontend_named_any_way_a_buildkit_finds_it_is_checked(text: str):
+    assert "only Docker's own Dockerfile frontends" in refused(text)
+
+
+def test_an_escape_directive_after_another_comment_is_refused():
+    # BuildKit 0.8 stops at `# check` and keeps `\\`; newer ones honour the escape: the last RUN
+    # would be an instruction of its own to one and part of the previous RUN to the other.
+    text = ("# check=skip=all\n# escape=`\nFROM debian\nRUN echo hi `\n"
+            "RUN --mount=type=cache,id=x,target=/c touch /c/poison\n")
+    assert "line 2: the escape directive must be the first line" in refused(text)
+    assert "line 3: the escape directive" in refused("# a note\n\n# escape=`\nFROM debian\n")
+    allowed("# syntax=docker/dockerfile:1\n# escape=`\nFROM debian\n")  # syntax first is read alike
+
+
+def test_cache_ids_carry_a_keyed_digest_nobody_else_can_spell():
+    ours = cache_namespace("shop", "a", b"server key")
+    assert ours.startswith("shop/a/") and len(ours.rsplit("/", 1)[1]) == 16
+    assert ours == cache_namespace("shop", "a", b"server key")  # the same across builds
+    assert ours != cache_namespace("shop", "b", b"server key")
+    assert ours != cache_namespace("shop", "a", b"another server's key")
+    assert f"id={ours}/shared" in allowed_with_key("RUN --mount=type=cache,id=shared,target=/c true\n", b"server key")
+
+
+def allowed_with_key(text: str, key: bytes) -> str:
+    return prepare(text, build_args={}, instance="shop", project="a", cache_key=key, owner_of=OWNERS.get)

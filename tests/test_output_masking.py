@@ -32,3 +32,9 @@ def test_long_values_are_masked_anywhere_longest_first():
     mask = masker(["abcd", "abcdefgh"])
     assert mask("xxabcdefghyy and abcdz") == f"xx{MASK}yy and {MASK}z"
     assert masker([])("unchanged") == "unchanged"
+
+
+def test_a_value_of_several_lines_is_masked_line_by_line():
+    mask = masker(["-----BEGIN KEY-----\nc2VjcmV0IGtleSBtYXRlcmlhbA==\n-----END KEY-----"])
+    assert mask("c2VjcmV0IGtleSBtYXRlcmlhbA==") == "*****"
+    assert mask("printing -----BEGIN KEY----- now") == "printing ***** now"

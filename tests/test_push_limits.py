@@ -15,6 +15,7 @@ from dulwich.objects import Blob, Commit, Tree
 from dulwich.pack import write_pack_index, write_pack_objects
 
 from gitserver.gitproto import (
+    OBJECT_FLOOR,
     LimitedPackCopier,
     PushLimits,
     PushTooLarge,
@@ -80,11 +81,21 @@ def test_a_blob_declared_too_large_is_refused_from_its_header_alone():
 
 
 def test_objects_that_together_inflate_too_much_are_refused():
-    limits = PushLimits(max_input_size=GiB, max_object_size=100, max_inflated_size=250)
-    blobs = [object_header(3, 100) + zlib.compress(bytes(100)) for _ in range(3)]
-    copy(pack_of(blobs[:2]), limits)  # 200 of 250: fine
-    with pytest.raises(PushTooLarge, match="its objects inflate to more than the 250 bytes limit"):
+    limits = PushLimits(max_input_size=GiB, max_object_size=10_000, max_inflated_size=25_000)
+    blobs = [object_header(3, 10_000) + zlib.compress(bytes(10_000)) for _ in range(3)]
+    copy(pack_of(blobs[:2]), limits)  # 20 000 of 25 000: fine
+    with pytest.raises(PushTooLarge, match="its objects inflate to more than the 24.41 KiB limit"):
         copy(pack_of(blobs), limits)
+
+
+def test_many_tiny_objects_count_for_what_indexing_them_costs():
+    # Empty blobs are a few bytes each on the wire and inflate to nothing, but each one costs
+    # dulwich's indexing memory: each counts OBJECT_FLOOR.
+    limits = PushLimits(max_input_size=GiB, max_object_size=GiB, max_inflated_size=9 * OBJECT_FLOOR)
+    empty = object_header(3, 0) + zlib.compress(b"")
+    assert copy(pack_of([empty] * 9), limits).inflated_size == 9 * OBJECT_FLOOR
+    with pytest.raises(PushTooLarge, match="each counts at least 4 KiB"):
+        copy(pack_of([empty] * 10), limits)
 
 
 def test_a_small_delta_that_makes_a_huge_object_is_refused():
@@ -113,8 +124,8 @@ def test_an_ordinary_pack_within_the_limits_is_copied_unchanged():
     write_pack_objects(out.write, [(blob, None), (other, None), (tree, None)], DEFAULT_OBJECT_FORMAT, deltify=True)
     copier = copy(out.getvalue())
     assert len(copier) == 3
-    # A delta counts as the object it makes.
-    assert copier.inflated_size == sum(len(o.as_raw_string()) for o in (blob, other, tree))
+    # A delta counts as the object it makes; none counts less than OBJECT_FLOOR.
+    assert copier.inflated_size == sum(max(len(o.as_raw_string()), OBJECT_FLOOR) for o in (blob, other, tree))
 
 
 def test_the_wire_limit_still_applies():
