@@ -18,7 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hooks.platform import Platform
+from runtime.caddy import CaddyAdmin
 from runtime.docker_engine import Engine
+from runtime.settings import Settings, ensure_layout
+from runtime.store import Store
 
 BIN = Path(sys.executable).parent
 # setup.sh exports the image it made sure of; a bare `pytest` falls back to the local build.
@@ -251,6 +255,19 @@ class Poller:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(15)
+
+
+def api_platform(settings: Settings, users: dict[str, str] | None = None) -> Platform:
+    """The hooks layer for API tests: a fresh store with `users` (name -> role, alice the admin
+    by default), the real Engine, and a proxy that is known not to run."""
+    ensure_layout(settings)
+    store = Store(settings.db_path)
+    for name, role in (users or {"alice": "admin"}).items():
+        store.add_user(name, role)
+    platform = Platform.create(settings, store, Engine(settings.instance), CaddyAdmin(settings.run_dir))
+    platform.router.proxy_ready.set()
+    platform.router.proxy_error = "no proxy in these tests"
+    return platform
 
 
 def make_repo(path: Path, files: dict[str, bytes | str] | None = None, message: str = "first",

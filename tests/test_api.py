@@ -10,26 +10,17 @@ import pytest
 from starlette.testclient import TestClient
 
 from api.app import build_app
+from conftest import api_platform
 from api.endpoints import ENDPOINTS
 from hooks import apikeys
 from hooks.platform import Platform
-from runtime.caddy import CaddyAdmin
-from runtime.docker_engine import Engine
-from runtime.settings import Settings, ensure_layout
-from runtime.store import Store
+from runtime.settings import Settings
 
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Platform:
-    settings = Settings(data_dir=tmp_path / "data", instance="apitest")
-    ensure_layout(settings)
-    store = Store(settings.db_path)
-    store.add_user("alice", "admin")
-    store.add_user("bob", "deployer")
-    platform = Platform.create(settings, store, Engine("apitest"), CaddyAdmin(settings.run_dir))
-    platform.router.proxy_ready.set()
-    platform.router.proxy_error = "no proxy in these tests"
-    return platform
+    return api_platform(Settings(data_dir=tmp_path / "data", instance="apitest"),
+                        {"alice": "admin", "bob": "deployer"})
 
 
 @pytest.fixture
@@ -248,14 +239,8 @@ def test_names_that_could_reach_other_objects_are_refused(client: TestClient, pl
 
 
 def test_reserved_domains_are_refused(tmp_path: Path):
-    settings = Settings(data_dir=tmp_path / "d", instance="apitest", apps_domain="apps.example.com",
-                        host="deploy.example.com")
-    ensure_layout(settings)
-    store = Store(settings.db_path)
-    store.add_user("alice", "admin")
-    platform = Platform.create(settings, store, Engine("apitest"), CaddyAdmin(settings.run_dir))
-    platform.router.proxy_ready.set()
-    platform.router.proxy_error = "no proxy in these tests"
+    platform = api_platform(Settings(data_dir=tmp_path / "d", instance="apitest", apps_domain="apps.example.com",
+                                     host="deploy.example.com"))
     client = TestClient(build_app(platform, ENDPOINTS.endpoints))
     headers = {"Authorization": f"Bearer {key_for(platform, 'alice')}"}
     assert client.post("/api/v1/projects", json={"name": "alpha"}, headers=headers).status_code == 201

@@ -13,25 +13,16 @@ from starlette.testclient import TestClient
 from test_api import error_of, key_for
 
 from api.app import build_app
+from conftest import api_platform
 from api.endpoints import ENDPOINTS
 from hooks import github
 from hooks.platform import Platform
-from runtime.caddy import CaddyAdmin
-from runtime.docker_engine import Engine
-from runtime.settings import Settings, ensure_layout
-from runtime.store import Store
+from runtime.settings import Settings
 
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Platform:
-    settings = Settings(data_dir=tmp_path / "data", instance="limitstest")
-    ensure_layout(settings)
-    store = Store(settings.db_path)
-    store.add_user("alice", "admin")
-    platform = Platform.create(settings, store, Engine("limitstest"), CaddyAdmin(settings.run_dir))
-    platform.router.proxy_ready.set()
-    platform.router.proxy_error = "no proxy in these tests"
-    return platform
+    return api_platform(Settings(data_dir=tmp_path / "data", instance="limitstest"))
 
 
 @pytest.fixture

@@ -14,28 +14,19 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from hypothesis import HealthCheck, settings
 
 from api.app import build_app
+from conftest import api_platform
 from api.endpoints import ENDPOINTS
 from hooks import apikeys
 from hooks.platform import Platform
-from runtime.caddy import CaddyAdmin
-from runtime.docker_engine import Engine
-from runtime.settings import Settings, ensure_layout
-from runtime.store import Store
+from runtime.settings import Settings
 
 
 def _platform() -> tuple[Platform, str]:
     data = Path(tempfile.mkdtemp(prefix="disco-schema-"))
-    settings = Settings(data_dir=data, instance="schema")
-    ensure_layout(settings)
-    store = Store(settings.db_path)
-    store.add_user("alice", "admin")
-    store.add_project("shop", "alice")
-    store.set_env("shop", {"A": "1"})
-    platform = Platform.create(settings, store, Engine("schema"), CaddyAdmin(settings.run_dir))
-    platform.engine._client = None
-    platform.router.proxy_ready.set()
-    platform.router.proxy_error = "no proxy in these tests"
-    return platform, apikeys.create(store, "test", "alice", "schemathesis")[1]
+    platform = api_platform(Settings(data_dir=data, instance="schema"))
+    platform.store.add_project("shop", "alice")
+    platform.store.set_env("shop", {"A": "1"})
+    return platform, apikeys.create(platform.store, "test", "alice", "schemathesis")[1]
 
 
 PLATFORM, KEY = _platform()

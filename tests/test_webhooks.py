@@ -26,13 +26,9 @@ from starlette.testclient import TestClient
 from api.app import build_app
 from api.endpoints import ENDPOINTS
 from apps import new_version, web_app
-from conftest import Disco, Key, head, require_docker, run
+from conftest import Disco, Key, api_platform, head, require_docker, run
 from hooks import github
-from hooks.platform import Platform
-from runtime.caddy import CaddyAdmin
-from runtime.docker_engine import Engine
-from runtime.settings import Settings, ensure_layout
-from runtime.store import Store
+from runtime.settings import Settings
 
 SHA_A = "a" * 40
 
@@ -70,13 +66,9 @@ def deliver(client, url: str, secret: str | None, event: str, payload: dict | by
 
 @pytest.fixture
 def linked(tmp_path: Path):
-    settings = Settings(data_dir=tmp_path / "data", instance="hooktest", host="deploy.example.com")
-    ensure_layout(settings)
-    store = Store(settings.db_path)
-    store.add_user("alice", "admin")
-    store.add_project("shop", "alice")
-    store.add_project("other", "alice")
-    platform = Platform.create(settings, store, Engine("hooktest"), CaddyAdmin(settings.run_dir))
+    platform = api_platform(Settings(data_dir=tmp_path / "data", instance="hooktest", host="deploy.example.com"))
+    platform.store.add_project("shop", "alice")
+    platform.store.add_project("other", "alice")
     form = github.link(platform, "alice", "shop", "octo/shop")
     return platform, TestClient(build_app(platform, ENDPOINTS.endpoints)), form["secret"], form
 
