@@ -184,7 +184,7 @@ async def trigger_deployment(ctx: Context) -> Response:
           tag="deployments", responses={202: OBJECT})
 async def cancel_deployment(ctx: Context) -> Response:
     name, number = project_of(ctx, Access.WRITE), ctx.number("number")
-    operations.cancel(ctx.platform, name, number, ctx.user.name)
+    ctx.platform.deployer.cancel(name, number, ctx.user.name)
     return ok({"number": number, "cancel": "requested"}, 202)
 
 

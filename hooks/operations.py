@@ -39,10 +39,6 @@ def replicas(platform: Platform, project: str) -> dict[str, int]:
     return {s.service: s.replicas for s in platform.engine.project_services(project)}  # by project label
 
 
-def cancel(platform: Platform, project: str, number: int, user: str) -> None:
-    platform.deployer.cancel(project, number, user)
-
-
 def deploy_ref(platform: Platform, user: str, project: str, branch: str | None, commit: str | None) -> Ticket:
     """Deploy the head of a branch (default: the deploy branch) or a given commit."""
     row = require_project(platform, project)
