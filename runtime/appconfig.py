@@ -9,17 +9,21 @@ from __future__ import annotations
 import re
 import shlex
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runtime import gitrepo
+from runtime.cron import CronError, parse_schedule
+from runtime.procfile import Procfile, ProcfileError, parse_procfile
 
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,29}")
 VOLUME_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 WEB = "web"
 DEFAULT_PORT = 8000
 DEFAULT_HEALTH_TIMEOUT = 60
+DEFAULT_RELEASE_TIMEOUT = 600  # Heroku's release phase may take an hour; ten minutes catches a hang
+DEFAULT_CRON_TIMEOUT = 3600
 
 
 class AppConfigError(ValueError):
@@ -51,10 +55,26 @@ class ServiceConfig:
     health_timeout: int = DEFAULT_HEALTH_TIMEOUT
     volumes: tuple[Volume, ...] = ()
     limits: Limits = Limits()
+    shell: bool = False  # the command is a Procfile line, run by the image's shell (else split into words)
+    schedule: str | None = None  # five-field cron (UTC): a scheduled service, runs one container per time
+    timeout: int = DEFAULT_CRON_TIMEOUT  # seconds a scheduled run may take before it is stopped
 
     @property
     def is_web(self) -> bool:
         return self.name == WEB
+
+    @property
+    def is_scheduled(self) -> bool:
+        return self.schedule is not None
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """The release command: run once per deployment, in the new image, before it starts."""
+
+    command: str
+    shell: bool = False  # from the Procfile: run by the image's shell
+    timeout: int = DEFAULT_RELEASE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,22 @@ class BuildConfig:
 class AppConfig:
     build: BuildConfig = field(default_factory=BuildConfig)
     services: dict[str, ServiceConfig] = field(default_factory=lambda: {WEB: ServiceConfig(WEB)})
+    release: ReleaseConfig | None = None
+    declared: frozenset[str] = frozenset()  # the services disco.toml itself names (not the default web)
+
+    @property
+    def running_services(self) -> dict[str, ServiceConfig]:
+        """The services that run as swarm services (scheduled ones run only at their times)."""
+        return {name: s for name, s in self.services.items() if not s.is_scheduled}
+
+    @property
+    def scheduled_services(self) -> dict[str, ServiceConfig]:
+        return {name: s for name, s in self.services.items() if s.is_scheduled}
+
+    @property
+    def procfile_path(self) -> str:
+        """Where the Procfile is read: the build context's root, as Heroku and Dokku read it."""
+        return str(PurePosixPath(self.build.context) / "Procfile")
 
     @property
     def dockerfile_path(self) -> str:
@@ -75,8 +111,9 @@ class AppConfig:
         return str(PurePosixPath(self.build.dockerfile))
 
 
-TOP_KEYS = {"build", "services"}
+TOP_KEYS = {"build", "services", "release"}
 BUILD_KEYS = {"dockerfile": str, "context": str, "args": dict}
+RELEASE_KEYS = {"command": str, "timeout": int}
 SERVICE_KEYS = {
     "port": int,
     "command": str,
@@ -87,7 +124,11 @@ SERVICE_KEYS = {
     "memory": str,
     "cpus": float,
     "pids": int,
+    "schedule": str,
+    "timeout": int,
 }
+# What a scheduled service has no use for: it serves no traffic and runs one container per time.
+NOT_FOR_SCHEDULED = ("port", "replicas", "health", "health_timeout")
 MAX_TEXT = 256 << 10  # a disco.toml is a few lines; a huge one is a mistake or an attack
 MEMORY = re.compile(r"(\d{1,12})\s*([kmg]?)(i?b)?", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -132,13 +173,23 @@ def check_caps(config: AppConfig, caps: Caps) -> None:
 
 
 def config_at(repo: Path, sha: str) -> AppConfig:
-    """The disco.toml of that commit of a bare repo, parsed (the default when it has none)."""
-    raw = gitrepo.read_file(repo, sha, "disco.toml")
+    """The app's configuration at that commit of a bare repo: its disco.toml and its Procfile,
+    merged (the default, one `web` service, when it has neither)."""
+    config = parse_app_config(_text_at(repo, sha, "disco.toml"))
+    procfile = _text_at(repo, sha, config.procfile_path)
+    if procfile is not None:
+        return with_procfile(config, procfile)
+    if config.release is not None and not config.release.command:
+        raise AppConfigError("disco.toml: [release] has no command (and there is no Procfile with a release line)")
+    return config
+
+
+def _text_at(repo: Path, sha: str, path: str) -> str | None:
+    raw = gitrepo.read_file(repo, sha, path)
     try:
-        text = raw.decode() if raw is not None else None
+        return raw.decode() if raw is not None else None
     except UnicodeDecodeError:
-        raise AppConfigError("disco.toml is not UTF-8 text") from None
-    return parse_app_config(text)
+        raise AppConfigError(f"{path} is not UTF-8 text") from None
 
 
 def parse_app_config(text: str | None) -> AppConfig:
@@ -164,7 +215,69 @@ def parse_app_config(text: str | None) -> AppConfig:
         if not services_table:
             raise AppConfigError("disco.toml: [services] is empty; define at least [services.web]")
         services = {name: _parse_service(name, table, where) for name, table in services_table.items()}
-    return AppConfig(build=build, services=services)
+    release = _parse_release(data["release"], where) if "release" in data else None
+    return AppConfig(build=build, services=services, release=release, declared=frozenset(services_table or ()))
+
+
+def with_procfile(config: AppConfig, text: str) -> AppConfig:
+    """disco.toml's config with the Procfile's process types as services (each keeps the keys
+    disco.toml sets for its name) and its `release` line as the release command.
+
+    A command written in both places is refused: which one runs would be a guess.
+    """
+    try:
+        procfile: Procfile = parse_procfile(text)
+    except ProcfileError as err:
+        raise AppConfigError(str(err)) from None
+    services: dict[str, ServiceConfig] = {}
+    for process in procfile.processes:
+        where = f"Procfile line {process.line}"
+        if not SERVICE_NAME.fullmatch(process.name):
+            raise AppConfigError(f"{where}: process type {process.name!r} must be up to 30 characters of a-z, "
+                                 "0-9 and '-', starting with a letter (it becomes a service name)")
+        declared = config.services.get(process.name) if process.name in config.declared else None
+        if declared is not None and declared.command is not None:
+            raise AppConfigError(f"{where}: services.{process.name}.command is also set in disco.toml; "
+                                 "keep the command in one of them")
+        base = declared or ServiceConfig(process.name)
+        services[process.name] = replace(base, command=process.command, shell=True)
+    for name in sorted(config.declared - set(services)):
+        services[name] = config.services[name]  # disco.toml may add services the Procfile lacks
+    release = config.release
+    if procfile.release is not None:
+        if release is not None and release.command:
+            raise AppConfigError(f"Procfile line {procfile.release.line}: [release] command is also set in "
+                                 "disco.toml; keep the release command in one of them")
+        timeout = release.timeout if release is not None else DEFAULT_RELEASE_TIMEOUT
+        release = ReleaseConfig(procfile.release.command, shell=True, timeout=timeout)
+    elif release is not None and not release.command:
+        raise AppConfigError("disco.toml: [release] has no command (and the Procfile has no release line)")
+    return replace(config, services=services, release=release)
+
+
+def _parse_release(table: Any, where: _Locator) -> ReleaseConfig:
+    _expect(table, dict, "release", where)
+    _reject_unknown(table, set(RELEASE_KEYS), "release", where)
+    for key, kind in RELEASE_KEYS.items():
+        if key in table:
+            _expect(table[key], kind, f"release.{key}", where)
+    timeout = table.get("timeout", DEFAULT_RELEASE_TIMEOUT)
+    if not 1 <= timeout <= 86400:
+        raise AppConfigError(f"{where.at('release', 'timeout')}release.timeout must be from 1 to 86400 seconds, "
+                             f"got {timeout}")
+    command = table.get("command", "")  # may come from the Procfile's release line instead
+    if command:
+        _check_words(command, "release", where)
+    return ReleaseConfig(command=command, timeout=timeout)
+
+
+def _check_words(command: str, path: str, where: _Locator) -> None:
+    try:
+        words = shlex.split(command)
+    except ValueError as err:
+        raise AppConfigError(f"{where.at(path, 'command')}{path}.command cannot be split into words: {err}") from None
+    if not words:
+        raise AppConfigError(f"{where.at(path, 'command')}{path}.command is empty")
 
 
 def _parse_build(table: Any, where: _Locator) -> BuildConfig:
@@ -217,12 +330,8 @@ def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
         raise AppConfigError(f"{where.at(path, 'health_timeout')}{path}.health_timeout must be from 1 to 3600 seconds")
     command = table.get("command")
     if command is not None:
-        try:
-            words = shlex.split(command)
-        except ValueError as err:
-            raise AppConfigError(f"{where.at(path, 'command')}{path}.command cannot be split into words: {err}") from None
-        if not words:
-            raise AppConfigError(f"{where.at(path, 'command')}{path}.command is empty")
+        _check_words(command, path, where)
+    schedule = _parse_schedule(name, table, path, where)
     return ServiceConfig(
         name=name,
         port=port,
@@ -232,7 +341,34 @@ def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
         health_timeout=timeout,
         volumes=tuple(_parse_volume(item, path, where) for item in table.get("volumes", [])),
         limits=_parse_limits(table, path, where),
+        schedule=schedule,
+        timeout=table.get("timeout", DEFAULT_CRON_TIMEOUT),
     )
+
+
+def _parse_schedule(name: str, table: dict, path: str, where: _Locator) -> str | None:
+    """A scheduled service's cron schedule, checked; None for a service that runs all the time."""
+    schedule = table.get("schedule")
+    if schedule is None:
+        if "timeout" in table:
+            raise AppConfigError(f"{where.at(path, 'timeout')}{path}.timeout is for scheduled services "
+                                 "(with a schedule); a running service has health_timeout")
+        return None
+    if name == WEB:
+        raise AppConfigError(f"{where.at(path, 'schedule')}services.web serves the project's HTTP traffic and "
+                             "cannot have a schedule; give the scheduled service another name")
+    for key in NOT_FOR_SCHEDULED:
+        if key in table:
+            raise AppConfigError(f"{where.at(path, key)}{path}.{key} does not apply to a scheduled service "
+                                 "(it serves no traffic and runs one container at each time)")
+    try:
+        parse_schedule(schedule)
+    except CronError as err:
+        raise AppConfigError(f"{where.at(path, 'schedule')}{path}.schedule: {err}") from None
+    timeout = table.get("timeout", DEFAULT_CRON_TIMEOUT)
+    if not 1 <= timeout <= 86400:
+        raise AppConfigError(f"{where.at(path, 'timeout')}{path}.timeout must be from 1 to 86400 seconds, got {timeout}")
+    return schedule
 
 
 def _parse_limits(table: dict, path: str, where: _Locator) -> Limits:

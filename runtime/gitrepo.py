@@ -8,6 +8,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from dulwich.errors import NotTreeError
 from dulwich.objects import ZERO_SHA, Commit, ObjectID, Tree
 from dulwich.refs import Ref
 from dulwich.repo import Repo
@@ -28,7 +29,7 @@ def read_file(repo_path: Path, commit_sha: str, path: str) -> bytes | None:
             raise GitRepoError(f"{commit_sha[:7]} has no tree")
         try:
             _mode, sha = tree.lookup_path(repo.__getitem__, path.encode())
-        except KeyError:
+        except (KeyError, NotTreeError):  # NotTreeError: a folder on the way is a file (or a symlink)
             return None
         blob = repo[sha]
         return None if isinstance(blob, Tree) else blob.as_raw_string()
