@@ -12,9 +12,11 @@ version that never becomes healthy is rolled back by swarm, old tasks untouched.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -29,7 +31,6 @@ from typing import Any
 # and never leave this module.
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
-from docker.types import Mount  # type: ignore[import-untyped]
 
 from runtime import names
 from runtime.docker_specs import (
@@ -40,16 +41,18 @@ from runtime.docker_specs import (
     build_command,
     health_command,
     instance_labels,
+    oneoff_container,
     proxy_service,
     swarm_service,
 )
 from runtime.dockerfile import ImageOwner
 
 # Imported from here by bench/ and older callers.
-__all__ = ["PROBE_BINARY", "PROBE_PATH", "DockerError", "DockerInfo", "Engine", "OneOffRun", "ServiceSpec",
-           "ServiceState", "health_command"]
+__all__ = ["PROBE_BINARY", "PROBE_PATH", "DockerError", "DockerInfo", "Engine", "OneOffRun", "RunResult",
+           "ServiceSpec", "ServiceState", "health_command"]
 
 OutputLine = Callable[[str], None]
+TAIL_LINES = 30  # of a failing task's own output, shown with the reason it failed
 
 
 class DockerError(Exception):
@@ -85,6 +88,16 @@ class ServiceState:
             update_state=(service.attrs.get("UpdateStatus") or {}).get("State", "completed"),
             has_previous="PreviousSpec" in service.attrs,
         )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a container run to its end (Engine.run_to_end) ended."""
+
+    exit_code: int | None  # None: it was stopped before it ended
+    timed_out: bool = False
+    cancelled: bool = False
+    out_of_memory: bool = False
 
 
 class OneOffRun:
@@ -280,6 +293,11 @@ class Engine:
         ports = config.get("ExposedPorts") or {}
         return sorted(int(p.split("/")[0]) for p in ports if p.endswith("/tcp"))
 
+    def image_shell(self, tag: str) -> list[str]:
+        """The shell that runs a shell-form command in this image (its SHELL, else /bin/sh -c)."""
+        config = self.client.images.get(tag).attrs.get("Config") or {}
+        return list(config.get("Shell") or ["/bin/sh", "-c"])
+
     def retag(self, source: str, target: str) -> None:
         repository, _, tag = target.rpartition(":")
         try:
@@ -405,8 +423,8 @@ class Engine:
             tasks = [t for t in service.tasks() if _task_deployment(t) == deployment]
             running = [t for t in tasks if t["Status"]["State"] == "running" and t["DesiredState"] == "running"]
             if state.startswith("rollback") or state == "paused":
-                raise DockerError(self._failure_reason(spec, tasks) or f"swarm rolled the update back ({state})")
-            if created and (reason := self._failure_reason(spec, tasks)):
+                raise DockerError(self._explain(spec, tasks, on_wait) or f"swarm rolled the update back ({state})")
+            if created and (reason := self._explain(spec, tasks, on_wait)):
                 raise DockerError(reason)
             if created and len(running) >= spec.replicas or spec.replicas == 0:
                 return
@@ -419,29 +437,41 @@ class Engine:
             if stop():
                 raise DockerError(f"stopped waiting for {spec.name}: the deployment was cancelled")
             if time.monotonic() > deadline:
-                reason = self._failure_reason(spec, tasks)
+                reason = self._explain(spec, tasks, on_wait, stuck=True)
                 raise DockerError(reason or f"{spec.name} was not healthy after {timeout:.0f} s")
             time.sleep(0.25)
 
-    def _failure_reason(self, spec: ServiceSpec, tasks: list[dict[str, Any]]) -> str | None:
-        """Why a task of this deployment stopped, told as the person deploying needs it."""
+    def _explain(self, spec: ServiceSpec, tasks: list[dict[str, Any]], on_line: OutputLine,
+                 stuck: bool = False) -> str | None:
+        """Why a task of this deployment stopped (or, `stuck`, never got healthy), told as the
+        person deploying needs it, after the last lines of that task's own output."""
         for task in tasks:
             status = task["Status"]
-            if status["State"] not in ("failed", "rejected", "complete"):
+            if status["State"] not in ("failed", "rejected", "complete") and not stuck:
                 continue
             container = status.get("ContainerStatus") or {}
-            state = self._container_state(container["ContainerID"]) if container.get("ContainerID") else {}
-            if state.get("OOMKilled"):
-                limit = f" (limit {spec.limits.memory})" if spec.limits else ""
-                return f"{spec.name} ran out of memory{limit} and was killed"
-            health = _last_health_output(state)
-            if health:
-                return f"health check failed for {spec.name}: {health} (for {spec.health_timeout} s)"
-            detail = status.get("Err") or status.get("Message") or status["State"]
-            if "ExitCode" in container and status["State"] != "rejected":
-                return f"{spec.name} exited with code {container['ExitCode']} ({detail})"
-            return f"{spec.name}: {detail}"
+            container_id = container.get("ContainerID") or ""
+            state = self._container_state(container_id) if container_id else {}
+            reason = _failure_reason(spec, status, container, state)
+            if reason is None and stuck:
+                continue
+            if container_id:
+                self._show_tail(spec.name, container_id, on_line)
+            return reason
         return None
+
+    def _show_tail(self, name: str, container_id: str, on_line: OutputLine) -> None:
+        try:
+            raw = self.client.api.logs(container_id, stdout=True, stderr=True, tail=TAIL_LINES)
+        except docker.errors.APIError:
+            return
+        lines = raw.decode(errors="replace").splitlines()
+        if not lines:
+            on_line(f"{name} printed nothing before it stopped")
+            return
+        on_line(f"last {len(lines)} line(s) of {name}'s output (task container {container_id[:12]}):")
+        for line in lines:
+            on_line(f"  | {line}")
 
     def _container_state(self, container_id: str) -> dict[str, Any]:
         try:
@@ -525,6 +555,9 @@ class Engine:
                    for c in self.client.containers.list(all=True, sparse=True)):  # sparse: no inspect
                 quiet_since = time.monotonic()
             time.sleep(0.2)
+        for container in self.client.containers.list(all=True, filters=selector):  # one-off commands
+            with _ignoring_docker_errors():
+                container.remove(force=True)
         for network in self.client.networks.list(filters=selector):
             _retry_while_in_use(network.remove)
         for image in self.client.images.list(filters=selector):
@@ -559,15 +592,66 @@ class Engine:
     def run_oneoff(self, image: str, command: list[str], env: dict[str, str], mounts: list[tuple[str, str]],
                    labels: dict[str, str], limits: TaskLimits) -> OneOffRun:
         """Start a container for a one-off command on the project network, within its limits."""
+        return OneOffRun(self._start_container(image, command, env, mounts, labels, limits))
+
+    def _start_container(self, image: str, command: list[str] | None, env: dict[str, str],
+                         mounts: list[tuple[str, str]], labels: dict[str, str], limits: TaskLimits) -> Any:
+        options = oneoff_container(image, command, env, labels, self.network_name, mounts, limits)
         try:
-            container = self.client.containers.run(
-                image, command, detach=True, environment=env, labels=labels, network=self.network_name,
-                mounts=[Mount(target=path, source=volume, type="volume") for volume, path in mounts],
-                init=True, stdin_open=False, tty=False, **limits.as_container_options(),
-            )
+            return self.client.containers.run(**options)
         except docker.errors.APIError as err:
             raise DockerError(f"could not start the command: {err.explanation or err}") from None
-        return OneOffRun(container)
+
+    def run_to_end(self, image: str, command: list[str] | None, env: dict[str, str], mounts: list[tuple[str, str]],
+                   labels: dict[str, str], limits: TaskLimits, on_line: OutputLine, timeout: float,
+                   stop: Callable[[], bool] = lambda: False) -> RunResult:
+        """Run a container until its command ends (the release command, a scheduled run),
+        streaming its output lines; killed after `timeout` seconds or when `stop` turns true.
+        The container is removed afterwards, whatever happened. Blocks: run it in a thread."""
+        container = self._start_container(image, command, env, mounts, labels, limits)
+        done = threading.Event()
+        why: list[str] = []  # "timeout" or "cancelled", set by the watcher when it kills
+
+        def watch() -> None:
+            deadline = time.monotonic() + timeout
+            while not done.wait(0.2):
+                if stop() or time.monotonic() > deadline:
+                    why.append("cancelled" if stop() else "timeout")
+                    with _ignoring_docker_errors():
+                        container.kill()
+                    return
+
+        watcher = threading.Thread(target=watch, name="run-watch", daemon=True)
+        watcher.start()
+        try:
+            pending = b""
+            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    on_line(line.decode(errors="replace").rstrip("\r"))
+            if pending:
+                on_line(pending.decode(errors="replace"))
+            code = int(container.wait().get("StatusCode", -1))
+            oom = bool(self._container_state(container.id).get("OOMKilled"))
+        except docker.errors.APIError as err:
+            raise DockerError(f"the command's container failed: {err.explanation or err}") from None
+        finally:
+            done.set()
+            watcher.join()
+            with _ignoring_docker_errors():
+                container.remove(force=True)
+        if why:
+            return RunResult(None, timed_out=why[0] == "timeout", cancelled=why[0] == "cancelled")
+        return RunResult(code, out_of_memory=oom)
+
+    def remove_containers(self, project: str, role: str) -> int:
+        """Remove the one-off containers of a project with that role (left by a daemon that died)."""
+        selector = {"label": [f"disco.instance={self.instance}", f"disco.project={project}", f"disco.role={role}"]}
+        found = self.client.containers.list(all=True, filters=selector)
+        for container in found:
+            with _ignoring_docker_errors():
+                container.remove(force=True)
+        return len(found)
 
     def ensure_volume(self, name: str, project: str) -> None:
         try:
@@ -605,11 +689,70 @@ def _retry_while_in_use(remove: Callable[[], object], timeout: float = 30) -> No
             time.sleep(0.5)
 
 
+@contextlib.contextmanager
+def _ignoring_docker_errors() -> Iterator[None]:
+    try:
+        yield
+    except (docker.errors.NotFound, docker.errors.APIError):
+        pass
+
+
+def _failure_reason(spec: ServiceSpec, status: dict[str, Any], container: dict[str, Any],
+                    state: dict[str, Any]) -> str | None:
+    """Why a task stopped (or is not healthy), from its swarm status and its container's state."""
+    if state.get("OOMKilled"):
+        limit = f" (limit {spec.limits.memory})" if spec.limits else ""
+        return f"{spec.name} ran out of memory{limit} and was killed"
+    health = _last_health_output(state)
+    if health:
+        checked, _, listening = health.partition("; listening:")
+        reason = f"health check failed for {spec.name}: {checked.strip()} (for {spec.health_timeout} s)"
+        hint = port_hint(spec.labels.get("disco.service", spec.name), spec.port, listening.split()) \
+            if spec.port and listening else None
+        return f"{reason}; {hint}" if hint else reason
+    if status["State"] not in ("failed", "rejected", "complete"):
+        return None
+    detail = status.get("Err") or status.get("Message") or status["State"]
+    if "ExitCode" in container and status["State"] != "rejected":
+        return f"{spec.name} exited with code {container['ExitCode']} ({detail})"
+    return f"{spec.name}: {detail}"
+
+
+_ADDRESS = re.compile(r"^(?P<host>.*):(?P<port>\d+)$")
+_ANY_HOST = ("0.0.0.0", "::", "")
+DOCKER_DNS = "127.0.0.11"  # Docker's embedded DNS listens in every container on a network
+
+
+def port_hint(service: str, port: int, listening: list[str]) -> str | None:
+    """What to change when the app does not listen where the health check knocks, from the
+    addresses `netstat -ltn` printed inside its container (like `0.0.0.0:8080`, `:::8080`,
+    `127.0.0.1:8000`); None when the port is open to all (the app answered wrongly instead)."""
+    ports: dict[int, set[str]] = {}
+    for address in listening:
+        match = _ADDRESS.match(address)
+        if match and match.group("host") != DOCKER_DNS:
+            ports.setdefault(int(match.group("port")), set()).add(match.group("host"))
+    if port in ports:
+        if ports[port] & {*_ANY_HOST, "::"} or not ports[port] <= {"127.0.0.1", "::1"}:
+            return None
+        return (f"the app listens on 127.0.0.1:{port} only, which the proxy cannot reach: "
+                f"make it listen on 0.0.0.0:{port}")
+    if not ports:
+        return f"nothing listens on a TCP port in the container (the health check knocks on {port})"
+    shown = ", ".join(str(p) for p in sorted(ports))
+    if len(ports) == 1:
+        (other,) = ports
+        return (f"the app listens on {other}, not {port}: set [services.{service}] port = {other} in disco.toml "
+                "(or make it listen on $PORT)")
+    return f"the app listens on {shown}, not {port}: set [services.{service}] port in disco.toml to the right one"
+
+
 def _last_health_output(state: dict[str, Any]) -> str | None:
-    """The last line the health check printed, if the container ended unhealthy."""
+    """The last line the last failed health check printed, if the container ended unhealthy
+    (or, still starting, has only failed checks so far)."""
     health = state.get("Health") or {}
     log = health.get("Log") or []
-    if health.get("Status") == "unhealthy" and log:
+    if health.get("Status") in ("unhealthy", "starting") and log and log[-1].get("ExitCode"):
         output = (log[-1].get("Output") or "").strip()
         return output.splitlines()[-1] if output else "no output"
     return None

@@ -104,18 +104,24 @@ def health_command(port: int, path: str | None) -> list[str]:
     """The HEALTHCHECK, run by the mounted busybox against the task's own overlay address.
 
     Probing the overlay address rather than 127.0.0.1 catches apps that listen on localhost
-    only, which the proxy could not reach.
+    only, which the proxy could not reach. A failed check prints what it checked and what it
+    got, then `; listening: ` and the addresses the container listens on, so the deploy can
+    say "the app listens on 8080, not 8000" (runtime/docker_engine.py reads it back).
     """
     b = PROBE_PATH
     address = f'set -- $({b} hostname -i); H="$1"'
+    listening = (f"L=$({b} netstat -ltn 2>/dev/null | {b} awk 'NR>2{{print $4}}' | {b} tr '\\n' ' '); "
+                 f'echo "$R; listening: $L"; exit 1')
     if path is None:
-        script = f'{address}; {b} timeout 5 {b} nc "$H" {port} </dev/null'
+        script = (f'{address}; {b} timeout 5 {b} nc "$H" {port} </dev/null 2>/dev/null && exit 0; '
+                  f'R="TCP connect to port {port} failed"; {listening}')
     else:
         request = shlex.quote(f"GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: disco-health\r\n\r\n")
         script = (
-            f"{address}; S=$(printf %s {request} | {b} timeout 5 {b} nc \"$H\" {port} | {b} head -n 1); "
-            f"echo \"GET {path} on port {port}: ${{S:-no answer}}\"; "
-            f"echo \"$S\" | {b} grep -qE '^HTTP/[0-9.]+ [23][0-9][0-9]'"
+            f"{address}; S=$(printf %s {request} | {b} timeout 5 {b} nc \"$H\" {port} 2>/dev/null | {b} head -n 1 "
+            f"| {b} tr -d '\\r'); "
+            f"echo \"$S\" | {b} grep -qE '^HTTP/[0-9.]+ [23][0-9][0-9]' && exit 0; "
+            f'R="GET {path} on port {port} got ${{S:-no answer}}"; {listening}'
         )
     return ["CMD", PROBE_PATH, "sh", "-c", script]
 
@@ -204,6 +210,26 @@ def proxy_service(instance: str, network: str, image: str, run_dir: Path, http_p
             {"Protocol": "tcp", "PublishedPort": http_port, "TargetPort": 80, "PublishMode": "host"},
             {"Protocol": "tcp", "PublishedPort": https_port, "TargetPort": 443, "PublishMode": "host"},
         ]),
+    }
+
+
+def oneoff_container(image: str, command: list[str] | None, env: dict[str, str], labels: dict[str, str],
+                     network: str, mounts: list[tuple[str, str]], limits: TaskLimits) -> dict[str, Any]:
+    """A container for one command (`disco run`, the release command, a scheduled run): the
+    keyword arguments of docker-py's `containers.run`. On the instance's network, with the
+    service's volumes and limits, and an init that forwards signals."""
+    return {
+        "image": image,
+        "command": command,
+        "detach": True,
+        "environment": env,
+        "labels": labels,
+        "network": network,
+        "mounts": [Mount(target=path, source=volume, type="volume") for volume, path in mounts],
+        "init": True,
+        "stdin_open": False,
+        "tty": False,
+        **limits.as_container_options(),
     }
 
 

@@ -99,7 +99,7 @@ def test_push_deploys_then_a_second_version_replaces_it(live: Disco, admin_key: 
         ("app crashes", [*BASE, "COPY www /www", "EXPOSE 8000", 'CMD ["/bin/busybox", "false"]'], None,
          "exited with code 1"),
         ("never healthy", None, '[services.web]\nport = 8000\nhealth = "/missing"\nhealth_timeout = 3\n',
-         "health check failed for {instance}-myapp-web: GET /missing on port 8000: HTTP/1.1 404 Not Found"),
+         "health check failed for {instance}-myapp-web: GET /missing on port 8000 got HTTP/1.1 404 Not Found"),
     ],
 )
 def test_a_failed_deploy_leaves_v1_serving(live: Disco, admin_key: Key, tmp_path: Path,

@@ -5,14 +5,19 @@ Each assertion guards a choice that zero downtime, health checks or routing depe
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import re
+import shutil
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from runtime.appconfig import Limits
+from runtime.docker_engine import port_hint
 from runtime.settings import Settings
 from runtime.docker_specs import (
     DOCKER_CLI,
@@ -24,6 +29,7 @@ from runtime.docker_specs import (
     build_command,
     health_command,
     instance_labels,
+    oneoff_container,
     proxy_service,
     swarm_service,
     task_limits,
@@ -199,3 +205,74 @@ def test_missing_limits_come_from_the_servers_defaults(tmp_path: Path):
     assert task_limits(Limits(), settings) == TaskLimits("512M", 512 << 20, None, 300)
     assert task_limits(Limits(memory="1G", cpus=2, pids=50), settings) == TaskLimits("1G", 1 << 30, 2, 50)
     assert task_limits(Limits(), Settings(data_dir=tmp_path, default_cpus="1.5")).cpus == 1.5
+
+
+def run_probe(port: int, path: str | None) -> subprocess.CompletedProcess:
+    """The health check's script run here with the host's static busybox, as a task runs it."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    script = health_command(port, path)[4].replace(PROBE_PATH, busybox)
+    return subprocess.run([busybox, "sh", "-c", script], capture_output=True, text=True, timeout=20, check=False)
+
+
+@pytest.fixture
+def http_404():
+    """A server on all addresses that answers every request 404."""
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_a_failed_check_says_what_it_checked_what_it_got_and_what_listens(http_404: int):
+    port = http_404
+    got = run_probe(port, "/healthz")
+    assert got.returncode == 1
+    checked, _, listening = got.stdout.strip().partition("; listening: ")
+    assert checked == f"GET /healthz on port {port} got HTTP/1.0 404 Not Found"
+    assert f"0.0.0.0:{port}" in listening.split()
+    closed = free_tcp_port()
+    assert run_probe(closed, None).stdout.startswith(f"TCP connect to port {closed} failed; listening: ")
+    assert run_probe(closed, "/").stdout.startswith(f"GET / on port {closed} got no answer; listening: ")
+    assert run_probe(port, None).returncode == 0 and run_probe(port, None).stdout == ""
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("listening, hint", [
+    (["0.0.0.0:8080"], "the app listens on 8080, not 8000: set [services.web] port = 8080 in disco.toml "
+                       "(or make it listen on $PORT)"),
+    ([":::8080", "127.0.0.11:40441"], "the app listens on 8080, not 8000"),  # Docker's DNS is not the app
+    (["0.0.0.0:8080", "0.0.0.0:9090"], "the app listens on 8080, 9090, not 8000: set [services.web] port"),
+    (["127.0.0.1:8000"], "the app listens on 127.0.0.1:8000 only, which the proxy cannot reach: "
+                         "make it listen on 0.0.0.0:8000"),
+    ([], "nothing listens on a TCP port in the container (the health check knocks on 8000)"),
+    (["127.0.0.11:40441"], "nothing listens on a TCP port"),
+    (["0.0.0.0:8000"], None),  # it listens where it should: the answer was wrong, not the port
+    ([":::8000"], None),
+    (["10.0.1.5:8000"], None),
+])
+def test_port_hints_name_the_fix(listening: list[str], hint: str | None):
+    found = port_hint("web", 8000, listening)
+    assert (found is None) if hint is None else (found is not None and found.startswith(hint))
+
+
+def test_one_off_containers_run_on_the_network_with_volumes_limits_and_an_init():
+    limits = TaskLimits(memory="256M", memory_bytes=256 << 20, pids=64)
+    options = oneoff_container("t-shop:3-abc", ["/bin/sh", "-c", "./migrate"], {"A": "1"},
+                               {"disco.role": "release"}, "t-net", [("t-shop-data", "/data")], limits)
+    assert options["image"] == "t-shop:3-abc" and options["command"] == ["/bin/sh", "-c", "./migrate"]
+    assert options["network"] == "t-net" and options["detach"] is True and options["init"] is True
+    assert options["environment"] == {"A": "1"} and options["labels"] == {"disco.role": "release"}
+    assert [(m["Source"], m["Target"], m["Type"]) for m in options["mounts"]] == [("t-shop-data", "/data", "volume")]
+    assert options["mem_limit"] == 256 << 20 and options["pids_limit"] == 64 and not options["tty"]
