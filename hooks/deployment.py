@@ -1,4 +1,5 @@
-"""One deployment, stage by stage: fetch, build, plan, start, wait until healthy, switch, clean up.
+"""One deployment, stage by stage: fetch, build, plan, release, start, wait until healthy, switch,
+clean up.
 
 A small stage runner does the bookkeeping around the stages: it stops at a cancel between
 stages, times each stage into the record, and on any error undoes what the deployment started,
@@ -26,13 +27,14 @@ from runtime.appconfig import (
     DEFAULT_PORT,
     AppConfig,
     AppConfigError,
+    ReleaseConfig,
     ServiceConfig,
     check_caps,
     config_at,
 )
 from runtime.caddy import UPSTREAM_REFRESH_SECONDS, CaddyError
-from runtime.docker_engine import DockerError, ServiceSpec
-from runtime.docker_specs import task_limits
+from runtime.docker_engine import DockerError, RunResult, ServiceSpec
+from runtime.docker_specs import TaskLimits, task_limits
 from runtime.dockerfile import DockerfileError, prepare
 from runtime.settings import Settings, load_or_create_secret
 from runtime.store import WENT_LIVE, Deployment, DeploymentStatus, Store, now
@@ -63,7 +65,6 @@ class DeploymentRun:
         self.image = ""
         self.built_image = False
         self.tagged = ""  # the image tag this deployment made (built or retagged), for the undo
-        self.tagged = ""  # the image tag this deployment made (built or retagged), for the undo
         self.specs: list[ServiceSpec] = []
         self.applied: list[tuple[ServiceSpec, bool]] = []  # (spec, created) in the order started
         self._app_config: AppConfig | None = None
@@ -74,6 +75,7 @@ class DeploymentRun:
             *([Stage("fetch", self.fetch)] if self.ticket.prepare is not None else []),
             Stage("build", self.build),
             Stage("", self.plan),
+            Stage("", self.release),  # timed by itself: only a deployment with a release command has one
             Stage("start", self.start),
             Stage("health", self.wait_until_healthy),
             Stage("switch", self.switch),
@@ -149,23 +151,17 @@ class DeploymentRun:
         return target
 
     def plan(self) -> None:
-        """The swarm spec of every service in disco.toml, on the env and scale of now."""
+        """The swarm spec of every running service (scheduled ones run at their times, see
+        hooks/scheduler.py), on the env and scale of now."""
         engine, d = self.engine, self.d
-        env = self.store.env(d.project)
         scale = self.store.scale(d.project)
         exposed = engine.exposed_ports(self.image)
         config = self._config()
         # Checked before the ref moved too; the settings may have changed since.
         check_caps(config, self.settings.caps)
-        for service in config.services.values():
+        for service in config.running_services.values():
             port = _port_of(service, exposed)
-            service_env = {
-                **env,
-                "DISCO_PROJECT": d.project,
-                "DISCO_SERVICE": service.name,
-                "DISCO_DEPLOYMENT": str(d.number),
-                "DISCO_COMMIT": d.commit_sha,
-            }
+            service_env = self._env(service.name)
             if port is not None:
                 service_env["PORT"] = str(port)
             self.specs.append(ServiceSpec(
@@ -175,13 +171,43 @@ class DeploymentRun:
                 labels=engine.labels(project=d.project, service=service.name, deployment=str(d.number)),
                 env=service_env,
                 replicas=scale.get(service.name, service.replicas),
-                args=shlex.split(service.command) if service.command else None,
+                args=self._command(service.command, service.shell),
                 port=port,
                 health_path=service.health,
                 health_timeout=service.health_timeout,
-                mounts=[(engine.volume_name(d.project, v.name), v.mount) for v in service.volumes],
+                mounts=self._mounts(service),
                 limits=task_limits(service.limits, self.settings),
             ))
+
+    def release(self) -> None:
+        """The release command (migrations, say): once, in the new image, before any new task
+        starts; a failure keeps the old version serving. A rollback does not run it again."""
+        release = self._config().release
+        if release is None:
+            return
+        if self.d.source == "rollback":
+            self.out.line("release command skipped: a rollback puts back an image that was released before")
+            return
+        web = self._config().services.get("web") or ServiceConfig("web")
+        for volume, _ in self._mounts(web):  # made here with the project's label, not by `docker run`
+            self.engine.ensure_volume(volume, self.d.project)
+        self.out.line(f"running the release command: {release.command}")
+        started = time.monotonic()
+        result = self.engine.run_to_end(
+            image=self.image,
+            command=self._command(release.command, release.shell),
+            env=self._env("release"),
+            mounts=self._mounts(web),
+            labels=self.engine.labels(project=self.d.project, role="release", deployment=str(self.d.number)),
+            limits=task_limits(web.limits, self.settings),
+            on_line=lambda line: self.out.line(f"release | {line}"),
+            timeout=release.timeout,
+            stop=self._cancelled,
+        )
+        self.timings["release"] = round(time.monotonic() - started, 3)  # stored with the next stage's
+        if (problem := _release_problem(result, release, task_limits(web.limits, self.settings))) is not None:
+            raise DeployFailed(problem)
+        self.out.line("release command done")
 
     def start(self) -> None:
         """New tasks start beside the old ones; swarm keeps the old ones until these are healthy."""
@@ -298,9 +324,35 @@ class DeploymentRun:
             self._app_config = config_at(self._repo(), self.d.commit_sha)
         return self._app_config
 
+    def _env(self, service: str) -> dict[str, str]:
+        d = self.d
+        return {**self.store.env(d.project), "DISCO_PROJECT": d.project, "DISCO_SERVICE": service,
+                "DISCO_DEPLOYMENT": str(d.number), "DISCO_COMMIT": d.commit_sha}
+
+    def _command(self, command: str | None, shell: bool) -> list[str] | None:
+        """A Procfile line runs in the image's shell, as Heroku runs it; disco.toml's is split into words."""
+        if command is None:
+            return None
+        return [*self.engine.image_shell(self.image), command] if shell else shlex.split(command)
+
+    def _mounts(self, service: ServiceConfig) -> list[tuple[str, str]]:
+        return [(self.engine.volume_name(self.d.project, v.name), v.mount) for v in service.volumes]
+
     def _where(self) -> str:
         hosts = self.router.hosts_of(self.d.project)
         return f" at {', '.join(hosts)}" if hosts else ""
+
+
+def _release_problem(result: RunResult, release: ReleaseConfig, limits: TaskLimits) -> str | None:
+    if result.cancelled:
+        return "cancelled during the release command"
+    if result.timed_out:
+        return f"release command timed out after {release.timeout} s (set [release] timeout in disco.toml)"
+    if result.out_of_memory:
+        return f"release command ran out of memory (limit {limits.memory}) and was killed"
+    if result.exit_code != 0:
+        return f"release command exited with {result.exit_code}"
+    return None
 
 
 def _port_of(service: ServiceConfig, exposed: list[int]) -> int | None:

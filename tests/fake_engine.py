@@ -18,10 +18,12 @@ from runtime.caddy import CaddyError
 from runtime.docker_engine import (
     DockerError,
     Engine,
+    RunResult,
     ServiceSpec,
     ServiceState,
     project_tags,
 )
+from runtime.docker_specs import TaskLimits
 from runtime.dockerfile import ImageOwner
 
 
@@ -52,6 +54,12 @@ class FakeEngine:
     build_error: str = ""  # non-empty: the build fails, its last output line being this
     during_build: Callable[[], None] = lambda: None
     never_healthy: dict[str, str] = field(default_factory=dict)  # service name -> "rollback" | "timeout"
+    # Containers run to their end (the release command, scheduled runs): what each was asked,
+    # and what the next ones print and return (the default: nothing, exit 0).
+    runs: list[dict] = field(default_factory=list)
+    run_output: list[str] = field(default_factory=list)
+    run_result: RunResult = field(default_factory=lambda: RunResult(0))
+    during_run: Callable[[], None] = lambda: None  # what a run waits for (a test's gate)
 
     def __post_init__(self) -> None:
         self._names = Engine(self.instance)  # names and labels only: it never connects
@@ -107,6 +115,10 @@ class FakeEngine:
     def exposed_ports(self, tag: str) -> list[int]:
         self._require_image(tag)
         return self.exposed.get(tag, [8000])
+
+    def image_shell(self, tag: str) -> list[str]:
+        self._require_image(tag)
+        return ["/bin/sh", "-c"]
 
     def retag(self, source: str, target: str) -> None:
         if source not in self.images:
@@ -181,7 +193,7 @@ class FakeEngine:
             self.services[spec.name] = FakeService(service.previous, previous=service.spec,
                                                    update_state="rollback_completed")
         if failure:
-            raise DockerError(f"health check failed for {spec.name}: GET {spec.health_path} on port {spec.port}: "
+            raise DockerError(f"health check failed for {spec.name}: GET {spec.health_path} on port {spec.port} got "
                               f"HTTP/1.1 500 Internal Server Error (for {spec.health_timeout} s)")
         service.update_state = "completed"
 
@@ -202,6 +214,22 @@ class FakeEngine:
             raise DockerError(f"service {name} does not exist")
         self.calls.append(("scale", name))
         service.spec = ServiceSpec(**{**service.spec.__dict__, "replicas": replicas})
+
+    def run_to_end(self, image: str, command: list[str] | None, env: dict[str, str], mounts: list[tuple[str, str]],
+                   labels: dict[str, str], limits: TaskLimits, on_line: Callable[[str], None], timeout: float,
+                   stop: Callable[[], bool] = lambda: False) -> RunResult:
+        self._require_image(image)
+        self.calls.append(("run_to_end", labels.get("disco.role", "")))
+        self.runs.append({"image": image, "command": command, "env": env, "mounts": mounts, "labels": labels,
+                          "timeout": timeout})
+        for line in self.run_output:
+            on_line(line)
+        self.during_run()
+        return RunResult(None, cancelled=True) if stop() else self.run_result
+
+    def remove_containers(self, project: str, role: str) -> int:
+        self.calls.append(("remove_containers", f"{project}/{role}"))
+        return 0
 
     # -- for the tests ---------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from fake_engine import FakeCaddy, FakeEngine
 from hooks import deployment
 from hooks.deployer import Deployer
 from hooks.router import Router
+from runtime.docker_engine import RunResult
 from runtime.settings import Settings, ensure_layout
 from runtime.store import Deployment, DeploymentStatus, Store
 
@@ -209,3 +210,75 @@ def test_recover_settles_what_a_restart_left_unfinished(rig: Rig):
     assert [(d.number, d.status) for d in settled] == [(2, "failed")]
     assert "interrupted by a daemon restart" in settled[0].reason
     assert rig.status(1) == "live" and rig.engine.deployment_of(WEB) == "1"
+
+
+def _with(rig: Rig, files: dict[str, str]) -> None:
+    rig.sha = rig.commit(files)
+    git("-C", str(rig.bare), "fetch", "-q", str(rig.work), "main:main")
+
+
+RELEASE_TOML = '[services.web]\nhealth = "/healthz"\nvolumes = ["data:/data"]\nmemory = "300M"\n' \
+               '[release]\ncommand = "./migrate --all"\ntimeout = 42\n'
+
+
+def test_the_release_command_runs_once_in_the_new_image_before_anything_starts(rig: Rig):
+    _with(rig, {"disco.toml": RELEASE_TOML})
+    rig.store.set_env("shop", {"DATABASE_URL": "postgres://db"})
+    rig.engine.run_output = ["migrated 3 tables"]
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.LIVE
+    methods = [method for method, _ in rig.engine.calls]
+    assert methods.index("run_to_end") < methods.index("apply")
+    (run,) = rig.engine.runs
+    assert run["image"] == final.image and run["command"] == ["./migrate", "--all"] and run["timeout"] == 42
+    assert run["env"]["DATABASE_URL"] == "postgres://db" and run["env"]["DISCO_DEPLOYMENT"] == str(final.number)
+    assert run["mounts"] == [("fake-shop-data", "/data")]  # the web service's volumes
+    assert run["labels"]["disco.role"] == "release"
+    assert "release | migrated 3 tables" in rig.log(final)
+    assert "release" in json.loads(final.timings)
+
+
+@pytest.mark.parametrize("result, reason", [
+    (RunResult(3), "release command exited with 3"),
+    (RunResult(None, timed_out=True), "release command timed out after 42 s (set [release] timeout in disco.toml)"),
+    (RunResult(137, out_of_memory=True), "release command ran out of memory (limit 300M) and was killed"),
+])
+def test_a_failing_release_fails_the_deploy_before_any_task_starts(rig: Rig, result: RunResult, reason: str):
+    assert rig.deploy().status == DeploymentStatus.LIVE
+    _with(rig, {"disco.toml": RELEASE_TOML})
+    rig.engine.run_result = result
+    started = list(rig.engine.started())
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.FAILED and final.reason == reason
+    assert rig.engine.started() == started  # nothing new started
+    assert rig.status(1) == "live" and rig.engine.deployment_of(WEB) == "1"
+    assert final.image not in rig.engine.images  # its image is undone
+
+
+def test_a_rollback_does_not_run_the_release_again_and_an_env_redeploy_does(rig: Rig):
+    _with(rig, {"disco.toml": RELEASE_TOML})
+    first, second = rig.deploy(), rig.deploy()
+    assert len(rig.engine.runs) == 2
+    back = rig.deployer.enqueue("shop", first.commit_sha, "main", "alice", "rollback", image=first.image,
+                                rollback_of=first.number).wait(30)
+    assert back is not None and back.status == DeploymentStatus.LIVE and len(rig.engine.runs) == 2
+    assert "release command skipped" in rig.log(back)
+    env = rig.deployer.enqueue("shop", second.commit_sha, "main", "alice", "env", image=second.image).wait(30)
+    assert env is not None and env.status == DeploymentStatus.LIVE and len(rig.engine.runs) == 3
+
+
+def test_procfile_processes_become_services_run_by_the_image_shell(rig: Rig):
+    _with(rig, {"disco.toml": '[services.worker]\nreplicas = 2\n',
+                "Procfile": "web: ./serve --port $PORT\nworker: ./work && echo done\nrelease: ./migrate\n"})
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.LIVE
+    web, worker = rig.engine.services[WEB].spec, rig.engine.services["fake-shop-worker"].spec
+    assert web.args == ["/bin/sh", "-c", "./serve --port $PORT"] and web.env["PORT"] == "8000"
+    assert worker.args == ["/bin/sh", "-c", "./work && echo done"] and worker.replicas == 2 and worker.port is None
+    assert rig.engine.runs[0]["command"] == ["/bin/sh", "-c", "./migrate"]
+
+
+def test_scheduled_services_get_no_swarm_service(rig: Rig):
+    _with(rig, {"disco.toml": '[services.web]\n[services.report]\nschedule = "@daily"\ncommand = "./report"\n'})
+    assert rig.deploy().status == DeploymentStatus.LIVE
+    assert set(rig.engine.services) == {WEB}
