@@ -34,7 +34,8 @@ from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_proje
 from hooks.projects import deployment_json
 from hooks.queue import Ticket
 from runtime.docker_engine import OneOffRun
-from runtime.store import ACTIVE_STATUSES, DeploymentStatus, Store
+from runtime.appconfig import SERVICE_NAME
+from runtime.store import ACTIVE_STATUSES, CronRun, DeploymentStatus, Store
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 PROJECT_NAME_SCHEMA = {"type": "string", "pattern": PROJECT_NAME.pattern, "description": NAME_RULE}
@@ -44,6 +45,8 @@ ENDPOINTS = EndpointList(path_params={
     "project": PROJECT_NAME_SCHEMA,
     "number": integer(1),
     "id": integer(1),
+    "service": {"type": "string", "pattern": SERVICE_NAME.pattern, "maxLength": 30,
+                "description": "a service name: a-z, 0-9 and '-', starting with a letter"},
 })
 endpoint = ENDPOINTS.declare
 DEPLOYMENT = obj(None, number=integer(), project=STRING, commit=STRING, branch=STRING, user=STRING, source=STRING,
@@ -203,10 +206,7 @@ async def deployment_output(ctx: Context) -> Response:
     name, number = project_of(ctx), ctx.number("number")
     if ctx.store.get_deployment(name, number) is None:
         raise not_found(f"{name} has no deployment #{number}")
-    last = ctx.request.headers.get("last-event-id", "0")
-    if last.isdecimal() and len(last) > 18:
-        raise ApiError(400, "bad_request", "Last-Event-ID is larger than any line number")
-    start = int(last) if last.isdecimal() else 0
+    start = _last_event_id(ctx)
 
     async def events() -> AsyncIterator[str]:
         return _output_events(ctx.store, name, number, start)
@@ -214,18 +214,38 @@ async def deployment_output(ctx: Context) -> Response:
     return await open_stream(ctx, events, SSE, {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _output_events(store: Store, project: str, number: int, after: int) -> AsyncIterator[str]:
+def _last_event_id(ctx: Context) -> int:
+    """The line a client that reconnects saw last (0: from the start)."""
+    last = ctx.request.headers.get("last-event-id", "0")
+    if last.isdecimal() and len(last) > 18:
+        raise ApiError(400, "bad_request", "Last-Event-ID is larger than any line number")
+    return int(last) if last.isdecimal() else 0
+
+
+def _output_events(store: Store, project: str, number: int, after: int) -> AsyncIterator[str]:
     """Tail the deployment's log file: every line an event numbered by its line, then `end`."""
+
+    def state() -> tuple[Path, dict | None]:
+        deployment = store.get_deployment(project, number)
+        if deployment is None:  # the project was deleted while someone followed it
+            return Path(), {"status": "deleted", "reason": "project deleted", "number": number}
+        finished = DeploymentStatus(deployment.status) not in ACTIVE_STATUSES
+        final = {"status": deployment.status, "reason": deployment.reason, "number": number}
+        return Path(deployment.log_path), final if finished else None
+
+    return _log_events(state, after)
+
+
+async def _log_events(state: Callable[[], tuple[Path, dict | None]], after: int) -> AsyncIterator[str]:
+    """Tail a log file while `state` says it is not finished (its second item None): every line
+    an event numbered by its line (lines up to `after` were sent before), then `end` with what
+    `state` said at the end."""
     sent = 0
     pending = ""
     position = 0
     while True:
-        deployment = store.get_deployment(project, number)
-        if deployment is None:  # the project was deleted while someone followed it
-            yield f"event: end\ndata: {json.dumps({'status': 'deleted', 'reason': 'project deleted', 'number': number})}\n\n"
-            return
-        finished = DeploymentStatus(deployment.status) not in ACTIVE_STATUSES
-        chunk = _appended(Path(deployment.log_path), position)
+        log_path, final = state()
+        chunk = _appended(log_path, position) if log_path != Path() else None
         if chunk is not None:
             position += len(chunk)
             pending += chunk.decode(errors="replace")
@@ -234,8 +254,9 @@ async def _output_events(store: Store, project: str, number: int, after: int) ->
                 sent += 1
                 if sent > after:
                     yield f"id: {sent}\nevent: line\ndata: {line}\n\n"
-        if finished:
-            final = {"status": deployment.status, "reason": deployment.reason, "number": number}
+        if final is not None:
+            if chunk is not None and len(chunk) == 8 << 20:
+                continue  # more of the log to send before the end
             yield f"event: end\ndata: {json.dumps(final)}\n\n"
             return
         await asyncio.sleep(0.2)
@@ -394,6 +415,68 @@ async def _run_events(run: OneOffRun) -> AsyncIterator[str]:
     finally:
         with anyio.CancelScope(shield=True):
             await run_in_threadpool(run.remove)
+
+
+# -- scheduled services ------------------------------------------------------------------------
+
+CRON_RUN = obj(None, id=integer(), service=STRING, status=STRING, trigger=STRING, user=STRING, due_at=STRING,
+               started_at=STRING, finished_at=STRING, exit_code=nullable(integer()), reason=STRING,
+               deployment=integer())
+
+
+def cron_run_json(run: CronRun) -> dict:
+    return {"id": run.id, "service": run.service, "status": run.status, "trigger": run.trigger, "user": run.user,
+            "due_at": run.due_at, "started_at": run.started_at, "finished_at": run.finished_at,
+            "exit_code": run.exit_code, "reason": run.reason, "deployment": run.deployment}
+
+
+@endpoint("GET", "/projects/{project}/cron", "Scheduled services of the live deployment, with their next and last run",
+          tag="cron", responses={200: array(obj(None, service=STRING, schedule=STRING, command=STRING,
+                                                 next_at=STRING, last_run=nullable(CRON_RUN)))})
+async def list_cron(ctx: Context) -> Response:
+    name = project_of(ctx)
+    listed = await run_in_threadpool(ctx.platform.scheduler.scheduled, name)
+    return ok([{"service": s.service, "schedule": s.schedule, "command": s.command, "next_at": s.next_at,
+                "last_run": cron_run_json(s.last_run) if s.last_run else None} for s in listed])
+
+
+@endpoint("GET", "/projects/{project}/cron/{service}/runs", "Runs of a scheduled service, newest first",
+          tag="cron", query={"limit": integer(1, 1000)}, responses={200: array(CRON_RUN)})
+async def list_cron_runs(ctx: Context) -> Response:
+    name = project_of(ctx)
+    runs = ctx.platform.scheduler.runs(name, ctx.param("service"), ctx.query.get("limit", 50))
+    return ok([cron_run_json(run) for run in runs])
+
+
+@endpoint("POST", "/projects/{project}/cron/{service}/runs", "Run a scheduled service now, out of its schedule",
+          tag="cron", responses={202: CRON_RUN})
+async def run_cron_now(ctx: Context) -> Response:
+    name = project_of(ctx, Access.WRITE)
+    run = await run_in_threadpool(ctx.platform.scheduler.run_now, name, ctx.param("service"), ctx.user.name)
+    return ok(cron_run_json(run), 202)
+
+
+@endpoint("GET", "/projects/{project}/cron/{service}/runs/{id}/output",
+          "Follow a scheduled run's output (Server-Sent Events; resume with Last-Event-ID)", tag="cron",
+          responses={200: SSE})
+async def cron_run_output(ctx: Context) -> Response:
+    name, run_id = project_of(ctx), ctx.number("id")
+    found = ctx.store.get_cron_run(run_id)
+    if found is None or found.project != name or found.service != ctx.param("service"):
+        raise not_found(f"{name} has no run #{run_id} of {ctx.param('service')}")
+    store = ctx.store
+
+    def state() -> tuple[Path, dict | None]:
+        run = store.get_cron_run(run_id)
+        if run is None:
+            return Path(), {"status": "deleted", "reason": "project deleted", "id": run_id, "exit_code": None}
+        final = {"status": run.status, "reason": run.reason, "id": run_id, "exit_code": run.exit_code}
+        return Path(run.log_path) if run.log_path else Path(), final if run.status != "running" else None
+
+    async def events() -> AsyncIterator[str]:
+        return _log_events(state, _last_event_id(ctx))
+
+    return await open_stream(ctx, events, SSE, {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 # -- users, SSH keys, API keys -----------------------------------------------------------------

@@ -159,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     command("github:deploy-key", remote.cmd_github_deploy_key, "the public deploy key to add to a private repo")
     command("github:deliveries", remote.cmd_github_deliveries, "webhook deliveries received")
 
+    command("cron", remote.cmd_cron, "scheduled services of the live deployment, with their next and last run")
+    cron_runs = command("cron:runs", remote.cmd_cron_runs, "runs of a scheduled service, newest first")
+    cron_runs.add_argument("service")
+    cron_runs.add_argument("--limit", type=int, default=20)
+    cron_run = command("cron:run", remote.cmd_cron_run, "run a scheduled service now and show its output")
+    cron_run.add_argument("service")
+    cron_run.add_argument("--no-follow", action="store_true", help="start it and return")
+
     run = command("run", remote.cmd_run, "run a one-off command in a new container of the live image")
     run.add_argument("--service", default="web", help="whose volumes to mount (default: web)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")

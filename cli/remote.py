@@ -97,22 +97,27 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def follow(args: argparse.Namespace, name: str, number: int) -> int:
     """Stream a deployment's output live; exit status says whether it went live."""
     started = time.monotonic()
+    final = _follow_output(args, f"/projects/{name}/deployments/{number}/output")
+    elapsed = time.monotonic() - started
+    if final["status"] in WENT_LIVE:
+        print(f"deployment #{number} is {final['status']} ({elapsed:.1f} s)")
+        return 0
+    print(f"deployment #{number} {final['status']}: {final['reason']}", file=sys.stderr)
+    return 1
+
+
+def _follow_output(args: argparse.Namespace, path: str) -> dict:
+    """Print a log's lines as they come (its SSE stream, resumed with Last-Event-ID if it
+    drops) and return its `end` event."""
     last_id = None
-    while True:  # resume with Last-Event-ID if the stream drops
+    while True:
         try:
-            for event_id, event, data in client(args).events(f"/projects/{name}/deployments/{number}/output",
-                                                             last_event_id=last_id):
+            for event_id, event, data in client(args).events(path, last_event_id=last_id):
                 if event == "line":
                     last_id = event_id
                     print(data, flush=True)
                 elif event == "end":
-                    final = json.loads(data)
-                    elapsed = time.monotonic() - started
-                    if final["status"] in WENT_LIVE:
-                        print(f"deployment #{number} is {final['status']} ({elapsed:.1f} s)")
-                        return 0
-                    print(f"deployment #{number} {final['status']}: {final['reason']}", file=sys.stderr)
-                    return 1
+                    return dict(json.loads(data))
         except ClientError as err:
             if "lost the connection" not in str(err):
                 raise
@@ -257,6 +262,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif event == "exit":
             exit_code = json.loads(data)["exit_code"]
     return exit_code
+
+
+# -- scheduled services ------------------------------------------------------------------------
+
+def cmd_cron(args: argparse.Namespace) -> int:
+    def last(run: dict | None) -> str:
+        if run is None:
+            return "never"
+        return f"#{run['id']} {run['status']} {run['started_at']}" + (f" ({run['reason']})" if run["reason"] else "")
+
+    show(args, client(args).get(f"/projects/{project(args)}/cron"), ["SERVICE", "SCHEDULE", "NEXT (UTC)", "LAST RUN"],
+         lambda s: [s["service"], s["schedule"], s["next_at"], last(s["last_run"])])
+    return 0
+
+
+def cmd_cron_runs(args: argparse.Namespace) -> int:
+    runs = client(args).get(f"/projects/{project(args)}/cron/{args.service}/runs", limit=args.limit)
+    show(args, runs, ["#", "STATUS", "TRIGGER", "DUE", "STARTED", "FINISHED", "EXIT", "REASON"],
+         lambda r: [r["id"], r["status"], r["trigger"] + (f" by {r['user']}" if r["user"] else ""),
+                    r["due_at"] or "-", r["started_at"], r["finished_at"] or "-",
+                    "-" if r["exit_code"] is None else r["exit_code"], r["reason"][:60]])
+    return 0
+
+
+def cmd_cron_run(args: argparse.Namespace) -> int:
+    name = project(args)
+    run = client(args).post(f"/projects/{name}/cron/{args.service}/runs")
+    print(f"run #{run['id']} of {args.service} started", file=sys.stderr)
+    if args.no_follow:
+        return 0
+    final = _follow_output(args, f"/projects/{name}/cron/{args.service}/runs/{run['id']}/output")
+    if final["status"] == "succeeded":
+        return 0
+    print(f"run #{run['id']} {final['status']}: {final['reason']}", file=sys.stderr)
+    return final["exit_code"] or 1
 
 
 # -- API keys ---------------------------------------------------------------------------------

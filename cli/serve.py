@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -21,6 +22,7 @@ from api.endpoints import ENDPOINTS
 from gitserver.repos import RepoRegistry
 from gitserver.server import GitServer
 from hooks.platform import Platform
+from hooks.scheduler import fast_clock
 from runtime.caddy import API_SOCKET_NAME, CaddyAdmin
 from runtime.docker_engine import Engine
 from runtime.settings import Settings, ensure_layout, write_default_config
@@ -49,9 +51,13 @@ async def _run(settings: Settings, store: Store) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    platform = Platform.create(settings, store, Engine(settings.instance), CaddyAdmin(settings.run_dir))
+    platform = Platform.create(settings, store, Engine(settings.instance), CaddyAdmin(settings.run_dir),
+                               **_scheduler_clock())
     for settled in platform.deployer.recover():
         log.info("deployment #%d of %s left unfinished: now %s", settled.number, settled.project, settled.status)
+    for run in platform.scheduler.recover():
+        log.info("scheduled run #%d of %s/%s left unfinished: now %s", run.id, run.project, run.service, run.status)
+    platform.scheduler.start()
     # Not awaited, and a daemon thread: SIGTERM stops the daemon at once even while Caddy is
     # still starting (or never will, with an image that cannot run); the next start goes on.
     threading.Thread(target=_start_proxy, args=(platform, settings), name="proxy", daemon=True).start()
@@ -63,9 +69,22 @@ async def _run(settings: Settings, store: Store) -> None:
     log.info("ready (data dir %s, instance %s)", settings.data_dir, settings.instance)
     await stop.wait()
     log.info("shutting down")
+    platform.scheduler.stop()
     api.should_exit = True
     await git.stop()
     await api_task  # a deploy still running is left to swarm; the next start settles its record
+
+
+def _scheduler_clock() -> dict[str, Any]:
+    """The real clock, ticking each second. DISCO_TEST_CLOCK=ANCHOR:SPEED (tests only) makes
+    time run SPEED times faster since the Unix time ANCHOR, so an every-minute schedule fires
+    every few seconds."""
+    test_clock = os.environ.get("DISCO_TEST_CLOCK")
+    if not test_clock:
+        return {}
+    anchor, _, speed = test_clock.partition(":")
+    log.warning("DISCO_TEST_CLOCK=%s: scheduled services run on a clock %sx faster (tests only)", test_clock, speed)
+    return {"clock": fast_clock(float(anchor), float(speed)), "tick_seconds": max(0.1, 1 / float(speed))}
 
 
 def _start_proxy(platform: Platform, settings: Settings) -> None:

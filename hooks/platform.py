@@ -1,5 +1,6 @@
-"""The parts every front door gets: settings, the store, the Docker engine, the router (Caddy)
-and the deployer (the deploy queues). `Platform.create` builds them the one way they fit."""
+"""The parts every front door gets: settings, the store, the Docker engine, the router (Caddy),
+the deployer (the deploy queues) and the scheduler (scheduled services). `Platform.create`
+builds them the one way they fit."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from hooks.deployer import Deployer
 from hooks.router import Caddy, Router
+from hooks.scheduler import Clock, Scheduler, utc_now
 from runtime import gitrepo
 from runtime.docker_engine import Engine
 from runtime.settings import Settings
@@ -21,11 +23,14 @@ class Platform:
     engine: Engine
     router: Router
     deployer: Deployer
+    scheduler: Scheduler
 
     @classmethod
-    def create(cls, settings: Settings, store: Store, engine: Engine, caddy: Caddy) -> Platform:
+    def create(cls, settings: Settings, store: Store, engine: Engine, caddy: Caddy,
+               clock: Clock = utc_now, tick_seconds: float = 1.0) -> Platform:
         router = Router(settings, store, engine, caddy)
-        return cls(settings, store, engine, router, Deployer(settings, store, engine, router))
+        return cls(settings, store, engine, router, Deployer(settings, store, engine, router),
+                   Scheduler(settings, store, engine, clock, tick_seconds))
 
     def repo_path(self, project: str) -> Path:
         return gitrepo.repo_path(self.settings.repos_dir, project)

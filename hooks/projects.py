@@ -47,6 +47,9 @@ def delete_project(platform: Platform, user: str, name: str, volumes: bool) -> l
         for service in engine.project_services(name):  # selected by their project label
             engine.remove_service(service.name)
             removed.append(f"service {service.name}")
+        for role in ("cron", "release", "run"):  # containers of commands still running
+            if engine.remove_containers(name, role):
+                removed.append(f"{role} containers")
         for tag in engine.project_images(name).values():
             engine.remove_image(tag)
             removed.append(f"image {tag}")
@@ -59,6 +62,7 @@ def delete_project(platform: Platform, user: str, name: str, volumes: bool) -> l
     gitrepo.remove_repo(platform.repo_path(name))
     # Its deployment logs too: a new project of this name starts its numbering at #1 again.
     shutil.rmtree(platform.settings.deployments_dir / name, ignore_errors=True)
+    shutil.rmtree(platform.settings.cron_dir / name, ignore_errors=True)
     platform.store.delete_project(name)
     platform.store.audit(user, "projects:remove", name, "with volumes" if volumes else "volumes kept")
     platform.router.apply_routes_if_up()

@@ -90,6 +90,11 @@ class Settings:
         return self.data_dir / "deployments"
 
     @property
+    def cron_dir(self) -> Path:
+        """The output of scheduled runs: cron/<project>/<service>/<run id>.log."""
+        return self.data_dir / "cron"
+
+    @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
 

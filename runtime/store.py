@@ -196,11 +196,27 @@ def _migration_5_web_service(db: sqlite_utils.Database) -> None:
     db.table("deployments").add_column("web_service", str, not_null_default="")
 
 
+def _migration_6_cron(db: sqlite_utils.Database) -> None:
+    # One row per run of a scheduled service (or per time it was skipped), and per scheduled
+    # service the last time it was due that the scheduler handled, so a restart replays at most one.
+    db.table("cron_runs").create(
+        {
+            "id": int, "project": str, "service": str, "status": str, "trigger": str, "user": str,
+            "due_at": str, "started_at": str, "finished_at": str, "exit_code": int, "reason": str,
+            "deployment": int, "image": str, "log_path": str,
+        },
+        pk="id",
+    )
+    db.table("cron_runs").create_index(["project", "service", "id"])
+    db.table("cron_runs").create_index(["status"])
+    db.table("cron_state").create({"project": str, "service": str, "last_due": str}, pk=("project", "service"))
+
+
 # Applied in order on every open; PRAGMA user_version records how many have run.
 # Append new steps; never edit a released one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_team, _migration_2_deploys, _migration_3_api_keys, _migration_4_github,
-    _migration_5_web_service,
+    _migration_5_web_service, _migration_6_cron,
 ]
 
 class DeploymentStatus(StrEnum):
@@ -222,6 +238,32 @@ class DeploymentStatus(StrEnum):
 ACTIVE_STATUSES = (DeploymentStatus.QUEUED, DeploymentStatus.BUILDING, DeploymentStatus.STARTING)
 # Ran as the live version at some point: their images are worth keeping for a rollback.
 WENT_LIVE = frozenset({DeploymentStatus.LIVE, DeploymentStatus.REPLACED, DeploymentStatus.ROLLED_BACK})
+
+
+class CronRunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # due while the previous run was still going: runs never overlap
+    INTERRUPTED = "interrupted"  # the daemon stopped during it
+
+
+@dataclass(frozen=True)
+class CronRun:
+    id: int
+    project: str
+    service: str
+    status: str
+    trigger: str  # "schedule", or "manual" (cron:run)
+    user: str  # who ran it by hand; "" for the schedule
+    due_at: str  # the time the schedule named ("" for a manual run)
+    started_at: str
+    finished_at: str
+    exit_code: int | None
+    reason: str
+    deployment: int  # whose image and config it ran
+    image: str
+    log_path: str
 
 
 class Store:
@@ -387,7 +429,8 @@ class Store:
         """Forget a project and everything recorded about it (grants too: a new project of the
         same name later must not inherit them)."""
         with self.transaction() as db:
-            for table in ("domains", "env_vars", "scale", "deployments", "github_links", "github_deliveries"):
+            for table in ("domains", "env_vars", "scale", "deployments", "github_links", "github_deliveries",
+                          "cron_runs", "cron_state"):
                 db.execute(f"DELETE FROM {table} WHERE project = ?", [name])
             db.execute("DELETE FROM grants WHERE project = ?", [name])
             db.execute("DELETE FROM projects WHERE name = ?", [name])
@@ -443,6 +486,13 @@ class Store:
         row = self._one("SELECT * FROM deployments WHERE project = ? AND status = 'live' "
                         "ORDER BY number DESC LIMIT 1", [project])
         return _from_row(Deployment, row) if row else None
+
+    def live_deployments(self) -> list[Deployment]:
+        """The live deployment of every project that has one, in one query."""
+        rows = self._rows("SELECT * FROM deployments d WHERE status = 'live' AND number = "
+                          "(SELECT MAX(number) FROM deployments WHERE project = d.project AND status = 'live') "
+                          "ORDER BY project")
+        return [_from_row(Deployment, row) for row in rows]
 
     def deployments_with_status(self, statuses: tuple[str, ...]) -> list[Deployment]:
         marks = ", ".join("?" for _ in statuses)
@@ -528,6 +578,48 @@ class Store:
         return self._rows("SELECT * FROM github_deliveries WHERE project = ? "
                           "ORDER BY received_at DESC, rowid DESC LIMIT ?", [project, limit])
 
+    # -- scheduled services ------------------------------------------------------------------
+
+    def add_cron_run(self, run: dict) -> CronRun:
+        with self.transaction() as db:
+            run = {**run, "id": _insert(db, "cron_runs", run).lastrowid}
+        return _from_row(CronRun, run)
+
+    def update_cron_run(self, run_id: int, **changes: object) -> CronRun:
+        for column in changes:
+            if column not in CRON_RUN_COLUMNS:
+                raise ValueError(f"cron_runs has no column {column!r}")
+        with self.transaction() as db:
+            db.execute(f"UPDATE cron_runs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
+                       [*changes.values(), run_id])
+        found = self.get_cron_run(run_id)
+        assert found is not None
+        return found
+
+    def get_cron_run(self, run_id: int) -> CronRun | None:
+        row = self._one("SELECT * FROM cron_runs WHERE id = ?", [run_id])
+        return _from_row(CronRun, row) if row else None
+
+    def cron_runs(self, project: str, service: str | None = None, limit: int = 50) -> list[CronRun]:
+        if service is None:
+            rows = self._rows("SELECT * FROM cron_runs WHERE project = ? ORDER BY id DESC LIMIT ?", [project, limit])
+        else:
+            rows = self._rows("SELECT * FROM cron_runs WHERE project = ? AND service = ? ORDER BY id DESC LIMIT ?",
+                              [project, service, limit])
+        return [_from_row(CronRun, row) for row in rows]
+
+    def cron_runs_with_status(self, status: str) -> list[CronRun]:
+        return [_from_row(CronRun, row) for row in self._rows("SELECT * FROM cron_runs WHERE status = ?", [status])]
+
+    def cron_last_due(self, project: str, service: str) -> str | None:
+        row = self._one("SELECT last_due FROM cron_state WHERE project = ? AND service = ?", [project, service])
+        return row["last_due"] if row else None
+
+    def set_cron_last_due(self, project: str, service: str, last_due: str) -> None:
+        self._write("INSERT INTO cron_state (project, service, last_due) VALUES (?, ?, ?) "
+                    "ON CONFLICT (project, service) DO UPDATE SET last_due = excluded.last_due",
+                    [project, service, last_due])
+
     # -- API keys --------------------------------------------------------------------------
 
     def add_api_key(self, user: str, label: str, digest: str, prefix: str, expires_at: str) -> ApiKey:
@@ -580,6 +672,7 @@ class Store:
 
 
 DEPLOYMENT_COLUMNS = {f.name for f in fields(Deployment)}
+CRON_RUN_COLUMNS = {f.name for f in fields(CronRun)}
 
 
 def _insert(db: sqlite_utils.Database, table: str, row: dict) -> sqlite3.Cursor:

@@ -109,6 +109,7 @@ class Disco:
     # Each daemon owns its Docker objects through a unique instance name, removed after the test.
     instance: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     extra_args: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # for the daemon's process
     process: subprocess.Popen | None = None
     log_path: Path | None = None
     log_offset: int = 0  # where the current run's lines start in the log
@@ -127,7 +128,7 @@ class Disco:
              "--listen", "127.0.0.1", "--host", "disco.test", "--instance", self.instance,
              "--http-port", str(self.http_port), "--api-port", str(self.api_port), "--https-port", str(self.https_port), "--no-tls",
              "--apps-domain", "localhost", "--caddy-image", CADDY_IMAGE, *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.extra_env},
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -304,12 +305,14 @@ def server_ref(disco: Disco, project: str, ref: str = "refs/heads/main") -> str 
     return result.stdout.strip() or None
 
 
-def shared_disco(workdir: Path, extra_args: list[str] | None = None, users: tuple[str, ...] = ()):
+def shared_disco(workdir: Path, extra_args: list[str] | None = None, users: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None):
     """A started daemon with admin alice (and `users`, admins too) for a module-scoped fixture.
 
     Yields (disco, alice's key) or, with users, (disco, {name: key}); stops the daemon after.
     """
-    server = Disco(data_dir=workdir / "data", workdir=workdir, extra_args=list(extra_args or []))
+    server = Disco(data_dir=workdir / "data", workdir=workdir, extra_args=list(extra_args or []),
+                   extra_env=dict(extra_env or {}))
     keys: dict[str, Key] = {}
     for name in ("alice", *users):
         path = workdir / "keys" / name

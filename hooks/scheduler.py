@@ -1,0 +1,286 @@
+"""Scheduled services (`[services.NAME] schedule = "*/15 * * * *"`): one scheduler for the whole
+daemon runs them, whatever the number of projects.
+
+At each time a service's schedule names, one container of the live deployment's image runs the
+service's command with the project's env and the service's volumes, and exits. The schedule and
+the image are always the live deployment's, read afresh on every tick: a deploy switches both,
+and a failed one leaves the old ones in place. Runs of one service never overlap: a time that
+comes while the previous run still goes is recorded as skipped. The last time handled is kept in
+the store, so a daemon that was down runs a missed time once, not once per time it missed.
+
+Each run is recorded (hooks' callers read them through the API) with its output in
+`<data dir>/cron/<project>/<service>/<id>.log`, env values masked as in deployment output.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hooks.engine import DeployEngine
+from hooks.errors import Refused
+from hooks.output import DeployOutput
+from runtime import gitrepo
+from runtime.appconfig import AppConfig, AppConfigError, ServiceConfig, config_at
+from runtime.cron import Schedule, parse_schedule
+from runtime.docker_engine import DockerError, RunResult
+from runtime.docker_specs import task_limits
+from runtime.settings import Settings
+from runtime.store import CronRun, CronRunStatus, Deployment, Store
+
+log = logging.getLogger("disco.cron")
+ROLE = "cron"  # the disco.role label of a scheduled run's container
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def fast_clock(anchor: float, speed: float) -> Clock:
+    """A clock that runs `speed` times faster than the real one since the Unix time `anchor`.
+    For tests only (DISCO_TEST_CLOCK, read by cli/serve.py), so an every-minute schedule can be
+    watched in seconds while the scheduler below runs exactly as in production. The same anchor
+    gives the same time in a restarted daemon, so a restart can be tested too."""
+    return lambda: datetime.fromtimestamp(anchor + (time.time() - anchor) * speed, UTC)
+
+
+@dataclass(frozen=True)
+class ScheduledService:
+    """A scheduled service of a project's live deployment, as `disco cron` lists it."""
+
+    service: str
+    schedule: str
+    command: str  # as written ("" runs the image's CMD)
+    next_at: str
+    last_run: CronRun | None
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, store: Store, engine: DeployEngine, clock: Clock = utc_now,
+                 tick_seconds: float = 1.0) -> None:
+        self.settings, self.store, self.engine, self.clock = settings, store, engine, clock
+        self.tick_seconds = tick_seconds
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, str], int] = {}  # (project, service) -> the run going on
+        self._last_due: dict[tuple[str, str], datetime] = {}
+        self._configs: dict[tuple[str, str], AppConfig | None] = {}  # (project, commit) -> its config
+        self._schedules: dict[str, Schedule] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the daemon's one scheduler thread -------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(self.tick_seconds):
+            try:
+                self.tick()
+            except Exception:  # one bad tick (Docker away, a bug) must not end the schedule
+                log.exception("scheduler tick failed")
+
+    def recover(self) -> list[CronRun]:
+        """Settle the runs a daemon that died left `running`: their containers go."""
+        settled = []
+        left = self.store.cron_runs_with_status(CronRunStatus.RUNNING)
+        for project in sorted({run.project for run in left}):
+            try:
+                self.engine.remove_containers(project, ROLE)
+            except DockerError as err:
+                log.warning("could not remove the scheduled runs of %s left by the last daemon: %s", project, err)
+        for run in left:
+            settled.append(self.store.update_cron_run(
+                run.id, status=CronRunStatus.INTERRUPTED, finished_at=_iso(utc_now()),
+                reason="interrupted by a daemon restart"))
+        return settled
+
+    def tick(self) -> None:
+        """Start (or skip) every scheduled service whose time has come since the last tick."""
+        now = self.clock()
+        for live in self.store.live_deployments():
+            config = self._config(live)
+            for service in config.scheduled_services.values() if config else ():
+                self._consider(live, service, now)
+
+    def _consider(self, live: Deployment, service: ServiceConfig, now: datetime) -> None:
+        key = (live.project, service.name)
+        assert service.schedule is not None
+        due = self._schedule(service.schedule).previous_at_or_before(now)
+        last = self._last_due.get(key) or _parse(self.store.cron_last_due(*key))
+        if last is None:  # first seen (just deployed): its first time is the next one from now
+            self._remember(key, now)
+            return
+        if due is None or due <= last:
+            return
+        # Only the latest time that passed: a daemon that was down runs a missed time once.
+        self._remember(key, due)
+        with self._lock:
+            going = self._running.get(key)
+        if going is not None:
+            self.store.add_cron_run(self._record(live, service, CronRunStatus.SKIPPED, "schedule", "", due,
+                                                 reason=f"run #{going} was still going"))
+            log.info("%s/%s: the run due at %s is skipped: run #%d is still going", *key, _iso(due), going)
+            return
+        self._start(live, service, "schedule", "", due)
+
+    # -- what users ask ---------------------------------------------------------------------
+
+    def run_now(self, project: str, service: str, user: str) -> CronRun:
+        """Run a scheduled service now, out of its schedule (`disco cron:run`)."""
+        live, config = self._live(project)
+        chosen = config.scheduled_services.get(service)
+        if chosen is None:
+            raise Refused(f"{project} has no scheduled service {service!r} in its live deployment", "not_found")
+        self.store.audit(user, "cron:run", project, service)
+        return self._start(live, chosen, "manual", user, None)
+
+    def scheduled(self, project: str) -> list[ScheduledService]:
+        live = self.store.live_deployment(project)
+        config = self._config(live) if live else None
+        if config is None:
+            return []
+        now = self.clock()
+        listed = []
+        for service in config.scheduled_services.values():
+            assert service.schedule is not None
+            runs = self.store.cron_runs(project, service.name, limit=1)
+            listed.append(ScheduledService(
+                service=service.name, schedule=service.schedule, command=service.command or "",
+                next_at=_iso(self._schedule(service.schedule).next_after(now)), last_run=runs[0] if runs else None))
+        return listed
+
+    def runs(self, project: str, service: str, limit: int = 50) -> list[CronRun]:
+        return self.store.cron_runs(project, service, limit)
+
+    # -- a run --------------------------------------------------------------------------------
+
+    def _start(self, live: Deployment, service: ServiceConfig, trigger: str, user: str,
+               due: datetime | None) -> CronRun:
+        key = (live.project, service.name)
+        with self._lock:
+            going = self._running.get(key)
+            if going is not None:
+                raise Refused(f"{service.name} is running already (run #{going}); runs never overlap", "conflict")
+            run = self.store.add_cron_run(self._record(live, service, CronRunStatus.RUNNING, trigger, user, due))
+            self._running[key] = run.id
+        log_path = self.settings.cron_dir / live.project / service.name / f"{run.id}.log"
+        run = self.store.update_cron_run(run.id, log_path=str(log_path))
+        threading.Thread(target=self._run, args=(run, live, service, log_path), name=f"cron-run-{run.id}",
+                         daemon=True).start()
+        return run
+
+    def _run(self, run: CronRun, live: Deployment, service: ServiceConfig, log_path: Path) -> None:
+        env = self.store.env(live.project)
+        output = DeployOutput(log_path, list(env.values()))
+        output.line(f"run #{run.id} of {live.project}/{service.name} ({run.trigger}), "
+                    f"image of deployment #{live.number}")
+        status, reason, code = CronRunStatus.FAILED, "", None
+        mounts = [(self.engine.volume_name(live.project, v.name), v.mount) for v in service.volumes]
+        try:
+            for volume, _ in mounts:  # a scheduled service's own volume may not exist yet
+                self.engine.ensure_volume(volume, live.project)
+            result = self.engine.run_to_end(
+                image=live.image,
+                command=self._command(live.image, service),
+                env={**env, "DISCO_PROJECT": live.project, "DISCO_SERVICE": service.name,
+                     "DISCO_DEPLOYMENT": str(live.number), "DISCO_COMMIT": live.commit_sha,
+                     "DISCO_CRON_RUN": str(run.id)},
+                mounts=mounts,
+                labels=self.engine.labels(project=live.project, service=service.name, role=ROLE,
+                                          run=str(run.id)),
+                limits=task_limits(service.limits, self.settings),
+                on_line=output.line,
+                timeout=service.timeout,
+                stop=self._stopping.is_set,
+            )
+            status, reason, code = _outcome(result, service)
+        except DockerError as err:
+            reason = str(err)
+        except Exception as err:  # a bug: recorded, not left "running" forever
+            log.exception("run #%d of %s/%s crashed", run.id, live.project, service.name)
+            reason = f"internal error: {err}"
+        finally:
+            output.line(f"run #{run.id} {status}" + (f": {reason}" if reason else ""))
+            output.close()
+            if self.store.get_cron_run(run.id) is not None:  # else the project was deleted meanwhile
+                self.store.update_cron_run(run.id, status=status, reason=reason, exit_code=code,
+                                           finished_at=_iso(utc_now()))
+            with self._lock:
+                self._running.pop((live.project, service.name), None)
+
+    def _command(self, image: str, service: ServiceConfig) -> list[str] | None:
+        if service.command is None:
+            return None
+        return [*self.engine.image_shell(image), service.command] if service.shell else shlex.split(service.command)
+
+    def _record(self, live: Deployment, service: ServiceConfig, status: CronRunStatus, trigger: str, user: str,
+                due: datetime | None, reason: str = "") -> dict:
+        at = _iso(utc_now())
+        return {"project": live.project, "service": service.name, "status": status.value, "trigger": trigger,
+                "user": user, "due_at": _iso(due) if due else "", "started_at": at,
+                "finished_at": at if status == CronRunStatus.SKIPPED else "", "exit_code": None,
+                "reason": reason, "deployment": live.number, "image": live.image, "log_path": ""}
+
+    # -- caches -------------------------------------------------------------------------------
+
+    def _live(self, project: str) -> tuple[Deployment, AppConfig]:
+        live = self.store.live_deployment(project)
+        config = self._config(live) if live else None
+        if live is None or config is None:
+            raise Refused(f"{project} has no live deployment to run a scheduled service of", "conflict")
+        return live, config
+
+    def _config(self, live: Deployment) -> AppConfig | None:
+        """The live commit's config (a commit never changes, so it is read once)."""
+        key = (live.project, live.commit_sha)
+        if key not in self._configs:
+            try:
+                self._configs[key] = config_at(gitrepo.repo_path(self.settings.repos_dir, live.project),
+                                               live.commit_sha)
+            except (AppConfigError, gitrepo.GitRepoError) as err:
+                log.warning("%s: the live commit's config cannot be read (%s): nothing of it is scheduled",
+                            live.project, err)
+                self._configs[key] = None
+        return self._configs[key]
+
+    def _schedule(self, text: str) -> Schedule:
+        if text not in self._schedules:
+            self._schedules[text] = parse_schedule(text)
+        return self._schedules[text]
+
+    def _remember(self, key: tuple[str, str], due: datetime) -> None:
+        self._last_due[key] = due
+        self.store.set_cron_last_due(*key, _iso(due))
+
+
+def _outcome(result: RunResult, service: ServiceConfig) -> tuple[CronRunStatus, str, int | None]:
+    if result.cancelled:
+        return CronRunStatus.INTERRUPTED, "the daemon stopped during the run", None
+    if result.timed_out:
+        return CronRunStatus.FAILED, f"timed out after {service.timeout} s (set services.{service.name}.timeout)", None
+    if result.out_of_memory:
+        return CronRunStatus.FAILED, "ran out of memory and was killed", result.exit_code
+    if result.exit_code != 0:
+        return CronRunStatus.FAILED, f"exited with {result.exit_code}", result.exit_code
+    return CronRunStatus.SUCCEEDED, "", 0
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _parse(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
