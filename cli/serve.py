@@ -69,9 +69,10 @@ async def _run(settings: Settings, store: Store) -> None:
     log.info("ready (data dir %s, instance %s)", settings.data_dir, settings.instance)
     await stop.wait()
     log.info("shutting down")
-    platform.scheduler.stop()
+    scheduler_stopped = asyncio.create_task(asyncio.to_thread(platform.scheduler.stop))  # runs going on end
     api.should_exit = True
     await git.stop()
+    await scheduler_stopped
     await api_task  # a deploy still running is left to swarm; the next start settles its record
 
 

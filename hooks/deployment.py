@@ -193,7 +193,16 @@ class DeploymentRun:
             self.engine.ensure_volume(volume, self.d.project)
         self.out.line(f"running the release command: {release.command}")
         started = time.monotonic()
-        result = self.engine.run_to_end(
+        try:
+            result = self._run_release(release, web)
+        finally:
+            self.timings["release"] = round(time.monotonic() - started, 3)  # stored with the next write
+        if (problem := _release_problem(result, release, task_limits(web.limits, self.settings))) is not None:
+            raise DeployFailed(problem)
+        self.out.line("release command done")
+
+    def _run_release(self, release: ReleaseConfig, web: ServiceConfig) -> RunResult:
+        return self.engine.run_to_end(
             image=self.image,
             command=self._command(release.command, release.shell),
             env=self._env("release"),
@@ -204,10 +213,6 @@ class DeploymentRun:
             timeout=release.timeout,
             stop=self._cancelled,
         )
-        self.timings["release"] = round(time.monotonic() - started, 3)  # stored with the next stage's
-        if (problem := _release_problem(result, release, task_limits(web.limits, self.settings))) is not None:
-            raise DeployFailed(problem)
-        self.out.line("release command done")
 
     def start(self) -> None:
         """New tasks start beside the old ones; swarm keeps the old ones until these are healthy."""
@@ -247,7 +252,8 @@ class DeploymentRun:
             wanted = {s.name for s in self.specs}
             for service in self.engine.project_services(self.d.project):
                 if service.name not in wanted:
-                    self.out.line(f"removing service {service.name}: no longer in disco.toml")
+                    self.out.line(f"removing service {service.name}: the app no longer runs it "
+                                  "(not in disco.toml or the Procfile, or now scheduled)")
                     self.engine.remove_service(service.name)
             self._prune_images()
         except DockerError as err:  # the new version is live; leftovers go next time
@@ -285,7 +291,7 @@ class DeploymentRun:
         self._undo()
         self.out.line("the previous version keeps serving" if self.store.live_deployment(self.d.project)
                       else "nothing was left running")
-        return self._set(status=status, reason=reason, finished_at=now())
+        return self._set(status=status, reason=reason, finished_at=now(), timings=json.dumps(self.timings))
 
     def _undo(self) -> None:
         engine = self.engine

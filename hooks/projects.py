@@ -42,6 +42,19 @@ def delete_project(platform: Platform, user: str, name: str, volumes: bool) -> l
     require_project(platform, name)
     if name in platform.deployer.busy_projects():
         raise Refused(f"{name} has a deployment running; wait for it or cancel it first", "conflict")
+    with platform.scheduler.paused(name):  # no scheduled run starts while its things go
+        removed = _remove_docker_objects(platform, name, volumes)
+        gitrepo.remove_repo(platform.repo_path(name))
+        # Its deployment logs too: a new project of this name starts its numbering at #1 again.
+        shutil.rmtree(platform.settings.deployments_dir / name, ignore_errors=True)
+        shutil.rmtree(platform.settings.cron_dir / name, ignore_errors=True)
+        platform.store.delete_project(name)
+    platform.store.audit(user, "projects:remove", name, "with volumes" if volumes else "volumes kept")
+    platform.router.apply_routes_if_up()
+    return removed
+
+
+def _remove_docker_objects(platform: Platform, name: str, volumes: bool) -> list[str]:
     engine, removed = platform.engine, []
     try:
         for service in engine.project_services(name):  # selected by their project label
@@ -59,13 +72,6 @@ def delete_project(platform: Platform, user: str, name: str, volumes: bool) -> l
                 removed.append(f"volume {volume}")
     except DockerError as err:
         raise Refused(f"could not remove {name}'s Docker objects: {err}", "conflict") from None
-    gitrepo.remove_repo(platform.repo_path(name))
-    # Its deployment logs too: a new project of this name starts its numbering at #1 again.
-    shutil.rmtree(platform.settings.deployments_dir / name, ignore_errors=True)
-    shutil.rmtree(platform.settings.cron_dir / name, ignore_errors=True)
-    platform.store.delete_project(name)
-    platform.store.audit(user, "projects:remove", name, "with volumes" if volumes else "volumes kept")
-    platform.router.apply_routes_if_up()
     return removed
 
 

@@ -18,7 +18,8 @@ import logging
 import shlex
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from hooks.output import DeployOutput
 from runtime import gitrepo
 from runtime.appconfig import AppConfig, AppConfigError, ServiceConfig, config_at
 from runtime.cron import Schedule, parse_schedule
-from runtime.docker_engine import DockerError, RunResult
+from runtime.docker_engine import STOP_GRACE, DockerError, RunResult
 from runtime.docker_specs import task_limits
 from runtime.settings import Settings
 from runtime.store import CronRun, CronRunStatus, Deployment, Store
@@ -68,44 +69,47 @@ class Scheduler:
                  tick_seconds: float = 1.0) -> None:
         self.settings, self.store, self.engine, self.clock = settings, store, engine, clock
         self.tick_seconds = tick_seconds
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _running, _threads and _paused
         self._running: dict[tuple[str, str], int] = {}  # (project, service) -> the run going on
-        self._last_due: dict[tuple[str, str], datetime] = {}
-        self._configs: dict[tuple[str, str], AppConfig | None] = {}  # (project, commit) -> its config
+        self._threads: dict[int, threading.Thread] = {}  # run id -> its thread, while it runs
+        self._paused: set[str] = set()  # projects being deleted: nothing of theirs starts
+        self._configs: dict[str, tuple[str, AppConfig | None]] = {}  # project -> (live commit, its config)
         self._schedules: dict[str, Schedule] = {}
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # -- the daemon's one scheduler thread -------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._loop, name="scheduler", daemon=True).start()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = STOP_GRACE + 2) -> None:
+        """Stop scheduling; runs going on are stopped (SIGTERM, then SIGKILL) and recorded
+        `interrupted`, waiting up to `wait` seconds for them (a restart settles the rest)."""
         self._stopping.set()
+        deadline = time.monotonic() + wait
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _loop(self) -> None:
         while not self._stopping.wait(self.tick_seconds):
             try:
                 self.tick()
-            except Exception:  # one bad tick (Docker away, a bug) must not end the schedule
+            except Exception:  # the store or a bug: the next tick tries again
                 log.exception("scheduler tick failed")
 
     def recover(self) -> list[CronRun]:
         """Settle the runs a daemon that died left `running`: their containers go."""
-        settled = []
         left = self.store.cron_runs_with_status(CronRunStatus.RUNNING)
         for project in sorted({run.project for run in left}):
             try:
                 self.engine.remove_containers(project, ROLE)
             except DockerError as err:
                 log.warning("could not remove the scheduled runs of %s left by the last daemon: %s", project, err)
-        for run in left:
-            settled.append(self.store.update_cron_run(
-                run.id, status=CronRunStatus.INTERRUPTED, finished_at=_iso(utc_now()),
-                reason="interrupted by a daemon restart"))
-        return settled
+        settled = [self.store.update_cron_run(run.id, status=CronRunStatus.INTERRUPTED, finished_at=_iso(utc_now()),
+                                              reason="interrupted by a daemon restart") for run in left]
+        return [run for run in settled if run is not None]
 
     def tick(self) -> None:
         """Start (or skip) every scheduled service whose time has come since the last tick."""
@@ -113,27 +117,26 @@ class Scheduler:
         for live in self.store.live_deployments():
             config = self._config(live)
             for service in config.scheduled_services.values() if config else ():
-                self._consider(live, service, now)
+                try:
+                    self._consider(live, service, now)
+                except Refused as refused:  # its project is being deleted
+                    log.info("%s/%s not started: %s", live.project, service.name, refused)
+                except Exception:  # one service's trouble must not hold up the others
+                    log.exception("scheduling %s/%s failed", live.project, service.name)
 
     def _consider(self, live: Deployment, service: ServiceConfig, now: datetime) -> None:
         key = (live.project, service.name)
         assert service.schedule is not None
-        due = self._schedule(service.schedule).previous_at_or_before(now)
-        last = self._last_due.get(key) or _parse(self.store.cron_last_due(*key))
-        if last is None:  # first seen (just deployed): its first time is the next one from now
-            self._remember(key, now)
+        state = self.store.cron_state(*key)  # from the store each time: a key lookup
+        if state is None or state[0] != service.schedule:
+            # First seen, or its schedule changed: its first time is the next one from now.
+            self._remember(key, service.schedule, now)
             return
-        if due is None or due <= last:
+        due = self._schedule(service.schedule).previous_at_or_before(now)
+        if due is None or due <= datetime.fromisoformat(state[1]):
             return
         # Only the latest time that passed: a daemon that was down runs a missed time once.
-        self._remember(key, due)
-        with self._lock:
-            going = self._running.get(key)
-        if going is not None:
-            self.store.add_cron_run(self._record(live, service, CronRunStatus.SKIPPED, "schedule", "", due,
-                                                 reason=f"run #{going} was still going"))
-            log.info("%s/%s: the run due at %s is skipped: run #%d is still going", *key, _iso(due), going)
-            return
+        self._remember(key, service.schedule, due)
         self._start(live, service, "schedule", "", due)
 
     # -- what users ask ---------------------------------------------------------------------
@@ -144,8 +147,9 @@ class Scheduler:
         chosen = config.scheduled_services.get(service)
         if chosen is None:
             raise Refused(f"{project} has no scheduled service {service!r} in its live deployment", "not_found")
+        run = self._start(live, chosen, "manual", user, None, skip_when_busy=False)
         self.store.audit(user, "cron:run", project, service)
-        return self._start(live, chosen, "manual", user, None)
+        return run
 
     def scheduled(self, project: str) -> list[ScheduledService]:
         live = self.store.live_deployment(project)
@@ -165,61 +169,87 @@ class Scheduler:
     def runs(self, project: str, service: str, limit: int = 50) -> list[CronRun]:
         return self.store.cron_runs(project, service, limit)
 
+    @contextmanager
+    def paused(self, project: str) -> Iterator[None]:
+        """Nothing of this project starts meanwhile (while it is being deleted)."""
+        with self._lock:
+            self._paused.add(project)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._paused.discard(project)
+
     # -- a run --------------------------------------------------------------------------------
 
     def _start(self, live: Deployment, service: ServiceConfig, trigger: str, user: str,
-               due: datetime | None) -> CronRun:
+               due: datetime | None, skip_when_busy: bool = True) -> CronRun:
+        """Start a run. When one of this service goes on, the schedule's is recorded skipped and
+        a manual one refused: checked and taken under one lock, so a tick and `cron:run` cannot
+        both start one."""
         key = (live.project, service.name)
         with self._lock:
+            if live.project in self._paused:
+                raise Refused(f"{live.project} is being deleted", "conflict")
             going = self._running.get(key)
-            if going is not None:
+            if going is not None and not skip_when_busy:
                 raise Refused(f"{service.name} is running already (run #{going}); runs never overlap", "conflict")
+            if going is not None:
+                return self.store.add_cron_run(self._record(live, service, CronRunStatus.SKIPPED, trigger, user, due,
+                                                            reason=f"run #{going} was still going"))
             run = self.store.add_cron_run(self._record(live, service, CronRunStatus.RUNNING, trigger, user, due))
             self._running[key] = run.id
-        log_path = self.settings.cron_dir / live.project / service.name / f"{run.id}.log"
-        run = self.store.update_cron_run(run.id, log_path=str(log_path))
-        threading.Thread(target=self._run, args=(run, live, service, log_path), name=f"cron-run-{run.id}",
-                         daemon=True).start()
+            thread = threading.Thread(target=self._run, args=(run, live, service), name=f"cron-run-{run.id}",
+                                      daemon=True)
+            self._threads[run.id] = thread
+        thread.start()
         return run
 
-    def _run(self, run: CronRun, live: Deployment, service: ServiceConfig, log_path: Path) -> None:
-        env = self.store.env(live.project)
-        output = DeployOutput(log_path, list(env.values()))
-        output.line(f"run #{run.id} of {live.project}/{service.name} ({run.trigger}), "
-                    f"image of deployment #{live.number}")
+    def _run(self, run: CronRun, live: Deployment, service: ServiceConfig) -> None:
         status, reason, code = CronRunStatus.FAILED, "", None
-        mounts = [(self.engine.volume_name(live.project, v.name), v.mount) for v in service.volumes]
+        output: DeployOutput | None = None
         try:
-            for volume, _ in mounts:  # a scheduled service's own volume may not exist yet
-                self.engine.ensure_volume(volume, live.project)
-            result = self.engine.run_to_end(
-                image=live.image,
-                command=self._command(live.image, service),
-                env={**env, "DISCO_PROJECT": live.project, "DISCO_SERVICE": service.name,
-                     "DISCO_DEPLOYMENT": str(live.number), "DISCO_COMMIT": live.commit_sha,
-                     "DISCO_CRON_RUN": str(run.id)},
-                mounts=mounts,
-                labels=self.engine.labels(project=live.project, service=service.name, role=ROLE,
-                                          run=str(run.id)),
-                limits=task_limits(service.limits, self.settings),
-                on_line=output.line,
-                timeout=service.timeout,
-                stop=self._stopping.is_set,
-            )
-            status, reason, code = _outcome(result, service)
+            log_path = self.settings.cron_dir / live.project / service.name / f"{run.id}.log"
+            self.store.update_cron_run(run.id, log_path=str(log_path))
+            env = self.store.env(live.project)
+            output = DeployOutput(log_path, list(env.values()))
+            output.line(f"run #{run.id} of {live.project}/{service.name} ({run.trigger}), "
+                        f"image of deployment #{live.number}")
+            status, reason, code = _outcome(self._run_container(run, live, service, env, output.line), service)
         except DockerError as err:
             reason = str(err)
         except Exception as err:  # a bug: recorded, not left "running" forever
             log.exception("run #%d of %s/%s crashed", run.id, live.project, service.name)
             reason = f"internal error: {err}"
         finally:
-            output.line(f"run #{run.id} {status}" + (f": {reason}" if reason else ""))
-            output.close()
-            if self.store.get_cron_run(run.id) is not None:  # else the project was deleted meanwhile
+            try:
+                if output is not None:
+                    output.line(f"run #{run.id} {status}" + (f": {reason}" if reason else ""))
+                    output.close()
                 self.store.update_cron_run(run.id, status=status, reason=reason, exit_code=code,
                                            finished_at=_iso(utc_now()))
-            with self._lock:
-                self._running.pop((live.project, service.name), None)
+            finally:
+                with self._lock:
+                    self._running.pop((live.project, service.name), None)
+                    self._threads.pop(run.id, None)
+
+    def _run_container(self, run: CronRun, live: Deployment, service: ServiceConfig, env: dict[str, str],
+                       on_line: Callable[[str], None]) -> RunResult:
+        mounts = [(self.engine.volume_name(live.project, v.name), v.mount) for v in service.volumes]
+        for volume, _ in mounts:  # a scheduled service's own volume may not exist yet
+            self.engine.ensure_volume(volume, live.project)
+        return self.engine.run_to_end(
+            image=live.image,
+            command=self._command(live.image, service),
+            env={**env, "DISCO_PROJECT": live.project, "DISCO_SERVICE": service.name,
+                 "DISCO_DEPLOYMENT": str(live.number), "DISCO_COMMIT": live.commit_sha, "DISCO_CRON_RUN": str(run.id)},
+            mounts=mounts,
+            labels=self.engine.labels(project=live.project, service=service.name, role=ROLE, run=str(run.id)),
+            limits=task_limits(service.limits, self.settings),
+            on_line=on_line,
+            timeout=service.timeout,
+            stop=self._stopping.is_set,
+        )
 
     def _command(self, image: str, service: ServiceConfig) -> list[str] | None:
         if service.command is None:
@@ -238,32 +268,36 @@ class Scheduler:
 
     def _live(self, project: str) -> tuple[Deployment, AppConfig]:
         live = self.store.live_deployment(project)
-        config = self._config(live) if live else None
-        if live is None or config is None:
+        if live is None:
             raise Refused(f"{project} has no live deployment to run a scheduled service of", "conflict")
+        config = self._config(live)
+        if config is None:
+            raise Refused(f"the config of {project}'s live commit {live.commit_sha[:7]} cannot be read",
+                          "invalid_config")
         return live, config
 
     def _config(self, live: Deployment) -> AppConfig | None:
-        """The live commit's config (a commit never changes, so it is read once)."""
-        key = (live.project, live.commit_sha)
-        if key not in self._configs:
-            try:
-                self._configs[key] = config_at(gitrepo.repo_path(self.settings.repos_dir, live.project),
-                                               live.commit_sha)
-            except (AppConfigError, gitrepo.GitRepoError) as err:
-                log.warning("%s: the live commit's config cannot be read (%s): nothing of it is scheduled",
-                            live.project, err)
-                self._configs[key] = None
-        return self._configs[key]
+        """The live commit's config, read once per live commit (one kept per project)."""
+        cached = self._configs.get(live.project)
+        if cached is not None and cached[0] == live.commit_sha:
+            return cached[1]
+        try:
+            config: AppConfig | None = config_at(gitrepo.repo_path(self.settings.repos_dir, live.project),
+                                                 live.commit_sha)
+        except (AppConfigError, gitrepo.GitRepoError) as err:
+            log.warning("%s: the live commit's config cannot be read (%s): nothing of it is scheduled",
+                        live.project, err)
+            config = None
+        self._configs[live.project] = (live.commit_sha, config)
+        return config
 
     def _schedule(self, text: str) -> Schedule:
         if text not in self._schedules:
             self._schedules[text] = parse_schedule(text)
         return self._schedules[text]
 
-    def _remember(self, key: tuple[str, str], due: datetime) -> None:
-        self._last_due[key] = due
-        self.store.set_cron_last_due(*key, _iso(due))
+    def _remember(self, key: tuple[str, str], schedule: str, due: datetime) -> None:
+        self.store.set_cron_state(*key, schedule, due.astimezone(UTC).isoformat())
 
 
 def _outcome(result: RunResult, service: ServiceConfig) -> tuple[CronRunStatus, str, int | None]:
@@ -280,7 +314,3 @@ def _outcome(result: RunResult, service: ServiceConfig) -> tuple[CronRunStatus, 
 
 def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def _parse(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None

@@ -158,7 +158,7 @@ class Caps:
 def check_caps(config: AppConfig, caps: Caps) -> None:
     """Refuse a disco.toml that asks for more than this server allows one project."""
     if len(config.services) > caps.services:
-        raise AppConfigError(f"disco.toml defines {len(config.services)} services; this server allows "
+        raise AppConfigError(f"the app defines {len(config.services)} services; this server allows "
                              f"{caps.services} per project")
     for service in config.services.values():
         path = f"services.{service.name}"
@@ -243,6 +243,8 @@ def with_procfile(config: AppConfig, text: str) -> AppConfig:
         services[process.name] = replace(base, command=process.command, shell=True)
     for name in sorted(config.declared - set(services)):
         services[name] = config.services[name]  # disco.toml may add services the Procfile lacks
+    if not procfile.processes:  # only a release line: what runs is what would run without it
+        services = dict(config.services)
     release = config.release
     if procfile.release is not None:
         if release is not None and release.command:

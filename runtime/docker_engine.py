@@ -31,6 +31,7 @@ from typing import Any
 # and never leave this module.
 import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
+import requests  # docker-py's transport: its connection errors are not DockerExceptions
 
 from runtime import names
 from runtime.docker_specs import (
@@ -53,6 +54,8 @@ __all__ = ["PROBE_BINARY", "PROBE_PATH", "DockerError", "DockerInfo", "Engine", 
 
 OutputLine = Callable[[str], None]
 TAIL_LINES = 30  # of a failing task's own output, shown with the reason it failed
+STOP_GRACE = 5  # seconds a one-off command has to end after SIGTERM before SIGKILL
+LONGEST_LINE = 64 << 10  # output without a newline is passed on in pieces of this size
 
 
 class DockerError(Exception):
@@ -295,7 +298,10 @@ class Engine:
 
     def image_shell(self, tag: str) -> list[str]:
         """The shell that runs a shell-form command in this image (its SHELL, else /bin/sh -c)."""
-        config = self.client.images.get(tag).attrs.get("Config") or {}
+        try:
+            config = self.client.images.get(tag).attrs.get("Config") or {}
+        except docker.errors.DockerException as err:
+            raise DockerError(f"could not read the image {tag}: {err}") from None
         return list(config.get("Shell") or ["/bin/sh", "-c"])
 
     def retag(self, source: str, target: str) -> None:
@@ -606,37 +612,33 @@ class Engine:
                    labels: dict[str, str], limits: TaskLimits, on_line: OutputLine, timeout: float,
                    stop: Callable[[], bool] = lambda: False) -> RunResult:
         """Run a container until its command ends (the release command, a scheduled run),
-        streaming its output lines; killed after `timeout` seconds or when `stop` turns true.
-        The container is removed afterwards, whatever happened. Blocks: run it in a thread."""
+        streaming its output lines; stopped (SIGTERM, then SIGKILL after STOP_GRACE) after
+        `timeout` seconds or when `stop` turns true. The container is removed afterwards,
+        whatever happened. Blocks: run it in a thread."""
         container = self._start_container(image, command, env, mounts, labels, limits)
-        done = threading.Event()
-        why: list[str] = []  # "timeout" or "cancelled", set by the watcher when it kills
+        ended = threading.Event()  # the output ended: the command has, too
+        why: list[str] = []  # "timeout" or "cancelled", set by the watcher when it stops the container
 
         def watch() -> None:
             deadline = time.monotonic() + timeout
-            while not done.wait(0.2):
+            while not ended.wait(0.2):
                 if stop() or time.monotonic() > deadline:
                     why.append("cancelled" if stop() else "timeout")
                     with _ignoring_docker_errors():
-                        container.kill()
+                        container.stop(timeout=STOP_GRACE)
                     return
 
         watcher = threading.Thread(target=watch, name="run-watch", daemon=True)
         watcher.start()
         try:
-            pending = b""
-            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    on_line(line.decode(errors="replace").rstrip("\r"))
-            if pending:
-                on_line(pending.decode(errors="replace"))
+            _stream_lines(container.logs(stream=True, follow=True, stdout=True, stderr=True), on_line)
+            ended.set()
             code = int(container.wait().get("StatusCode", -1))
             oom = bool(self._container_state(container.id).get("OOMKilled"))
-        except docker.errors.APIError as err:
-            raise DockerError(f"the command's container failed: {err.explanation or err}") from None
+        except (docker.errors.DockerException, requests.RequestException) as err:
+            raise DockerError(f"the command's container failed: {err}") from None
         finally:
-            done.set()
+            ended.set()
             watcher.join()
             with _ignoring_docker_errors():
                 container.remove(force=True)
@@ -647,7 +649,10 @@ class Engine:
     def remove_containers(self, project: str, role: str) -> int:
         """Remove the one-off containers of a project with that role (left by a daemon that died)."""
         selector = {"label": [f"disco.instance={self.instance}", f"disco.project={project}", f"disco.role={role}"]}
-        found = self.client.containers.list(all=True, filters=selector)
+        try:
+            found = self.client.containers.list(all=True, filters=selector)
+        except (docker.errors.DockerException, requests.RequestException) as err:
+            raise DockerError(f"could not list the {role} containers of {project}: {err}") from None
         for container in found:
             with _ignoring_docker_errors():
                 container.remove(force=True)
@@ -693,8 +698,22 @@ def _retry_while_in_use(remove: Callable[[], object], timeout: float = 30) -> No
 def _ignoring_docker_errors() -> Iterator[None]:
     try:
         yield
-    except (docker.errors.NotFound, docker.errors.APIError):
+    except (docker.errors.DockerException, requests.RequestException):
         pass
+
+
+def _stream_lines(chunks: Iterator[bytes], on_line: OutputLine) -> None:
+    """Docker's output chunks as lines (a line longer than LONGEST_LINE in pieces)."""
+    pending = b""
+    for chunk in chunks:
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            on_line(line.decode(errors="replace").rstrip("\r"))
+        while len(pending) >= LONGEST_LINE:
+            on_line(pending[:LONGEST_LINE].decode(errors="replace"))
+            pending = pending[LONGEST_LINE:]
+    if pending:
+        on_line(pending.decode(errors="replace"))
 
 
 def _failure_reason(spec: ServiceSpec, status: dict[str, Any], container: dict[str, Any],
@@ -719,32 +738,38 @@ def _failure_reason(spec: ServiceSpec, status: dict[str, Any], container: dict[s
 
 
 _ADDRESS = re.compile(r"^(?P<host>.*):(?P<port>\d+)$")
-_ANY_HOST = ("0.0.0.0", "::", "")
+_LOOPBACK = ("127.0.0.1", "::1")
 DOCKER_DNS = "127.0.0.11"  # Docker's embedded DNS listens in every container on a network
 
 
 def port_hint(service: str, port: int, listening: list[str]) -> str | None:
     """What to change when the app does not listen where the health check knocks, from the
     addresses `netstat -ltn` printed inside its container (like `0.0.0.0:8080`, `:::8080`,
-    `127.0.0.1:8000`); None when the port is open to all (the app answered wrongly instead)."""
-    ports: dict[int, set[str]] = {}
+    `127.0.0.1:8000`); None when the port is open to all (the app answered wrongly instead).
+    Only ports the proxy could reach are offered as the fix."""
+    reachable: set[int] = set()
+    loopback: set[int] = set()
     for address in listening:
         match = _ADDRESS.match(address)
-        if match and match.group("host") != DOCKER_DNS:
-            ports.setdefault(int(match.group("port")), set()).add(match.group("host"))
-    if port in ports:
-        if ports[port] & {*_ANY_HOST, "::"} or not ports[port] <= {"127.0.0.1", "::1"}:
-            return None
+        if not match or match.group("host") == DOCKER_DNS:
+            continue
+        (loopback if match.group("host") in _LOOPBACK else reachable).add(int(match.group("port")))
+    if port in reachable:
+        return None
+    if port in loopback:
         return (f"the app listens on 127.0.0.1:{port} only, which the proxy cannot reach: "
                 f"make it listen on 0.0.0.0:{port}")
-    if not ports:
-        return f"nothing listens on a TCP port in the container (the health check knocks on {port})"
-    shown = ", ".join(str(p) for p in sorted(ports))
-    if len(ports) == 1:
-        (other,) = ports
+    if len(reachable) == 1:
+        (other,) = reachable
         return (f"the app listens on {other}, not {port}: set [services.{service}] port = {other} in disco.toml "
                 "(or make it listen on $PORT)")
-    return f"the app listens on {shown}, not {port}: set [services.{service}] port in disco.toml to the right one"
+    if reachable:
+        shown = ", ".join(str(p) for p in sorted(reachable))
+        return f"the app listens on {shown}, not {port}: set [services.{service}] port in disco.toml to the right one"
+    if loopback:
+        shown = ", ".join(f"127.0.0.1:{p}" for p in sorted(loopback))
+        return f"the app listens on {shown} only, which the proxy cannot reach: make it listen on 0.0.0.0:$PORT"
+    return f"nothing listens on a TCP port in the container (the health check knocks on {port})"
 
 
 def _last_health_output(state: dict[str, Any]) -> str | None:

@@ -121,7 +121,7 @@ def health_command(port: int, path: str | None) -> list[str]:
             f"{address}; S=$(printf %s {request} | {b} timeout 5 {b} nc \"$H\" {port} 2>/dev/null | {b} head -n 1 "
             f"| {b} tr -d '\\r'); "
             f"echo \"$S\" | {b} grep -qE '^HTTP/[0-9.]+ [23][0-9][0-9]' && exit 0; "
-            f'R="GET {path} on port {port} got ${{S:-no answer}}"; {listening}'
+            f'R={shlex.quote(f"GET {path} on port {port} got ")}"${{S:-no answer}}"; {listening}'
         )
     return ["CMD", PROBE_PATH, "sh", "-c", script]
 

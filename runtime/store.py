@@ -209,7 +209,9 @@ def _migration_6_cron(db: sqlite_utils.Database) -> None:
     )
     db.table("cron_runs").create_index(["project", "service", "id"])
     db.table("cron_runs").create_index(["status"])
-    db.table("cron_state").create({"project": str, "service": str, "last_due": str}, pk=("project", "service"))
+    # The schedule it was handled under: a changed schedule starts afresh instead of firing at once.
+    db.table("cron_state").create({"project": str, "service": str, "schedule": str, "last_due": str},
+                                  pk=("project", "service"))
 
 
 # Applied in order on every open; PRAGMA user_version records how many have run.
@@ -585,40 +587,40 @@ class Store:
             run = {**run, "id": _insert(db, "cron_runs", run).lastrowid}
         return _from_row(CronRun, run)
 
-    def update_cron_run(self, run_id: int, **changes: object) -> CronRun:
+    def update_cron_run(self, run_id: int, **changes: object) -> CronRun | None:
+        """The run as changed; None if it is gone (its project was deleted)."""
         for column in changes:
             if column not in CRON_RUN_COLUMNS:
                 raise ValueError(f"cron_runs has no column {column!r}")
         with self.transaction() as db:
             db.execute(f"UPDATE cron_runs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
                        [*changes.values(), run_id])
-        found = self.get_cron_run(run_id)
-        assert found is not None
-        return found
+        return self.get_cron_run(run_id)
 
     def get_cron_run(self, run_id: int) -> CronRun | None:
         row = self._one("SELECT * FROM cron_runs WHERE id = ?", [run_id])
         return _from_row(CronRun, row) if row else None
 
-    def cron_runs(self, project: str, service: str | None = None, limit: int = 50) -> list[CronRun]:
-        if service is None:
-            rows = self._rows("SELECT * FROM cron_runs WHERE project = ? ORDER BY id DESC LIMIT ?", [project, limit])
-        else:
-            rows = self._rows("SELECT * FROM cron_runs WHERE project = ? AND service = ? ORDER BY id DESC LIMIT ?",
-                              [project, service, limit])
+    def cron_runs(self, project: str, service: str, limit: int = 50) -> list[CronRun]:
+        rows = self._rows("SELECT * FROM cron_runs WHERE project = ? AND service = ? ORDER BY id DESC LIMIT ?",
+                          [project, service, limit])
         return [_from_row(CronRun, row) for row in rows]
 
     def cron_runs_with_status(self, status: str) -> list[CronRun]:
         return [_from_row(CronRun, row) for row in self._rows("SELECT * FROM cron_runs WHERE status = ?", [status])]
 
-    def cron_last_due(self, project: str, service: str) -> str | None:
-        row = self._one("SELECT last_due FROM cron_state WHERE project = ? AND service = ?", [project, service])
-        return row["last_due"] if row else None
+    def cron_state(self, project: str, service: str) -> tuple[str, str] | None:
+        """(schedule, last time due that was handled) of a scheduled service, if it was seen."""
+        row = self._one("SELECT schedule, last_due FROM cron_state WHERE project = ? AND service = ?",
+                        [project, service])
+        return (row["schedule"], row["last_due"]) if row else None
 
-    def set_cron_last_due(self, project: str, service: str, last_due: str) -> None:
-        self._write("INSERT INTO cron_state (project, service, last_due) VALUES (?, ?, ?) "
-                    "ON CONFLICT (project, service) DO UPDATE SET last_due = excluded.last_due",
-                    [project, service, last_due])
+    def set_cron_state(self, project: str, service: str, schedule: str, last_due: str) -> None:
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM projects WHERE name = ?", [project]).fetchone():  # not deleted meanwhile
+                db.execute("INSERT INTO cron_state (project, service, schedule, last_due) VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT (project, service) DO UPDATE SET schedule = excluded.schedule, "
+                           "last_due = excluded.last_due", [project, service, schedule, last_due])
 
     # -- API keys --------------------------------------------------------------------------
 

@@ -241,6 +241,8 @@ def test_a_failed_check_says_what_it_checked_what_it_got_and_what_listens(http_4
     assert run_probe(closed, None).stdout.startswith(f"TCP connect to port {closed} failed; listening: ")
     assert run_probe(closed, "/").stdout.startswith(f"GET / on port {closed} got no answer; listening: ")
     assert run_probe(port, None).returncode == 0 and run_probe(port, None).stdout == ""
+    hostile = '/a"$(echo pwned)`id`\'$HOME'
+    assert run_probe(closed, hostile).stdout.startswith(f"GET {hostile} on port {closed} got no answer")
 
 
 def free_tcp_port() -> int:
@@ -261,6 +263,9 @@ def free_tcp_port() -> int:
     (["0.0.0.0:8000"], None),  # it listens where it should: the answer was wrong, not the port
     ([":::8000"], None),
     (["10.0.1.5:8000"], None),
+    (["127.0.0.1:8080"], "the app listens on 127.0.0.1:8080 only, which the proxy cannot reach: "
+                         "make it listen on 0.0.0.0:$PORT"),
+    (["0.0.0.0:8080", "127.0.0.1:5432"], "the app listens on 8080, not 8000: set [services.web] port = 8080"),
 ])
 def test_port_hints_name_the_fix(listening: list[str], hint: str | None):
     found = port_hint("web", 8000, listening)

@@ -80,7 +80,7 @@ def test_caps_refuse_the_push_before_the_ref_moves(server, tmp_path: Path):
     repo = web_app(tmp_path / "app", "v1\n", **{"disco.toml": f"[services.web]\n{workers}"})
     result = push(disco, key, repo, "greedy")
     assert result.returncode != 0
-    assert "disco.toml defines 4 services; this server allows 3 per project" in result.stderr, result.stderr
+    assert "the app defines 4 services; this server allows 3 per project" in result.stderr, result.stderr
     assert server_ref(disco, "greedy") is None
 
     new_version(repo, "v2\n", [*BASE, "COPY www /www", "EXPOSE 8000", SERVE],

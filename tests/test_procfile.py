@@ -154,3 +154,10 @@ def test_a_build_context_that_is_a_file_has_no_procfile(tmp_path):
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
     # The build refuses such a context, naming it; reading the config must not crash first.
     assert list(config_at(tmp_path / ".git", git("rev-parse", "HEAD").strip()).services) == ["web"]
+
+
+def test_a_procfile_with_only_a_release_line_keeps_what_runs():
+    # Adding a migration must not take the image's CMD (the default web) down.
+    merged = with_procfile(parse_app_config(None), "release: ./migrate\n")
+    assert list(merged.services) == ["web"] and merged.services["web"].command is None
+    assert merged.release == ReleaseConfig("./migrate", shell=True)

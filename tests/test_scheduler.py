@@ -182,3 +182,45 @@ def test_recover_settles_runs_a_dead_daemon_left_running(rig: Rig):
     assert settled.id == left.id and settled.status == "interrupted"
     assert settled.reason == "interrupted by a daemon restart"
     assert ("remove_containers", "shop/cron") in rig.engine.calls
+
+
+def test_a_changed_schedule_starts_afresh_instead_of_firing_at_once(rig: Rig):
+    rig.go_live(TOML.replace("*/5 * * * *", "@daily"))
+    rig.tick_at("2026-05-01T10:00:30")
+    rig.go_live(TOML.replace("*/5 * * * *", "0 */6 * * *"))  # 06:00 passed since the @daily was seen
+    rig.tick_at("2026-05-01T10:01:00")
+    rig.tick_at("2026-05-01T11:59:00")
+    assert rig.runs() == []
+    rig.tick_at("2026-05-01T12:00:00")
+    assert [r.due_at for r in rig.settled()] == ["2026-05-01T12:00:00+00:00"]
+
+
+def test_a_run_that_cannot_start_is_recorded_failed_and_frees_its_slot(rig: Rig):
+    rig.go_live(TOML)
+    rig.engine.volumes["fake-shop-data"] = "another-project"  # ensure_volume refuses it
+    run = rig.scheduler.run_now("shop", "report", "alice")
+    (failed,) = rig.settled()
+    assert failed.id == run.id and failed.status == "failed"
+    assert "belongs to something else" in failed.reason
+    del rig.engine.volumes["fake-shop-data"]
+    rig.scheduler.run_now("shop", "report", "alice")  # not "running already"
+    assert [r.status for r in rig.settled()] == ["failed", "succeeded"]
+
+
+def test_nothing_starts_for_a_project_being_deleted(rig: Rig):
+    rig.go_live(TOML)
+    rig.tick_at("2026-05-01T10:00:30")
+    with rig.scheduler.paused("shop"):
+        rig.tick_at("2026-05-01T10:05:00")
+        with pytest.raises(Refused, match="being deleted"):
+            rig.scheduler.run_now("shop", "report", "alice")
+    assert rig.runs() == [] and rig.engine.runs == []
+
+
+def test_stop_interrupts_the_runs_going_on_and_records_them(rig: Rig):
+    rig.go_live(TOML)
+    rig.engine.during_run = lambda: rig.scheduler._stopping.wait(10)
+    rig.scheduler.run_now("shop", "report", "alice")
+    rig.scheduler.stop(wait=5)
+    (run,) = rig.runs()
+    assert (run.status, run.reason) == ("interrupted", "the daemon stopped during the run")
