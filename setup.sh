@@ -10,6 +10,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
 DEBIAN_PACKAGES=(docker.io git openssh-client busybox-static caddy python3 python3-venv ca-certificates)
+# Only for the tests: an RFC 8555 test CA, so HTTPS is proven against a real ACME server.
+TEST_PACKAGES=(pebble)
 # Debian's client: /usr/local/bin/docker may be a newer client-only build without BuildKit support.
 DOCKER=/usr/bin/docker
 DOCKERD_LOG=/var/log/disco-dockerd.log
@@ -18,7 +20,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 
 install_debian_packages() {
     local missing=()
-    for package in "${DEBIAN_PACKAGES[@]}"; do
+    for package in "$@"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
     done
     if ((${#missing[@]})); then
@@ -107,7 +109,7 @@ setup() {
         echo "setup.sh must run as root (it installs packages and starts dockerd)" >&2
         exit 1
     fi
-    install_debian_packages
+    install_debian_packages "${DEBIAN_PACKAGES[@]}" "$@"
     install_python_env
     start_dockerd
     start_swarm
@@ -123,7 +125,7 @@ serve)
     ;;
 test)
     shift
-    setup
+    setup "${TEST_PACKAGES[@]}"
     export PATH="/usr/bin:$PATH"
     cd "$ROOT"
     say "type-checking with mypy"

@@ -29,7 +29,7 @@ from api.spec import (
     obj,
 )
 from api.streams import OpenStream, UserStreams
-from hooks import apikeys, github, operations, projects, team
+from hooks import apikeys, certificates, github, operations, projects, team
 from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_project_name
 from hooks.projects import deployment_json
 from hooks.queue import Ticket
@@ -317,18 +317,26 @@ async def unset_env(ctx: Context) -> Response:
 
 # -- domains --------------------------------------------------------------------------------
 
-@endpoint("GET", "/projects/{project}/domains", "Domains routed to the project", tag="domains",
-          responses={200: array(STRING)})
+CERTIFICATE = obj(None, state={"type": "string", "enum": ["issued", "pending", "failed", "none"]}, issuer=STRING,
+                  expires_at=STRING, reason=STRING)
+
+
+@endpoint("GET", "/projects/{project}/domains", "Domains routed to the project, each with its certificate's "
+          "state (issued, pending, failed, none), issuer, expiry and reason", tag="domains",
+          responses={200: array(obj(None, domain=STRING, certificate=CERTIFICATE))})
 async def list_domains(ctx: Context) -> Response:
-    return ok([d["domain"] for d in ctx.store.domains(project_of(ctx))])
+    statuses = await run_in_threadpool(certificates.domain_statuses, ctx.platform, project_of(ctx))
+    return ok([{"domain": domain, "certificate": status.as_json()} for domain, status in statuses])
 
 
-@endpoint("POST", "/projects/{project}/domains", "Route a domain to the project", tag="domains",
-          body=obj(["domain"], domain={"type": "string", "maxLength": 253}), responses={201: OBJECT})
+@endpoint("POST", "/projects/{project}/domains", "Route a domain to the project; warns when its DNS does not "
+          "point at this server", tag="domains", body=obj(["domain"], domain={"type": "string", "maxLength": 253}),
+          responses={201: obj(None, domain=STRING, project=STRING, warning=STRING)})
 async def add_domain(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
-    await run_in_threadpool(projects.add_domain, ctx.platform, ctx.user.name, name, ctx.body["domain"])
-    return ok({"domain": ctx.body["domain"].strip().lower(), "project": name}, 201)
+    domain = await run_in_threadpool(projects.add_domain, ctx.platform, ctx.user.name, name, ctx.body["domain"])
+    warning = await run_in_threadpool(certificates.dns_warning, ctx.platform, domain)
+    return ok({"domain": domain, "project": name, "warning": warning}, 201)
 
 
 @endpoint("DELETE", "/projects/{project}/domains/{domain}", "Stop routing a domain to the project",

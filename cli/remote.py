@@ -205,7 +205,12 @@ def _maybe_follow(args: argparse.Namespace, name: str, number: int | None) -> in
 
 def cmd_domains(args: argparse.Namespace) -> int:
     domains = client(args).get(f"/projects/{project(args)}/domains")
-    show(args, domains) if args.json else print("\n".join(domains) or "(no domains)")
+    if not domains and not args.json:
+        print("(no domains)")
+        return 0
+    show(args, domains, ["DOMAIN", "CERTIFICATE", "ISSUER", "EXPIRES", "REASON"],
+         lambda d: [d["domain"], d["certificate"]["state"], d["certificate"]["issuer"] or "-",
+                    d["certificate"]["expires_at"][:10] or "-", d["certificate"]["reason"] or "-"])
     return 0
 
 
@@ -213,6 +218,8 @@ def cmd_domains_add(args: argparse.Namespace) -> int:
     name = project(args)
     added = client(args).post(f"/projects/{name}/domains", {"domain": args.domain})
     print(f"{added['domain']} now routes to {name}")
+    if added.get("warning"):
+        print(f"warning: {added['warning']}", file=sys.stderr)
     return 0
 
 

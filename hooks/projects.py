@@ -75,7 +75,8 @@ def _remove_docker_objects(platform: Platform, name: str, volumes: bool) -> list
     return removed
 
 
-def add_domain(platform: Platform, user: str, project: str, domain: str) -> None:
+def add_domain(platform: Platform, user: str, project: str, domain: str) -> str:
+    """Route a domain to the project (Caddy asks for its certificate); returns it as stored."""
     require_project(platform, project)
     domain = domain.strip().lower()
     if not DOMAIN.fullmatch(domain):
@@ -90,6 +91,7 @@ def add_domain(platform: Platform, user: str, project: str, domain: str) -> None
         raise Refused(str(err), "conflict") from None
     platform.store.audit(user, "domains:add", project, domain)
     platform.router.apply_routes_if_up()
+    return domain
 
 
 def remove_domain(platform: Platform, user: str, project: str, domain: str) -> None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from hooks.engine import DeployEngine
 from runtime.caddy import (
+    ACME_ROOT_NAME,
     ADMIN_SOCKET_NAME,
     CONTAINER_RUN_DIR,
+    Acme,
     CaddyError,
     Route,
     build_config,
@@ -127,7 +130,20 @@ class Router:
     def _load_routes(self, switching: Deployment | None = None) -> bool:
         return self.caddy.load(self._write_config(switching))
 
+    def _acme(self) -> Acme:
+        """The ACME settings as Caddy reads them: a CA root to trust is copied into run/, which
+        the Caddy container mounts."""
+        settings, root = self.settings, ""
+        if settings.acme_ca_root:
+            pem = Path(settings.acme_ca_root).read_bytes()
+            copy = settings.run_dir / ACME_ROOT_NAME
+            if not copy.exists() or copy.read_bytes() != pem:
+                copy.write_bytes(pem)
+            root = f"{CONTAINER_RUN_DIR}/{ACME_ROOT_NAME}"
+        return Acme(ca=settings.acme_ca, email=settings.acme_email, ca_root=root)
+
     def _write_config(self, switching: Deployment | None = None) -> dict:
-        config = build_config(self.routes(switching), tls=self.settings.tls, api_host=self.api_host)
+        config = build_config(self.routes(switching), tls=self.settings.tls, api_host=self.api_host,
+                              acme=self._acme())
         (self.settings.run_dir / "caddy.json").write_text(json.dumps(config, indent=2))
         return config

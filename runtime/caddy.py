@@ -1,5 +1,11 @@
 """Caddy: the edge proxy. Its config is generated from routes; its admin API is a unix socket.
 
+With TLS on, Caddy obtains and renews a certificate for every public name it routes from the
+ACME CA of the settings (Let's Encrypt by default), keeps them in its data volume (so restarts
+never order again), redirects HTTP to HTTPS, and writes its certificate events to a log file in
+the data dir's run/ (`read_certificate_events`); `served_certificate` reads the certificate it
+serves for a name. Names no public CA can sign (localhost, IP addresses) keep Caddy's own CA.
+
 A route points at a project's web service by its swarm DNS name, resolved by Caddy itself
 (dynamic A upstreams, refreshed every 250 ms). A deploy therefore never changes the config:
 swarm swaps the tasks behind the name. The config changes only when routes do (a project's
@@ -9,16 +15,27 @@ a reload resets some keep-alive connections.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
+import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 ADMIN_SOCKET_NAME = "caddy-admin.sock"
 API_SOCKET_NAME = "api.sock"  # the daemon's API, for Caddy to serve on the server's own domain
 CONTAINER_RUN_DIR = "/run/disco"  # where the data dir's run/ is mounted in the Caddy container
+TLS_LOG_NAME = "caddy-tls.log"  # Caddy's certificate events, in run/
+ACME_ROOT_NAME = "acme-ca-root.pem"  # --acme-ca-root, copied into run/ for Caddy to read
+# Caddy's loggers that tell what happens to certificates (obtain, renew, the ACME exchange).
+TLS_LOGGERS = ["tls", "tls.obtain", "tls.renew", "tls.issuance.acme", "tls.cache.maintenance", "http.acme_client"]
 
 
 # How often Caddy looks a service's tasks up again; after a swarm update completes, the proxy
@@ -37,16 +54,24 @@ class Route:
     port: int
 
 
-def build_config(routes: list[Route], tls: bool, api_host: str = "") -> dict:
+@dataclass(frozen=True)
+class Acme:
+    """Where certificates come from: an RFC 8555 CA's directory, the account's contact, and a
+    root to trust for the CA's own HTTPS (a path in the Caddy container; "" for public CAs)."""
+
+    ca: str
+    email: str = ""
+    ca_root: str = ""
+
+
+def build_config(routes: list[Route], tls: bool, api_host: str = "", acme: Acme | None = None) -> dict:
     """The whole Caddy config; `api_host` (the server's own domain) serves the Disco API."""
     api = [_api_route(api_host)] if api_host else []
     server: dict = {
         "listen": [":443"] if tls else [":80"],
         "routes": api + [_route(r) for r in routes if r.hosts] + [_not_found()],
     }
-    if not tls:
-        server["automatic_https"] = {"disable": True}
-    return {
+    config: dict = {
         "admin": {
             "listen": f"unix/{CONTAINER_RUN_DIR}/{ADMIN_SOCKET_NAME}",
             # Caddy checks the Host of admin requests; ours send "localhost".
@@ -54,6 +79,56 @@ def build_config(routes: list[Route], tls: bool, api_host: str = "") -> dict:
         },
         "apps": {"http": {"servers": {"disco": server}}},
     }
+    if not tls:
+        server["automatic_https"] = {"disable": True}
+        return config
+    subjects = sorted({h for r in routes for h in r.hosts} | ({api_host} if api_host else set()))
+    public = [h for h in subjects if certificate_problem(h, tls) is None]
+    if public and acme is not None:
+        config["apps"]["tls"] = {"automation": {"policies": [{"subjects": public, "issuers": [_issuer(acme)]}]}}
+    config["logging"] = _tls_logging()
+    return config
+
+
+def _issuer(acme: Acme) -> dict:
+    issuer: dict = {"module": "acme", "ca": acme.ca}
+    if acme.email:
+        issuer["email"] = acme.email
+    if acme.ca_root:
+        issuer["trusted_roots_pem_files"] = [acme.ca_root]
+    return issuer
+
+
+def _tls_logging() -> dict:
+    """Certificate events to run/caddy-tls.log as JSON (rolled at 10 MB), the rest to stderr."""
+    return {"logs": {
+        "default": {"exclude": TLS_LOGGERS},
+        "tls": {
+            "writer": {"output": "file", "filename": f"{CONTAINER_RUN_DIR}/{TLS_LOG_NAME}", "roll_size_mb": 10,
+                       "roll_keep": 2},
+            "encoder": {"format": "json"},
+            "include": TLS_LOGGERS,
+        },
+    }}
+
+
+_LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa")
+
+
+def certificate_problem(host: str, tls: bool) -> str | None:
+    """Why `host` cannot get a certificate from a public CA, or None if it can."""
+    if not tls:
+        return "HTTPS is off on this server (--no-tls)"
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return "an IP address gets no certificate from an ACME CA here; use a domain"
+    except ValueError:
+        pass
+    if host == "localhost" or host.endswith(_LOCAL_SUFFIXES):
+        return "a local name gets no public certificate (Caddy signs it with its own CA)"
+    if "." not in host:
+        return "a name without a dot gets no public certificate"
+    return None
 
 
 def _route(route: Route) -> dict:
@@ -153,3 +228,102 @@ class CaddyAdmin:
 
 def _normalise(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
+
+
+# -- certificates: what Caddy logged and what it serves ------------------------------------------
+
+@dataclass(frozen=True)
+class CertificateEvent:
+    """The latest thing Caddy logged about a name's certificate."""
+
+    state: str  # "pending" (obtaining or renewing), "issued", "failed"
+    at: float  # Unix time
+    error: str = ""  # the CA's reason, as Caddy reports it
+
+
+_EVENT_STATES = {
+    "obtaining certificate": "pending",
+    "renewing certificate": "pending",
+    "certificate obtained successfully": "issued",
+    "certificate renewed successfully": "issued",
+    "could not get certificate from issuer": "failed",
+}
+
+
+def certificate_events(lines: Iterable[str]) -> dict[str, CertificateEvent]:
+    """Per name, the latest certificate event in Caddy's JSON log lines (others are skipped)."""
+    latest: dict[str, CertificateEvent] = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the tail, or not JSON
+        if not isinstance(entry, dict):
+            continue
+        state = _EVENT_STATES.get(str(entry.get("msg", "")))
+        name = entry.get("identifier")
+        if state is None or not isinstance(name, str):
+            continue
+        at = entry.get("ts")
+        when = float(at) if isinstance(at, (int, float)) else 0.0
+        latest[name] = CertificateEvent(state, when, _one_line(str(entry.get("error", ""))))
+    return latest
+
+
+def read_certificate_events(run_dir: Path, tail_bytes: int = 1 << 20) -> dict[str, CertificateEvent]:
+    """certificate_events of the last `tail_bytes` of Caddy's TLS log (none if it has none yet)."""
+    path = run_dir / TLS_LOG_NAME
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - tail_bytes))
+            text = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return {}
+    return certificate_events(text.splitlines())
+
+
+def _one_line(error: str) -> str:
+    return " ".join(error.split())[:500]
+
+
+@dataclass(frozen=True)
+class ServedCertificate:
+    issuer: str
+    expires_at: datetime
+    names: tuple[str, ...]
+    self_signed_by_caddy: bool  # Caddy's own CA (a local name, or no certificate yet)
+
+
+def served_certificate(port: int, host: str, timeout: float = 3) -> ServedCertificate | None:
+    """The certificate Caddy serves on 127.0.0.1:`port` for `host` (by SNI), or None when the
+    handshake fails (Caddy has none for it yet). Not verified: this reads, it does not trust."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock, \
+                context.wrap_socket(sock, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+    return describe_certificate(der) if der else None
+
+
+def describe_certificate(der: bytes) -> ServedCertificate:
+    cert = x509.load_der_x509_certificate(der)
+    issuer = _name(cert.issuer)
+    try:
+        names = tuple(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                      .get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        names = ()
+    return ServedCertificate(issuer=issuer, expires_at=cert.not_valid_after_utc.astimezone(UTC), names=names,
+                             self_signed_by_caddy=issuer.startswith("Caddy Local Authority"))
+
+
+def _name(name: x509.Name) -> str:
+    for oid in (NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME):
+        found = name.get_attributes_for_oid(oid)
+        if found:
+            return str(found[0].value)
+    return name.rfc4514_string()

@@ -18,6 +18,7 @@ import tomlkit
 from runtime.appconfig import Caps, memory_bytes
 
 CONFIG_NAME = "config.toml"
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 # The instance prefixes Docker names (service names must stay DNS labels of 63 at most).
 INSTANCE_NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")
 
@@ -43,6 +44,10 @@ class Settings:
     apps_domain: str = setting("", "serve each project at PROJECT.APPS_DOMAIN (empty: only added domains)",
                                "none")
     tls: bool = setting(True, "automatic HTTPS with Let's Encrypt for real domains", "on")
+    acme_email: str = setting("", "contact of the ACME account (Let's Encrypt mails expiry warnings there)", "none")
+    acme_ca: str = setting(LETS_ENCRYPT, "ACME directory URL of the CA that issues certificates (Let's Encrypt "
+                           "staging, ZeroSSL, step-ca, a company CA...)", "Let's Encrypt")
+    acme_ca_root: str = setting("", "PEM file of a root to trust for that CA's own HTTPS (private CAs)", "none")
     keep_images: int = setting(5, "images kept per project for rollback (the live one included)")
     listen: str = setting("", "address the SSH server binds (empty: all)", "all")
     # What one user or project may cost the server (issue: one project cannot hurt another).
@@ -162,6 +167,10 @@ def resolve_settings(flags: dict[str, object], environ: dict[str, str] | None = 
         chosen.setdefault(name, _coerce(name, value))
     settings = Settings(**chosen)  # type: ignore[arg-type]
     _check_limits(settings)
+    if not settings.acme_ca.startswith("https://"):
+        raise ValueError(f"setting acme_ca must be an https:// ACME directory URL, got {settings.acme_ca!r}")
+    if settings.acme_ca_root and not Path(settings.acme_ca_root).is_file():
+        raise ValueError(f"setting acme_ca_root: {settings.acme_ca_root} is not a file (a PEM certificate)")
     if not INSTANCE_NAME.fullmatch(settings.instance):
         raise ValueError(f"instance {settings.instance!r} must be 1 to 20 characters of a-z, 0-9 and '-', starting with a letter")
     return settings

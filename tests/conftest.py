@@ -306,13 +306,13 @@ def server_ref(disco: Disco, project: str, ref: str = "refs/heads/main") -> str 
 
 
 def shared_disco(workdir: Path, extra_args: list[str] | None = None, users: tuple[str, ...] = (),
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, ports: dict[str, int] | None = None):
     """A started daemon with admin alice (and `users`, admins too) for a module-scoped fixture.
 
     Yields (disco, alice's key) or, with users, (disco, {name: key}); stops the daemon after.
     """
     server = Disco(data_dir=workdir / "data", workdir=workdir, extra_args=list(extra_args or []),
-                   extra_env=dict(extra_env or {}))
+                   extra_env=dict(extra_env or {}), **(ports or {}))
     keys: dict[str, Key] = {}
     for name in ("alice", *users):
         path = workdir / "keys" / name

@@ -175,7 +175,9 @@ def test_projects_env_domains_and_audit(client: TestClient, platform: Platform, 
     assert error_of(client.post("/api/v1/projects/shop/env/unset", json={"names": ["MODE"]}, headers=bob))[0] == 404
 
     assert client.post("/api/v1/projects/shop/domains", json={"domain": "Shop.Example.com"}, headers=bob).status_code == 201
-    assert client.get("/api/v1/projects/shop/domains", headers=bob).json() == ["shop.example.com"]
+    listed = client.get("/api/v1/projects/shop/domains", headers=bob).json()
+    assert [(d["domain"], d["certificate"]["state"]) for d in listed] == [("shop.example.com", "pending")]
+    assert "once the project has a live deployment" in listed[0]["certificate"]["reason"]
     assert client.post("/api/v1/projects", json={"name": "blog"}, headers=alice).status_code == 201
     taken = client.post("/api/v1/projects/blog/domains", json={"domain": "shop.example.com"}, headers=alice)
     assert error_of(taken)[:2] == (409, "conflict") and "already belongs to project 'shop'" in error_of(taken)[2]

@@ -10,10 +10,16 @@ from runtime.caddy import (
     ADMIN_SOCKET_NAME,
     API_SOCKET_NAME,
     CONTAINER_RUN_DIR,
+    TLS_LOG_NAME,
+    Acme,
     CaddyAdmin,
     CaddyError,
     Route,
     build_config,
+    certificate_events,
+    certificate_problem,
+    describe_certificate,
+    read_certificate_events,
 )
 
 SHOP = Route(("www.shop.example", "shop.apps.example"), "disco-shop-web", 8000)
@@ -70,3 +76,85 @@ def test_a_route_without_hosts_is_left_out():
 def test_loading_into_a_caddy_that_is_down_is_a_caddy_error(tmp_path: Path):
     with pytest.raises(CaddyError, match="cannot reach Caddy's admin API"):
         CaddyAdmin(tmp_path).load(build_config([SHOP], tls=False))
+
+
+ACME = Acme(ca="https://ca.example/dir", email="ops@shop.example", ca_root=f"{CONTAINER_RUN_DIR}/acme-ca-root.pem")
+LOCAL = Route(("blog.localhost", "10.0.0.7"), "disco-blog-web", 8000)
+
+
+def test_public_names_get_certificates_from_the_configured_ca_and_local_ones_do_not():
+    config = build_config([SHOP, LOCAL], tls=True, api_host="deploy.shop.example", acme=ACME)
+    (policy,) = config["apps"]["tls"]["automation"]["policies"]
+    # The API's own host too; localhost names and IPs keep Caddy's own CA.
+    assert policy["subjects"] == ["deploy.shop.example", "shop.apps.example", "www.shop.example"]
+    assert policy["issuers"] == [{"module": "acme", "ca": "https://ca.example/dir", "email": "ops@shop.example",
+                                  "trusted_roots_pem_files": [f"{CONTAINER_RUN_DIR}/acme-ca-root.pem"]}]
+    # Automatic HTTPS stays on: Caddy redirects HTTP to HTTPS and answers the HTTP-01 challenge.
+    assert "automatic_https" not in server(config)
+    logs = config["logging"]["logs"]
+    assert logs["tls"]["writer"]["filename"] == f"{CONTAINER_RUN_DIR}/{TLS_LOG_NAME}"
+    assert "tls.obtain" in logs["tls"]["include"] and "tls.obtain" in logs["default"]["exclude"]
+
+
+def test_a_public_ca_needs_no_root_or_email_and_no_names_no_policy():
+    config = build_config([SHOP], tls=True, acme=Acme(ca="https://acme-v02.api.letsencrypt.org/directory"))
+    assert config["apps"]["tls"]["automation"]["policies"][0]["issuers"] == [
+        {"module": "acme", "ca": "https://acme-v02.api.letsencrypt.org/directory"}]
+    assert "tls" not in build_config([LOCAL], tls=True, acme=ACME)["apps"]
+    assert "tls" not in build_config([SHOP], tls=False, acme=ACME)["apps"]
+
+
+@pytest.mark.parametrize("host, problem", [
+    ("www.shop.example", None), ("a.b.example.test", None),
+    ("localhost", "a local name"), ("shop.localhost", "a local name"), ("printer.local", "a local name"),
+    ("192.0.2.1", "an IP address"), ("[::1]", "an IP address"), ("intranet", "a name without a dot"),
+])
+def test_which_names_can_get_a_public_certificate(host: str, problem: str | None):
+    found = certificate_problem(host, tls=True)
+    assert (found is None) if problem is None else (found is not None and found.startswith(problem))
+    assert certificate_problem(host, tls=False) == "HTTPS is off on this server (--no-tls)"
+
+
+def test_certificate_events_keep_the_latest_per_name_with_the_cas_reason(tmp_path: Path):
+    lines = [
+        '{"level":"info","ts":10.0,"logger":"tls.obtain","msg":"obtaining certificate","identifier":"a.example"}',
+        '{"level":"info","ts":11.0,"logger":"tls.obtain","msg":"obtaining certificate","identifier":"b.example"}',
+        '{"level":"info","ts":12.0,"logger":"tls.obtain","msg":"certificate obtained successfully",'
+        '"identifier":"a.example"}',
+        '{"level":"error","ts":13.0,"logger":"tls.obtain","msg":"could not get certificate from issuer",'
+        '"identifier":"b.example","issuer":"ca","error":"HTTP 400 urn:ietf:params:acme:error:dns -\\n DNS problem"}',
+        'not json', '[1, 2]', '{"msg": "obtaining certificate", "identifier": 5}',
+        '{"level":"info","ts":14.0,"logger":"tls.renew","msg":"renewing certificate","identifier":"c.example"}',
+    ]
+    events = certificate_events(lines)
+    assert {name: e.state for name, e in events.items()} == {"a.example": "issued", "b.example": "failed",
+                                                             "c.example": "pending"}
+    assert events["b.example"].error == "HTTP 400 urn:ietf:params:acme:error:dns - DNS problem"  # one line
+    assert events["b.example"].at == 13.0
+    (tmp_path / TLS_LOG_NAME).write_text("\n".join(lines) + "\n")
+    assert read_certificate_events(tmp_path) == events
+    assert read_certificate_events(tmp_path, tail_bytes=120) != events  # only the tail is read
+    assert read_certificate_events(tmp_path / "missing") == {}
+
+
+def test_describe_certificate_reads_issuer_expiry_and_names():
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    expiry = datetime.datetime(2027, 3, 1, 12, 0, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.shop.example")]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Pebble Intermediate CA 1a2b")]))
+            .public_key(key.public_key()).serial_number(1).not_valid_before(expiry - datetime.timedelta(days=90))
+            .not_valid_after(expiry)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("www.shop.example")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    described = describe_certificate(cert.public_bytes(Encoding.DER))
+    assert described.issuer == "Pebble Intermediate CA 1a2b" and described.expires_at == expiry
+    assert described.names == ("www.shop.example",) and not described.self_signed_by_caddy
