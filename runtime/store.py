@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlite_utils
 
+from runtime.secretbox import KEY_NAME as SECRETS_KEY_NAME
+from runtime.secretbox import SecretBox
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -101,7 +104,7 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _migration_1_team(db: sqlite_utils.Database) -> None:
+def _migration_1_team(db: sqlite_utils.Database, _box: SecretBox) -> None:
     db.table("users").create({"name": str, "role": str, "created_at": str}, pk="name")
     db.table("grants").create(
         {"user": str, "project": str, "granted_at": str},
@@ -131,7 +134,7 @@ def _migration_1_team(db: sqlite_utils.Database) -> None:
     )
 
 
-def _migration_2_deploys(db: sqlite_utils.Database) -> None:
+def _migration_2_deploys(db: sqlite_utils.Database, _box: SecretBox) -> None:
     db.table("deployments").create(
         {
             "id": int,
@@ -162,7 +165,7 @@ def _migration_2_deploys(db: sqlite_utils.Database) -> None:
     db.table("scale").create({"project": str, "service": str, "replicas": int}, pk=("project", "service"))
 
 
-def _migration_3_api_keys(db: sqlite_utils.Database) -> None:
+def _migration_3_api_keys(db: sqlite_utils.Database, _box: SecretBox) -> None:
     db.table("api_keys").create(
         {
             "id": int, "user": str, "label": str, "digest": str, "prefix": str, "created_at": str,
@@ -174,7 +177,7 @@ def _migration_3_api_keys(db: sqlite_utils.Database) -> None:
     db.table("api_keys").create_index(["digest"], unique=True)
 
 
-def _migration_4_github(db: sqlite_utils.Database) -> None:
+def _migration_4_github(db: sqlite_utils.Database, _box: SecretBox) -> None:
     db.table("github_links").create(
         {
             "project": str, "repo": str, "branch": str, "clone_url": str, "secret": str, "token": str,
@@ -190,13 +193,13 @@ def _migration_4_github(db: sqlite_utils.Database) -> None:
     db.table("deployments").add_column("delivery", str)
 
 
-def _migration_5_web_service(db: sqlite_utils.Database) -> None:
+def _migration_5_web_service(db: sqlite_utils.Database, _box: SecretBox) -> None:
     # The swarm service a deployment's web traffic goes to; "" for deployments made before
     # names were collision-free (runtime/names.py), whose services still have the old names.
     db.table("deployments").add_column("web_service", str, not_null_default="")
 
 
-def _migration_6_cron(db: sqlite_utils.Database) -> None:
+def _migration_6_cron(db: sqlite_utils.Database, _box: SecretBox) -> None:
     # One row per run of a scheduled service (or per time it was skipped), and per scheduled
     # service the last time it was due that the scheduler handled, so a restart replays at most one.
     db.table("cron_runs").create(
@@ -214,12 +217,40 @@ def _migration_6_cron(db: sqlite_utils.Database) -> None:
                                   pk=("project", "service"))
 
 
+def _migration_7_github_app(db: sqlite_utils.Database, box: SecretBox) -> None:
+    # The GitHub App of this server (one), its installations and the repos each can reach, and
+    # the manifest flows that create it. Links made through the App name their installation.
+    db.table("github_app").create(
+        {"key": str, "app_id": int, "slug": str, "name": str, "owner": str, "html_url": str, "client_id": str,
+         "client_secret": str, "webhook_secret": str, "pem": str, "created_by": str, "created_at": str},
+        pk="key",
+    )
+    db.table("github_installations").create({"id": int, "account": str, "suspended": int, "updated_at": str},
+                                            pk="id")
+    db.table("github_installation_repos").create({"installation_id": int, "repo": str},
+                                                 pk=("installation_id", "repo"))
+    db.table("github_installation_repos").create_index(["repo"])
+    db.table("github_app_flows").create(
+        {"id": str, "user": str, "org": str, "start_digest": str, "state_digest": str, "binding_digest": str,
+         "created_at": str, "expires_at": float, "started": int, "finished": int},
+        pk="id",
+    )
+    db.table("github_links").add_column("installation_id", int, not_null_default=0)
+    # Secrets at rest: the tokens, deploy keys and webhook secrets of existing links are sealed.
+    rows = db.execute("SELECT project, token, deploy_key, secret FROM github_links").fetchall()
+    for project, token, deploy_key, secret in rows:
+        db.execute("UPDATE github_links SET token = ?, deploy_key = ?, secret = ? WHERE project = ?",
+                   [box.seal(token or ""), box.seal(deploy_key or ""), box.seal(secret or ""), project])
+
+
 # Applied in order on every open; PRAGMA user_version records how many have run.
 # Append new steps; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+MIGRATIONS: list[Callable[[sqlite_utils.Database, SecretBox], None]] = [
     _migration_1_team, _migration_2_deploys, _migration_3_api_keys, _migration_4_github,
-    _migration_5_web_service, _migration_6_cron,
+    _migration_5_web_service, _migration_6_cron, _migration_7_github_app,
 ]
+SEALED_LINK_COLUMNS = ("token", "deploy_key", "secret")
+SEALED_APP_COLUMNS = ("client_secret", "webhook_secret", "pem")
 
 class DeploymentStatus(StrEnum):
     """A deployment's life: queued -> building -> starting -> live, or failed / cancelled /
@@ -282,6 +313,7 @@ class Store:
         self._conn = self._connect(check_same_thread=False)
         self._lock = threading.RLock()
         self._local = threading.local()
+        self.secrets = SecretBox(path.parent / SECRETS_KEY_NAME)  # secrets at rest (runtime/secretbox.py)
         self.db = sqlite_utils.Database(self._conn)
         self.migrate()
 
@@ -290,6 +322,9 @@ class Store:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
+        # Deleted and replaced content is zeroed, not left in free pages: a secret sealed by a
+        # migration leaves no clear copy behind in the file.
+        conn.execute("PRAGMA secure_delete=ON")
         conn.row_factory = sqlite3.Row
         return conn
 
@@ -328,8 +363,11 @@ class Store:
         with self.transaction() as db:
             done = db.execute("PRAGMA user_version").fetchone()[0]
             for index in range(done, target):
-                MIGRATIONS[index](db)
+                MIGRATIONS[index](db, self.secrets)
                 db.execute(f"PRAGMA user_version={index + 1}")
+        if done < target:  # what the migrations replaced leaves the WAL too
+            with self._lock:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @property
     def schema_version(self) -> int:
@@ -550,12 +588,104 @@ class Store:
     # -- GitHub links and deliveries ----------------------------------------------------------
 
     def github_link(self, project: str) -> dict | None:
-        return self._one("SELECT * FROM github_links WHERE project = ?", [project])
+        row = self._one("SELECT * FROM github_links WHERE project = ?", [project])
+        return self._opened(row, SEALED_LINK_COLUMNS) if row else None
 
     def set_github_link(self, link: dict) -> None:
+        sealed = {**{"installation_id": 0}, **link,
+                  **{column: self.secrets.seal(link.get(column) or "") for column in SEALED_LINK_COLUMNS}}
         with self.transaction() as db:
             db.execute("DELETE FROM github_links WHERE project = ?", [link["project"]])
-            _insert(db, "github_links", link)
+            _insert(db, "github_links", sealed)
+
+    def all_github_links(self) -> list[dict]:
+        """Every link's project, repo, branch and installation (no secrets)."""
+        return self._rows("SELECT project, repo, branch, installation_id FROM github_links ORDER BY project")
+
+    def app_links_of_repo(self, repo: str) -> list[dict]:
+        """The links made through the GitHub App to that repo (OWNER/NAME, any case)."""
+        rows = self._rows("SELECT * FROM github_links WHERE installation_id > 0 AND lower(repo) = lower(?) "
+                          "ORDER BY project", [repo])
+        return [self._opened(row, SEALED_LINK_COLUMNS) for row in rows]
+
+    def _opened(self, row: dict, columns: tuple[str, ...]) -> dict:
+        return {**row, **{column: self.secrets.open(row[column] or "") for column in columns}}
+
+    # -- the GitHub App ------------------------------------------------------------------------
+
+    def github_app(self) -> dict | None:
+        row = self._one("SELECT * FROM github_app WHERE key = 'app'")
+        return self._opened(row, SEALED_APP_COLUMNS) if row else None
+
+    def set_github_app(self, app: dict) -> None:
+        sealed = {**app, "key": "app", **{column: self.secrets.seal(app[column]) for column in SEALED_APP_COLUMNS}}
+        with self.transaction() as db:
+            db.execute("DELETE FROM github_app")
+            _insert(db, "github_app", sealed)
+
+    def delete_github_app(self) -> list[str]:
+        """Forget the App, its installations and the links made through it; returns those projects."""
+        with self.transaction() as db:
+            projects = [r[0] for r in db.execute("SELECT project FROM github_links WHERE installation_id > 0")]
+            for table in ("github_app", "github_installations", "github_installation_repos"):
+                db.execute(f"DELETE FROM {table}")
+            db.execute("DELETE FROM github_links WHERE installation_id > 0")
+        return projects
+
+    def set_installation(self, installation_id: int, account: str, suspended: bool,
+                         repos: list[str] | None = None) -> None:
+        """Record an installation; `repos` (when given) replaces the repos it can reach."""
+        with self.transaction() as db:
+            db.execute("INSERT INTO github_installations (id, account, suspended, updated_at) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET account = excluded.account, suspended = excluded.suspended, "
+                       "updated_at = excluded.updated_at", [installation_id, account, int(suspended), now()])
+            if repos is not None:
+                db.execute("DELETE FROM github_installation_repos WHERE installation_id = ?", [installation_id])
+                db.conn.executemany("INSERT OR IGNORE INTO github_installation_repos (installation_id, repo) "
+                                    "VALUES (?, ?)", [(installation_id, repo) for repo in repos])
+
+    def change_installation_repos(self, installation_id: int, added: list[str], removed: list[str]) -> None:
+        with self.transaction() as db:
+            db.conn.executemany("INSERT OR IGNORE INTO github_installation_repos (installation_id, repo) "
+                                "VALUES (?, ?)", [(installation_id, repo) for repo in added])
+            db.conn.executemany("DELETE FROM github_installation_repos WHERE installation_id = ? AND repo = ?",
+                                [(installation_id, repo) for repo in removed])
+
+    def delete_installation(self, installation_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM github_installation_repos WHERE installation_id = ?", [installation_id])
+            db.execute("DELETE FROM github_installations WHERE id = ?", [installation_id])
+
+    def installations(self) -> list[dict]:
+        """Every installation with the repos it can reach (`repos`, sorted)."""
+        rows = self._rows("SELECT * FROM github_installations ORDER BY id")
+        repos = self._rows("SELECT * FROM github_installation_repos ORDER BY repo")
+        return [{**row, "repos": [r["repo"] for r in repos if r["installation_id"] == row["id"]]} for row in rows]
+
+    def installation_of_repo(self, repo: str) -> dict | None:
+        """The installation that can reach the repo (a suspended one too: its `suspended` says)."""
+        return self._one("SELECT i.* FROM github_installations i JOIN github_installation_repos r "
+                         "ON r.installation_id = i.id WHERE lower(r.repo) = lower(?) ORDER BY i.suspended, i.id "
+                         "LIMIT 1", [repo])
+
+    # -- the manifest flows that create the App ----------------------------------------------------
+
+    def add_app_flow(self, flow: dict) -> None:
+        with self.transaction() as db:
+            _insert(db, "github_app_flows", flow)
+
+    def app_flow(self, flow_id: str) -> dict | None:
+        return self._one("SELECT * FROM github_app_flows WHERE id = ?", [flow_id])
+
+    def claim_app_flow(self, flow_id: str, column: str, expected: int, **changes: object) -> bool:
+        """Move a flow on one step (`column` from `expected` to expected + 1) with `changes`, once:
+        False if another request got there first (each step is single-use)."""
+        assert column in ("started", "finished")
+        sets = ", ".join([f"{column} = ?", *(f"{k} = ?" for k in changes)])
+        with self.transaction() as db:
+            cursor = db.execute(f"UPDATE github_app_flows SET {sets} WHERE id = ? AND {column} = ?",
+                                [expected + 1, *changes.values(), flow_id, expected])
+            return cursor.rowcount == 1
 
     def delete_github_link(self, project: str) -> None:
         with self.transaction() as db:

@@ -27,7 +27,7 @@ def test_new_migrations_apply_on_open_without_losing_data(tmp_path: Path, monkey
     old.audit("ann", "users:add", "ann")
     old.close()
 
-    def add_column(db):
+    def add_column(db, box):
         db["users"].add_column("email", str)
 
     monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, add_column])
@@ -45,7 +45,7 @@ def test_failed_migration_changes_nothing(tmp_path: Path, monkeypatch):
     path = tmp_path / "disco.sqlite3"
     Store(path).close()
 
-    def broken(db):
+    def broken(db, box):
         db["users"].add_column("half_done", str)
         raise RuntimeError("boom")
 
@@ -97,3 +97,34 @@ def test_removing_a_user_removes_keys_and_grants(tmp_path: Path):
     assert not store.has_grant("bob", "shop")
     with pytest.raises(StoreError, match="no user named 'bob'"):
         store.remove_user("bob")
+
+
+def test_link_secrets_are_sealed_at_rest_and_an_old_store_is_sealed_by_its_migration(tmp_path: Path):
+    path = tmp_path / "disco.sqlite3"
+    old = Store(path)
+    old.migrate()
+    old.close()
+    # A store from before secrets were sealed: its link holds them in clear.
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version=6")
+    conn.execute("ALTER TABLE github_links DROP COLUMN installation_id")
+    for table in ("github_app", "github_installations", "github_installation_repos", "github_app_flows"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("INSERT INTO github_links (project, repo, branch, clone_url, secret, token, deploy_key, force_mirror, "
+                 "created_at) VALUES ('shop', 'o/shop', 'main', 'https://github.com/o/shop.git', 'hook-s3cret', "
+                 "'ghp_l1nkt0ken', '-----BEGIN OPENSSH PRIVATE KEY-----', 0, 'now')")
+    conn.commit()
+    conn.close()
+    upgraded = Store(path)
+    link = upgraded.github_link("shop")
+    assert link is not None and (link["token"], link["secret"]) == ("ghp_l1nkt0ken", "hook-s3cret")
+    assert link["deploy_key"].startswith("-----BEGIN") and link["installation_id"] == 0
+    upgraded.set_github_app({"app_id": 7, "slug": "disco-x", "name": "disco x", "owner": "o", "html_url": "h",
+                             "client_id": "Iv1.x", "client_secret": "cl1ent-s3cret", "webhook_secret": "app-h00k",
+                             "pem": "-----BEGIN RSA PRIVATE KEY-----k3y", "created_by": "ann", "created_at": "now"})
+    assert upgraded.github_app()["pem"] == "-----BEGIN RSA PRIVATE KEY-----k3y"
+    upgraded.close()
+    raw = path.read_bytes() + (tmp_path / "disco.sqlite3-wal").read_bytes()
+    for secret in (b"ghp_l1nkt0ken", b"hook-s3cret", b"OPENSSH PRIVATE", b"cl1ent-s3cret", b"app-h00k", b"k3y"):
+        assert secret not in raw
+    assert oct((tmp_path / "secrets.key").stat().st_mode & 0o777) == "0o600"
