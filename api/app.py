@@ -16,7 +16,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from api.auth import authenticate
@@ -31,7 +31,7 @@ from api.spec import (
     validate,
 )
 from api.streams import UserStreams
-from hooks import github
+from hooks import github, github_app
 from hooks.errors import Refused
 from hooks.platform import Platform
 from runtime.docker_engine import DockerError
@@ -74,7 +74,11 @@ def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
 
     routes = [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+        # Before the project's route, which would take "app" for a project name.
+        Route("/webhooks/github/app", _github_app_webhook, methods=["POST"]),
         Route("/webhooks/github/{project}", _github_webhook, methods=["POST"]),
+        Route("/github/app/new", _github_app_new, methods=["GET"]),
+        Route("/github/app/created", _github_app_created, methods=["GET"]),
     ]
     by_path: dict[str, list[Endpoint]] = {}
     for ep in endpoints:
@@ -89,29 +93,52 @@ def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
 
 
 async def _github_webhook(request: Request) -> Response:
-    """GitHub's call: no API key, the signature is the auth.
-
-    An unproven delivery costs nothing: its link and headers are checked before a byte of its
-    body is read, at most WEBHOOK_READERS bodies per project (WEBHOOK_READERS_IN_ALL in all) are
-    read at once (the next gets a 503 at once), each within WEBHOOK_READ_SECONDS and 25 MB, into an HMAC and a spool file that
-    keeps only 1 MB in memory. Only a body whose signature matches is held and parsed.
-    """
-    declared = request.headers.get("content-length", "")
-    if declared.isdecimal() and (len(declared) > 12 or int(declared) > github.MAX_BODY):
-        return error_response(413, "too_large", "webhook body is larger than 25 MB")
+    """GitHub's call for a project linked by a webhook: no API key, the signature is the auth."""
     platform: Platform = request.app.state.platform
     project = request.path_params["project"]
     headers = {k.lower(): v for k, v in request.headers.items()}
     checked = github.check_headers(platform, project, headers)
     if isinstance(checked, github.WebhookReply):
         return JSONResponse(checked.body, status_code=checked.status)
+    proven = await _proven_body(request, project, checked["secret"], headers)
+    if isinstance(proven, Response):
+        return proven
+    reply = await run_in_threadpool(github.handle_delivery, platform, project, headers, proven)
+    return JSONResponse(reply.body, status_code=reply.status)
+
+
+async def _github_app_webhook(request: Request) -> Response:
+    """The GitHub App's deliveries, signed with the App's webhook secret."""
+    platform: Platform = request.app.state.platform
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    checked = await run_in_threadpool(github_app.check_headers, platform, headers)
+    if isinstance(checked, github.WebhookReply):
+        return JSONResponse(checked.body, status_code=checked.status)
+    proven = await _proven_body(request, "(github app)", checked["webhook_secret"], headers)
+    if isinstance(proven, Response):
+        return proven
+    reply = await run_in_threadpool(github_app.handle_delivery, platform, headers, proven)
+    return JSONResponse(reply.body, status_code=reply.status)
+
+
+async def _proven_body(request: Request, reader: str, secret: str, headers: dict[str, str]) -> bytes | Response:
+    """The body of a delivery whose signature matches `secret`, or the answer refusing it.
+
+    An unproven delivery costs nothing: its headers were checked before a byte of its body is
+    read, at most WEBHOOK_READERS bodies per `reader` (WEBHOOK_READERS_IN_ALL in all) are read
+    at once (the next gets a 503 at once), each within WEBHOOK_READ_SECONDS and 25 MB, into an
+    HMAC and a spool file that keeps only 1 MB in memory. Only a proven body is held.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdecimal() and (len(declared) > 12 or int(declared) > github.MAX_BODY):
+        return error_response(413, "too_large", "webhook body is larger than 25 MB")
     readers: WebhookReaders = request.app.state.webhook_readers
-    if not readers.take(project):
+    if not readers.take(reader):
         response = error_response(503, "busy", "too many webhook deliveries are being read; try again")
         response.headers["Retry-After"] = "1"
         return response
     try:
-        mac = github.signer(checked)
+        mac = github.signer(secret)
         with tempfile.SpooledTemporaryFile(max_size=WEBHOOK_IN_MEMORY) as spool:
             size = 0
             with anyio.move_on_after(WEBHOOK_READ_SECONDS) as timer:
@@ -127,11 +154,34 @@ async def _github_webhook(request: Request) -> Response:
                 reply = github.unsigned()
                 return JSONResponse(reply.body, status_code=reply.status)
             spool.seek(0)
-            body = spool.read()
+            return spool.read()
     finally:
-        readers.give_back(project)
-    reply = await run_in_threadpool(github.handle_delivery, platform, project, headers, body)
-    return JSONResponse(reply.body, status_code=reply.status)
+        readers.give_back(reader)
+
+
+async def _github_app_new(request: Request) -> Response:
+    """The one-time link of `disco github:app:create`: posts the App's manifest to GitHub."""
+    platform: Platform = request.app.state.platform
+    page = await run_in_threadpool(github_app.creation_page, platform, request.query_params.get("flow", "")[:100],
+                                   request.query_params.get("token", "")[:200], request.url.scheme == "https"
+                                   or request.headers.get("x-forwarded-proto") == "https")
+    return _page(page)
+
+
+async def _github_app_created(request: Request) -> Response:
+    """GitHub's redirect back with the code of the new App."""
+    platform: Platform = request.app.state.platform
+    page = await run_in_threadpool(github_app.finish_creation, platform, request.query_params.get("code", "")[:200],
+                                   request.query_params.get("state", "")[:200],
+                                   request.cookies.get(github_app.COOKIE, "")[:200])
+    return _page(page)
+
+
+def _page(page: github_app.Page) -> Response:
+    response = HTMLResponse(page.body, status_code=page.status, headers=page.headers)
+    if page.location:
+        response.headers["Location"] = page.location
+    return response
 
 
 def _dispatcher(eps: list[Endpoint]) -> Callable[[Request], Awaitable[Response]]:

@@ -29,7 +29,7 @@ from api.spec import (
     obj,
 )
 from api.streams import OpenStream, UserStreams
-from hooks import apikeys, certificates, github, operations, projects, team
+from hooks import apikeys, certificates, github, github_app, operations, projects, team
 from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_project_name
 from hooks.projects import deployment_json
 from hooks.queue import Ticket
@@ -131,10 +131,17 @@ async def list_projects(ctx: Context) -> Response:
     return ok([p for p in store.list_projects() if user.is_admin or p["name"] in visible])
 
 
-@endpoint("POST", "/projects", "Create a project (admins)", tag="projects", admin_only=True,
-          body=obj(["name"], name=PROJECT_NAME_SCHEMA), responses={201: PROJECT})
+@endpoint("POST", "/projects", "Create a project (admins); with github=OWNER/REPO, linked through the GitHub App "
+          "and deploying the branch's head", tag="projects", admin_only=True,
+          body=obj(["name"], name=PROJECT_NAME_SCHEMA, github={"type": "string", "pattern": github.REPO_NAME.pattern},
+                   branch={"type": "string", "minLength": 1, "maxLength": 200}),
+          responses={201: PROJECT})
 async def create_project(ctx: Context) -> Response:
-    return ok(projects.create_project(ctx.platform, ctx.user.name, ctx.body["name"]), 201)
+    if "github" not in ctx.body:
+        return ok(projects.create_project(ctx.platform, ctx.user.name, ctx.body["name"]), 201)
+    row, ticket = await run_in_threadpool(github_app.create_project, ctx.platform, ctx.user.name, ctx.body["name"],
+                                          ctx.body["github"], ctx.body.get("branch", "main"))
+    return ok({**row, "deployment": ticket.deployment.number}, 201)
 
 
 @endpoint("GET", "/projects/{project}", "A project with its live deployment and domains", tag="projects",
@@ -632,8 +639,41 @@ async def github_show(ctx: Context) -> Response:
     row = github._require_link(ctx.platform, name)
     form = github.webhook_form(ctx.platform, row)
     del form["secret"]
-    return ok({**form, "token_set": bool(row["token"]),
+    return ok({**form, "token_set": bool(row["token"]), "through_app": bool(row["installation_id"]),
+               "app_problem": await run_in_threadpool(github_app.access_problem, ctx.platform, row),
                "deploy_key": github.public_of(row["deploy_key"], name) if row["deploy_key"] else None})
+
+
+# -- the GitHub App --------------------------------------------------------------------------
+
+@endpoint("POST", "/github/app", "Start creating this server's GitHub App: a one-time link (10 minutes) for the "
+          "admin's browser (admins)", tag="github", admin_only=True,
+          body=obj(None, org={"type": "string", "maxLength": 39}), responses={201: obj(None, url=STRING,
+                                                                                     expires_in=integer())})
+async def github_app_create(ctx: Context) -> Response:
+    body = ctx.body or {}
+    return ok(await run_in_threadpool(github_app.start_creation, ctx.platform, ctx.user.name, body.get("org", "")),
+              201)
+
+
+@endpoint("GET", "/github/app", "The GitHub App, its installations and the repos they reach (a deployer sees the "
+          "repos of their projects)", tag="github", responses={200: OBJECT})
+async def github_app_show(ctx: Context) -> Response:
+    return ok(await run_in_threadpool(github_app.summary, ctx.platform, ctx.user))
+
+
+@endpoint("DELETE", "/github/app", "Forget the GitHub App and the links made through it (admins)", tag="github",
+          admin_only=True, responses={200: obj(None, unlinked=array(STRING))})
+async def github_app_remove(ctx: Context) -> Response:
+    return ok({"unlinked": await run_in_threadpool(github_app.remove, ctx.platform, ctx.user.name)})
+
+
+@endpoint("GET", "/github/repos", "The repos the GitHub App can reach, asked of GitHub (a deployer sees the repos of "
+          "their projects)", tag="github",
+          responses={200: array(obj(None, repo=STRING, private=BOOLEAN, default_branch=STRING, installation=integer(),
+                                    project=nullable(STRING)))})
+async def github_repos(ctx: Context) -> Response:
+    return ok(await run_in_threadpool(github_app.reachable_repos, ctx.platform, ctx.user))
 
 
 @endpoint("DELETE", "/projects/{project}/github", "Unlink the project from GitHub", tag="github",

@@ -105,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     command("apikeys:revoke", remote.cmd_apikeys_revoke, "revoke an API key at once").add_argument("id", type=int)
 
     command("projects", remote.cmd_projects, "list projects")
-    command("projects:create", remote.cmd_projects_create, "create a project").add_argument("name")
+    create = command("projects:create", remote.cmd_projects_create,
+                     "create a project (with --github, linked through the GitHub App and deployed)")
+    create.add_argument("name")
+    create.add_argument("--github", metavar="OWNER/REPO", help="a repo the GitHub App can reach")
+    create.add_argument("--branch", default="main", help="the branch that deploys (default: main)")
+    create.add_argument("--no-follow", action="store_true", help="do not wait for the first deployment")
     command("projects:info", remote.cmd_projects_info, "live deployment, domains and scale of a project")
     remove = command("projects:remove", remote.cmd_projects_remove, "delete a project with its services and images")
     remove.add_argument("--volumes", action="store_true", help="also delete its named volumes (data!)")
@@ -158,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--rotate", action="store_true", help="make a new secret (the old one stops working)")
     command("github:deploy-key", remote.cmd_github_deploy_key, "the public deploy key to add to a private repo")
     command("github:deliveries", remote.cmd_github_deliveries, "webhook deliveries received")
+    app_create = command("github:app:create", remote.cmd_github_app_create,
+                         "create this server's GitHub App (prints a one-time link to open in your browser)")
+    app_create.add_argument("--org", default="", help="create it for this GitHub organization")
+    command("github:app", remote.cmd_github_app, "the GitHub App, its installations and the repos they reach")
+    command("github:app:remove", remote.cmd_github_app_remove,
+            "forget the GitHub App and unlink the projects linked through it").add_argument(
+        "--yes", action="store_true", help="confirm")
+    command("github:repos", remote.cmd_github_repos, "the repos the GitHub App can reach (asked of GitHub)")
 
     command("cron", remote.cmd_cron, "scheduled services of the live deployment, with their next and last run")
     cron_runs = command("cron:runs", remote.cmd_cron_runs, "runs of a scheduled service, newest first")

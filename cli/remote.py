@@ -58,6 +58,11 @@ def cmd_projects(args: argparse.Namespace) -> int:
 
 
 def cmd_projects_create(args: argparse.Namespace) -> int:
+    if args.github:
+        created = client(args).post("/projects", {"name": args.name, "github": args.github, "branch": args.branch})
+        print(f"created project {created['name']}, linked through the GitHub App to {args.github} {args.branch}; "
+              f"deployment #{created['deployment']} queued")
+        return 0 if args.no_follow else follow(args, created["name"], created["deployment"])
     created = client(args).post("/projects", {"name": args.name})
     print(f"created project {created['name']}; deploy it with: git remote add disco <ssh url>/{created['name']} "
           "&& git push disco main")
@@ -382,6 +387,48 @@ def cmd_github_deploy_key(args: argparse.Namespace) -> int:
     else:
         print("Add this as a read-only deploy key in GitHub (the repo's Settings > Deploy keys):")
         print(key)
+    return 0
+
+
+def cmd_github_app_create(args: argparse.Namespace) -> int:
+    made = client(args).post("/github/app", {"org": args.org} if args.org else {})
+    print("Open this link in your browser within 10 minutes; it works once, and only the browser that opens it")
+    print("can finish creating the App. GitHub then asks you to install it on your repos.")
+    print(made["url"])
+    return 0
+
+
+def cmd_github_app(args: argparse.Namespace) -> int:
+    state = client(args).get("/github/app")
+    if args.json:
+        show(args, state)
+        return 0
+    app = state["app"]
+    if app is None:
+        print("no GitHub App yet: disco github:app:create makes one")
+        return 0
+    print(f"app       {app['name']} ({app['slug']}, id {app['id']}) by {app['owner']}")
+    print(f"install   {app['install_url']}")
+    for installation in state["installations"]:
+        suspended = " (suspended)" if installation["suspended"] else ""
+        print(f"installed on {installation['account']}{suspended}: {', '.join(installation['repos']) or '-'}")
+    if not state["installations"]:
+        print("not installed on any repo yet")
+    return 0
+
+
+def cmd_github_app_remove(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise ClientError("this forgets the App and unlinks the projects linked through it; repeat with --yes")
+    unlinked = client(args).delete("/github/app")["unlinked"]
+    print("the GitHub App is forgotten here (delete it on GitHub too)"
+          + (f"; unlinked: {', '.join(unlinked)}" if unlinked else ""))
+    return 0
+
+
+def cmd_github_repos(args: argparse.Namespace) -> int:
+    show(args, client(args).get("/github/repos"), ["REPO", "PRIVATE", "DEFAULT BRANCH", "PROJECT"],
+         lambda r: [r["repo"], "yes" if r["private"] else "no", r["default_branch"], r["project"] or "-"])
     return 0
 
 

@@ -26,6 +26,7 @@ from hooks.errors import DeployFailed, Refused
 from hooks.output import DeployOutput
 from hooks.platform import Platform
 from runtime import gitrepo
+from runtime.github_api import GitHubError
 from runtime.sshkeys import generate_key_pair, public_key_of
 from runtime.store import now
 
@@ -77,11 +78,16 @@ def _check_clone_url(url: str) -> None:
         raise Refused("clone_url must not carry credentials: give a token with --token instead")
 
 
-def webhook_form(platform: Platform, row: dict) -> dict:
+def server_base_url(platform: Platform) -> str:
+    """This server as GitHub and browsers reach it: https on its own domain when it has one."""
     host = platform.router.api_host or platform.settings.public_host
     scheme = "https" if platform.settings.tls and platform.router.api_host else "http"
+    return f"{scheme}://{host}"
+
+
+def webhook_form(platform: Platform, row: dict) -> dict:
     return {
-        "payload_url": f"{scheme}://{host}/webhooks/github/{row['project']}",
+        "payload_url": f"{server_base_url(platform)}/webhooks/github/{row['project']}",
         "content_type": "application/json",
         "secret": row["secret"],
         "events": "Just the push event",
@@ -97,7 +103,7 @@ def unlink(platform: Platform, user: str, project: str) -> None:
 
 
 def rotate_secret(platform: Platform, user: str, project: str) -> dict:
-    row = {**_require_link(platform, project), "secret": secrets.token_hex(32)}
+    row = {**_require_webhook_link(platform, project), "secret": secrets.token_hex(32)}
     platform.store.set_github_link(row)
     platform.store.audit(user, "github:secret-rotate", project)
     return webhook_form(platform, row)
@@ -105,7 +111,7 @@ def rotate_secret(platform: Platform, user: str, project: str) -> dict:
 
 def deploy_key(platform: Platform, user: str, project: str) -> str:
     """The public half of the project's deploy key (made on first ask); the private half stays here."""
-    row = _require_link(platform, project)
+    row = _require_webhook_link(platform, project)
     if not row["deploy_key"]:
         private, _public = generate_key_pair(f"disco-{project}")
         row = {**row, "deploy_key": private}
@@ -116,6 +122,14 @@ def deploy_key(platform: Platform, user: str, project: str) -> str:
 
 def public_of(private_key: str, project: str) -> str:
     return public_key_of(private_key, f"disco-{project}")
+
+
+def _require_webhook_link(platform: Platform, project: str) -> dict:
+    row = _require_link(platform, project)
+    if row["installation_id"]:
+        raise Refused(f"{project} is linked through the GitHub App, which needs no webhook secret or deploy key",
+                      "conflict")
+    return row
 
 
 def _require_link(platform: Platform, project: str) -> dict:
@@ -134,8 +148,15 @@ def check_headers(platform: Platform, project: str, headers: dict[str, str]) -> 
     the presence and shape of the signature, event and delivery headers. Returns the link, or
     the refusal. Headers' names are lower case."""
     row = platform.store.github_link(project)  # deleting a project deletes its link
-    if row is None:
-        return WebhookReply(404, {"error": {"code": "not_found", "message": f"no project {project!r} linked to GitHub"}})
+    if row is None or row["installation_id"]:  # an App link has no secret of its own: its hook is the App's
+        return WebhookReply(404, {"error": {"code": "not_found", "message": f"no project {project!r} linked to GitHub "
+                                            "by a webhook (the GitHub App's deliveries go to /webhooks/github/app)"}})
+    refused = check_delivery_headers(headers)
+    return refused if refused is not None else row
+
+
+def check_delivery_headers(headers: dict[str, str]) -> WebhookReply | None:
+    """The presence and shape of the signature, event and delivery headers (None: fine)."""
     if not SIGNATURE.fullmatch(headers.get("x-hub-signature-256", "").strip()):
         return WebhookReply(401, {"error": {"code": "unauthorized", "message": NOT_SIGNED}})
     event = headers.get("x-github-event", "")
@@ -144,12 +165,13 @@ def check_headers(platform: Platform, project: str, headers: dict[str, str]) -> 
     delivery = headers.get("x-github-delivery", "")
     if not delivery or len(delivery) > 100:
         return _bad("the X-GitHub-Delivery header is missing or too long")
-    return row
+    return None
 
 
-def signer(row: dict) -> hmac.HMAC:
+def signer(secret: str) -> hmac.HMAC:
     """An HMAC to feed the body to as it arrives; `signed(mac, headers)` then says if it matches."""
-    return hmac.new(row["secret"].encode(), digestmod=hashlib.sha256)
+    assert secret, "an empty secret would let anyone sign"
+    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
 
 
 def signed(mac: hmac.HMAC, headers: dict[str, str]) -> bool:
@@ -171,19 +193,27 @@ def handle_delivery(platform: Platform, project: str, headers: dict[str, str], b
         return unsigned()
     event = headers["x-github-event"]
     delivery = headers["x-github-delivery"]
-    try:
-        payload = json.loads(body)
-    except RecursionError:
-        return _bad("the body is nested too deeply to be a push payload")
-    except ValueError as err:  # bad JSON, bad UTF-8, or an integer of more digits than Python parses
-        return _bad(f"the body is not valid JSON: {err}")
-    if not isinstance(payload, dict):
-        return _bad("the body must be a JSON object")
+    payload = parse_payload(body)
+    if isinstance(payload, WebhookReply):
+        return payload
     if event == "ping":
         return _once(platform, delivery, project, event, 200, {"ok": True, "message": f"pong: {project} is linked"})
     if event != "push":
         return _once(platform, delivery, project, event, 202, {"ignored": f"event {event!r} does not deploy"})
-    return _push(platform, project, row, delivery, payload)
+    return push(platform, project, row, delivery, payload)
+
+
+def parse_payload(body: bytes) -> dict | WebhookReply:
+    """A proven body as a JSON object, or the 400 that says why it is not one."""
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        return _bad("the body is nested too deeply to be a webhook payload")
+    except ValueError as err:  # bad JSON, bad UTF-8, or an integer of more digits than Python parses
+        return _bad(f"the body is not valid JSON: {err}")
+    if not isinstance(payload, dict):
+        return _bad("the body must be a JSON object")
+    return payload
 
 
 def signature_ok(secret: str, body: bytes, header: str) -> bool:
@@ -191,8 +221,9 @@ def signature_ok(secret: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(expected.encode(), header.strip().encode())
 
 
-def _push(platform: Platform, project: str, row: dict, delivery: str, payload: dict) -> WebhookReply:
-    problem = _push_fields_problem(payload)
+def push(platform: Platform, project: str, row: dict, delivery: str, payload: dict) -> WebhookReply:
+    """Deploy a push event's commit to the linked branch (the fetch is the deployment's first step)."""
+    problem = push_fields_problem(payload)
     if problem:
         return _bad(problem)
     ref, after = payload["ref"], payload["after"]
@@ -214,7 +245,7 @@ def _push(platform: Platform, project: str, row: dict, delivery: str, payload: d
     return _result(platform, delivery, 202, {"deployment": number, "commit": after}, number)
 
 
-def _push_fields_problem(payload: dict) -> str | None:
+def push_fields_problem(payload: dict) -> str | None:
     if not isinstance(payload.get("ref"), str):
         return "push payload: ref must be a string like refs/heads/main"
     if not isinstance(payload.get("after"), str) or not SHA.fullmatch(payload["after"]):
@@ -253,21 +284,8 @@ def mirror(platform: Platform, project: str, commit: str, out: DeployOutput) -> 
     if row is None:
         raise DeployFailed(f"{project} is no longer linked to GitHub")
     repo = platform.repo_path(project)
-    if not repo.exists():
-        gitrepo.init_bare(repo)
-    tracking = f"refs/disco/github/{row['branch']}"
     out.line(f"fetching {row['branch']} from {row['clone_url']}")
-    with _credentials(platform, row) as (git_config, env):
-        try:
-            result = subprocess.run(
-                ["git", *git_config, "--git-dir", str(repo), "fetch", "--no-tags", "--quiet", row["clone_url"],
-                 f"+refs/heads/{row['branch']}:{tracking}"],
-                check=False, capture_output=True, text=True, env=env, timeout=600,
-            )
-        except subprocess.TimeoutExpired:
-            raise DeployFailed(f"fetch from {row['clone_url']} took longer than 10 minutes") from None
-    if result.returncode != 0:
-        raise DeployFailed(f"fetch from {row['clone_url']} failed: {_scrub(result.stderr, row)}")
+    _fetch(platform, row)
     if not gitrepo.has_commit(repo, commit):
         raise DeployFailed(f"commit {commit[:7]} is not on {row['branch']} at {row['clone_url']}")
     current = gitrepo.branch_head(repo, row["branch"])
@@ -279,20 +297,65 @@ def mirror(platform: Platform, project: str, commit: str, out: DeployOutput) -> 
     out.line(f"{row['branch']} -> {commit[:7]} mirrored from GitHub")
 
 
+def fetch_head(platform: Platform, project: str) -> str:
+    """Fetch the linked branch and return its head commit (the branch itself does not move)."""
+    row = _require_link(platform, project)
+    head = gitrepo.resolve_commit(platform.repo_path(project), _fetch(platform, row))
+    if head is None:
+        raise DeployFailed(f"{row['branch']} of {row['repo']} has no commit")
+    return head
+
+
+def _fetch(platform: Platform, row: dict) -> str:
+    """Fetch the linked branch into refs/disco/github/<branch>; returns that ref. Through the
+    App, a token refused (expired early, revoked) is replaced once before giving up."""
+    repo = platform.repo_path(row["project"])
+    if not repo.exists():
+        gitrepo.init_bare(repo)
+    tracking = f"refs/disco/github/{row['branch']}"
+    attempts = 2 if row["installation_id"] else 1
+    for attempt in range(attempts):
+        token = _token(platform, row)
+        with _credentials(platform, row, token) as (git_config, env):
+            try:
+                result = subprocess.run(
+                    ["git", *git_config, "--git-dir", str(repo), "fetch", "--no-tags", "--quiet", row["clone_url"],
+                     f"+refs/heads/{row['branch']}:{tracking}"],
+                    check=False, capture_output=True, text=True, env=env, timeout=600,
+                )
+            except subprocess.TimeoutExpired:
+                raise DeployFailed(f"fetch from {row['clone_url']} took longer than 10 minutes") from None
+        if result.returncode == 0:
+            return tracking
+        if attempt + 1 < attempts:
+            platform.github_tokens.forget(row["installation_id"])
+    raise DeployFailed(f"fetch from {row['clone_url']} failed: {_scrub(result.stderr, token)}")
+
+
+def _token(platform: Platform, row: dict) -> str:
+    """The link's own token, or, through the App, an installation token for this repo only."""
+    if not row["installation_id"]:
+        return str(row["token"])
+    try:
+        return platform.github_tokens.token_for(row["installation_id"], row["repo"])
+    except GitHubError as err:
+        raise DeployFailed(f"no GitHub token for {row['repo']}: {err}") from None
+
+
 class _credentials:
     """A token as an HTTP header, or the deploy key as an SSH identity, never in a URL or a log."""
 
-    def __init__(self, platform: Platform, row: dict) -> None:
-        self.platform, self.row = platform, row
+    def __init__(self, platform: Platform, row: dict, token: str) -> None:
+        self.platform, self.row, self.token = platform, row, token
         self._dir: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> tuple[list[str], dict[str, str]]:
         env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
         # A host that accepts and then stalls must fail the deployment, not hold the queue.
         config: list[str] = ["-c", "http.lowSpeedLimit=1", "-c", "http.lowSpeedTime=60"]
-        if self.row["token"]:
+        if self.token:
             # Through the environment, not the command line, which any local user can read.
-            basic = base64.b64encode(f"x-access-token:{self.row['token']}".encode()).decode()
+            basic = base64.b64encode(f"x-access-token:{self.token}".encode()).decode()
             env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
                         "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"})
         if self.row["deploy_key"]:
@@ -312,9 +375,9 @@ class _credentials:
             self._dir.cleanup()
 
 
-def _scrub(text: str, row: dict) -> str:
+def _scrub(text: str, token: str) -> str:
     """git's error, one line, with no credential in it."""
     line = " ".join(text.strip().split())[:300] or "no output"
-    if row["token"]:
-        line = line.replace(row["token"], "*****")
+    if token:
+        line = line.replace(token, "*****")
     return line

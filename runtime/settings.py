@@ -48,6 +48,9 @@ class Settings:
     acme_ca: str = setting(LETS_ENCRYPT, "ACME directory URL of the CA that issues certificates (Let's Encrypt "
                            "staging, ZeroSSL, step-ca, a company CA...)", "Let's Encrypt")
     acme_ca_root: str = setting("", "PEM file of a root to trust for that CA's own HTTPS (private CAs)", "none")
+    github_url: str = setting("https://github.com", "GitHub's web address (GitHub Enterprise Server: its own)")
+    github_api_url: str = setting("https://api.github.com", "GitHub's REST API (GitHub Enterprise Server: "
+                                  "https://HOST/api/v3)")
     keep_images: int = setting(5, "images kept per project for rollback (the live one included)")
     listen: str = setting("", "address the SSH server binds (empty: all)", "all")
     # What one user or project may cost the server (issue: one project cannot hurt another).
@@ -167,6 +170,9 @@ def resolve_settings(flags: dict[str, object], environ: dict[str, str] | None = 
         chosen.setdefault(name, _coerce(name, value))
     settings = Settings(**chosen)  # type: ignore[arg-type]
     _check_limits(settings)
+    for name in ("github_url", "github_api_url"):
+        if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", getattr(settings, name)):
+            raise ValueError(f"setting {name} must be an http(s):// URL, got {getattr(settings, name)!r}")
     if not settings.acme_ca.startswith("https://"):
         raise ValueError(f"setting acme_ca must be an https:// ACME directory URL, got {settings.acme_ca!r}")
     if settings.acme_ca_root and not Path(settings.acme_ca_root).is_file():
