@@ -11,6 +11,7 @@ import shlex
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from collections.abc import Mapping
 from typing import Any
 
 from runtime import gitrepo
@@ -258,11 +259,7 @@ def with_procfile(config: AppConfig, text: str) -> AppConfig:
 
 
 def _parse_release(table: Any, where: _Locator) -> ReleaseConfig:
-    _expect(table, dict, "release", where)
-    _reject_unknown(table, set(RELEASE_KEYS), "release", where)
-    for key, kind in RELEASE_KEYS.items():
-        if key in table:
-            _expect(table[key], kind, f"release.{key}", where)
+    _check_table(table, RELEASE_KEYS, "release", where)
     timeout = table.get("timeout", DEFAULT_RELEASE_TIMEOUT)
     if not 1 <= timeout <= 86400:
         raise AppConfigError(f"{where.at('release', 'timeout')}release.timeout must be from 1 to 86400 seconds, "
@@ -283,11 +280,7 @@ def _check_words(command: str, path: str, where: _Locator) -> None:
 
 
 def _parse_build(table: Any, where: _Locator) -> BuildConfig:
-    _expect(table, dict, "build", where)
-    _reject_unknown(table, set(BUILD_KEYS), "build", where)
-    for key, kind in BUILD_KEYS.items():
-        if key in table:
-            _expect(table[key], kind, f"build.{key}", where)
+    _check_table(table, BUILD_KEYS, "build", where)
     args = table.get("args", {})
     for name, value in args.items():
         if not isinstance(value, (str, int, float, bool)):
@@ -313,11 +306,7 @@ def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
             f"{where.at('services', name)}service name {name!r} is invalid: use up to 30 characters "
             "of a-z, 0-9 and '-', starting with a letter"
         )
-    _expect(table, dict, path, where)
-    _reject_unknown(table, set(SERVICE_KEYS), path, where)
-    for key, kind in SERVICE_KEYS.items():
-        if key in table:
-            _expect(table[key], kind, f"{path}.{key}", where)
+    _check_table(table, SERVICE_KEYS, path, where)
     port = table.get("port")
     if port is not None and not 1 <= port <= 65535:
         raise AppConfigError(f"{where.at(path, 'port')}{path}.port must be from 1 to 65535, got {port}")
@@ -399,6 +388,15 @@ def _parse_volume(item: Any, path: str, where: _Locator) -> Volume:
     if not mount.startswith("/") or ".." in PurePosixPath(mount).parts or mount == "/":
         raise AppConfigError(f"{prefix}{path}.volumes: mount path {mount!r} must be an absolute path below /")
     return Volume(name, mount)
+
+
+def _check_table(table: Any, keys: Mapping[str, type], path: str, where: _Locator) -> None:
+    """A table of known keys, each of its type; the first that is not is named."""
+    _expect(table, dict, path, where)
+    _reject_unknown(table, set(keys), path, where)
+    for key, kind in keys.items():
+        if key in table:
+            _expect(table[key], kind, f"{path}.{key}", where)
 
 
 def _stays_inside_repo(path: str) -> bool:

@@ -4,10 +4,18 @@ hostile input included: a bad line is refused naming it, before the ref moves.""
 from __future__ import annotations
 
 import random
+import subprocess
 
 import pytest
 
-from runtime.appconfig import DEFAULT_RELEASE_TIMEOUT, AppConfigError, ReleaseConfig, parse_app_config, with_procfile
+from runtime.appconfig import (
+    DEFAULT_RELEASE_TIMEOUT,
+    AppConfigError,
+    ReleaseConfig,
+    config_at,
+    parse_app_config,
+    with_procfile,
+)
 from runtime.procfile import ProcfileError, parse_procfile
 
 
@@ -105,55 +113,42 @@ def test_bad_release_and_schedule_keys_are_refused_naming_them(toml: str, messag
     assert message in str(refused.value)
 
 
-def test_config_at_reads_the_procfile_at_the_build_context_root(tmp_path):
-    import subprocess
+class Repo:
+    """A git work tree whose commits config_at reads (its .git as the bare repo)."""
 
-    from runtime.appconfig import config_at
+    def __init__(self, path) -> None:
+        self.path = path
+        self.git("init", "-q", "-b", "main")
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True).stdout
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", "-C", str(self.path), *args], check=True, capture_output=True, text=True).stdout
 
-    def commit(files: dict[str, bytes]) -> str:
+    def commit(self, files: dict[str, bytes]) -> str:
         for name, content in files.items():
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / name).write_bytes(content)
-        git("add", "-A")
-        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
-        return git("rev-parse", "HEAD").strip()
+            (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.path / name).write_bytes(content)
+        self.git("add", "-A")
+        self.git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "c")
+        return self.git("rev-parse", "HEAD").strip()
 
-    git("init", "-q", "-b", "main")
-    root = commit({"Procfile": b"web: ./root\n", "app/Procfile": b"web: ./app\nworker: ./w\n"})
-    in_context = commit({"disco.toml": b'[build]\ncontext = "app"\n'})
-    latin = commit({"Procfile": b"web: caf\xe9\n", "disco.toml": b""})
-    no_release = commit({"Procfile": b"", "disco.toml": b"[release]\ntimeout = 5\n"})
+
+def test_config_at_reads_the_procfile_at_the_build_context_root(tmp_path):
+    repo = Repo(tmp_path)
+    root = repo.commit({"Procfile": b"web: ./root\n", "app/Procfile": b"web: ./app\nworker: ./w\n"})
+    in_context = repo.commit({"disco.toml": b'[build]\ncontext = "app"\n'})
+    latin = repo.commit({"Procfile": b"web: caf\xe9\n", "disco.toml": b""})
+    no_release = repo.commit({"Procfile": b"", "disco.toml": b"[release]\ntimeout = 5\n"})
     (tmp_path / "Procfile").unlink()
-    no_procfile = commit({})
-    repo = tmp_path / ".git"
-    assert config_at(repo, root).services["web"].command == "./root"
-    assert list(config_at(repo, in_context).services) == ["web", "worker"]
+    no_procfile = repo.commit({})
+    bare = tmp_path / ".git"
+    assert config_at(bare, root).services["web"].command == "./root"
+    assert list(config_at(bare, in_context).services) == ["web", "worker"]
     with pytest.raises(AppConfigError, match="^Procfile is not UTF-8 text$"):
-        config_at(repo, latin)
+        config_at(bare, latin)
     with pytest.raises(AppConfigError, match="Procfile names no process type"):
-        config_at(repo, no_release)
+        config_at(bare, no_release)
     with pytest.raises(AppConfigError, match=r"\[release\] has no command"):
-        config_at(repo, no_procfile)
-
-
-def test_a_build_context_that_is_a_file_has_no_procfile(tmp_path):
-    import subprocess
-
-    from runtime.appconfig import config_at
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True).stdout
-
-    git("init", "-q", "-b", "main")
-    (tmp_path / "ctx").write_text("a file, not a folder\n")
-    (tmp_path / "disco.toml").write_text('[build]\ncontext = "ctx"\n')
-    git("add", "-A")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
-    # The build refuses such a context, naming it; reading the config must not crash first.
-    assert list(config_at(tmp_path / ".git", git("rev-parse", "HEAD").strip()).services) == ["web"]
+        config_at(bare, no_procfile)
 
 
 def test_a_procfile_with_only_a_release_line_keeps_what_runs():
@@ -161,3 +156,10 @@ def test_a_procfile_with_only_a_release_line_keeps_what_runs():
     merged = with_procfile(parse_app_config(None), "release: ./migrate\n")
     assert list(merged.services) == ["web"] and merged.services["web"].command is None
     assert merged.release == ReleaseConfig("./migrate", shell=True)
+
+
+def test_a_build_context_that_is_a_file_has_no_procfile(tmp_path):
+    repo = Repo(tmp_path)
+    # The build refuses such a context, naming it; reading the config must not crash first.
+    sha = repo.commit({"ctx": b"a file, not a folder\n", "disco.toml": b'[build]\ncontext = "ctx"\n'})
+    assert list(config_at(tmp_path / ".git", sha).services) == ["web"]
