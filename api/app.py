@@ -35,6 +35,7 @@ from hooks import github, github_app
 from hooks.errors import Refused
 from hooks.platform import Platform
 from runtime.docker_engine import DockerError
+from runtime.secretbox import SecretError
 
 MAX_BODY = 1 << 20  # JSON bodies are small; a larger one is a mistake or an attack
 WEBHOOK_READERS = 4  # unproven bodies read at once for one project; beyond them a 503 at once, unread
@@ -52,8 +53,8 @@ class WebhookReaders:
         self.per_project, self.in_all = per_project, in_all
         self.reading: dict[str, int] = {}
 
-    def take(self, project: str) -> bool:
-        if self.reading.get(project, 0) >= self.per_project or sum(self.reading.values()) >= self.in_all:
+    def take(self, project: str, share: int | None = None) -> bool:
+        if self.reading.get(project, 0) >= (share or self.per_project) or sum(self.reading.values()) >= self.in_all:
             return False
         self.reading[project] = self.reading.get(project, 0) + 1
         return True
@@ -75,10 +76,10 @@ def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
     routes = [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         # Before the project's route, which would take "app" for a project name.
-        Route("/webhooks/github/app", _github_app_webhook, methods=["POST"]),
-        Route("/webhooks/github/{project}", _github_webhook, methods=["POST"]),
-        Route("/github/app/new", _github_app_new, methods=["GET"]),
-        Route("/github/app/created", _github_app_created, methods=["GET"]),
+        Route("/webhooks/github/app", _secrets_kept(_github_app_webhook), methods=["POST"]),
+        Route("/webhooks/github/{project}", _secrets_kept(_github_webhook), methods=["POST"]),
+        Route("/github/app/new", _secrets_kept(_github_app_new), methods=["GET"]),
+        Route("/github/app/created", _secrets_kept(_github_app_created), methods=["GET"]),
     ]
     by_path: dict[str, list[Endpoint]] = {}
     for ep in endpoints:
@@ -90,6 +91,16 @@ def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
     app.state.webhook_readers = WebhookReaders(WEBHOOK_READERS, WEBHOOK_READERS_IN_ALL)
     app.state.streams = UserStreams(platform.settings.max_streams)
     return app
+
+
+def _secrets_kept(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A route that reads sealed secrets answers 503, not 500, when they cannot be opened."""
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except SecretError as err:
+            return error_response(503, "secrets_unavailable", str(err))
+    return route
 
 
 async def _github_webhook(request: Request) -> Response:
@@ -114,18 +125,20 @@ async def _github_app_webhook(request: Request) -> Response:
     checked = await run_in_threadpool(github_app.check_headers, platform, headers)
     if isinstance(checked, github.WebhookReply):
         return JSONResponse(checked.body, status_code=checked.status)
-    proven = await _proven_body(request, "(github app)", checked["webhook_secret"], headers)
+    # GitHub does not redeliver by itself: the App's deliveries may use every reader slot.
+    proven = await _proven_body(request, "(github app)", checked["webhook_secret"], headers, WEBHOOK_READERS_IN_ALL)
     if isinstance(proven, Response):
         return proven
     reply = await run_in_threadpool(github_app.handle_delivery, platform, headers, proven)
     return JSONResponse(reply.body, status_code=reply.status)
 
 
-async def _proven_body(request: Request, reader: str, secret: str, headers: dict[str, str]) -> bytes | Response:
+async def _proven_body(request: Request, reader: str, secret: str, headers: dict[str, str],
+                       share: int = WEBHOOK_READERS) -> bytes | Response:
     """The body of a delivery whose signature matches `secret`, or the answer refusing it.
 
     An unproven delivery costs nothing: its headers were checked before a byte of its body is
-    read, at most WEBHOOK_READERS bodies per `reader` (WEBHOOK_READERS_IN_ALL in all) are read
+    read, at most `share` bodies per `reader` (WEBHOOK_READERS_IN_ALL in all) are read
     at once (the next gets a 503 at once), each within WEBHOOK_READ_SECONDS and 25 MB, into an
     HMAC and a spool file that keeps only 1 MB in memory. Only a proven body is held.
     """
@@ -133,7 +146,7 @@ async def _proven_body(request: Request, reader: str, secret: str, headers: dict
     if declared.isdecimal() and (len(declared) > 12 or int(declared) > github.MAX_BODY):
         return error_response(413, "too_large", "webhook body is larger than 25 MB")
     readers: WebhookReaders = request.app.state.webhook_readers
-    if not readers.take(reader):
+    if not readers.take(reader, share):
         response = error_response(503, "busy", "too many webhook deliveries are being read; try again")
         response.headers["Retry-After"] = "1"
         return response
@@ -204,6 +217,8 @@ def _dispatcher(eps: list[Endpoint]) -> Callable[[Request], Awaitable[Response]]
             return error_response(err.kind.http_status, err.kind, str(err))
         except DockerError as err:  # Docker down or refusing: the server's trouble, said plainly
             return error_response(503, "docker_unavailable", str(err))
+        except SecretError as err:  # the data dir lost its secrets.key: said plainly, never a 500
+            return error_response(503, "secrets_unavailable", str(err))
 
     return dispatch
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 from hooks.platform import Platform
 from runtime import dns
@@ -48,12 +49,18 @@ def _status(platform: Platform, host: str, routed: bool, event: CertificateEvent
                                                    "deployment to route this name to")
     served = served_certificate(platform.settings.https_port, host) if platform.router.is_up else None
     if served is not None and host in served.names and not served.self_signed_by_caddy:
-        renewal = f"the last renewal failed: {event.error}" if event and event.state == "failed" else ""
-        return CertificateStatus("issued", served.issuer, served.expires_at.isoformat(timespec="seconds"), renewal)
+        expires = served.expires_at.isoformat(timespec="seconds")
+        if served.expires_at <= datetime.now(UTC):
+            return CertificateStatus("failed", served.issuer, expires,
+                                     f"the certificate expired and was not renewed: {event.error if event else ''}"
+                                     .rstrip(": "))
+        renewal = f"the last renewal failed: {event.error}" if event and event.error else ""
+        return CertificateStatus("issued", served.issuer, expires, renewal)
     if not platform.router.is_up:
         return CertificateStatus("pending", reason=platform.router.proxy_error or "the proxy is starting")
-    if event is not None and event.state == "failed":
-        return CertificateStatus("failed", reason=event.error or "the CA refused it")
+    if event is not None and event.error:  # failed, and Caddy may be trying again meanwhile
+        retrying = " (Caddy is trying again)" if event.state == "pending" else ""
+        return CertificateStatus("failed", reason=event.error + retrying)
     return CertificateStatus("pending", reason="Caddy is obtaining it from the CA")
 
 
@@ -62,9 +69,10 @@ def dns_warning(platform: Platform, domain: str) -> str:
     A warning only: DNS may be set up after the domain is added, or point at a load balancer."""
     if certificate_problem(domain, platform.settings.tls):
         return ""
-    with ThreadPoolExecutor(max_workers=1) as pool:  # a resolver that hangs must not hold the request
-        future = pool.submit(dns.problem, domain)
-        try:
-            return future.result(timeout=DNS_CHECK_SECONDS) or ""
-        except FutureTimeout:
-            return f"DNS for {domain} did not answer within {DNS_CHECK_SECONDS:.0f} s"
+    pool = ThreadPoolExecutor(max_workers=1)  # a resolver that hangs must not hold the request
+    try:
+        return pool.submit(dns.problem, domain).result(timeout=DNS_CHECK_SECONDS) or ""
+    except FutureTimeout:
+        return f"DNS for {domain} did not answer within {DNS_CHECK_SECONDS:.0f} s"
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # the look-up ends on its own, unwaited

@@ -35,7 +35,7 @@ BRANCH_NAME = re.compile(r"(?!.*\.\.)(?!/)[A-Za-z0-9._/-]{1,200}(?<!/)")
 SHA = re.compile(r"[0-9a-f]{40}")
 MAX_BODY = 25 << 20  # GitHub caps payloads at 25 MB
 SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}")
-NOT_SIGNED = "missing or wrong X-Hub-Signature-256 for this project's secret"
+NOT_SIGNED = "missing or wrong X-Hub-Signature-256 for this webhook's secret"
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ def link(platform: Platform, user: str, project: str, repo: str, branch: str = "
     """Link a project to a GitHub repo; returns what to paste into GitHub's webhook form."""
     if platform.store.get_project(project) is None:
         raise Refused(f"no project named {project!r}", "not_found")
+    if project == "app":
+        raise Refused("a project named 'app' cannot take webhooks at /webhooks/github/app: that is the GitHub "
+                      "App's; link it through the App (disco projects:create --github) or rename it", "conflict")
     if not REPO_NAME.fullmatch(repo):
         raise Refused(f"repo must look like OWNER/NAME, got {repo[:100]!r}")
     if not BRANCH_NAME.fullmatch(branch):
@@ -148,7 +151,9 @@ def check_headers(platform: Platform, project: str, headers: dict[str, str]) -> 
     the presence and shape of the signature, event and delivery headers. Returns the link, or
     the refusal. Headers' names are lower case."""
     row = platform.store.github_link(project)  # deleting a project deletes its link
-    if row is None or row["installation_id"]:  # an App link has no secret of its own: its hook is the App's
+    # An App link has no secret of its own (its hook is the App's); nor has a link whose secret
+    # was lost: with an empty key anyone could sign.
+    if row is None or row["installation_id"] or not row["secret"]:
         return WebhookReply(404, {"error": {"code": "not_found", "message": f"no project {project!r} linked to GitHub "
                                             "by a webhook (the GitHub App's deliveries go to /webhooks/github/app)"}})
     refused = check_delivery_headers(headers)
@@ -170,7 +175,8 @@ def check_delivery_headers(headers: dict[str, str]) -> WebhookReply | None:
 
 def signer(secret: str) -> hmac.HMAC:
     """An HMAC to feed the body to as it arrives; `signed(mac, headers)` then says if it matches."""
-    assert secret, "an empty secret would let anyone sign"
+    if not secret:
+        raise ValueError("an empty webhook secret would let anyone sign")
     return hmac.new(secret.encode(), digestmod=hashlib.sha256)
 
 
@@ -313,9 +319,10 @@ def _fetch(platform: Platform, row: dict) -> str:
     if not repo.exists():
         gitrepo.init_bare(repo)
     tracking = f"refs/disco/github/{row['branch']}"
-    attempts = 2 if row["installation_id"] else 1
-    for attempt in range(attempts):
-        token = _token(platform, row)
+    for attempt in range(2):
+        installation = _installation(platform, row)
+        cached = installation is not None and platform.github_tokens.has(installation, row["repo"])
+        token = _token(platform, row, installation)
         with _credentials(platform, row, token) as (git_config, env):
             try:
                 result = subprocess.run(
@@ -327,17 +334,30 @@ def _fetch(platform: Platform, row: dict) -> str:
                 raise DeployFailed(f"fetch from {row['clone_url']} took longer than 10 minutes") from None
         if result.returncode == 0:
             return tracking
-        if attempt + 1 < attempts:
-            platform.github_tokens.forget(row["installation_id"])
+        if installation is None or not cached:
+            break
+        platform.github_tokens.forget(installation)  # GitHub refused a kept token early: ask anew once
     raise DeployFailed(f"fetch from {row['clone_url']} failed: {_scrub(result.stderr, token)}")
 
 
-def _token(platform: Platform, row: dict) -> str:
-    """The link's own token, or, through the App, an installation token for this repo only."""
+def _installation(platform: Platform, row: dict) -> int | None:
+    """The App's installation that reaches the link's repo now (a reinstall makes a new one);
+    None for a webhook link. DeployFailed when the App lost the repo."""
     if not row["installation_id"]:
+        return None
+    found = platform.store.installation_of_repo(row["repo"])
+    if found is None or found["suspended"]:
+        raise DeployFailed(f"the GitHub App cannot reach {row['repo']} (uninstalled, suspended, or the repo was "
+                           "removed from it)")
+    return int(found["id"])
+
+
+def _token(platform: Platform, row: dict, installation: int | None) -> str:
+    """The link's own token, or, through the App, an installation token for this repo only."""
+    if installation is None:
         return str(row["token"])
     try:
-        return platform.github_tokens.token_for(row["installation_id"], row["repo"])
+        return platform.github_tokens.token_for(installation, row["repo"])
     except GitHubError as err:
         raise DeployFailed(f"no GitHub token for {row['repo']}: {err}") from None
 

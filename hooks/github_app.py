@@ -30,8 +30,9 @@ from hooks.github import WebhookReply
 from hooks.platform import Platform
 from hooks.policy import check_project_name
 from hooks.queue import Ticket
-from runtime.github_api import GitHubApi, GitHubError, app_manifest, manifest_form_action
-from runtime.store import User, now
+from runtime import gitrepo
+from runtime.github_api import GitHubApi, GitHubError, NewApp, app_manifest, manifest_form_action
+from runtime.store import StoreError, User, now
 
 FLOW_SECONDS = 600  # the link, and then GitHub's round trip, each have 10 minutes
 COOKIE = "disco_github_app"
@@ -55,23 +56,33 @@ def start_creation(platform: Platform, user: str, org: str = "") -> dict:
     """A one-time link for the admin's browser that starts the App's creation on GitHub."""
     if org and not ORG_NAME.fullmatch(org):
         raise Refused(f"invalid GitHub organization name {org[:60]!r}")
-    app = platform.store.github_app()
-    if app is not None:
-        raise Refused(f"this server already has the GitHub App {app['slug']}; remove it first with "
-                      "disco github:app:remove", "conflict")
+    _refuse_a_second_app(platform)
+    if not platform.router.api_host:
+        raise Refused("the GitHub App needs this server's own domain for GitHub to send it webhooks: start the "
+                      "daemon with --host deploy.example.com (a name whose DNS points here)", "conflict")
     flow_id, start = secrets.token_urlsafe(12), secrets.token_urlsafe(32)
-    expires = time.time() + FLOW_SECONDS
+    started = time.time()
     platform.store.add_app_flow({"id": flow_id, "user": user, "org": org, "start_digest": _digest(start),
                                  "state_digest": "", "binding_digest": "", "created_at": now(),
-                                 "expires_at": expires, "started": 0, "finished": 0})
+                                 "expires_at": started + FLOW_SECONDS, "started": 0, "finished": 0,
+                                 "created_epoch": started})
     platform.store.audit(user, "github:app:create", org or "(personal account)", "link made")
     return {"url": f"{github.server_base_url(platform)}/github/app/new?flow={flow_id}&token={start}",
             "expires_in": FLOW_SECONDS}
 
 
+def _refuse_a_second_app(platform: Platform) -> None:
+    app = platform.store.github_app()
+    if app is not None:
+        raise Refused(f"this server already has the GitHub App {app['slug']}; remove it first with "
+                      "disco github:app:remove", "conflict")
+
+
 def creation_page(platform: Platform, flow_id: str, start: str, secure: bool) -> Page:
     """The page the link opens: uses the link up, binds the flow to this browser, and posts the
     manifest to GitHub (by itself, with a button for browsers without JavaScript)."""
+    if platform.store.github_app() is not None:
+        return _problem(409, "This server has a GitHub App already (see disco github:app).")
     flow = platform.store.app_flow(flow_id) if flow_id else None
     if flow is None or not hmac.compare_digest(flow["start_digest"], _digest(start)):
         return _problem(404, "This link is not known here. Ask for a new one with disco github:app:create.")
@@ -117,18 +128,28 @@ def finish_creation(platform: Platform, code: str, state: str, binding: str) -> 
                              "link from disco github:app:create in the browser that will create the App.")
     if not platform.store.claim_app_flow(flow_id, "finished", 0):
         return _problem(409, "This App creation was finished already; each one works once. See disco github:app.")
+    if platform.store.github_app() is not None:  # another flow finished first
+        return _problem(409, "This server has a GitHub App already (see disco github:app).")
     try:
         made = GitHubApi(platform.settings.github_api_url).convert_manifest(code)
     except GitHubError as err:
         return _problem(502, f"GitHub did not make the App: {err}. Start again with disco github:app:create.")
-    platform.store.set_github_app({
-        "app_id": made.app_id, "slug": made.slug, "name": made.name, "owner": made.owner, "html_url": made.html_url,
-        "client_id": made.client_id, "client_secret": made.client_secret, "webhook_secret": made.webhook_secret,
-        "pem": made.pem, "created_by": flow["user"], "created_at": now(),
-    })
-    platform.store.audit(flow["user"], "github:app:created", made.slug, f"app id {made.app_id}")
+    try:
+        _store_app(platform, made, flow["user"])
+    except StoreError:
+        return _problem(409, f"This server got another GitHub App meanwhile; delete {made.slug} on GitHub.")
     return Page(303, location=f"{platform.settings.github_url.rstrip('/')}/apps/{made.slug}/installations/new",
                 headers={"Set-Cookie": f"{COOKIE}=; Path=/github/app; Max-Age=0; HttpOnly; SameSite=Lax"})
+
+
+def _store_app(platform: Platform, made: NewApp, user: str) -> None:
+    platform.store.add_github_app({
+        "app_id": made.app_id, "slug": made.slug, "name": made.name, "owner": made.owner, "html_url": made.html_url,
+        "client_id": made.client_id, "client_secret": made.client_secret, "webhook_secret": made.webhook_secret,
+        "pem": made.pem, "created_by": user, "created_at": now(),
+    })
+    platform.github_tokens.forget()
+    platform.store.audit(user, "github:app:created", made.slug, f"app id {made.app_id}")
 
 
 def _app_name(platform: Platform) -> str:
@@ -188,24 +209,40 @@ def reachable_repos(platform: Platform, user: User) -> list[dict]:
         raise Refused("this server has no GitHub App: disco github:app:create makes one", "not_found")
     visible = _visible_repos(platform, user)
     linked = {row["repo"].lower(): row["project"] for row in platform.store.all_github_links()}
-    api = GitHubApi(platform.settings.github_api_url)
     found = []
-    for installation in platform.store.installations():
-        if installation["suspended"]:
-            continue
-        try:
-            token = platform.github_tokens.token_for(installation["id"], None)
-            repos = api.installation_repositories(token)
-        except GitHubError as err:
-            raise Refused(f"GitHub did not list the repos of installation {installation['id']}: {err}",
-                          "conflict") from None
+    for installation_id, repos in _ask_github(platform):
         for repo in repos:
             name = str(repo.get("full_name", ""))
             if visible is None or name.lower() in visible:
                 found.append({"repo": name, "private": bool(repo.get("private")),
                               "default_branch": str(repo.get("default_branch", "")),
-                              "installation": installation["id"], "project": linked.get(name.lower())})
+                              "installation": installation_id, "project": linked.get(name.lower())})
     return found
+
+
+def _ask_github(platform: Platform) -> list[tuple[int, list[dict]]]:
+    """Each installation's repos as GitHub lists them now (every page); what the store knew is
+    brought up to date with it, so a delivery GitHub never made here is caught up."""
+    app = platform.store.github_app()
+    assert app is not None
+    api = GitHubApi(platform.settings.github_api_url)
+    listed, known = [], []
+    try:
+        for installation in api.installations(app["app_id"], app["pem"]):
+            installation_id = installation.get("id")
+            if not isinstance(installation_id, int):
+                continue
+            account = str((installation.get("account") or {}).get("login", ""))[:100]
+            suspended = bool(installation.get("suspended_at"))
+            repos = [] if suspended else api.installation_repositories(
+                platform.github_tokens.token_for(installation_id, None))
+            names = [str(r.get("full_name")) for r in repos if github.REPO_NAME.fullmatch(str(r.get("full_name")))]
+            known.append((installation_id, account, suspended, names))
+            listed.append((installation_id, repos))
+    except GitHubError as err:
+        raise Refused(f"GitHub did not list the App's repos: {err}", "conflict") from None
+    platform.store.replace_installations(known)
+    return listed
 
 
 def _visible_repos(platform: Platform, user: User) -> set[str] | None:
@@ -253,8 +290,13 @@ def create_project(platform: Platform, user: str, name: str, repo: str, branch: 
         "clone_url": f"{platform.settings.github_url.rstrip('/')}/{repo}.git", "secret": "", "token": "",
         "deploy_key": "", "force_mirror": 0, "installation_id": installation["id"], "created_at": now(),
     })
+    try:
+        head = github.fetch_head(platform, name)
+    except Refused:  # nothing half-made: the same command can be run again
+        gitrepo.remove_repo(platform.repo_path(name))
+        platform.store.delete_project(name)
+        raise
     platform.store.audit(user, "github:link", name, f"{repo} {branch} through the GitHub App")
-    head = github.fetch_head(platform, name)
     ticket = platform.deployer.enqueue(name, head, branch, user, "github",
                                        prepare=lambda out: github.mirror(platform, name, head, out))
     return row, ticket
@@ -280,7 +322,11 @@ def handle_delivery(platform: Platform, headers: dict[str, str], body: bytes) ->
         return payload
     if not platform.store.record_delivery(delivery, "", event, "received"):
         return WebhookReply(200, {"duplicate": f"delivery {delivery} was already handled"})
-    reply = _handle(platform, event, delivery, payload)
+    try:
+        reply = _handle(platform, event, delivery, payload)
+    except BaseException:
+        platform.store.forget_delivery(delivery)  # not handled: a redelivery may try again
+        raise
     platform.store.set_delivery_result(delivery, json.dumps(reply.body)[:300], None)
     return reply
 

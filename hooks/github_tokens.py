@@ -36,6 +36,12 @@ class InstallationTokens:
             self._cache[key] = fresh
         return fresh.token
 
+    def has(self, installation_id: int, repo: str | None) -> bool:
+        """Whether a token that is still good here is kept for that repo (GitHub may disagree)."""
+        with self._lock:
+            cached = self._cache.get((installation_id, repo.lower() if repo else None))
+        return cached is not None and cached.expires_at - RENEW_BEFORE > time.time()
+
     def forget(self, installation_id: int | None = None) -> None:
         """Drop cached tokens (of one installation, or all): the next ask gets a new one."""
         with self._lock:

@@ -135,10 +135,14 @@ class Router:
         the Caddy container mounts."""
         settings, root = self.settings, ""
         if settings.acme_ca_root:
-            pem = Path(settings.acme_ca_root).read_bytes()
             copy = settings.run_dir / ACME_ROOT_NAME
-            if not copy.exists() or copy.read_bytes() != pem:
-                copy.write_bytes(pem)
+            try:
+                pem = Path(settings.acme_ca_root).read_bytes()
+                if not copy.exists() or copy.read_bytes() != pem:
+                    copy.write_bytes(pem)
+            except FileNotFoundError:  # gone since the start: the copy Caddy has keeps working
+                if not copy.exists():
+                    raise CaddyError(f"the ACME root {settings.acme_ca_root} is gone") from None
             root = f"{CONTAINER_RUN_DIR}/{ACME_ROOT_NAME}"
         return Acme(ca=settings.acme_ca, email=settings.acme_email, ca_root=root)
 

@@ -234,10 +234,10 @@ def _normalise(config: dict) -> str:
 
 @dataclass(frozen=True)
 class CertificateEvent:
-    """The latest thing Caddy logged about a name's certificate."""
+    """The latest thing Caddy logged about a name's certificate, and the last failure since it
+    last got one (kept while Caddy tries again)."""
 
     state: str  # "pending" (obtaining or renewing), "issued", "failed"
-    at: float  # Unix time
     error: str = ""  # the CA's reason, as Caddy reports it
 
 
@@ -264,9 +264,13 @@ def certificate_events(lines: Iterable[str]) -> dict[str, CertificateEvent]:
         name = entry.get("identifier")
         if state is None or not isinstance(name, str):
             continue
-        at = entry.get("ts")
-        when = float(at) if isinstance(at, (int, float)) else 0.0
-        latest[name] = CertificateEvent(state, when, _one_line(str(entry.get("error", ""))))
+        if state == "failed":
+            error = _one_line(str(entry.get("error", ""))) or "the CA refused it"
+        elif state == "pending" and name in latest:
+            error = latest[name].error  # trying again: the last failure still says why
+        else:
+            error = ""
+        latest[name] = CertificateEvent(state, error)
     return latest
 
 

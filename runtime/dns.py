@@ -31,6 +31,9 @@ def problem(name: str) -> str | None:
     addresses = addresses_of(name)
     if not addresses:
         return f"DNS for {name} does not resolve (yet): add an A or AAAA record pointing to this server"
+    if all(ipaddress.ip_address(address).is_loopback or ipaddress.ip_address(address).is_unspecified
+           for address in addresses):
+        return f"DNS for {name} points to {', '.join(addresses)}, which no CA can reach: point it at this server"
     if not any(is_local_address(address) for address in addresses):
         return (f"DNS for {name} points to {', '.join(addresses)}, not this server "
                 "(fine behind a load balancer or NAT; otherwise the certificate cannot be issued)")

@@ -91,14 +91,25 @@ class GitHubApi:
         self.api_url = api_url.rstrip("/")
 
     def convert_manifest(self, code: str) -> NewApp:
+        if not CODE.fullmatch(code):
+            raise GitHubError("the code GitHub sent back is not one (letters, digits, '-' and '_')")
         data = self._call("POST", f"/app-manifests/{code}/conversions", what="turning the manifest into an App")
         try:
+            owner = data.get("owner")
             return NewApp(app_id=int(data["id"]), slug=str(data["slug"]), name=str(data["name"]),
-                          owner=str((data.get("owner") or {}).get("login", "")), html_url=str(data["html_url"]),
-                          client_id=str(data["client_id"]), client_secret=str(data["client_secret"]),
-                          webhook_secret=str(data["webhook_secret"]), pem=str(data["pem"]))
+                          owner=str(owner.get("login", "")) if isinstance(owner, dict) else "",
+                          html_url=str(data["html_url"]), client_id=str(data["client_id"]),
+                          client_secret=str(data["client_secret"]), webhook_secret=str(data["webhook_secret"]),
+                          pem=str(data["pem"]))
         except (KeyError, TypeError, ValueError):
             raise GitHubError("GitHub's answer to the manifest conversion lacks the App's fields") from None
+
+    def installations(self, app_id: int, pem: str) -> list[dict]:
+        """The App's installations as GitHub knows them (the App's JWT)."""
+        response = self._send("GET", f"{self.api_url}/app/installations?per_page=100", "the App's installations",
+                              bearer=app_jwt(app_id, pem))
+        found = _json(response, "the App's installations")
+        return [i for i in found if isinstance(i, dict)] if isinstance(found, list) else []
 
     def installation_token(self, app_id: int, pem: str, installation_id: int, repo: str | None) -> InstallationToken:
         data = self._call("POST", f"/app/installations/{installation_id}/access_tokens",
@@ -117,13 +128,15 @@ class GitHubApi:
         pages = 0
         while url and pages < 100:  # 10,000 repos: more is a loop, not an installation
             response = self._send("GET", url, bearer=token, what="the installation's repositories")
-            found += [r for r in response.json().get("repositories", []) if isinstance(r, dict)]
+            page = _json(response, "the installation's repositories")
+            repos = page.get("repositories") if isinstance(page, dict) else None
+            found += [r for r in repos if isinstance(r, dict)] if isinstance(repos, list) else []
             url = next_link(response.headers.get("link", ""))
             pages += 1
         return found
 
     def _call(self, method: str, path: str, what: str, bearer: str = "", body: dict | None = None) -> dict:
-        data = self._send(method, f"{self.api_url}{path}", what, bearer, body).json()
+        data = _json(self._send(method, f"{self.api_url}{path}", what, bearer, body), what)
         if not isinstance(data, dict):
             raise GitHubError(f"GitHub's answer for {what} is not a JSON object")
         return data
@@ -140,7 +153,8 @@ class GitHubApi:
         if response.status_code >= 300:
             message = ""
             try:
-                message = str(response.json().get("message", ""))[:200]
+                found = response.json()
+                message = str(found.get("message", ""))[:200] if isinstance(found, dict) else ""
             except ValueError:
                 pass
             raise GitHubError(f"GitHub refused {what}: {response.status_code} {message}".rstrip(),
@@ -148,6 +162,14 @@ class GitHubApi:
         return response
 
 
+def _json(response: httpx.Response, what: str) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        raise GitHubError(f"GitHub's answer for {what} is not JSON") from None
+
+
+CODE = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="next"')
 
 

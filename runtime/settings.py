@@ -43,7 +43,7 @@ class Settings:
     caddy_image: str = setting("caddy:2", "Docker image of the Caddy proxy (setup.sh sets DISCO_CADDY_IMAGE)")
     apps_domain: str = setting("", "serve each project at PROJECT.APPS_DOMAIN (empty: only added domains)",
                                "none")
-    tls: bool = setting(True, "automatic HTTPS with Let's Encrypt for real domains", "on")
+    tls: bool = setting(True, "automatic HTTPS for real domains, from the ACME CA of acme_ca", "on")
     acme_email: str = setting("", "contact of the ACME account (Let's Encrypt mails expiry warnings there)", "none")
     acme_ca: str = setting(LETS_ENCRYPT, "ACME directory URL of the CA that issues certificates (Let's Encrypt "
                            "staging, ZeroSSL, step-ca, a company CA...)", "Let's Encrypt")
@@ -171,8 +171,12 @@ def resolve_settings(flags: dict[str, object], environ: dict[str, str] | None = 
     settings = Settings(**chosen)  # type: ignore[arg-type]
     _check_limits(settings)
     for name in ("github_url", "github_api_url"):
-        if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", getattr(settings, name)):
-            raise ValueError(f"setting {name} must be an http(s):// URL, got {getattr(settings, name)!r}")
+        # Installation tokens travel to these: never in clear, but to this machine (a test GitHub).
+        if not re.fullmatch(r"(https://[^\s/]+|http://(127\.0\.0\.1|localhost)(:\d+)?)(/[^\s]*)?",
+                            getattr(settings, name)):
+            raise ValueError(f"setting {name} must be an https:// URL, got {getattr(settings, name)!r}")
+    if settings.acme_email and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", settings.acme_email):
+        raise ValueError(f"setting acme_email must be an email address, got {settings.acme_email!r}")
     if not settings.acme_ca.startswith("https://"):
         raise ValueError(f"setting acme_ca must be an https:// ACME directory URL, got {settings.acme_ca!r}")
     if settings.acme_ca_root and not Path(settings.acme_ca_root).is_file():

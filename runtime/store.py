@@ -617,10 +617,14 @@ class Store:
         row = self._one("SELECT * FROM github_app WHERE key = 'app'")
         return self._opened(row, SEALED_APP_COLUMNS) if row else None
 
-    def set_github_app(self, app: dict) -> None:
+    def add_github_app(self, app: dict) -> None:
+        """Store the server's one App; StoreError if it has one (two creations finished at once)."""
         sealed = {**app, "key": "app", **{column: self.secrets.seal(app[column]) for column in SEALED_APP_COLUMNS}}
         with self.transaction() as db:
-            db.execute("DELETE FROM github_app")
+            if db.execute("SELECT 1 FROM github_app").fetchone():
+                raise StoreError("this server has a GitHub App already")
+            for table in ("github_installations", "github_installation_repos"):  # a new App starts uninstalled
+                db.execute(f"DELETE FROM {table}")
             _insert(db, "github_app", sealed)
 
     def delete_github_app(self) -> list[str]:
@@ -656,6 +660,18 @@ class Store:
             db.execute("DELETE FROM github_installation_repos WHERE installation_id = ?", [installation_id])
             db.execute("DELETE FROM github_installations WHERE id = ?", [installation_id])
 
+    def forget_delivery(self, delivery: str) -> None:
+        """Its handling failed: a redelivery may try again."""
+        self._write("DELETE FROM github_deliveries WHERE delivery = ?", [delivery])
+
+    def replace_installations(self, installations: list[tuple[int, str, bool, list[str]]]) -> None:
+        """The installations as GitHub lists them now (id, account, suspended, repos), whole."""
+        with self.transaction() as db:
+            for table in ("github_installations", "github_installation_repos"):
+                db.execute(f"DELETE FROM {table}")
+        for installation_id, account, suspended, repos in installations:
+            self.set_installation(installation_id, account, suspended, repos)
+
     def installations(self) -> list[dict]:
         """Every installation with the repos it can reach (`repos`, sorted)."""
         rows = self._rows("SELECT * FROM github_installations ORDER BY id")
@@ -671,8 +687,10 @@ class Store:
     # -- the manifest flows that create the App ----------------------------------------------------
 
     def add_app_flow(self, flow: dict) -> None:
+        """A new manifest flow; flows that expired go."""
         with self.transaction() as db:
-            _insert(db, "github_app_flows", flow)
+            db.execute("DELETE FROM github_app_flows WHERE expires_at < ?", [flow["created_epoch"]])
+            _insert(db, "github_app_flows", {k: v for k, v in flow.items() if k != "created_epoch"})
 
     def app_flow(self, flow_id: str) -> dict | None:
         return self._one("SELECT * FROM github_app_flows WHERE id = ?", [flow_id])

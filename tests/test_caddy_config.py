@@ -12,6 +12,7 @@ from runtime.caddy import (
     CONTAINER_RUN_DIR,
     TLS_LOG_NAME,
     Acme,
+    CertificateEvent,
     CaddyAdmin,
     CaddyError,
     Route,
@@ -130,7 +131,11 @@ def test_certificate_events_keep_the_latest_per_name_with_the_cas_reason(tmp_pat
     assert {name: e.state for name, e in events.items()} == {"a.example": "issued", "b.example": "failed",
                                                              "c.example": "pending"}
     assert events["b.example"].error == "HTTP 400 urn:ietf:params:acme:error:dns - DNS problem"  # one line
-    assert events["b.example"].at == 13.0
+    retrying = certificate_events([*lines, '{"logger":"tls.obtain","msg":"obtaining certificate",'
+                                           '"identifier":"b.example"}'])
+    assert retrying["b.example"] == CertificateEvent("pending", events["b.example"].error)  # the reason stays
+    renewed = certificate_events([*lines, '{"msg":"certificate obtained successfully","identifier":"b.example"}'])
+    assert renewed["b.example"] == CertificateEvent("issued", "")
     (tmp_path / TLS_LOG_NAME).write_text("\n".join(lines) + "\n")
     assert read_certificate_events(tmp_path) == events
     assert read_certificate_events(tmp_path, tail_bytes=120) != events  # only the tail is read

@@ -35,7 +35,7 @@ def rig(tmp_path: Path):
 
 
 def with_app(platform) -> None:
-    platform.store.set_github_app({"app_id": 42, "slug": "disco-deploy", "name": "disco deploy", "owner": "octo",
+    platform.store.add_github_app({"app_id": 42, "slug": "disco-deploy", "name": "disco deploy", "owner": "octo",
                                    "html_url": "https://ghe.example.com/apps/disco-deploy", "client_id": "Iv1.x",
                                    "client_secret": "c", "webhook_secret": SECRET, "pem": "k", "created_by": "alice",
                                    "created_at": "now"})
@@ -158,3 +158,53 @@ def test_a_deployer_sees_only_the_repos_of_their_projects(rig):
     refused = client.post("/api/v1/projects", json={"name": "blog", "github": "octo/blog"}, headers=alice)
     assert refused.status_code == 409 and "install it on that repo at https://ghe.example.com/apps/disco-deploy" \
         in refused.json()["error"]["message"]
+
+
+def test_one_app_per_server_however_the_flows_interleave(rig):
+    platform, client, alice, bob = rig
+    path = client.post("/api/v1/github/app", json={}, headers=alice).json()["url"].removeprefix(
+        "https://deploy.example.com")
+    with_app(platform)  # another flow finished first
+    assert client.get(path).status_code == 409
+    assert client.post("/api/v1/github/app", json={}, headers=alice).status_code == 409
+    from runtime.store import StoreError
+    with pytest.raises(StoreError):
+        with_app(platform)
+
+
+def test_a_link_without_a_secret_or_named_app_takes_no_webhook_and_lost_keys_say_so(rig):
+    platform, client, alice, bob = rig
+    from hooks import github
+
+    platform.store.add_project("app", "alice")
+    with pytest.raises(github.Refused, match="cannot take webhooks at /webhooks/github/app"):
+        github.link(platform, "alice", "app", "octo/app")
+    platform.store.add_project("shop", "alice")
+    platform.store.set_github_link({"project": "shop", "repo": "octo/shop", "branch": "main",
+                                    "clone_url": "https://github.com/octo/shop.git", "secret": "", "token": "",
+                                    "deploy_key": "", "force_mirror": 0, "created_at": "now"})
+    body = b'{"ref": "refs/heads/main"}'
+    empty = client.post("/webhooks/github/shop", content=body, headers={
+        "X-GitHub-Event": "push", "X-GitHub-Delivery": "d",
+        "X-Hub-Signature-256": "sha256=" + hmac.new(b"", body, hashlib.sha256).hexdigest()})
+    assert empty.status_code == 404
+    with_app(platform)
+    platform.store.secrets.key_path.unlink()  # a data dir restored without its secrets.key
+    platform.store.secrets._fernet = None
+    lost = deliver(client, "ping", {"zen": "hi"})
+    assert lost.status_code == 503 and "secrets.key is missing" in lost.json()["error"]["message"]
+    assert client.get("/api/v1/github/app", headers=alice).status_code == 503
+
+
+def test_an_app_link_follows_the_installation_that_reaches_its_repo_now(rig):
+    platform, client, alice, bob = rig
+    from hooks import github
+
+    with_app(platform)
+    deliver(client, "installation", installation("created", ["octo/shop"], installation_id=9))  # reinstalled
+    row = {"project": "shop", "repo": "octo/shop", "installation_id": 7}  # linked under the old one
+    assert github._installation(platform, row) == 9
+    deliver(client, "installation", installation("deleted", [], installation_id=9))
+    with pytest.raises(github.DeployFailed, match="cannot reach octo/shop"):
+        github._installation(platform, row)
+    assert github._installation(platform, {**row, "installation_id": 0}) is None  # a webhook link

@@ -119,7 +119,7 @@ def test_link_secrets_are_sealed_at_rest_and_an_old_store_is_sealed_by_its_migra
     link = upgraded.github_link("shop")
     assert link is not None and (link["token"], link["secret"]) == ("ghp_l1nkt0ken", "hook-s3cret")
     assert link["deploy_key"].startswith("-----BEGIN") and link["installation_id"] == 0
-    upgraded.set_github_app({"app_id": 7, "slug": "disco-x", "name": "disco x", "owner": "o", "html_url": "h",
+    upgraded.add_github_app({"app_id": 7, "slug": "disco-x", "name": "disco x", "owner": "o", "html_url": "h",
                              "client_id": "Iv1.x", "client_secret": "cl1ent-s3cret", "webhook_secret": "app-h00k",
                              "pem": "-----BEGIN RSA PRIVATE KEY-----k3y", "created_by": "ann", "created_at": "now"})
     assert upgraded.github_app()["pem"] == "-----BEGIN RSA PRIVATE KEY-----k3y"
