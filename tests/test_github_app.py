@@ -24,7 +24,7 @@ import pytest
 from fake_github import FakeGitHub
 
 from apps import new_version, web_app
-from conftest import Disco, require_docker, run, shared_disco
+from conftest import DISCO, Disco, require_docker, run, shared_disco
 
 SERVER = "http://disco.test"  # the daemon's --host, as its links name it; requests go to its API port
 
@@ -87,6 +87,19 @@ def wait_live(disco: Disco, project: str, number: int) -> dict:
 
 def deployments(disco: Disco, project: str) -> list[dict]:
     return api(disco, "GET", f"/projects/{project}/deployments").json()
+
+
+def laptop_cli(disco: Disco, home: Path):
+    """The `disco` command logged in to the daemon's API, with a home of its own."""
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(home / "xdg"), "HOME": str(home)}
+    env.pop("DISCO_DATA_DIR", None)
+
+    def cli(*args: str, input: str | None = None):
+        return run([DISCO, *args], cwd=home, env=env, input=input, timeout=120)
+
+    assert cli("login", f"http://127.0.0.1:{disco.api_port}", input=disco.api_key + "\n").returncode == 0
+    return cli
 
 
 def git_with_token(token: str, url: str):
@@ -178,6 +191,14 @@ def test_create_install_push_deploy_renew_and_uninstall(rig, tmp_path: Path):
     # GitHub's pagination followed to the end (the fake pages by 2).
     repos = api(disco, "GET", "/github/repos").json()
     assert sorted(r["repo"] for r in repos) == ["octo/fifth", "octo/fourth", "octo/other", "octo/shop", "octo/third"]
+
+    # The same through the CLI, as a team member on a laptop reads it.
+    cli = laptop_cli(disco, folder / "laptop")
+    state = cli("github:app")
+    assert state.returncode == 0 and f"({app.slug}, id {app.id})" in state.stdout
+    assert "installed on octo: octo/fifth, octo/fourth, octo/other, octo/shop, octo/third" in state.stdout
+    listed = cli("github:repos")
+    assert listed.returncode == 0 and listed.stdout.count("octo/") == 5 and "REPO" in listed.stdout
 
     # A branch that does not exist leaves nothing half-made: the same command can run again.
     ghost = api(disco, "POST", "/projects", {"name": "ghost", "github": "octo/other", "branch": "nope"})
