@@ -305,6 +305,19 @@ def server_ref(disco: Disco, project: str, ref: str = "refs/heads/main") -> str 
     return result.stdout.strip() or None
 
 
+def laptop_cli(disco: Disco, home: Path):
+    """The `disco` command logged in to the daemon's API, with a home of its own."""
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(home / "xdg"), "HOME": str(home)}
+    env.pop("DISCO_DATA_DIR", None)
+
+    def cli(*args: str, input: str | None = None):
+        return run([DISCO, *args], cwd=home, env=env, input=input, timeout=120)
+
+    assert cli("login", f"http://127.0.0.1:{disco.api_port}", input=disco.api_key + "\n").returncode == 0
+    return cli
+
+
 def shared_disco(workdir: Path, extra_args: list[str] | None = None, users: tuple[str, ...] = (),
                  extra_env: dict[str, str] | None = None, ports: dict[str, int] | None = None):
     """A started daemon with admin alice (and `users`, admins too) for a module-scoped fixture.

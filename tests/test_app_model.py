@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from apps import BASE, BUSYBOX, shell_cmd
-from conftest import Disco, Key, Poller, commit, make_repo, require_docker, run, shared_disco
+from conftest import Disco, Key, Poller, commit, laptop_cli, make_repo, require_docker, run, shared_disco
 
 SPEED = 30  # one scheduled minute every 2 s
 ANCHOR = time.time()
@@ -212,6 +212,14 @@ def test_scheduled_services_run_on_time_never_overlap_and_a_restart_replays_at_m
     manual = api(disco, "POST", "/projects/crony/cron/tick/runs")
     assert manual.status_code == 202 and manual.json()["trigger"] == "manual" and manual.json()["user"] == "alice"
     assert api(disco, "POST", "/projects/crony/cron/web/runs").status_code == 404
+
+    # The same through the CLI: the schedules, the runs, and a run now that shows its output.
+    cli = laptop_cli(disco, tmp_path / "laptop")
+    listed = cli("cron", "-p", "crony")
+    assert listed.returncode == 0 and "SCHEDULE" in listed.stdout and "tick" in listed.stdout
+    assert cli("cron:runs", "tick", "-p", "crony").stdout.count("schedule") >= 2
+    ran = cli("cron:run", "tick", "-p", "crony")
+    assert ran.returncode == 0 and "tick " in ran.stdout and "succeeded" in ran.stdout, ran.stderr
 
     # Down for 4 scheduled minutes: at most one of them runs after the restart.
     disco.stop(signal.SIGTERM)

@@ -24,7 +24,7 @@ import pytest
 from fake_github import FakeGitHub
 
 from apps import new_version, web_app
-from conftest import DISCO, Disco, require_docker, run, shared_disco
+from conftest import Disco, laptop_cli, require_docker, run, shared_disco
 
 SERVER = "http://disco.test"  # the daemon's --host, as its links name it; requests go to its API port
 
@@ -87,19 +87,6 @@ def wait_live(disco: Disco, project: str, number: int) -> dict:
 
 def deployments(disco: Disco, project: str) -> list[dict]:
     return api(disco, "GET", f"/projects/{project}/deployments").json()
-
-
-def laptop_cli(disco: Disco, home: Path):
-    """The `disco` command logged in to the daemon's API, with a home of its own."""
-    home.mkdir(exist_ok=True)
-    env = {**os.environ, "XDG_CONFIG_HOME": str(home / "xdg"), "HOME": str(home)}
-    env.pop("DISCO_DATA_DIR", None)
-
-    def cli(*args: str, input: str | None = None):
-        return run([DISCO, *args], cwd=home, env=env, input=input, timeout=120)
-
-    assert cli("login", f"http://127.0.0.1:{disco.api_port}", input=disco.api_key + "\n").returncode == 0
-    return cli
 
 
 def git_with_token(token: str, url: str):
