@@ -319,7 +319,7 @@ def _fetch(platform: Platform, row: dict) -> str:
     if not repo.exists():
         gitrepo.init_bare(repo)
     tracking = f"refs/disco/github/{row['branch']}"
-    for attempt in range(2):
+    for _ in range(2):  # a kept token that GitHub refuses is replaced once
         installation = _installation(platform, row)
         cached = installation is not None and platform.github_tokens.has(installation, row["repo"])
         token = _token(platform, row, installation)

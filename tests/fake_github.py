@@ -672,7 +672,7 @@ class FakeGitHub:
         changes: dict[str, list[str]] = {"added": [], "removed": [], "modified": []}
         status = _git("diff-tree", "-r", "--root", "--no-commit-id", "--no-renames", "--name-status", "-z", sha,
                       cwd=repo.path).split("\0")
-        for kind, path in zip(status[0::2], status[1::2]):
+        for kind, path in zip(status[0::2], status[1::2], strict=False):
             changes[{"A": "added", "D": "removed"}.get(kind, "modified")].append(path)
         return {"id": sha, "tree_id": tree, "distinct": distinct, "message": message.rstrip("\n"),
                 "timestamp": when, "url": f"{self.url}/{repo.full_name}/commit/{sha}",

@@ -368,7 +368,7 @@ def test_deliveries_are_signed_with_the_webhook_secret(fake: FakeGitHub, http: h
     assert fake.push("octocat/a", "main", trees["octocat/a"]).status_code == 202
 
     assert [(event, status) for _, event, status in fake.deliveries] == [("installation", 202), ("push", 202)]
-    for (headers, body, path), (delivery, event, _) in zip(receiver.received, fake.deliveries):
+    for (headers, body, path), (delivery, event, _) in zip(receiver.received, fake.deliveries, strict=True):
         assert path == "/api/github/webhook"
         expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
         assert hmac.compare_digest(headers["X-Hub-Signature-256"], expected)
