@@ -20,6 +20,7 @@ from cli.output import SSH_KEYS, USERS, show
 from cli.team import LocalTeam, RemoteTeam, TeamBackend
 from hooks import apikeys
 from hooks.errors import Refused
+from runtime.backup import BackupError, restore_backup, write_backup
 from runtime.settings import Settings, ensure_layout, flag_of, help_of, resolve_settings, write_default_config
 from runtime.sshkeys import load_or_create_host_key
 from runtime.store import Store
@@ -65,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command("serve", cmd_serve, "run the daemon (git over SSH, the API, deploys)")
     add_setting_flags(serve)
+
+    backup = command("backup", cmd_backup, "write a backup of the data dir (--data-dir) to FILE, while the daemon runs")
+    backup.add_argument("file", type=Path)
+    restore = command("restore", cmd_restore, "make a new data dir (--data-dir, empty) from a backup FILE")
+    restore.add_argument("file", type=Path)
 
     init = command("init", cmd_init, "create the data dir and config, the first admin and their API key")
     init.add_argument("--admin", default="admin", help="name of the first admin (default: admin)")
@@ -205,6 +211,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cli.serve import serve  # the daemon's imports (uvicorn, asyncssh, dulwich) only when serving
 
     serve(resolve_settings({f.name: getattr(args, f.name, None) for f in fields(Settings)}))
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    settings = resolve_settings({"data_dir": args.data_dir})
+    try:
+        made = write_backup(settings.data_dir, args.file)
+    except BackupError as err:
+        raise CLIError(str(err)) from None
+    print(f"wrote {made.path} ({made.repos} repos, {made.size} bytes); it holds the server's keys: keep it safe")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    if not args.data_dir:
+        raise CLIError("give the new data dir with --data-dir DIR (an empty or missing folder)")
+    try:
+        manifest = restore_backup(args.file, Path(args.data_dir))
+    except BackupError as err:
+        raise CLIError(str(err)) from None
+    print(f"restored the backup of {manifest['created_at']} ({len(manifest['repos'])} repos) into {args.data_dir}; "
+          f"start it with: disco serve --data-dir {args.data_dir}")
     return 0
 
 

@@ -10,9 +10,12 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -23,6 +26,7 @@ from gitserver.repos import RepoRegistry
 from gitserver.server import GitServer
 from hooks.platform import Platform
 from hooks.scheduler import fast_clock
+from runtime.backup import BackupError, daily_backup
 from runtime.caddy import API_SOCKET_NAME, CaddyAdmin
 from runtime.docker_engine import Engine
 from runtime.settings import Settings, ensure_layout, write_default_config
@@ -58,6 +62,8 @@ async def _run(settings: Settings, store: Store) -> None:
     for run in platform.scheduler.recover():
         log.info("scheduled run #%d of %s/%s left unfinished: now %s", run.id, run.project, run.service, run.status)
     platform.scheduler.start()
+    if settings.backup_dir:
+        threading.Thread(target=_daily_backups, args=(settings,), name="backups", daemon=True).start()
     # Not awaited, and a daemon thread: SIGTERM stops the daemon at once even while Caddy is
     # still starting (or never will, with an image that cannot run); the next start goes on.
     threading.Thread(target=_start_proxy, args=(platform, settings), name="proxy", daemon=True).start()
@@ -74,6 +80,19 @@ async def _run(settings: Settings, store: Store) -> None:
     await git.stop()
     await scheduler_stopped
     await api_task  # a deploy still running is left to swarm; the next start settles its record
+
+
+def _daily_backups(settings: Settings) -> None:
+    """A backup of the data dir each day into --backup-dir, the newest --backup-keep kept;
+    checked each hour, so a daemon restarted often still makes one a day."""
+    while True:
+        try:
+            made = daily_backup(settings.data_dir, Path(settings.backup_dir), settings.backup_keep)
+            if made is not None:
+                log.info("backup written: %s (%d repos, %d bytes)", made.path, made.repos, made.size)
+        except (BackupError, OSError, sqlite3.Error) as err:
+            log.error("the daily backup failed: %s", err)
+        time.sleep(3600)
 
 
 def _scheduler_clock() -> dict[str, Any]:

@@ -48,6 +48,8 @@ class Settings:
     acme_ca: str = setting(LETS_ENCRYPT, "ACME directory URL of the CA that issues certificates (Let's Encrypt "
                            "staging, ZeroSSL, step-ca, a company CA...)", "Let's Encrypt")
     acme_ca_root: str = setting("", "PEM file of a root to trust for that CA's own HTTPS (private CAs)", "none")
+    backup_dir: str = setting("", "where the daemon writes a backup of the data dir each day (empty: none)", "none")
+    backup_keep: int = setting(7, "daily backups kept in backup_dir")
     github_url: str = setting("https://github.com", "GitHub's web address (GitHub Enterprise Server: its own)")
     github_api_url: str = setting("https://api.github.com", "GitHub's REST API (GitHub Enterprise Server: "
                                   "https://HOST/api/v3)")
@@ -203,7 +205,7 @@ def _check_limits(settings: Settings) -> None:
             raise ValueError(f"setting default_cpus must be a number of CPUs like 0.5 or 2, or empty, "
                              f"got {settings.default_cpus!r}") from None
     for name in ("max_services", "max_replicas", "max_streams", "max_ssh_sessions", "ssh_idle_timeout",
-                 "default_pids", "max_pids", "max_object_size", "max_push_inflated_size"):
+                 "default_pids", "max_pids", "max_object_size", "max_push_inflated_size", "backup_keep"):
         if getattr(settings, name) < 1:
             raise ValueError(f"setting {name} must be at least 1")
 
