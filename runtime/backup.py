@@ -81,21 +81,27 @@ def restore_backup(archive_path: Path, data_dir: Path) -> dict:
     """Make a fresh data dir from an archive; refuses a data dir that holds anything."""
     if data_dir.exists() and any(data_dir.iterdir()):
         raise BackupError(f"{data_dir} is not empty: restore into a new, empty data dir")
-    try:
-        with tarfile.open(archive_path, mode="r:gz") as archive:
-            manifest = _manifest(archive)
-            data_dir.mkdir(parents=True, exist_ok=True)
-            # The "data" filter refuses absolute paths, '..', links out of the dir and devices.
-            archive.extractall(data_dir, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise BackupError(f"{archive_path} cannot be read as a Disco backup: {err}") from None
-    for name in SECRET_FILES:
-        if (data_dir / name).exists():
-            os.chmod(data_dir / name, 0o600)
-    with sqlite3.connect(data_dir / STORE) as conn:
-        (check,) = conn.execute("PRAGMA integrity_check").fetchone()
-    if check != "ok":
-        raise BackupError(f"the store in {archive_path} is damaged: {check}")
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Unpacked beside it and moved in whole: a restore that fails leaves no half data dir.
+    with tempfile.TemporaryDirectory(prefix=".disco-restore-", dir=data_dir.parent) as scratch:
+        unpacked = Path(scratch) / "data"
+        try:
+            with tarfile.open(archive_path, mode="r:gz") as archive:
+                manifest = _manifest(archive)
+                # The "data" filter refuses absolute paths, '..', links out of the dir and devices.
+                archive.extractall(unpacked, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise BackupError(f"{archive_path} cannot be read as a Disco backup: {err}") from None
+        for name in SECRET_FILES:
+            if (unpacked / name).exists():
+                os.chmod(unpacked / name, 0o600)
+        with sqlite3.connect(unpacked / STORE) as conn:
+            (check,) = conn.execute("PRAGMA integrity_check").fetchone()
+        if check != "ok":
+            raise BackupError(f"the store in {archive_path} is damaged: {check}")
+        if data_dir.exists():
+            data_dir.rmdir()  # empty, checked above
+        unpacked.rename(data_dir)
     return manifest
 
 
@@ -125,7 +131,7 @@ def daily_backup(data_dir: Path, folder: Path, keep: int) -> BackupSummary | Non
 
 def _copy_store(source: Path, target: Path) -> None:
     """SQLite's online backup: a consistent copy while the daemon keeps writing."""
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+    src = sqlite3.connect(source, timeout=30)
     dst = sqlite3.connect(target)
     try:
         src.backup(dst)

@@ -102,7 +102,7 @@ def test_restore_refuses_what_is_not_a_clean_backup(tmp_path: Path):
     escape = tarfile.TarInfo("../escaped")
     with pytest.raises(BackupError, match="cannot be read"):
         restore_backup(hostile(tmp_path, "escape.tar.gz", escape), tmp_path / "r2")
-    assert not (tmp_path / "escaped").exists()
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "r2").exists()  # nothing half made
     link = tarfile.TarInfo("repos/link")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc"
     with pytest.raises(BackupError, match="cannot be read"):
