@@ -12,8 +12,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -169,6 +171,18 @@ class Disco:
         """A request through Caddy, as a browser asking for `host` would make it."""
         return httpx.get(f"http://127.0.0.1:{self.http_port}{path}", headers={"Host": host}, timeout=timeout)
 
+    def api(self, method: str, path: str, body: dict | None = None, **params: object) -> httpx.Response:
+        """The daemon's REST API as alice (her key from `disco init`)."""
+        return httpx.request(method, f"http://127.0.0.1:{self.api_port}/api/v1{path}", json=body, params=params,
+                             headers={"Authorization": f"Bearer {self.api_key}"}, timeout=60)
+
+    def finished_deployment(self, project: str, number: int, timeout: float = 180) -> dict:
+        """The deployment's record once it ended (live, failed, ...), through the API."""
+        def ended() -> dict | None:
+            found = self.api("GET", f"/projects/{project}/deployments/{number}").json()
+            return found if found["status"] not in ("queued", "building", "starting") else None
+        return wait_for(f"deployment #{number} of {project}", ended, timeout)
+
     def remove_docker_objects(self) -> None:
         if docker_available():
             Engine(self.instance).remove_instance()
@@ -303,6 +317,16 @@ def head(path: Path, ref: str = "HEAD") -> str:
 def server_ref(disco: Disco, project: str, ref: str = "refs/heads/main") -> str | None:
     result = run(["git", "--git-dir", str(disco.repo_dir(project)), "rev-parse", "--verify", "-q", ref])
     return result.stdout.strip() or None
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 0.2) -> Any:
+    """`check()`'s first truthy answer, asked every `every` seconds; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+    return found
 
 
 def laptop_cli(disco: Disco, home: Path):

@@ -12,11 +12,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
 from apps import BASE, BUSYBOX, shell_cmd
-from conftest import Disco, Key, Poller, commit, laptop_cli, make_repo, require_docker, run, shared_disco
+from conftest import Disco, Key, Poller, commit, laptop_cli, make_repo, require_docker, run, shared_disco, wait_for
 
 SPEED = 30  # one scheduled minute every 2 s
 ANCHOR = time.time()
@@ -34,31 +33,8 @@ def virtual_now() -> datetime:
     return datetime.fromtimestamp(ANCHOR + (time.time() - ANCHOR) * SPEED, UTC)
 
 
-def api(disco: Disco, method: str, path: str, body: dict | None = None, **params: object) -> httpx.Response:
-    return httpx.request(method, f"http://127.0.0.1:{disco.api_port}/api/v1{path}", json=body, params=params,
-                         headers={"Authorization": f"Bearer {disco.api_key}"}, timeout=30)
-
-
 def push(disco: Disco, key: Key, repo: Path, project: str):
     return disco.git(key, "push", disco.url(project), "main", cwd=repo, timeout=300)
-
-
-def wait_for(what: str, check, timeout: float = 60, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
-
-
-def wait_deployment(disco: Disco, project: str, number: int) -> dict:
-    def finished() -> dict | None:
-        d = api(disco, "GET", f"/projects/{project}/deployments/{number}").json()
-        return d if d["status"] not in ("queued", "building", "starting") else None
-    return wait_for(f"deployment #{number} of {project}", finished, timeout=180)
 
 
 def service_spec(disco: Disco, project: str, service: str) -> dict:
@@ -78,8 +54,8 @@ PROCFILE = (
 def test_a_procfile_app_runs_web_and_worker_after_its_release_and_a_failed_release_changes_nothing(
         rig, tmp_path: Path):
     disco, alice = rig
-    assert api(disco, "POST", "/projects", {"name": "model"}).status_code == 201
-    assert api(disco, "POST", "/projects/model/env", {"values": {"GREETING": "hola"}, "deploy": False}).is_success
+    assert disco.api("POST", "/projects", {"name": "model"}).status_code == 201
+    assert disco.api("POST", "/projects/model/env", {"values": {"GREETING": "hola"}, "deploy": False}).is_success
     repo = make_repo(tmp_path / "model", {"busybox": BUSYBOX.read_bytes(), "Dockerfile": "\n".join(PROCFILE_APP),
                                           "www/index.html": "unused\n", "Procfile": PROCFILE,
                                           "disco.toml": '[services.web]\nvolumes = ["data:/data"]\n'})
@@ -93,10 +69,10 @@ def test_a_procfile_app_runs_web_and_worker_after_its_release_and_a_failed_relea
     worker = service_spec(disco, "model", "worker")["TaskTemplate"]["ContainerSpec"]
     assert worker["Args"] == ["/bin/sh", "-c", 'while true; do echo "worker of #$DISCO_DEPLOYMENT working"; '
                                                "busybox sleep 1; done"]
-    logs = wait_for("the worker's output", lambda: "worker of #1 working" in api(
-        disco, "GET", "/projects/model/logs", service="worker", tail=20).text)
+    logs = wait_for("the worker's output", lambda: "worker of #1 working" in disco.api(
+        "GET", "/projects/model/logs", service="worker", tail=20).text)
     assert logs
-    timings = api(disco, "GET", "/projects/model/deployments/1").json()["timings"]
+    timings = disco.api("GET", "/projects/model/deployments/1").json()["timings"]
     assert timings["release"] > 0
 
     # A release that fails: nothing new starts, the old version serves throughout.
@@ -108,14 +84,14 @@ def test_a_procfile_app_runs_web_and_worker_after_its_release_and_a_failed_relea
     assert "release command exited with 3" in failed.stderr and "the previous version keeps serving" in failed.stderr
     assert poller.errors == [] and set(poller.bodies) == {"released hola\n"}
     assert service_spec(disco, "model", "web")["Labels"]["disco.deployment"] == "1"
-    assert api(disco, "GET", "/projects/model/deployments/2").json()["reason"] == "release command exited with 3"
+    assert disco.api("GET", "/projects/model/deployments/2").json()["reason"] == "release command exited with 3"
 
     # An env change redeploys the live commit and runs its release again; a rollback does not.
-    changed = api(disco, "POST", "/projects/model/env", {"values": {"GREETING": "again"}}).json()
-    assert wait_deployment(disco, "model", changed["deployment"])["status"] == "live"
+    changed = disco.api("POST", "/projects/model/env", {"values": {"GREETING": "again"}}).json()
+    assert disco.finished_deployment("model", changed["deployment"])["status"] == "live"
     assert disco.get("model.localhost").text == "released again\n"
-    back = api(disco, "POST", "/projects/model/rollback", {"number": 1}).json()
-    assert wait_deployment(disco, "model", back["number"])["status"] == "live"
+    back = disco.api("POST", "/projects/model/rollback", {"number": 1}).json()
+    assert disco.finished_deployment("model", back["number"])["status"] == "live"
     rolled = Path(disco.data_dir / "deployments" / "model" / f"{back['number']}.log").read_text()
     assert "release command skipped" in rolled and "release |" not in rolled
 
@@ -185,7 +161,7 @@ def test_scheduled_services_run_on_time_never_overlap_and_a_restart_replays_at_m
     assert run(["/usr/bin/docker", "service", "inspect", f"{disco.instance}-crony-tick"]).returncode != 0
 
     def runs(service: str) -> list[dict]:
-        return api(disco, "GET", f"/projects/crony/cron/{service}/runs", limit=1000).json()
+        return disco.api("GET", f"/projects/crony/cron/{service}/runs", limit=1000).json()
 
     def succeeded() -> list[dict] | None:
         found = [r for r in runs("tick") if r["status"] == "succeeded"]
@@ -198,20 +174,20 @@ def test_scheduled_services_run_on_time_never_overlap_and_a_restart_replays_at_m
         assert due.second == 0 and due <= virtual_now()  # due_at is on the scheduler's clock
     assert len({r["due_at"] for r in done}) == len(done)  # one run per time
     # Its output, as the API streams it, and what it wrote to the volume the web service serves.
-    output = api(disco, "GET", f"/projects/crony/cron/tick/runs/{done[-1]['id']}/output").text
+    output = disco.api("GET", f"/projects/crony/cron/tick/runs/{done[-1]['id']}/output").text
     assert f"data: tick {done[-1]['id']}" in output and '"status": "succeeded"' in output
     served = disco.get("crony.localhost", "/ticks").text.split()
     assert str(done[-1]["id"]) in served
 
     skipped = wait_for("a skipped run of slow", lambda: [r for r in runs("slow") if r["status"] == "skipped"])
     assert skipped[0]["reason"].startswith("run #") and skipped[0]["reason"].endswith("was still going")
-    listed = {s["service"]: s for s in api(disco, "GET", "/projects/crony/cron").json()}
+    listed = {s["service"]: s for s in disco.api("GET", "/projects/crony/cron").json()}
     assert set(listed) == {"tick", "slow"} and listed["tick"]["schedule"] == "* * * * *"
     assert datetime.fromisoformat(listed["tick"]["next_at"]) > virtual_now() - timedelta(minutes=1)
 
-    manual = api(disco, "POST", "/projects/crony/cron/tick/runs")
+    manual = disco.api("POST", "/projects/crony/cron/tick/runs")
     assert manual.status_code == 202 and manual.json()["trigger"] == "manual" and manual.json()["user"] == "alice"
-    assert api(disco, "POST", "/projects/crony/cron/web/runs").status_code == 404
+    assert disco.api("POST", "/projects/crony/cron/web/runs").status_code == 404
 
     # The same through the CLI: the schedules, the runs, and a run now that shows its output.
     cli = laptop_cli(disco, tmp_path / "laptop")
@@ -229,7 +205,8 @@ def test_scheduled_services_run_on_time_never_overlap_and_a_restart_replays_at_m
     disco.start()
     wait_for("a run after the restart", lambda: [r for r in runs("tick")
                                                  if r["due_at"] and datetime.fromisoformat(r["due_at"]) > restarted_at])
-    missed = [r for r in runs("tick") if r["due_at"] and stopped_at < datetime.fromisoformat(r["due_at"]) <= restarted_at]
+    missed = [r for r in runs("tick")
+              if r["due_at"] and stopped_at < datetime.fromisoformat(r["due_at"]) <= restarted_at]
     assert len(missed) <= 1, missed
     # Nothing the stopped daemon ran is left "running".
     before = [r for r in runs("slow") + runs("tick") if datetime.fromisoformat(r["started_at"]) < stopped_really]
@@ -237,4 +214,4 @@ def test_scheduled_services_run_on_time_never_overlap_and_a_restart_replays_at_m
     interrupted = [r for r in runs("slow") if r["status"] == "interrupted"]
     assert all(r["reason"] in ("interrupted by a daemon restart", "the daemon stopped during the run")
                for r in interrupted)
-    assert api(disco, "DELETE", "/projects/crony").is_success  # its schedule ends with it
+    assert disco.api("DELETE", "/projects/crony").is_success  # its schedule ends with it

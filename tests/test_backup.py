@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from apps import BASE, new_version, shell_cmd, web_app
@@ -127,21 +126,6 @@ def test_daily_backups_are_due_once_a_day_and_the_oldest_go(tmp_path: Path):
     assert len(list(folder.iterdir())) == 2
 
 
-def api(disco: Disco, method: str, path: str, body: dict | None = None) -> httpx.Response:
-    return httpx.request(method, f"http://127.0.0.1:{disco.api_port}/api/v1{path}", json=body,
-                         headers={"Authorization": f"Bearer {disco.api_key}"}, timeout=60)
-
-
-def wait_live(disco: Disco, project: str, number: int) -> str:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        status = api(disco, "GET", f"/projects/{project}/deployments/{number}").json()["status"]
-        if status not in ("queued", "building", "starting"):
-            return status
-        time.sleep(0.25)
-    raise AssertionError(f"deployment #{number} of {project} did not finish")
-
-
 ENV_APP = [*BASE, "COPY www /www", "EXPOSE 8000",
            shell_cmd("echo \"$GREETING\" > /www/greeting.txt; exec /bin/busybox httpd -f -p 8000 -h /www")]
 
@@ -158,10 +142,10 @@ def test_a_server_restored_from_its_backup_deploys_its_apps_with_their_env(disco
     for name in ("shop", "blog"):
         repos[name] = web_app(tmp_path / name, f"{name} v1\n", ENV_APP)
         assert disco.git(admin_key, "push", disco.url(name), "main", cwd=repos[name], timeout=300).returncode == 0
-        assert api(disco, "POST", f"/projects/{name}/env", {"values": {"GREETING": f"hi from {name}"},
+        assert disco.api("POST", f"/projects/{name}/env", {"values": {"GREETING": f"hi from {name}"},
                                                            "deploy": False}).is_success
-    assert api(disco, "POST", "/projects/shop/domains", {"domain": "shop.example.com"}).status_code == 201
-    assert api(disco, "POST", "/projects/shop/github", {"repo": "o/shop", "token": "ghp_s3cret"}).status_code == 201
+    assert disco.api("POST", "/projects/shop/domains", {"domain": "shop.example.com"}).status_code == 201
+    assert disco.api("POST", "/projects/shop/github", {"repo": "o/shop", "token": "ghp_s3cret"}).status_code == 201
     assert disco.cli("users:add", "bob", "--role", "deployer").returncode == 0
 
     backup = tmp_path / "server.tar.gz"
@@ -176,14 +160,14 @@ def test_a_server_restored_from_its_backup_deploys_its_apps_with_their_env(disco
     assert done.returncode == 0, done.stderr
     restored.start()
     try:
-        assert [u["name"] for u in api(restored, "GET", "/users").json()] == ["alice", "bob"]
-        assert api(restored, "GET", "/projects/shop/github").json()["token_set"] is True  # secrets.key came along
-        assert [d["domain"] for d in api(restored, "GET", "/projects/shop/domains").json()] == ["shop.example.com"]
+        assert [u["name"] for u in restored.api("GET", "/users").json()] == ["alice", "bob"]
+        assert restored.api("GET", "/projects/shop/github").json()["token_set"] is True  # secrets.key came along
+        assert [d["domain"] for d in restored.api("GET", "/projects/shop/domains").json()] == ["shop.example.com"]
         new_version(repos["shop"], "shop v2\n", ENV_APP)
         pushed = restored.git(admin_key, "push", restored.url("shop"), "main", cwd=repos["shop"], timeout=300)
         assert pushed.returncode == 0, pushed.stderr
-        deployed = api(restored, "POST", "/projects/blog/deployments", {}).json()
-        assert wait_live(restored, "blog", deployed["number"]) == "live"
+        deployed = restored.api("POST", "/projects/blog/deployments", {}).json()
+        assert restored.finished_deployment("blog", deployed["number"])["status"] == "live"
         assert restored.get("shop.example.com").text == "shop v2\n"
         assert restored.get("shop.localhost", "/greeting.txt").text == "hi from shop\n"
         assert restored.get("blog.localhost").text == "blog v1\n"

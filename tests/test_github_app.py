@@ -46,11 +46,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory):
         github.stop()
 
 
-def api(disco: Disco, method: str, path: str, body: dict | None = None) -> httpx.Response:
-    return httpx.request(method, f"http://127.0.0.1:{disco.api_port}/api/v1{path}", json=body,
-                         headers={"Authorization": f"Bearer {disco.api_key}"}, timeout=60)
-
-
 def local(disco: Disco, url: str) -> str:
     """A link the daemon made for its public name, sent to its API port instead."""
     assert url.startswith(SERVER), url
@@ -66,7 +61,7 @@ def form_of(page: str) -> tuple[str, str]:
 
 def create_app(disco: Disco, github: FakeGitHub, browser: httpx.Client) -> httpx.Response:
     """The admin's whole click-through; returns the daemon's answer to GitHub's redirect."""
-    link = api(disco, "POST", "/github/app", {}).json()["url"]
+    link = disco.api("POST", "/github/app", {}).json()["url"]
     page = browser.get(local(disco, link))
     assert page.status_code == 200, page.text
     action, manifest = form_of(page.text)
@@ -75,18 +70,8 @@ def create_app(disco: Disco, github: FakeGitHub, browser: httpx.Client) -> httpx
     return browser.get(local(disco, created.headers["location"]))
 
 
-def wait_live(disco: Disco, project: str, number: int) -> dict:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        found = api(disco, "GET", f"/projects/{project}/deployments/{number}").json()
-        if found["status"] not in ("queued", "building", "starting"):
-            return found
-        time.sleep(0.25)
-    raise AssertionError(f"deployment #{number} of {project} did not finish")
-
-
 def deployments(disco: Disco, project: str) -> list[dict]:
-    return api(disco, "GET", f"/projects/{project}/deployments").json()
+    return disco.api("GET", f"/projects/{project}/deployments").json()
 
 
 def git_with_token(token: str, url: str):
@@ -124,7 +109,7 @@ class CommandLines:
 
 def test_the_manifest_flow_refuses_what_it_must_with_a_clear_page(rig):
     disco, _, github, _ = rig
-    link = api(disco, "POST", "/github/app", {}).json()["url"]
+    link = disco.api("POST", "/github/app", {}).json()["url"]
     browser, stranger = httpx.Client(timeout=30), httpx.Client(timeout=30)
     page = browser.get(local(disco, link))
     assert page.status_code == 200
@@ -141,14 +126,14 @@ def test_the_manifest_flow_refuses_what_it_must_with_a_clear_page(rig):
     # Someone else holding GitHub's redirect cannot attach the App: the state is bound to the browser.
     refused = stranger.get(callback)
     assert refused.status_code == 403 and "did not start this App creation" in refused.text
-    assert api(disco, "GET", "/github/app").json()["app"] is None
+    assert disco.api("GET", "/github/app").json()["app"] is None
     unknown = browser.get(local(disco, f"{SERVER}/github/app/created?code=x&state=nope.nope"))
     assert unknown.status_code == 400 and "state this server did not make" in unknown.text
     # The browser that started it may still finish it (this App is then removed again).
     assert browser.get(callback).status_code == 303
     replay = browser.get(callback)
     assert replay.status_code == 409 and "finished already" in replay.text
-    assert api(disco, "DELETE", "/github/app").status_code == 200
+    assert disco.api("DELETE", "/github/app").status_code == 200
 
 
 def test_create_install_push_deploy_renew_and_uninstall(rig, tmp_path: Path):
@@ -168,15 +153,15 @@ def test_create_install_push_deploy_renew_and_uninstall(rig, tmp_path: Path):
     assert app.manifest["redirect_url"] == f"{SERVER}/github/app/created"
     assert app.manifest["default_permissions"] == {"contents": "read", "metadata": "read"}
     assert app.manifest["default_events"] == ["push"] and app.manifest["public"] is False
-    assert api(disco, "POST", "/github/app", {}).status_code == 409  # one App per server
+    assert disco.api("POST", "/github/app", {}).status_code == 409  # one App per server
 
     installation = github.install(app.id, "octo", ["octo/shop", "octo/other", "octo/third", "octo/fourth",
                                                    "octo/fifth"])
-    shown = api(disco, "GET", "/github/app").json()
+    shown = disco.api("GET", "/github/app").json()
     assert shown["app"]["slug"] == app.slug and shown["installations"][0]["id"] == installation
     assert "octo/shop" in shown["installations"][0]["repos"]
     # GitHub's pagination followed to the end (the fake pages by 2).
-    repos = api(disco, "GET", "/github/repos").json()
+    repos = disco.api("GET", "/github/repos").json()
     assert sorted(r["repo"] for r in repos) == ["octo/fifth", "octo/fourth", "octo/other", "octo/shop", "octo/third"]
 
     # The same through the CLI, as a team member on a laptop reads it.
@@ -188,14 +173,14 @@ def test_create_install_push_deploy_renew_and_uninstall(rig, tmp_path: Path):
     assert listed.returncode == 0 and listed.stdout.count("octo/") == 5 and "REPO" in listed.stdout
 
     # A branch that does not exist leaves nothing half-made: the same command can run again.
-    ghost = api(disco, "POST", "/projects", {"name": "ghost", "github": "octo/other", "branch": "nope"})
+    ghost = disco.api("POST", "/projects", {"name": "ghost", "github": "octo/other", "branch": "nope"})
     assert ghost.status_code == 400 and "fetch from" in ghost.json()["error"]["message"]
-    assert api(disco, "GET", "/projects/ghost").status_code == 404
+    assert disco.api("GET", "/projects/ghost").status_code == 404
 
     with CommandLines() as processes:
-        created = api(disco, "POST", "/projects", {"name": "shop", "github": "octo/shop", "branch": "main"})
+        created = disco.api("POST", "/projects", {"name": "shop", "github": "octo/shop", "branch": "main"})
         assert created.status_code == 201, created.text
-        assert wait_live(disco, "shop", created.json()["deployment"])["status"] == "live"
+        assert disco.finished_deployment("shop", created.json()["deployment"])["status"] == "live"
     assert disco.get("shop.localhost").text == "v1 from github\n"
     for issued in github.issued_tokens:  # every token the daemon asked for: one repo, read only
         if issued.repositories is not None:  # one repo each (ghost's fetch asked for other's)
@@ -205,7 +190,7 @@ def test_create_install_push_deploy_renew_and_uninstall(rig, tmp_path: Path):
     pushed = github.push("octo/shop", "main", work)
     assert pushed is not None and pushed.status_code == 202, pushed.text
     number = pushed.json()["projects"]["shop"]["deployment"]
-    assert wait_live(disco, "shop", number)["status"] == "live"
+    assert disco.finished_deployment("shop", number)["status"] == "live"
     assert disco.get("shop.localhost").text == "v2 from github\n"
 
     # A replayed delivery and a forged one do nothing.
@@ -223,7 +208,7 @@ def test_create_install_push_deploy_renew_and_uninstall(rig, tmp_path: Path):
     github.expire_tokens()
     new_version(work, "v3 from github\n")
     number = github.push("octo/shop", "main", work).json()["projects"]["shop"]["deployment"]
-    assert wait_live(disco, "shop", number)["status"] == "live"
+    assert disco.finished_deployment("shop", number)["status"] == "live"
     assert disco.get("shop.localhost").text == "v3 from github\n"
     assert len(github.issued_tokens) > issued
 
@@ -252,14 +237,14 @@ def test_create_install_push_deploy_renew_and_uninstall(rig, tmp_path: Path):
     github.uninstall(installation)
     new_version(work, "v4 from github\n")
     assert github.push("octo/shop", "main", work) is None
-    link = api(disco, "GET", "/projects/shop/github").json()
+    link = disco.api("GET", "/projects/shop/github").json()
     assert link["through_app"] is True and "cannot reach octo/shop" in link["app_problem"]
     late = {"ref": "refs/heads/main", "after": run(["git", "rev-parse", "HEAD"], cwd=work).stdout.strip(),
             "repository": {"full_name": "octo/shop"}, "installation": {"id": installation},
             "pusher": {"name": "octocat"}}
     ignored = github.deliver(app.id, "push", late)
     assert ignored.status_code == 202 and "cannot reach octo/shop" in ignored.json()["projects"]["shop"]["ignored"]
-    seen = api(disco, "GET", "/projects/shop/github/deliveries").json()
+    seen = disco.api("GET", "/projects/shop/github/deliveries").json()
     assert "cannot reach octo/shop" in seen[0]["result"]
     assert disco.get("shop.localhost").text == "v3 from github\n"
-    assert api(disco, "GET", "/github/app").json()["installations"] == []
+    assert disco.api("GET", "/github/app").json()["installations"] == []

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from apps import new_version, web_app
-from conftest import Disco, free_port, require_docker, run, shared_disco
+from conftest import Disco, free_port, require_docker, run, shared_disco, wait_for
 
 SHOP, BAD, API = "shop.example.test", "nowhere.example.test", "api.example.test"
 
@@ -170,20 +170,6 @@ class SniConnection(http.client.HTTPSConnection):
         return response.status, response.read().decode()
 
 
-def api(disco: Disco, method: str, path: str, body: dict | None = None) -> httpx.Response:
-    return httpx.request(method, f"http://127.0.0.1:{disco.api_port}/api/v1{path}", json=body,
-                         headers={"Authorization": f"Bearer {disco.api_key}"}, timeout=30)
-
-
-def wait_for(what: str, check, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return found
-
-
 def https_answer(disco: Disco, pebble: Pebble, name: str, path: str = "/",
                  headers: dict[str, str] | None = None) -> tuple[int, str] | None:
     """The answer over verified HTTPS, or None while the name has no certificate from Pebble."""
@@ -198,7 +184,7 @@ def https_answer(disco: Disco, pebble: Pebble, name: str, path: str = "/",
 
 
 def certificate(disco: Disco, name: str) -> dict:
-    return next(d["certificate"] for d in api(disco, "GET", "/projects/shop/domains").json() if d["domain"] == name)
+    return next(d["certificate"] for d in disco.api("GET", "/projects/shop/domains").json() if d["domain"] == name)
 
 
 def served_serial(disco: Disco, name: str) -> int:
@@ -217,7 +203,7 @@ def test_a_domain_gets_a_certificate_from_the_ca_http_redirects_and_status_shows
     disco, alice, pebble = rig
     repo = web_app(tmp_path / "shop", "v1\n")
     assert disco.git(alice, "push", disco.url("shop"), "main", cwd=repo, timeout=300).returncode == 0
-    added = api(disco, "POST", "/projects/shop/domains", {"domain": SHOP}).json()
+    added = disco.api("POST", "/projects/shop/domains", {"domain": SHOP}).json()
     # This machine's resolver does not know the test's names: a warning, not a refusal.
     assert added["domain"] == SHOP and f"DNS for {SHOP} does not resolve" in added["warning"]
     assert wait_for("HTTPS on shop", lambda: https_answer(disco, pebble, SHOP)) == (200, "v1\n")
@@ -237,14 +223,14 @@ def test_a_domain_gets_a_certificate_from_the_ca_http_redirects_and_status_shows
 
 def test_a_domain_whose_dns_points_elsewhere_fails_with_the_cas_reason_and_others_keep_theirs(rig):
     disco, _, pebble = rig
-    assert api(disco, "POST", "/projects/shop/domains", {"domain": BAD}).status_code == 201
+    assert disco.api("POST", "/projects/shop/domains", {"domain": BAD}).status_code == 201
     failed = wait_for("the status to say failed", lambda: (c := certificate(disco, BAD))["state"] == "failed" and c)
     assert BAD in failed["reason"] and "urn:ietf:params:acme:error" in failed["reason"]
     assert "\n" not in failed["reason"]
     assert certificate(disco, SHOP)["state"] == "issued"
     assert https_answer(disco, pebble, SHOP) == (200, "v1\n")
-    assert api(disco, "POST", "/projects/shop/domains", {"domain": "intranet.local"}).json()["warning"] == ""
-    listed = {d["domain"]: d["certificate"] for d in api(disco, "GET", "/projects/shop/domains").json()}
+    assert disco.api("POST", "/projects/shop/domains", {"domain": "intranet.local"}).json()["warning"] == ""
+    listed = {d["domain"]: d["certificate"] for d in disco.api("GET", "/projects/shop/domains").json()}
     assert set(listed) == {SHOP, BAD, "intranet.local"}
     assert listed["intranet.local"]["state"] == "none" and "a local name" in listed["intranet.local"]["reason"]
 
