@@ -271,7 +271,7 @@ def create_project(platform: Platform, user: str, name: str, repo: str, branch: 
         raise Refused(f"repo must look like OWNER/NAME, got {repo[:100]!r}")
     if not github.BRANCH_NAME.fullmatch(branch):
         raise Refused(f"invalid branch name {branch[:100]!r}")
-    check_project_name(name)
+    check_project_name(name)  # before GitHub is asked anything
     app = platform.store.github_app()
     if app is None:
         raise Refused("this server has no GitHub App: disco github:app:create makes one", "conflict")
@@ -282,9 +282,7 @@ def create_project(platform: Platform, user: str, name: str, repo: str, branch: 
                       "conflict")
     if installation["suspended"]:
         raise Refused(f"the GitHub App's installation on {installation['account']} is suspended", "conflict")
-    if platform.store.get_project(name) is not None:
-        raise Refused(f"project {name!r} already exists", "conflict")
-    row = projects.create_project(platform, user, name)
+    row = projects.create_project(platform, user, name)  # refuses a name taken
     platform.store.set_github_link({
         "project": name, "repo": repo, "branch": branch,
         "clone_url": f"{platform.settings.github_url.rstrip('/')}/{repo}.git", "secret": "", "token": "",
