@@ -66,6 +66,7 @@ class DockerError(Exception):
 class DockerInfo:
     version: str  # the engine's version
     swarm: str  # this node's swarm state: "active", "inactive", ...
+    root_dir: str = ""  # Docker's data root (DockerRootDir): images, containers, volumes
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,8 @@ class Engine:
         except docker.errors.DockerException as err:
             raise DockerError(f"cannot reach the Docker engine: {err}") from None
         return DockerInfo(version=info.get("ServerVersion", ""),
-                          swarm=(info.get("Swarm") or {}).get("LocalNodeState", ""))
+                          swarm=(info.get("Swarm") or {}).get("LocalNodeState", ""),
+                          root_dir=info.get("DockerRootDir", ""))
 
     # -- names -----------------------------------------------------------------------------
 
