@@ -42,7 +42,7 @@ from dulwich.server import (
     UploadPackHandler,
 )
 
-from hooks import pipeline
+from hooks import holds, pipeline
 from hooks.pipeline import RefUpdate
 from hooks.platform import Platform
 
@@ -180,6 +180,7 @@ def add_limited_thin_pack(store: DiskObjectStore, read_all: Callable[[int], byte
                                        delta_iter=indexer)
             copier.verify()
             f.flush()
+            holds.point("receive")  # the pack is a temporary file; nothing points at it yet
             f.seek(0)
             with PackData(path, file=f, object_format=store.object_format) as data:
                 indexer.set_pack_data(data)

@@ -17,6 +17,7 @@ from hooks.errors import DeployFailed
 from hooks.output import DeployOutput, Listener
 from hooks.queue import DeployQueue, Ticket
 from hooks.router import Router
+from runtime import gitrepo
 from runtime.docker_engine import DockerError
 from runtime.settings import Settings
 from runtime.store import ACTIVE_STATUSES, Deployment, DeploymentStatus, Store, now
@@ -94,7 +95,27 @@ class Deployer:
                 settled.append(self.store.update_deployment(
                     d.project, d.number, status=DeploymentStatus.FAILED, finished_at=now(),
                     reason=f"interrupted by a daemon restart, and Docker could not be checked: {err}"))
+            if settled[-1].status != DeploymentStatus.LIVE:
+                self._put_branch_back(settled[-1])
+        for d in self.store.deployments_with_status((DeploymentStatus.LIVE,)):
+            if not d.finished_at:  # died cleaning up after its switch: the next deploy's cleanup does it
+                settled.append(self.store.update_deployment(d.project, d.number, finished_at=now()))
         return settled
+
+    def _put_branch_back(self, d: Deployment) -> None:
+        """What the front door does when a pushed deployment fails (gitserver/gitproto.py), for
+        one whose daemon died: the deploy branch names what is live again, and pushing the same
+        commit retries. Only if the branch still names this deployment's commit."""
+        if d.source != "push":
+            return  # a webhook's branch follows GitHub; a rollback or redeploy moved no branch
+        live = self.store.live_deployment(d.project)
+        repo = gitrepo.repo_path(self.settings.repos_dir, d.project)
+        try:
+            if gitrepo.put_branch_back(repo, d.branch, d.commit_sha, live.commit_sha if live else None):
+                log.info("%s: %s is back at %s, what is live", d.project, d.branch,
+                         live.commit_sha[:7] if live else "nothing (removed)")
+        except OSError as err:  # an unreadable repo: the next push moves the branch anyway
+            log.warning("%s: could not put %s back: %s", d.project, d.branch, err)
 
     def _settle(self, d: Deployment) -> Deployment:
         """Live if swarm finished it (every service of the project on it), else undone and failed."""

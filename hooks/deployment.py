@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hooks import holds
 from hooks.engine import DeployEngine
 from hooks.errors import DeployFailed
 from hooks.queue import Ticket
@@ -47,8 +48,9 @@ KNOWN_ERRORS = (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError, App
 
 @dataclass(frozen=True)
 class Stage:
-    timing: str  # its key in the record's timings; "" for a stage too quick to time
+    name: str  # its key in the record's timings, and its hold point (hooks/holds.py)
     run: Callable[[], None]
+    timed: bool = True  # False for a stage too quick to time, or one that times itself
 
 
 class DeploymentRun:
@@ -74,8 +76,8 @@ class DeploymentRun:
         stages = [
             *([Stage("fetch", self.fetch)] if self.ticket.prepare is not None else []),
             Stage("build", self.build),
-            Stage("", self.plan),
-            Stage("", self.release),  # timed by itself: only a deployment with a release command has one
+            Stage("plan", self.plan, timed=False),
+            Stage("release", self.release, timed=False),  # only a deployment with a release command has one
             Stage("start", self.start),
             Stage("health", self.wait_until_healthy),
             Stage("switch", self.switch),
@@ -240,7 +242,11 @@ class DeploymentRun:
     def switch(self) -> None:
         """Route to the new version and record it live; the one it replaces steps down."""
         previous = self.store.live_deployment(self.d.project)
-        if self.router.switch(self.d, mark_live=lambda: self._set(status=DeploymentStatus.LIVE)):
+        def mark_live() -> None:
+            holds.point("switch-routed", self.out.line)  # Caddy routes to it; the store does not say live yet
+            self._set(status=DeploymentStatus.LIVE)
+
+        if self.router.switch(self.d, mark_live=mark_live):
             self.out.line("routes updated")
         if previous:
             stepped_down = DeploymentStatus.ROLLED_BACK if self.d.source == "rollback" else DeploymentStatus.REPLACED
@@ -311,12 +317,13 @@ class DeploymentRun:
     # -- bookkeeping -----------------------------------------------------------------------
 
     def _timed(self, stage: Stage) -> None:
+        holds.point(stage.name, self.out.line)
         started = time.monotonic()
         try:
             stage.run()
         finally:
-            if stage.timing:
-                self.timings[stage.timing] = round(time.monotonic() - started, 3)
+            if stage.timed:
+                self.timings[stage.name] = round(time.monotonic() - started, 3)
                 self.store.update_deployment(self.d.project, self.d.number, timings=json.dumps(self.timings))
 
     def _set(self, **changes: object) -> Deployment:

@@ -102,6 +102,18 @@ def set_branch(repo_path: Path, branch: str, new: str, expected_old: str | None)
             raise GitRepoError(f"{branch} moved while it was being updated; try again")
 
 
+def put_branch_back(repo_path: Path, branch: str, from_commit: str, to_commit: str | None) -> bool:
+    """Move a branch from `from_commit` back to `to_commit` (None: remove it), only if it still
+    names `from_commit`; True if it moved."""
+    ref = Ref(f"refs/heads/{branch}".encode())
+    if not repo_path.exists():
+        return False
+    with Repo(str(repo_path)) as repo:
+        if to_commit is None:
+            return bool(repo.refs.remove_if_equals(ref, ObjectID(from_commit.encode())))
+        return bool(repo.refs.set_if_equals(ref, ObjectID(from_commit.encode()), ObjectID(to_commit.encode())))
+
+
 def remove_repo(repo_path: Path) -> None:
     shutil.rmtree(repo_path, ignore_errors=True)
 

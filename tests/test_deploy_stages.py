@@ -212,6 +212,29 @@ def test_recover_settles_what_a_restart_left_unfinished(rig: Rig):
     assert rig.status(1) == "live" and rig.engine.deployment_of(WEB) == "1"
 
 
+def test_recover_puts_the_deploy_branch_back_to_what_is_live(rig: Rig):
+    live = rig.deploy()
+    _with(rig, {"Dockerfile": "FROM scratch\n# v2\n"})  # the push moved main to the new commit
+    pushed = rig.store.create_deployment("shop", rig.sha, "main", "alice", "push", rig.settings.deployments_dir)
+    rig.store.update_deployment("shop", pushed.number, status=DeploymentStatus.STARTING)
+    rig.deployer.recover()
+    assert rig.status(pushed.number) == "failed"
+    assert git("-C", str(rig.bare), "rev-parse", "main").strip() == live.commit_sha  # pushing it again retries
+
+
+def test_recover_leaves_a_branch_that_moved_on_and_finishes_a_live_one(rig: Rig):
+    live = rig.deploy()
+    rig.store.update_deployment("shop", live.number, finished_at="")  # died in its cleanup
+    old = rig.sha
+    queued = rig.store.create_deployment("shop", old, "main", "alice", "push", rig.settings.deployments_dir)
+    _with(rig, {"Dockerfile": "FROM scratch\n# v2\n"})  # a later push moved main on
+    rig.deployer.recover()
+    assert rig.status(queued.number) == "failed"
+    assert git("-C", str(rig.bare), "rev-parse", "main").strip() == rig.sha != old
+    found = rig.store.get_deployment("shop", live.number)
+    assert found is not None and found.status == "live" and found.finished_at
+
+
 def _with(rig: Rig, files: dict[str, str]) -> None:
     rig.sha = rig.commit(files)
     git("-C", str(rig.bare), "fetch", "-q", str(rig.work), "main:main")
