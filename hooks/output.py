@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import queue
 import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
+
+from runtime.disk import is_disk_full, no_space
+
+log = logging.getLogger("disco.deploy")
 
 Listener = Callable[[str], None]
 MASK = "*****"
@@ -45,19 +52,46 @@ class DeployOutput:
     """
 
     def __init__(self, log_path: Path, secrets: list[str] | None = None) -> None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
-        self._file = log_path.open("a", encoding="utf-8")
         self._listeners: list[_Buffered] = []
         self._lock = threading.Lock()
         self._mask = masker(secrets or [])  # every value; see masker for how short ones are kept quiet
+        # A log that cannot be written (a full disk) must not stop the deployment or its
+        # listeners: the lines still stream, with one that says the log stopped (log_error).
+        self.log_error: str | None = None
+        self._file: TextIO | None = None
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = log_path.open("a", encoding="utf-8")
+        except OSError as err:
+            self._lost(err)
 
     def line(self, text: str) -> None:
         text = self._mask(text)
+        notice = None
         with self._lock:
-            self._file.write(text + "\n")
-            self._file.flush()
+            if self._file is not None:
+                try:
+                    self._file.write(text + "\n")
+                    self._file.flush()
+                except OSError as err:
+                    notice = self._lost(err)
             listeners = list(self._listeners)
+        for line in (text, notice) if notice else (text,):
+            self._tell(listeners, line)
+
+    def _lost(self, err: OSError) -> str:
+        """Stop writing the log after a failed write; the line that says so, for listeners."""
+        reason = no_space("the deployment log could not be written") if is_disk_full(err) else str(err)
+        self.log_error = f"{self.log_path}: {reason}"
+        log.warning("deployment log %s", self.log_error)
+        if self._file is not None:
+            with contextlib.suppress(OSError):  # what is still buffered cannot be written either
+                self._file.close()
+            self._file = None
+        return f"warning: {reason}; the output goes on here only"
+
+    def _tell(self, listeners: list[_Buffered], text: str) -> None:
         for listener in listeners:
             try:
                 listener(text)
@@ -78,7 +112,12 @@ class DeployOutput:
     def close(self) -> None:
         """Close the log; listeners get what is buffered, then stop."""
         with self._lock:
-            self._file.close()
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError as err:
+                    self._lost(err)
+                self._file = None
             listeners, self._listeners = self._listeners, []
         for listener in listeners:
             listener.finish()

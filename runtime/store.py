@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlite_utils
 
+from runtime import disk
 from runtime.secretbox import KEY_NAME as SECRETS_KEY_NAME
 from runtime.secretbox import SecretBox
 
@@ -39,6 +40,12 @@ class StoreError(Exception):
     def __init__(self, message: str, kind: str = "conflict") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class StoreFull(sqlite3.OperationalError):
+    """A write the data dir had no room for; str() is the reason people see."""
+
+    sqlite_errorcode = sqlite3.SQLITE_FULL
 
 
 @dataclass(frozen=True)
@@ -314,6 +321,7 @@ class Store:
         self._lock = threading.RLock()
         self._local = threading.local()
         self.secrets = SecretBox(path.parent / SECRETS_KEY_NAME)  # secrets at rest (runtime/secretbox.py)
+        self.reserve = disk.Reserve(path.parent / disk.RESERVE_NAME)  # kept by the daemon (hooks/disks.py)
         self.db = sqlite_utils.Database(self._conn)
         self.migrate()
 
@@ -335,14 +343,30 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite_utils.Database]:
         """Serialise writes from threads and make a group of them all-or-nothing."""
-        with self._lock:
+        with self._lock, self._full_disk_said():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # SQLite may have rolled back already (a full disk does that): a second ROLLBACK
+                # would hide the real error; a COMMIT that failed must not leave it open either.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _full_disk_said(self) -> Iterator[None]:
+        """A write that failed for lack of space raises StoreFull, saying so; the data dir's
+        reserve goes, so the writes that record the failure itself still fit."""
+        try:
+            yield
+        except sqlite3.Error as err:
+            if not disk.is_disk_full(err) or isinstance(err, StoreFull):
+                raise
+            reason = disk.no_space("the store could not be written", self.path.parent)
+            self.reserve.release()
+            raise StoreFull(reason) from err
 
     def _rows(self, sql: str, args: list | tuple = ()) -> list[dict]:
         reader = getattr(self._local, "conn", None)
@@ -355,7 +379,7 @@ class Store:
         return rows[0] if rows else None
 
     def _write(self, sql: str, args: list | tuple = ()) -> sqlite3.Cursor:
-        with self._lock:
+        with self._lock, self._full_disk_said():
             return self._conn.execute(sql, args)
 
     def migrate(self, upto: int | None = None) -> None:
