@@ -97,8 +97,8 @@ def queued(ticket: Ticket) -> JSONResponse:
 
 # -- meta -----------------------------------------------------------------------------------
 
-@endpoint("GET", "/meta", "Server version, ports, instance, Docker and swarm state", tag="meta",
-          responses={200: OBJECT})
+@endpoint("GET", "/meta", "Server version, ports, instance, Docker and swarm state, disk use (warnings above 90%)",
+          tag="meta", responses={200: OBJECT})
 async def meta(ctx: Context) -> Response:
     s = ctx.platform.settings
     state = await _server_state(ctx)

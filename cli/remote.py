@@ -45,6 +45,8 @@ def cmd_login(args: argparse.Namespace) -> int:
     me = ApiClient(login).get("/meta")
     path = save_login(login)
     print(f"logged in to {login.url} as {me['user']['name']} ({me['user']['role']}); saved in {path}")
+    for warning in (me.get("disk") or {}).get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

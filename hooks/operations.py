@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
+from hooks import disks
 from hooks.errors import DeployFailed, Refused
 from hooks.platform import Platform
 from hooks.projects import require_project
@@ -28,10 +29,13 @@ def server_state(platform: Platform) -> dict:
         info = platform.engine.info()
     except DockerError as err:
         docker: dict[str, object] = {"reachable": False, "error": str(err)}
+        root = ""
     else:
         docker = {"reachable": True, "version": info.version, "swarm": info.swarm}
+        root = info.root_dir
     router = platform.router
-    return {"docker": docker, "proxy": {"up": router.is_up, "error": router.proxy_error}}
+    return {"docker": docker, "proxy": {"up": router.is_up, "error": router.proxy_error},
+            "disk": disks.check(platform, root).as_json()}
 
 
 def replicas(platform: Platform, project: str) -> dict[str, int]:
