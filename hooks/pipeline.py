@@ -19,7 +19,7 @@ from typing import Protocol
 
 from hooks.platform import Platform
 from hooks.policy import Access, authorize
-from runtime import gitrepo
+from runtime import disk, gitrepo
 from runtime.appconfig import AppConfigError, check_caps, config_at
 from runtime.store import DeploymentStatus, User
 
@@ -120,12 +120,27 @@ def check_ref_update(platform: Platform, update: RefUpdate) -> str | None:
         return f"invalid ref name {update.ref!r}: {problem}"
     if not update.ref.startswith(ALLOWED_REF_PREFIXES):
         return f"only branches and tags can be pushed, not {update.ref}"
+    if not update.is_delete and (short := _short_of_space(platform, update.project)):
+        return short
     branch = deploy_branch(platform, update.project)
     if update.ref != f"refs/heads/{branch}":
         return None
     if update.is_delete:
         return f"the deploy branch {branch!r} cannot be deleted"
     return _deployable(platform, update)
+
+
+def _short_of_space(platform: Platform, project: str) -> str | None:
+    """Refuse a ref while the data dir has less room than the ref, the store's rows and the
+    deployment's log need: better now, before the ref moves, than halfway through."""
+    repo = platform.repo_path(project)
+    try:
+        free = disk.usage(repo).free_bytes
+    except OSError:
+        return None  # the checks after this one say what is wrong with the repo
+    if free >= disk.PUSH_HEADROOM:
+        return None
+    return disk.no_space(f"a push needs {disk.human_size(disk.PUSH_HEADROOM)} free besides its objects", repo)
 
 
 def _deployable(platform: Platform, update: RefUpdate) -> str | None:
@@ -139,6 +154,8 @@ def _deployable(platform: Platform, update: RefUpdate) -> str | None:
         return str(err)
     if gitrepo.read_file(repo, update.new_sha, config.dockerfile_path) is None:
         return f"no Dockerfile at {config.dockerfile_path}: Disco builds the app from it"
+    if not platform.engine.reachable():
+        return "Docker is not reachable on the server: nothing can build or start until dockerd is back"
     return None
 
 
