@@ -3,6 +3,7 @@
 #
 #   ./setup.sh serve [disco serve options]   install what is missing, start dockerd + swarm, run the daemon
 #   ./setup.sh test  [pytest options]        install what is missing, start dockerd + swarm, mypy, run every test
+#   ./setup.sh docker                        start dockerd + swarm if they are not running (after a stop)
 #
 # Every step checks before it acts, so running it again changes nothing that is already right.
 set -euo pipefail
@@ -132,8 +133,13 @@ test)
     "$VENV/bin/mypy"
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
+docker)
+    [[ $EUID -eq 0 ]] || { echo "setup.sh must run as root (it starts dockerd)" >&2; exit 1; }
+    start_dockerd
+    start_swarm
+    ;;
 *)
-    echo "usage: $0 serve [disco serve options] | test [pytest options]" >&2
+    echo "usage: $0 serve [disco serve options] | test [pytest options] | docker" >&2
     exit 2
     ;;
 esac

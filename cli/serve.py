@@ -24,6 +24,7 @@ from api.app import build_app
 from api.endpoints import ENDPOINTS
 from gitserver.repos import RepoRegistry
 from gitserver.server import GitServer
+from hooks.dockerwatch import DockerWatch
 from hooks.platform import Platform
 from hooks.scheduler import fast_clock
 from runtime.backup import BackupError, daily_backup
@@ -62,6 +63,9 @@ async def _run(settings: Settings, store: Store) -> None:
     for run in platform.scheduler.recover():
         log.info("scheduled run #%d of %s/%s left unfinished: now %s", run.id, run.project, run.service, run.status)
     platform.scheduler.start()
+    # Says when dockerd goes away and comes back, and checks the proxy again on its return.
+    docker_watch = DockerWatch(platform.engine.reachable, on_back=lambda: _start_proxy(platform, settings))
+    docker_watch.start()
     if settings.backup_dir:
         threading.Thread(target=_daily_backups, args=(settings,), name="backups", daemon=True).start()
     # Not awaited, and a daemon thread: SIGTERM stops the daemon at once even while Caddy is
@@ -75,6 +79,7 @@ async def _run(settings: Settings, store: Store) -> None:
     log.info("ready (data dir %s, instance %s)", settings.data_dir, settings.instance)
     await stop.wait()
     log.info("shutting down")
+    docker_watch.stop()
     scheduler_stopped = asyncio.create_task(asyncio.to_thread(platform.scheduler.stop))  # runs going on end
     api.should_exit = True
     await git.stop()

@@ -9,6 +9,7 @@ and rolls back on its own when one never is).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -44,6 +45,8 @@ log = logging.getLogger("disco.deploy")
 
 # Errors that say what went wrong in the deploy's own terms; anything else is a bug, logged.
 KNOWN_ERRORS = (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError, AppConfigError)
+# How long a deployment that lost Docker waits for it, to undo what it started.
+DOCKER_RETURN_WAIT = 600
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class DeploymentRun:
         self.tagged = ""  # the image tag this deployment made (built or retagged), for the undo
         self.specs: list[ServiceSpec] = []
         self.applied: list[tuple[ServiceSpec, bool]] = []  # (spec, created) in the order started
+        self.release_started = False
         self._app_config: AppConfig | None = None
 
     def run(self) -> Deployment:
@@ -194,6 +198,7 @@ class DeploymentRun:
         for volume, _ in self._mounts(web):  # made here with the project's label, not by `docker run`
             self.engine.ensure_volume(volume, self.d.project)
         self.out.line(f"running the release command: {release.command}")
+        self.release_started = True
         started = time.monotonic()
         try:
             result = self._run_release(release, web)
@@ -293,11 +298,33 @@ class DeploymentRun:
         else:
             log.exception("deployment #%d of %s failed unexpectedly", self.d.number, self.d.project, exc_info=err)
             reason = f"{type(err).__name__}: {err}"
+        docker_went_away = isinstance(err, DockerError) and not self.engine.reachable()
+        if docker_went_away:
+            reason = f"Docker stopped during the deployment: {reason}"
         self.out.line(f"deploy {status}: {reason}")
+        if docker_went_away:
+            if not self._wait_for_docker():
+                self.out.line(f"warning: Docker did not come back within {DOCKER_RETURN_WAIT} s; "
+                              "this deployment's services were not undone: deploy again once it is back")
+                return self._set(status=status, reason=reason, finished_at=now(), timings=json.dumps(self.timings))
+            if self.release_started:  # its own cleanup failed while Docker was away
+                with contextlib.suppress(DockerError):
+                    self.engine.remove_containers(self.d.project, "release")
         self._undo()
         self.out.line("the previous version keeps serving" if self.store.live_deployment(self.d.project)
                       else "nothing was left running")
         return self._set(status=status, reason=reason, finished_at=now(), timings=json.dumps(self.timings))
+
+    def _wait_for_docker(self) -> bool:
+        """Wait for dockerd to answer again, so the undo sees what swarm made of this deployment."""
+        self.out.line("waiting for Docker to come back, to undo what this deployment started")
+        deadline = time.monotonic() + DOCKER_RETURN_WAIT
+        while not self.engine.reachable():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1)
+        self.out.line("Docker is back")
+        return True
 
     def _undo(self) -> None:
         engine = self.engine

@@ -16,6 +16,8 @@ from runtime.dockerfile import ImageOwner
 
 
 class DeployEngine(Protocol):
+    def reachable(self) -> bool: ...  # dockerd answers now
+
     # -- names
     @property
     def network_name(self) -> str: ...

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
+import inspect
 import os
 import re
 import secrets
@@ -60,6 +62,13 @@ LONGEST_LINE = 64 << 10  # output without a newline is passed on in pieces of th
 
 class DockerError(Exception):
     """A Docker step failed; the message says which and why, for the deploy record."""
+
+
+class DockerUnreachable(DockerError):
+    """dockerd does not answer on its socket (stopped, restarting): said at once, never a hang."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"Docker is not reachable ({detail})")
 
 
 @dataclass(frozen=True)
@@ -179,6 +188,38 @@ class OneOffRun:
         self._removed = True
 
 
+def _saying_when_unreachable(cls: type[Engine]) -> type[Engine]:
+    """Every public method of the engine raises DockerUnreachable when dockerd is gone,
+    instead of the transport's own exception (which nothing above runtime/ should know)."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or not inspect.isfunction(method) or inspect.isgeneratorfunction(method) \
+                or inspect.isasyncgenfunction(method) or inspect.iscoroutinefunction(method):
+            continue
+        setattr(cls, name, _unreachable_as_error(method))
+    return cls
+
+
+def _unreachable_as_error(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def calling(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except requests.ConnectionError as err:
+            self._client = None  # its pooled connections died with dockerd: connect afresh next time
+            raise DockerUnreachable(_connection_problem(err)) from None
+    return calling
+
+
+def _connection_problem(err: Exception) -> str:
+    """What the transport said, short: its messages nest the socket's error several deep."""
+    text = str(err)
+    for known in ("No such file or directory", "Connection refused", "Connection aborted", "Read timed out"):
+        if known in text:
+            return f"{known.lower()} on its socket"
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+@_saying_when_unreachable
 class Engine:
     def __init__(self, instance: str) -> None:
         self.instance = instance
@@ -190,10 +231,24 @@ class Engine:
             try:
                 self._client = docker.from_env(timeout=120)
                 self._client.ping()
-            except docker.errors.DockerException as err:
+            except (docker.errors.DockerException, requests.RequestException) as err:
                 self._client = None
-                raise DockerError(f"cannot reach the Docker engine: {err}") from None
+                raise DockerUnreachable(_connection_problem(err)) from None
         return self._client
+
+    def reachable(self) -> bool:
+        """Whether dockerd answers now; a quick ping on its own short-lived connection, so a
+        dockerd that went away and came back is seen as it is."""
+        try:
+            probe = docker.from_env(timeout=5)
+        except (docker.errors.DockerException, requests.RequestException):
+            return False
+        try:
+            return bool(probe.ping())
+        except (docker.errors.DockerException, requests.RequestException):
+            return False
+        finally:
+            probe.close()
 
     def info(self) -> DockerInfo:
         try:

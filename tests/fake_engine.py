@@ -17,6 +17,7 @@ from runtime import names
 from runtime.caddy import CaddyError
 from runtime.docker_engine import (
     DockerError,
+    DockerUnreachable,
     Engine,
     RunResult,
     ServiceSpec,
@@ -60,6 +61,15 @@ class FakeEngine:
     run_output: list[str] = field(default_factory=list)
     run_result: RunResult = field(default_factory=lambda: RunResult(0))
     during_run: Callable[[], None] = lambda: None  # what a run waits for (a test's gate)
+    # dockerd stops while a rollout is awaited, and answers again after this many pings.
+    docker_stops_in_rollout: int = 0
+    _unreachable_pings: int = 0
+
+    def reachable(self) -> bool:
+        if self._unreachable_pings:
+            self._unreachable_pings -= 1
+            return False
+        return True
 
     def __post_init__(self) -> None:
         self._names = Engine(self.instance)  # names and labels only: it never connects
@@ -186,6 +196,9 @@ class FakeEngine:
         if service is None:
             raise DockerError(f"service {spec.name} disappeared during the deploy")
         on_wait(f"waiting for {spec.name}: 0/{spec.replicas} task(s) healthy")
+        if self.docker_stops_in_rollout:
+            self._unreachable_pings = self.docker_stops_in_rollout
+            raise DockerUnreachable("no such file or directory on its socket")
         if stop():
             raise DockerError(f"stopped waiting for {spec.name}: the deployment was cancelled")
         failure = self.never_healthy.get(spec.name)

@@ -151,6 +151,31 @@ def test_a_cancel_during_the_build_ends_it_cancelled_and_starts_nothing(rig: Rig
     assert "cancel requested by bob" in rig.log(final) and "deploy cancelled: cancelled by bob" in rig.log(final)
 
 
+def test_docker_stopping_mid_deploy_waits_for_it_then_undoes(rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(deployment.time, "sleep", lambda seconds: None)
+    assert rig.deploy().status == DeploymentStatus.LIVE
+    rig.engine.docker_stops_in_rollout = 3  # dockerd answers again on the fourth ping
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.FAILED
+    assert final.reason.startswith("Docker stopped during the deployment: Docker is not reachable")
+    log = rig.log(final)
+    assert log.index("waiting for Docker to come back") < log.index("Docker is back")
+    # The undo ran once Docker was back: the old version serves, #2's image went.
+    assert rig.engine.deployment_of(WEB) == "1" and ("restore_previous", WEB) in rig.engine.calls
+    assert sorted(rig.engine.project_images("shop")) == [1]
+    assert rig.status(1) == "live"
+
+
+def test_docker_that_never_comes_back_settles_the_deployment_all_the_same(rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(deployment, "DOCKER_RETURN_WAIT", 0)
+    monkeypatch.setattr(deployment.time, "sleep", lambda seconds: None)
+    assert rig.deploy().status == DeploymentStatus.LIVE
+    rig.engine.docker_stops_in_rollout = 10**6
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.FAILED and "Docker stopped" in final.reason
+    assert "were not undone: deploy again once it is back" in rig.log(final)
+
+
 def test_caddy_down_at_the_switch_fails_and_undoes_the_update(rig: Rig):
     assert rig.deploy().status == DeploymentStatus.LIVE
     rig.caddy.down = True
