@@ -24,6 +24,7 @@ from api.app import build_app
 from api.endpoints import ENDPOINTS
 from gitserver.repos import RepoRegistry
 from gitserver.server import GitServer
+from hooks import disks
 from hooks.dockerwatch import DockerWatch
 from hooks.platform import Platform
 from hooks.scheduler import fast_clock
@@ -66,6 +67,7 @@ async def _run(settings: Settings, store: Store) -> None:
     # Says when dockerd goes away and comes back, and checks the proxy again on its return.
     docker_watch = DockerWatch(platform.engine.reachable, on_back=lambda: _start_proxy(platform, settings))
     docker_watch.start()
+    threading.Thread(target=disks.watch, args=(platform,), name="disk-watch", daemon=True).start()  # the 90% warning
     if settings.backup_dir:
         threading.Thread(target=_daily_backups, args=(settings,), name="backups", daemon=True).start()
     # Not awaited, and a daemon thread: SIGTERM stops the daemon at once even while Caddy is
