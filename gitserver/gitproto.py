@@ -8,6 +8,7 @@ back-pressure (a write waits for the channel to drain).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar, cast
 
 import asyncssh
-from dulwich.errors import ApplyDeltaError, ChecksumMismatch, ObjectFormatException
+from dulwich.errors import ApplyDeltaError, ChecksumMismatch, GitProtocolError, HangupException, ObjectFormatException
 from dulwich.object_store import DiskObjectStore, PackInputTooLarge
 from dulwich.objects import ObjectID
 from dulwich.pack import (
@@ -199,6 +200,12 @@ class ClientIdle(Exception):
     """
 
 
+class BadClient(Exception):
+    """The client broke the git protocol (a malformed pkt-line or ref update, a stream cut
+    short): the session ends, and str() says how. Without it dulwich's own error would escape
+    the session and asyncssh would drop the whole connection without a word."""
+
+
 class ChannelIO:
     """Blocking byte I/O for a worker thread, carried out on the event loop.
 
@@ -362,16 +369,51 @@ class DiscoReceivePack(ReceivePackHandler):
                 self.repo.refs.set_if_equals(ref, new, old)
 
 
+class _Protocol(ReceivableProtocol):
+    """dulwich's protocol, reading what clients may send as the errors it should be:
+
+    - an empty pkt-line ("0004", which git's protocol allows) is read as empty: dulwich asks for
+      its zero bytes of content, and its reader asserts a size above zero;
+    - a pkt-line with more than one NUL (the one that may start the capabilities) is a
+      GitProtocolError: dulwich's capability parser unpacks the split into two, a ValueError.
+    """
+
+    def read_pkt_line(self) -> bytes | None:
+        line = super().read_pkt_line()
+        if line is not None and line.count(b"\0") > 1:
+            raise GitProtocolError(f"a pkt-line holds more than one NUL: {line[:60]!r}")
+        return line
+
+    def read(self, size: int) -> bytes:
+        return super().read(size) if size > 0 else b""
+
+    def recv(self, size: int) -> bytes:
+        return super().recv(size) if size > 0 else b""
+
+
 def make_protocol(io: ChannelIO) -> ReceivableProtocol:
-    return ReceivableProtocol(io.recv, io.write)
+    return _Protocol(io.recv, io.write)
 
 
 def run_receive_pack(repo: Repo, io: ChannelIO, context: PushContext) -> None:
-    DiscoReceivePack(repo, make_protocol(io), context).handle()
+    with _protocol_errors():
+        DiscoReceivePack(repo, make_protocol(io), context).handle()
 
 
 def run_upload_pack(repo: Repo, io: ChannelIO) -> None:
-    UploadPackHandler(_backend(repo), ["/"], make_protocol(io)).handle()
+    with _protocol_errors():
+        UploadPackHandler(_backend(repo), ["/"], make_protocol(io)).handle()
+
+
+@contextlib.contextmanager
+def _protocol_errors() -> Iterator[None]:
+    """dulwich's errors for what the client sent, as BadClient."""
+    try:
+        yield
+    except HangupException:
+        raise BadClient("the client hung up in the middle of the git protocol") from None
+    except GitProtocolError as err:
+        raise BadClient(f"git protocol error: {str(err)[:200] or type(err).__name__}") from None
 
 
 def _backend(repo: Repo) -> DictBackend:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import asyncssh
 
 from gitserver.gitproto import (
+    BadClient,
     ChannelIO,
     ClientIdle,
     PushContext,
@@ -109,7 +110,7 @@ class GitServer:
         self.sessions.add(task)
         try:
             status = await self._dispatch(process)
-        except ClientIdle as err:
+        except (ClientIdle, BadClient) as err:
             log.info("session of %s closed: %s", user.name, err)
             status = _refuse(process, f"closed: {err}")
         except (asyncssh.Error, BrokenPipeError, ConnectionError) as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -13,13 +14,17 @@ from conftest import make_repo, run, server_ref, shared_disco
 from dulwich.object_format import DEFAULT_OBJECT_FORMAT
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.pack import write_pack_index, write_pack_objects
+from dulwich.repo import Repo
 
 from gitserver.gitproto import (
     OBJECT_FLOOR,
+    BadClient,
     LimitedPackCopier,
+    PushContext,
     PushLimits,
     PushTooLarge,
     delta_target_size,
+    run_receive_pack,
 )
 
 GiB = 1 << 30
@@ -134,6 +139,37 @@ def test_the_wire_limit_still_applies():
     blob = object_header(3, 4096) + zlib.compress(bytes(4096))
     with pytest.raises(PackInputTooLarge):
         copy(pack_of([blob]), PushLimits(max_input_size=20, max_object_size=GiB, max_inflated_size=GiB))
+
+
+class BytesChannel:
+    """ChannelIO's two calls over bytes in memory: what the client sends, then its end."""
+
+    def __init__(self, incoming: bytes) -> None:
+        self.recv = io.BytesIO(incoming).read
+        self.write = io.BytesIO().write
+
+
+@pytest.mark.parametrize("stream, message", [
+    (b"", "the client hung up"),
+    (b"00", "git protocol error"),
+    (b"0010" + b"x" * 4, "git protocol error"),  # shorter than its length says
+    # Two NULs: dulwich's capability parser raised a ValueError (found by tests/test_fuzz.py).
+    (b"0035" + b"0" * 40 + b" a\0b\0c" + b"0000", "more than one NUL"),
+])
+def test_a_client_breaking_the_protocol_gets_a_bad_client_error(tmp_path: Path, stream: bytes, message: str):
+    # Not dulwich's own errors, which asyncssh answered by dropping the connection without a word.
+    repo = Repo.init_bare(str(tmp_path / "r.git"), mkdir=True)
+    context = PushContext(None, "shop", "alice", DEFAULT, threading.Lock())  # type: ignore[arg-type]
+    with pytest.raises(BadClient, match=message):
+        run_receive_pack(repo, BytesChannel(stream), context)  # type: ignore[arg-type]
+
+
+def test_an_empty_pkt_line_ends_the_ref_list(tmp_path: Path):
+    # "0004" made dulwich's reader fail an assert (found by tests/test_fuzz.py); git allows it.
+    repo = Repo.init_bare(str(tmp_path / "r.git"), mkdir=True)
+    context = PushContext(None, "shop", "alice", DEFAULT, threading.Lock())  # type: ignore[arg-type]
+    run_receive_pack(repo, BytesChannel(b"0004"), context)  # type: ignore[arg-type]
+    assert context.updated == context.refused == [] and repo.get_refs() == {}
 
 
 # --- a real git push of a 2 GiB file of zeros: a 2 MB pack that would inflate to 2 GiB ---
