@@ -37,6 +37,7 @@ from runtime.store import StoreError, User, now
 FLOW_SECONDS = 600  # the link, and then GitHub's round trip, each have 10 minutes
 COOKIE = "disco_github_app"
 APP_NAME_MAX = 34  # GitHub's limit for an App's name
+MAX_ID = 2**63 - 1  # SQLite's INTEGER: a larger id fails any store call that is given it
 ORG_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")
 
 
@@ -232,7 +233,7 @@ def _ask_github(platform: Platform) -> list[tuple[int, list[dict]]]:
             installation_id = installation.get("id")
             if not isinstance(installation_id, int):
                 continue
-            account = str((installation.get("account") or {}).get("login", ""))[:100]
+            account = _login(installation.get("account"), "", 100)
             suspended = bool(installation.get("suspended_at"))
             repos = [] if suspended else api.installation_repositories(
                 platform.github_tokens.token_for(installation_id, None))
@@ -333,7 +334,7 @@ def _handle(platform: Platform, event: str, delivery: str, payload: dict) -> Web
     action = str(payload.get("action", ""))
     found = payload.get("installation")
     installation: dict = found if isinstance(found, dict) else {}
-    installation_id = installation.get("id") if isinstance(installation.get("id"), int) else 0
+    installation_id = _installation_id(installation.get("id"))
     if event == "ping":
         return WebhookReply(200, {"ok": True, "message": "pong: the GitHub App reaches this server"})
     if event == "installation" and installation_id:
@@ -344,7 +345,7 @@ def _handle(platform: Platform, event: str, delivery: str, payload: dict) -> Web
         platform.github_tokens.forget(installation_id)
         return WebhookReply(200, {"installation": installation_id, "added": added, "removed": removed})
     if event == "github_app_authorization" and action == "revoked":
-        sender = str((payload.get("sender") or {}).get("login", "someone"))[:60]
+        sender = _login(payload.get("sender"), "someone", 60)
         platform.store.audit(f"github:{sender}", "github:app:authorization-revoked", "", "")
         return WebhookReply(200, {"recorded": f"{sender} revoked their authorization of the App"})
     if event == "push":
@@ -354,7 +355,7 @@ def _handle(platform: Platform, event: str, delivery: str, payload: dict) -> Web
 
 def _installation(platform: Platform, action: str, installation_id: int, installation: dict,
                   payload: dict) -> WebhookReply:
-    account = str((installation.get("account") or {}).get("login", ""))[:100]
+    account = _login(installation.get("account"), "", 100)
     if action == "deleted":
         platform.store.delete_installation(installation_id)
     elif action in ("created", "new_permissions_accepted"):
@@ -405,6 +406,21 @@ def _push(platform: Platform, delivery: str, payload: dict) -> WebhookReply:
     if not results:
         return WebhookReply(202, {"ignored": f"no project is linked through the App to {repo} {payload['ref']}"})
     return WebhookReply(202, {"projects": results})
+
+
+def _installation_id(value: object) -> int:
+    """An installation's id as GitHub gives it (a positive integer that SQLite can hold), else 0:
+    a delivery naming no installation it could be."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID:
+        return value
+    return 0
+
+
+def _login(account: object, default: str, limit: int) -> str:
+    """The `login` of a payload's account object (sender, installation account), else `default`:
+    a delivery may hold anything there, and a name is all that is kept of it."""
+    login = account.get("login", default) if isinstance(account, dict) else default
+    return str(login)[:limit]
 
 
 def _repo_names(repos: object) -> list[str]:

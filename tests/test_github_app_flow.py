@@ -142,6 +142,21 @@ def test_the_apps_webhook_is_signed_deduplicated_and_keeps_the_installations(rig
     assert client.post("/api/v1/projects/shop/github/secret", json={}, headers=alice).status_code == 409
 
 
+def test_odd_accounts_and_installation_ids_are_answered_not_a_500(rig):
+    # Found by tests/test_fuzz.py: a sender or account that is not an object, and an id past
+    # what SQLite holds, raised inside the handler.
+    platform, client, alice, bob = rig
+    with_app(platform)
+    revoked = deliver(client, "github_app_authorization", {"action": "revoked", "sender": "octo"})
+    assert revoked.status_code == 200 and revoked.json() == {"recorded": "someone revoked their authorization of the App"}
+    odd_account = deliver(client, "installation", {"action": "created", "installation": {"id": 8, "account": "octo"}})
+    assert odd_account.status_code == 200 and platform.store.installations()[0]["account"] == ""
+    for odd_id in (10**30, True, -1):
+        huge = deliver(client, "installation", {"action": "created", "installation": {"id": odd_id}})
+        assert huge.status_code == 202 and "ignored" in huge.json()
+    assert [i["id"] for i in platform.store.installations()] == [8]
+
+
 def test_a_deployer_sees_only_the_repos_of_their_projects(rig):
     platform, client, alice, bob = rig
     with_app(platform)
