@@ -242,6 +242,8 @@ async def _body(request: Request, ep: Endpoint) -> Any:
         raise bad_request("the body is nested too deeply to be valid input here") from None
     except ValueError as err:  # bad JSON, bad UTF-8, or an integer of more digits than Python parses
         raise bad_request(f"the body is not valid JSON: {err}") from None
+    if not github.is_text(body):  # a lone surrogate would pass validation and fail in the store
+        raise bad_request("the body holds a lone UTF-16 surrogate (like \\ud800), which is not text")
     validate(body, ep.body)
     return body
 

@@ -219,7 +219,19 @@ def parse_payload(body: bytes) -> dict | WebhookReply:
         return _bad(f"the body is not valid JSON: {err}")
     if not isinstance(payload, dict):
         return _bad("the body must be a JSON object")
+    if not is_text(payload):
+        return _bad("the body holds a lone UTF-16 surrogate (like \\ud800), which is not text")
     return payload
+
+
+def is_text(value: object) -> bool:
+    """Whether every string in a parsed JSON value is text that can be stored: JSON's \\ud800
+    escapes parse to lone surrogates, which no UTF-8 store (SQLite, logs) can hold."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def signature_ok(secret: str, body: bytes, header: str) -> bool:

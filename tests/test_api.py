@@ -144,6 +144,15 @@ def test_too_large_body_gets_413(client: TestClient, alice):
     assert error_of(response)[:2] == (413, "too_large")
 
 
+def test_a_lone_surrogate_in_a_body_is_a_400_not_a_500(client: TestClient, platform: Platform, alice):
+    # JSON's "\ud800" parses to a string no UTF-8 store can hold (found by tests/test_fuzz.py).
+    platform.store.add_project("shop", "alice")
+    response = client.post("/api/v1/projects/shop/env", content=b'{"values": {"A": "\\ud800"}}', headers=alice)
+    assert error_of(response)[:2] == (400, "bad_request") and "surrogate" in error_of(response)[2]
+    paired = client.post("/api/v1/projects/shop/env", content=b'{"values": {"A": "\\ud83d\\ude00"}}', headers=alice)
+    assert paired.status_code == 200  # a pair is one character (an emoji), and fine
+
+
 def test_unknown_endpoint_and_method(client: TestClient, alice):
     assert error_of(client.get("/api/v1/nothing", headers=alice))[:2] == (404, "not_found")
     assert error_of(client.put("/api/v1/projects", headers=alice))[0] == 405

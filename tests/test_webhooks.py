@@ -123,6 +123,8 @@ def test_events_branches_tags_deletions_and_replays(linked):
     (json.dumps({"ref": "refs/heads/main", "after": "xyz"}).encode(), "after must be a 40-character commit id"),
     (json.dumps({"ref": "refs/heads/main", "after": SHA_A, "deleted": "no"}).encode(), "deleted must be true or false"),
     (json.dumps({"ref": 5, "after": SHA_A}).encode(), "ref must be a string"),
+    # A lone surrogate would reach the store as the deployment's user (found by tests/test_fuzz.py).
+    (json.dumps({"ref": "refs/heads/main", "after": SHA_A, "pusher": {"name": "\ud800"}}).encode(), "surrogate"),
 ])
 def test_malformed_bodies_get_400_naming_the_problem(linked, body: bytes, message: str):
     platform, client, secret, _ = linked
