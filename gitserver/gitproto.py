@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar, cast
 
 import asyncssh
+from dulwich.file import _GitFile
 from dulwich.errors import ApplyDeltaError, ChecksumMismatch, GitProtocolError, HangupException, ObjectFormatException
 from dulwich.object_store import DiskObjectStore, PackInputTooLarge
 from dulwich.objects import ObjectID
@@ -46,6 +47,7 @@ from dulwich.server import (
 from hooks import holds, pipeline
 from hooks.pipeline import RefUpdate
 from hooks.platform import Platform
+from runtime import disk
 
 log = logging.getLogger("disco.git")
 T = TypeVar("T")
@@ -186,10 +188,68 @@ def add_limited_thin_pack(store: DiskObjectStore, read_all: Callable[[int], byte
             with PackData(path, file=f, object_format=store.object_format) as data:
                 indexer.set_pack_data(data)
                 entries, ext_refs = store._index_pack(indexer, len(copier))
-            store._complete_pack(f, path, entries, ext_refs)
+            _complete_pack(store, f, path, entries, ext_refs)
     finally:
         if os.path.exists(path):  # moved into objects/pack when complete
             os.unlink(path)
+
+
+@contextlib.contextmanager
+def _no_lock_left_on_a_full_disk(repo_dir: str, name: str) -> Iterator[None]:
+    """dulwich writes a ref (or an index) to `<name>.lock` and renames it; when the disk is full
+    the write fails in its close, which leaves the lock file, and every later write of that ref
+    fails as "locked" until someone removes it by hand. Remove ours, while the caller still
+    holds what makes it ours (the project's ref lock)."""
+    try:
+        yield
+    except OSError as err:
+        if disk.is_disk_full(err):
+            _forget_lock(err, os.path.join(repo_dir, name + ".lock"))
+        raise
+
+
+def _forget_lock(err: BaseException, lock_path: str) -> None:
+    # dulwich's file object, still referenced from the traceback, would otherwise try again to
+    # close (and remove the lock) whenever it is collected, maybe once another writer holds
+    # it: close it for good now (its buffer cannot be written), then remove the lock ourselves.
+    tb = err.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, _GitFile) and not value._closed:
+                with contextlib.suppress(OSError):
+                    value._file.close()
+                value._closed = True
+        tb = tb.tb_next
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock_path)
+
+
+def _drop_unindexed_pack(store: DiskObjectStore, path: str, entries: list) -> None:
+    """Undo a `_complete_pack` that failed after moving the pack in and before its index was
+    written (a full disk): a .pack without its .idx is garbage git would keep forever.
+
+    By then dulwich had added the missing bases to `entries` and sorted them in place, which
+    is what names the pack; before the move, the temporary file is still there and the caller
+    removes it.
+    """
+    if os.path.exists(path):
+        return
+    base = store._get_pack_basepath(entries)
+    if not os.path.exists(base + ".idx"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(base + ".pack")
+
+
+def _complete_pack(store: DiskObjectStore, f: IO[bytes], path: str, entries: list, ext_refs: set) -> None:
+    """dulwich's `_complete_pack`, leaving nothing behind when the disk fills on the way: not
+    the pack moved in without its index, nor the index's lock file (see _no_lock_left...)."""
+    try:
+        store._complete_pack(f, path, entries, ext_refs)  # type: ignore[arg-type]
+    except OSError as err:
+        _drop_unindexed_pack(store, path, entries)
+        if disk.is_disk_full(err) and not os.path.exists(path):
+            _forget_lock(err, store._get_pack_basepath(entries) + ".idx.lock")
+        raise
 
 
 class ClientIdle(Exception):
@@ -282,6 +342,10 @@ class DiscoReceivePack(ReceivePackHandler):
         self.context = context
         self._receivable = proto  # self.proto is typed as the plain Protocol, which has no recv
 
+    @property
+    def _repo_dir(self) -> str:
+        return cast(Repo, self.repo).path
+
     def capabilities(self) -> list[bytes]:
         # No atomic pushes: every ref is checked and moved on its own.
         return [cap for cap in super().capabilities() if cap != b"atomic"]
@@ -315,6 +379,9 @@ class DiscoReceivePack(ReceivePackHandler):
         except PackInputTooLarge:
             return f"push refused: the pack is larger than the server's limit of {_human_size(self.context.limits.max_input_size)}"
         except PACK_ERRORS as err:
+            if disk.is_disk_full(err):
+                log.warning("push to %s refused: the data dir is full (%s)", self.context.project, err)
+                return disk.no_space("the push did not fit", self._repo_dir)
             return f"unpack failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
         return None
 
@@ -330,7 +397,7 @@ class DiscoReceivePack(ReceivePackHandler):
         try:
             reason = pipeline.check_ref_update(self.context.platform, update)
             if reason is None:
-                with self.context.ref_lock:
+                with self.context.ref_lock, _no_lock_left_on_a_full_disk(self._repo_dir, update.ref):
                     if update.is_delete:
                         moved = self.repo.refs.remove_if_equals(ref, old)
                     else:
@@ -339,7 +406,10 @@ class DiscoReceivePack(ReceivePackHandler):
                     reason = "the ref moved while you pushed; fetch, then push again"
         except Exception as err:  # a ref or object the checks cannot read: refuse it, say why
             log.info("refused %s of %s: %r", update.ref, update.project, err)
-            reason = f"cannot accept {update.ref}: {err}"
+            if disk.is_disk_full(err):
+                reason = disk.no_space(f"{update.ref} could not be written", self._repo_dir)
+            else:
+                reason = f"cannot accept {update.ref}: {err}"
         if reason:
             self.context.refused.append((update.ref, reason))
             return reason
@@ -354,15 +424,24 @@ class DiscoReceivePack(ReceivePackHandler):
             for update in undo:
                 self._move_back(update)
         except Exception as err:  # a bug in a later step must not leave the pusher guessing
-            log.exception("after-receive step failed for %s", self.context.project)
-            self.context.failure = f"internal error after receive: {err}"
+            if not disk.is_disk_full(err):
+                log.exception("after-receive step failed for %s", self.context.project)
+                self.context.failure = f"internal error after receive: {err}"
+                self.progress(f"error: {self.context.failure}")
+                return
+            # Nothing could be recorded (the store or a log is full): no deployment went live,
+            # so the refs go back to where they were and the same push works once there is room.
+            log.warning("push to %s undone: the data dir is full (%s)", self.context.project, err)
+            self.context.failure = disk.no_space("the push could not be recorded; it was undone", self._repo_dir)
             self.progress(f"error: {self.context.failure}")
+            for update in self.context.updated:
+                self._move_back(update)
 
 
     def _move_back(self, update: RefUpdate) -> None:
         """Undo a ref whose deployment failed, unless another push moved it since."""
         ref, new, old = Ref(update.ref.encode()), ObjectID(update.new_sha.encode()), ObjectID(update.old_sha.encode())
-        with self.context.ref_lock:
+        with self.context.ref_lock, _no_lock_left_on_a_full_disk(self._repo_dir, update.ref):
             if update.old_sha == pipeline.ZERO_SHA:
                 self.repo.refs.remove_if_equals(ref, new)
             else:
