@@ -39,12 +39,12 @@ from runtime.docker_engine import DockerError, RunResult, ServiceSpec
 from runtime.docker_specs import TaskLimits, task_limits
 from runtime.dockerfile import DockerfileError, prepare
 from runtime.settings import Settings, load_or_create_secret
-from runtime.store import WENT_LIVE, Deployment, DeploymentStatus, Store, now
+from runtime.store import WENT_LIVE, Deployment, DeploymentStatus, Store, StoreFull, now
 
 log = logging.getLogger("disco.deploy")
 
 # Errors that say what went wrong in the deploy's own terms; anything else is a bug, logged.
-KNOWN_ERRORS = (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError, AppConfigError)
+KNOWN_ERRORS = (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError, AppConfigError, StoreFull)
 # How long a deployment that lost Docker waits for it, to undo what it started.
 DOCKER_RETURN_WAIT = 600
 
