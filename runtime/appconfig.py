@@ -11,7 +11,7 @@ import shlex
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtime import gitrepo
@@ -19,8 +19,12 @@ from runtime.cron import CronError, parse_schedule
 from runtime.procfile import Procfile, ProcfileError, parse_procfile
 
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,29}")
+IMAGE_NAME = SERVICE_NAME
 VOLUME_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+PUBLISHED = re.compile(r"(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?")
 WEB = "web"
+DEFAULT_IMAGE = "default"  # built from [build] (the root Dockerfile unless it says otherwise)
+LOWEST_PUBLISHED_PORT = 1024  # below it are the system's ports (and 80/443, Caddy's)
 DEFAULT_PORT = 8000
 DEFAULT_HEALTH_TIMEOUT = 60
 DEFAULT_RELEASE_TIMEOUT = 600  # Heroku's release phase may take an hour; ten minutes catches a hang
@@ -47,6 +51,18 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class PublishedPort:
+    """A port of the service's tasks published on the host (swarm's host mode)."""
+
+    published: int  # on the host
+    target: int  # in the task
+    protocol: str = "tcp"  # or "udp"
+
+    def __str__(self) -> str:
+        return f"{self.published}:{self.target}/{self.protocol}"
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     port: int | None = None  # None: web takes the image's EXPOSEd port, else DEFAULT_PORT
@@ -59,6 +75,15 @@ class ServiceConfig:
     shell: bool = False  # the command is a Procfile line, run by the image's shell (else split into words)
     schedule: str | None = None  # five-field cron (UTC): a scheduled service, runs one container per time
     timeout: int = DEFAULT_CRON_TIMEOUT  # seconds a scheduled run may take before it is stopped
+    image: str = DEFAULT_IMAGE  # which of the app's images it runs
+    # A static site: this folder is served by Caddy itself, no container runs. From the image
+    # (a path in it, relative to its WORKDIR) or, with static_source "repo", from the commit.
+    static: str | None = None
+    static_source: str = "image"  # or "repo"
+    health_command: str | None = None  # run inside the task (Docker's HEALTHCHECK CMD), split into words
+    publish: tuple[PublishedPort, ...] = ()
+    internal: bool = False  # reachable from other projects' containers as <project>-<service>
+    oneoff: bool = False  # only for `disco run --service NAME` (disco.json's "command" type): never runs by itself
 
     @property
     def is_web(self) -> bool:
@@ -67,6 +92,10 @@ class ServiceConfig:
     @property
     def is_scheduled(self) -> bool:
         return self.schedule is not None
+
+    @property
+    def is_static(self) -> bool:
+        return self.static is not None
 
 
 @dataclass(frozen=True)
@@ -80,6 +109,8 @@ class ReleaseConfig:
 
 @dataclass(frozen=True)
 class BuildConfig:
+    """How one image is built: [build] for the default image, [images.NAME] for the others."""
+
     dockerfile: str = "Dockerfile"
     context: str = "."
     args: dict[str, str] = field(default_factory=dict)
@@ -91,11 +122,32 @@ class AppConfig:
     services: dict[str, ServiceConfig] = field(default_factory=lambda: {WEB: ServiceConfig(WEB)})
     release: ReleaseConfig | None = None
     declared: frozenset[str] = frozenset()  # the services disco.toml itself names (not the default web)
+    images: dict[str, BuildConfig] = field(default_factory=dict)  # [images.NAME]: the images besides the default
 
     @property
     def running_services(self) -> dict[str, ServiceConfig]:
-        """The services that run as swarm services (scheduled ones run only at their times)."""
-        return {name: s for name, s in self.services.items() if not s.is_scheduled}
+        """The services that run as swarm services (scheduled ones run only at their times, a
+        static site runs no container, a one-off command only when asked)."""
+        return {name: s for name, s in self.services.items() if not (s.is_scheduled or s.is_static or s.oneoff)}
+
+    @property
+    def static_site(self) -> ServiceConfig | None:
+        """The web service when it is a static site served by Caddy."""
+        web = self.services.get(WEB)
+        return web if web is not None and web.is_static else None
+
+    def image(self, name: str) -> BuildConfig:
+        return self.build if name == DEFAULT_IMAGE else self.images[name]
+
+    @property
+    def images_to_build(self) -> dict[str, BuildConfig]:
+        """Each image some service, the release command or a static site from an image needs,
+        default first; an app whose only service is a static site from the repo builds none."""
+        needed = {s.image for s in self.services.values() if not (s.is_static and s.static_source == "repo")}
+        if self.release is not None:
+            needed.add(DEFAULT_IMAGE)
+        ordered = [DEFAULT_IMAGE, *sorted(self.images)]
+        return {name: self.image(name) for name in ordered if name in needed}
 
     @property
     def scheduled_services(self) -> dict[str, ServiceConfig]:
@@ -112,14 +164,14 @@ class AppConfig:
         return str(PurePosixPath(self.build.dockerfile))
 
 
-TOP_KEYS = {"build", "services", "release"}
+TOP_KEYS = {"build", "services", "release", "images"}
 BUILD_KEYS = {"dockerfile": str, "context": str, "args": dict}
 RELEASE_KEYS = {"command": str, "timeout": int}
-SERVICE_KEYS = {
+SERVICE_KEYS: dict[str, type | tuple[type, ...]] = {
     "port": int,
     "command": str,
     "replicas": int,
-    "health": str,
+    "health": (str, dict),  # a URL path, or { command = "..." }
     "health_timeout": int,
     "volumes": list,
     "memory": str,
@@ -127,9 +179,17 @@ SERVICE_KEYS = {
     "pids": int,
     "schedule": str,
     "timeout": int,
+    "image": str,
+    "static": str,
+    "static_source": str,
+    "publish": list,
+    "internal": bool,
 }
 # What a scheduled service has no use for: it serves no traffic and runs one container per time.
-NOT_FOR_SCHEDULED = ("port", "replicas", "health", "health_timeout")
+NOT_FOR_SCHEDULED = ("port", "replicas", "health", "health_timeout", "publish", "internal")
+# What a static site has no use for: Caddy serves its files, no container of it runs.
+NOT_FOR_STATIC = ("port", "command", "replicas", "health", "health_timeout", "volumes", "memory", "cpus", "pids",
+                  "schedule", "timeout", "publish", "internal")
 MAX_TEXT = 256 << 10  # a disco.toml is a few lines; a huge one is a mistake or an attack
 MEMORY = re.compile(r"(\d{1,12})\s*([kmg]?)(i?b)?", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -217,7 +277,31 @@ def parse_app_config(text: str | None) -> AppConfig:
             raise AppConfigError("disco.toml: [services] is empty; define at least [services.web]")
         services = {name: _parse_service(name, table, where) for name, table in services_table.items()}
     release = _parse_release(data["release"], where) if "release" in data else None
-    return AppConfig(build=build, services=services, release=release, declared=frozenset(services_table or ()))
+    images = _parse_images(data.get("images", {}), where)
+    config = AppConfig(build=build, services=services, release=release, declared=frozenset(services_table or ()),
+                       images=images)
+    check_app(config, where.at)
+    return config
+
+
+def check_app(config: AppConfig, at: Callable[[str, str], str] = lambda table, key: "") -> None:
+    """What holds across services: the images they name exist, only web is a static site,
+    no two services publish the same port. `at` says where a key is (disco.toml's line)."""
+    published: dict[tuple[int, str], str] = {}
+    for service in config.services.values():
+        path = f"services.{service.name}"
+        if service.image != DEFAULT_IMAGE and service.image not in config.images:
+            known = ", ".join([DEFAULT_IMAGE, *sorted(config.images)])
+            raise AppConfigError(f"{at(path, 'image')}{path}.image {service.image!r} is not an image of the app "
+                                 f"(images: {known}; declare it as [images.{service.image}])")
+        if service.is_static and not service.is_web:
+            raise AppConfigError(f"{at(path, 'static')}{path}.static: only the web service can be a static site "
+                                 "(it gets the project's domains)")
+        for port in service.publish:
+            other = published.setdefault((port.published, port.protocol), service.name)
+            if other != service.name:
+                raise AppConfigError(f"{at(path, 'publish')}{path}.publish: port {port.published}/{port.protocol} "
+                                     f"is already published by services.{other}")
 
 
 def with_procfile(config: AppConfig, text: str) -> AppConfig:
@@ -279,24 +363,38 @@ def _check_words(command: str, path: str, where: _Locator) -> None:
         raise AppConfigError(f"{where.at(path, 'command')}{path}.command is empty")
 
 
-def _parse_build(table: Any, where: _Locator) -> BuildConfig:
-    _check_table(table, BUILD_KEYS, "build", where)
+def _parse_build(table: Any, where: _Locator, path: str = "build") -> BuildConfig:
+    _check_table(table, BUILD_KEYS, path, where)
     args = table.get("args", {})
     for name, value in args.items():
         if not isinstance(value, (str, int, float, bool)):
-            raise AppConfigError(f"{where.at('build.args', name)}build.args.{name} must be a string")
+            raise AppConfigError(f"{where.at(path + '.args', name)}{path}.args.{name} must be a string")
     context = table.get("context", ".")
     dockerfile = table.get("dockerfile", "Dockerfile")
     for key, value in (("context", context), ("dockerfile", dockerfile)):
         if not _stays_inside_repo(value):
             raise AppConfigError(
-                f"{where.at('build', key)}build.{key} must be a relative path inside the repo, got {value!r}"
+                f"{where.at(path, key)}{path}.{key} must be a relative path inside the repo, got {value!r}"
             )
     return BuildConfig(
         dockerfile=dockerfile,
         context=context,
         args={name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in args.items()},
     )
+
+
+def _parse_images(table: Any, where: _Locator) -> dict[str, BuildConfig]:
+    _expect(table, dict, "images", where)
+    images = {}
+    for name, image in table.items():
+        if name == DEFAULT_IMAGE:
+            raise AppConfigError(f"{where.at('images', name)}[images.default] is the image [build] describes; "
+                                 "set its dockerfile, context and args under [build]")
+        if not IMAGE_NAME.fullmatch(name):
+            raise AppConfigError(f"{where.at('images', name)}image name {name!r} is invalid: use up to 30 characters "
+                                 "of a-z, 0-9 and '-', starting with a letter")
+        images[name] = _parse_build(image, where, f"images.{name}")
+    return images
 
 
 def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
@@ -313,9 +411,7 @@ def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
     replicas = table.get("replicas", 1)
     if not 0 <= replicas <= 100:
         raise AppConfigError(f"{where.at(path, 'replicas')}{path}.replicas must be from 0 to 100, got {replicas}")
-    health = table.get("health")
-    if health is not None and (not health.startswith("/") or any(c.isspace() for c in health)):
-        raise AppConfigError(f"{where.at(path, 'health')}{path}.health must be a URL path like '/healthz', got {health!r}")
+    health, health_command = _parse_health(table.get("health"), path, where)
     timeout = table.get("health_timeout", DEFAULT_HEALTH_TIMEOUT)
     if not 1 <= timeout <= 3600:
         raise AppConfigError(f"{where.at(path, 'health_timeout')}{path}.health_timeout must be from 1 to 3600 seconds")
@@ -323,6 +419,7 @@ def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
     if command is not None:
         _check_words(command, path, where)
     schedule = _parse_schedule(name, table, path, where)
+    static, static_source = _parse_static(table, path, where)
     return ServiceConfig(
         name=name,
         port=port,
@@ -334,7 +431,70 @@ def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
         limits=_parse_limits(table, path, where),
         schedule=schedule,
         timeout=table.get("timeout", DEFAULT_CRON_TIMEOUT),
+        image=table.get("image", DEFAULT_IMAGE),
+        static=static,
+        static_source=static_source,
+        health_command=health_command,
+        publish=tuple(_parse_published(item, path, where) for item in table.get("publish", [])),
+        internal=table.get("internal", False),
     )
+
+
+def _parse_health(health: str | dict | None, path: str, where: _Locator) -> tuple[str | None, str | None]:
+    """(HTTP path, command): `health = "/healthz"` or `health = { command = "pg_isready" }`."""
+    if health is None:
+        return None, None
+    if isinstance(health, dict):
+        _check_table(health, {"command": str}, f"{path}.health", where)
+        if "command" not in health:
+            raise AppConfigError(f"{where.at(path, 'health')}{path}.health needs a command, like "
+                                 "health = {{ command = \"pg_isready\" }}")
+        _check_words(health["command"], f"{path}.health", where)
+        return None, health["command"]
+    if not health.startswith("/") or any(c.isspace() for c in health):
+        raise AppConfigError(f"{where.at(path, 'health')}{path}.health must be a URL path like '/healthz' "
+                             f"or {{ command = \"...\" }}, got {health!r}")
+    return health, None
+
+
+def is_inside(path: str) -> bool:
+    """A folder path with no way up (`..`): a static site's folder, in the image or the repo."""
+    return bool(path.strip("/")) and ".." not in PurePosixPath(path).parts and "\0" not in path
+
+
+def _parse_static(table: dict, path: str, where: _Locator) -> tuple[str | None, str]:
+    static = table.get("static")
+    source = table.get("static_source", "image")
+    if static is None:
+        if "static_source" in table:
+            raise AppConfigError(f"{where.at(path, 'static_source')}{path}.static_source needs static = \"folder\"")
+        return None, source
+    if source not in ("image", "repo"):
+        raise AppConfigError(f"{where.at(path, 'static_source')}{path}.static_source must be \"image\" (the folder "
+                             f"is copied out of the built image) or \"repo\" (from the pushed commit), got {source!r}")
+    if not is_inside(static) or (source == "repo" and static.startswith("/")):
+        raise AppConfigError(f"{where.at(path, 'static')}{path}.static must be a folder like \"dist\" "
+                             f"(no '..'{'' if source == 'image' else ', relative to the repo root'}), got {static!r}")
+    for key in NOT_FOR_STATIC:
+        if key in table:
+            raise AppConfigError(f"{where.at(path, key)}{path}.{key} does not apply to a static site "
+                                 "(Caddy serves its files; no container of it runs)")
+    return static, source
+
+
+def _parse_published(item: Any, path: str, where: _Locator) -> PublishedPort:
+    prefix = where.at(path, "publish")
+    match = PUBLISHED.fullmatch(item) if isinstance(item, str) else None
+    if match is None:
+        raise AppConfigError(f"{prefix}{path}.publish entries look like \"5432:5432/tcp\" "
+                             f"(host port:container port, /tcp or /udp), got {item!r}")
+    published, target = int(match.group(1)), int(match.group(2))
+    if not LOWEST_PUBLISHED_PORT <= published <= 65535:
+        raise AppConfigError(f"{prefix}{path}.publish: host port {published} must be from "
+                             f"{LOWEST_PUBLISHED_PORT} to 65535 (lower ports are the system's)")
+    if not 1 <= target <= 65535:
+        raise AppConfigError(f"{prefix}{path}.publish: container port {target} must be from 1 to 65535")
+    return PublishedPort(published, target, match.group(3) or "tcp")
 
 
 def _parse_schedule(name: str, table: dict, path: str, where: _Locator) -> str | None:
@@ -390,7 +550,7 @@ def _parse_volume(item: Any, path: str, where: _Locator) -> Volume:
     return Volume(name, mount)
 
 
-def _check_table(table: Any, keys: Mapping[str, type], path: str, where: _Locator) -> None:
+def _check_table(table: Any, keys: Mapping[str, type | tuple[type, ...]], path: str, where: _Locator) -> None:
     """A table of known keys, each of its type; the first that is not is named."""
     _expect(table, dict, path, where)
     _reject_unknown(table, set(keys), path, where)
@@ -404,16 +564,20 @@ def _stays_inside_repo(path: str) -> bool:
     return bool(path) and not path.startswith("/") and ".." not in parts
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "a table", list: "an array"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "a table", list: "an array",
+               bool: "true or false"}
 
 
-def _expect(value: Any, kind: type, path: str, where: _Locator) -> None:
+def _expect(value: Any, kind: type | tuple[type, ...], path: str, where: _Locator) -> None:
     # bool is an int in Python, but `port = true` is a mistake worth naming; a float key takes ints too.
-    allowed: tuple[type, ...] = (int, float) if kind is float else (kind,)
-    if not isinstance(value, allowed) or (kind in (int, float) and isinstance(value, bool)):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    allowed: tuple[type, ...] = tuple(t for k in kinds for t in ((int, float) if k is float else (k,)))
+    numeric = any(k in (int, float) for k in kinds)
+    if not isinstance(value, allowed) or (numeric and isinstance(value, bool)):
         parent, _, key = path.rpartition(".")
+        wanted = " or ".join(_TYPE_NAMES[k] for k in kinds)
         raise AppConfigError(
-            f"{where.at(parent, key)}{path} must be {_TYPE_NAMES[kind]}, got {type(value).__name__} {value!r}"
+            f"{where.at(parent, key)}{path} must be {wanted}, got {type(value).__name__} {value!r}"
         )
 
 

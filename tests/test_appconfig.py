@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
 
-from runtime.appconfig import Caps, Limits, check_caps, memory_bytes, AppConfigError, ServiceConfig, Volume, parse_app_config
+from runtime.appconfig import (
+    AppConfigError,
+    BuildConfig,
+    Caps,
+    Limits,
+    PublishedPort,
+    ServiceConfig,
+    Volume,
+    check_caps,
+    memory_bytes,
+    parse_app_config,
+)
 
 
 def test_no_file_means_one_web_service():
@@ -135,3 +147,90 @@ def test_limits_and_the_servers_caps():
         check_caps(config, replace(roomy, memory_bytes=512 << 20))
     with pytest.raises(AppConfigError, match="services.web.pids is 64; this server allows 32 per task"):
         check_caps(config, replace(roomy, pids=32))
+
+
+# -- the app model of issue 12: images, static sites, health commands, published ports, internal
+
+def test_images_and_the_services_that_run_them():
+    config = parse_app_config('''
+[build]
+dockerfile = "web.Dockerfile"
+[images.tools]
+dockerfile = "tools/Dockerfile"
+context = "tools"
+args = { LEVEL = 2 }
+[services.web]
+[services.worker]
+image = "tools"
+command = "./work"
+''')
+    assert config.services["worker"].image == "tools" and config.services["web"].image == "default"
+    assert list(config.images_to_build) == ["default", "tools"]
+    assert config.image("tools") == BuildConfig("tools/Dockerfile", "tools", {"LEVEL": "2"})
+    assert config.image("default").dockerfile == "web.Dockerfile"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[services.web]\nimage = "tools"\n', "services.web.image 'tools' is not an image of the app (images: default; "
+                                          "declare it as [images.tools])"),
+    ('[images.default]\ndockerfile = "x"\n', "[images.default] is the image [build] describes"),
+    ('[images.Tools]\n', "image name 'Tools' is invalid"),
+    ('[images.tools]\ncontext = "../up"\n', "images.tools.context must be a relative path inside the repo"),
+    ('[images.tools]\nfile = "x"\n', "unknown key 'images.tools.file'"),
+])
+def test_image_errors_name_the_key(text: str, message: str):
+    with pytest.raises(AppConfigError, match=re.escape(message)):
+        parse_app_config(text)
+
+
+def test_a_static_site_runs_no_container_and_may_need_no_image():
+    from_image = parse_app_config('[services.web]\nstatic = "dist"\n')
+    assert from_image.static_site == ServiceConfig("web", static="dist")
+    assert from_image.running_services == {} and list(from_image.images_to_build) == ["default"]
+    from_repo = parse_app_config('[services.web]\nstatic = "public/site"\nstatic_source = "repo"\n')
+    assert from_repo.static_site is not None and from_repo.images_to_build == {}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[services.web]\nstatic = "dist"\nport = 80\n', "services.web.port does not apply to a static site"),
+    ('[services.web]\nstatic = "../etc"\n', "services.web.static must be a folder like \"dist\""),
+    ('[services.web]\nstatic = "/srv/x"\nstatic_source = "repo"\n', "relative to the repo root"),
+    ('[services.web]\nstatic = "dist"\nstatic_source = "git"\n', "static_source must be \"image\""),
+    ('[services.web]\nstatic_source = "repo"\n', "static_source needs static"),
+    ('[services.api]\nstatic = "dist"\n', "only the web service can be a static site"),
+])
+def test_static_site_errors(text: str, message: str):
+    with pytest.raises(AppConfigError, match=re.escape(message)):
+        parse_app_config(text)
+
+
+def test_health_command_published_ports_and_internal():
+    config = parse_app_config('''
+[services.web]
+[services.db]
+health = { command = "pg_isready -U app" }
+publish = ["5432:5432", "6000:53/udp"]
+internal = true
+''')
+    db = config.services["db"]
+    assert db.health is None and db.health_command == "pg_isready -U app"
+    assert db.publish == (PublishedPort(5432, 5432, "tcp"), PublishedPort(6000, 53, "udp"))
+    assert str(db.publish[1]) == "6000:53/udp" and db.internal and not config.services["web"].internal
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[services.db]\npublish = ["80:80"]\n', "host port 80 must be from 1024 to 65535"),
+    ('[services.db]\npublish = ["5432"]\n', "publish entries look like \"5432:5432/tcp\""),
+    ('[services.db]\npublish = ["5432:5432/sctp"]\n', "publish entries look like"),
+    ('[services.db]\npublish = ["5432:0"]\n', "container port 0 must be from 1 to 65535"),
+    ('[services.a]\npublish = ["7000:1"]\n[services.b]\npublish = ["7000:2"]\n',
+     "port 7000/tcp is already published by services.a"),
+    ('[services.db]\ninternal = "yes"\n', "services.db.internal must be true or false"),
+    ('[services.db]\nhealth = { cmd = "x" }\n', "unknown key 'services.db.health.cmd'"),
+    ('[services.db]\nhealth = {}\n', "services.db.health needs a command"),
+    ('[services.db]\nhealth = 3\n', "services.db.health must be a string or a table"),
+    ('[services.db]\nschedule = "@daily"\npublish = ["7000:1"]\n', "publish does not apply to a scheduled service"),
+])
+def test_health_publish_and_internal_errors(text: str, message: str):
+    with pytest.raises(AppConfigError, match=re.escape(message)):
+        parse_app_config(text)
