@@ -304,4 +304,4 @@ def test_docker_out_of_reach_is_a_503_that_says_so(platform: Platform, client: T
         response = client.request(method, path, json=body, headers=alice)
         assert response.status_code == 503, (path, response.text)
         assert response.json()["error"]["code"] == "docker_unavailable"
-        assert "cannot reach the Docker engine" in response.json()["error"]["message"]
+        assert "Docker is not reachable" in response.json()["error"]["message"]
