@@ -150,6 +150,16 @@ async def show_project(ctx: Context) -> Response:
     return ok(projects.describe(ctx.platform, project_of(ctx)))
 
 
+@endpoint("GET", "/projects/{project}/config", "The app's configuration as disco.toml, whether the commit has a "
+          "disco.toml or a disco.json: the live commit's, else the deploy branch head's, or that of ref",
+          tag="projects", query={"ref": {"type": "string", "minLength": 1, "maxLength": 200}},
+          responses={200: obj(None, commit=STRING, source=nullable(STRING), notes=array(STRING), procfile=BOOLEAN,
+                              toml=STRING)})
+async def show_config(ctx: Context) -> Response:
+    name = project_of(ctx)
+    return ok(await run_in_threadpool(operations.show_config, ctx.platform, name, ctx.query.get("ref")))
+
+
 @endpoint("DELETE", "/projects/{project}", "Delete a project: services, images, repo (volumes with volumes=true)",
           tag="projects", admin_only=True, query={"volumes": BOOLEAN},
           responses={200: obj(None, removed=array(STRING))})
@@ -364,13 +374,15 @@ async def get_scale(ctx: Context) -> Response:
     return ok(counts)
 
 
-@endpoint("POST", "/projects/{project}/scale", "Set replica counts, kept across deploys", tag="scale",
+@endpoint("POST", "/projects/{project}/scale", "Set replica counts, kept across deploys; while a deployment of "
+          "the project runs, swarm gets them as soon as it ends", tag="scale",
           body={"type": "object", "additionalProperties": integer(0, 100), "minProperties": 1, "maxProperties": 50},
           responses={200: {"type": "object", "additionalProperties": integer()}})
 async def set_scale(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
     await run_in_threadpool(operations.scale, ctx.platform, name, ctx.user.name, ctx.body)
-    return ok(await run_in_threadpool(operations.replicas, ctx.platform, name))
+    # The counts asked for, even when swarm gets them only after the running deployment.
+    return ok({**await run_in_threadpool(operations.replicas, ctx.platform, name), **ctx.body})
 
 
 # -- logs and one-off commands ---------------------------------------------------------------

@@ -14,7 +14,9 @@ from hooks.platform import Platform
 from hooks.projects import require_project
 from hooks.queue import Ticket
 from runtime import gitrepo
-from runtime.appconfig import SERVICE_NAME, AppConfigError, ServiceConfig, check_caps, config_at
+from runtime.appconfig import SERVICE_NAME, AppConfigError, ServiceConfig, check_caps
+from runtime.appsource import config_at, file_config_at
+from runtime.configtoml import render_toml
 from runtime.docker_engine import DockerError, OneOffRun
 from runtime.docker_specs import task_limits
 from runtime.store import Deployment, DeploymentStatus
@@ -154,8 +156,14 @@ def unset_env(platform: Platform, project: str, user: str, names: list[str], dep
     return redeploy(platform, project, user, "env") if deploy and platform.store.live_deployment(project) else None
 
 
-def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -> None:
-    """Set replica counts now; later deploys keep them."""
+def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -> bool:
+    """Set replica counts: recorded at once, kept by later deploys, and given to swarm now, or
+    right after the project's running deployment if one runs (True if it was now).
+
+    Swarm is changed in the project's turn of the deploy queue, never during a deployment: one
+    planned before the change would write the old count back, and a scale in its rollout made
+    it wait out its health timeout and fail, or failed itself ("update out of sequence").
+    """
     for service, replicas in counts.items():
         check_service_name(service)
         if not 0 <= replicas <= platform.settings.max_replicas:
@@ -165,10 +173,18 @@ def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -
             raise DeployFailed(f"{project} has no running service {service!r}", "not_found")
     for service, replicas in counts.items():
         platform.store.set_scale(project, service, replicas)
-        running = platform.engine.project_service(project, service)
-        if running is not None:  # gone in between: the store has the count for the next deploy
-            platform.engine.scale(running.name, replicas)
     platform.store.audit(user, "scale", project, ", ".join(f"{s}={n}" for s, n in sorted(counts.items())))
+    return platform.deployer.queue.between(project, lambda: apply_scale(platform, project))
+
+
+def apply_scale(platform: Platform, project: str) -> None:
+    """Make swarm run the recorded replica counts. It reads the store when it runs, so a change
+    that waited for a deployment applies the last count written, whichever call queued it."""
+    recorded = platform.store.scale(project)
+    for running in platform.engine.project_services(project):
+        wanted = recorded.get(running.service)
+        if wanted is not None and wanted != running.replicas:  # gone meanwhile: the next deploy has it
+            platform.engine.scale(running.name, wanted)
 
 
 def check_service_name(service: str) -> str:
@@ -190,3 +206,39 @@ def _check_env_name(name: str) -> None:
         raise DeployFailed(f"invalid env var name {name[:60]!r}: use letters, digits and '_', not starting with a digit")
     if name in RESERVED_ENV or name.startswith("DISCO_"):
         raise DeployFailed(f"{name} is set by Disco and cannot be changed")
+
+
+REF = re.compile(r"(?!-)[A-Za-z0-9._/-]{1,200}")
+
+
+def show_config(platform: Platform, project: str, ref: str | None) -> dict:
+    """The configuration of a commit written as disco.toml, whichever file it came from (disco.toml,
+    disco.json or none): the live commit's, else the deploy branch head's, or that of `ref` (a
+    branch, a tag or a commit)."""
+    row = require_project(platform, project)
+    repo = platform.repo_path(project)
+    if not repo.exists():
+        raise Refused(f"{project} has no code yet: git push to it first", "conflict")
+    if ref is not None:
+        if not REF.fullmatch(ref) or ".." in ref:
+            raise Refused(f"ref must be a branch, a tag or a commit id, got {ref[:60]!r}", "bad_request")
+        sha = gitrepo.resolve_commit(repo, ref)
+        if sha is None:
+            raise Refused(f"{project} has no branch, tag or commit {ref!r}", "not_found")
+    else:
+        live = platform.store.live_deployment(project)
+        sha = live.commit_sha if live else gitrepo.branch_head(repo, row["deploy_branch"])
+        if sha is None:
+            raise Refused(f"{project} has no deployment and no branch {row['deploy_branch']!r} yet", "not_found")
+    try:
+        config = file_config_at(repo, sha)
+    except AppConfigError as err:
+        raise Refused(f"{sha[:7]} cannot deploy: {err}", "invalid_config") from None
+    header = {"disco.toml": f"disco.toml of {project} at {sha[:7]}",
+              "disco.json": f"disco.toml for {project}, made from disco.json at {sha[:7]}: save it as disco.toml "
+                            "and delete disco.json, the next deploy reads the same configuration",
+              "": f"{project} has no disco.toml at {sha[:7]}: the defaults"}[config.source]
+    procfile = gitrepo.read_file(repo, sha, config.procfile_path) is not None
+    lines = (header, f"the Procfile at {config.procfile_path} is read beside it") if procfile else (header,)
+    return {"commit": sha, "source": config.source or None, "notes": list(config.notes), "procfile": procfile,
+            "toml": render_toml(config, lines)}

@@ -2,16 +2,21 @@
 
 Projects deploy in parallel (a thread per busy project). A deployment that arrives while
 another runs waits; if a newer one arrives before it starts, the older one is superseded.
+Other changes to a project's swarm services (a scale) take their turn in the same queue,
+between deployments, never during one (see `between`).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hooks.output import DeployOutput
 from runtime.store import Deployment
+
+log = logging.getLogger("disco.deploy")
 
 
 @dataclass
@@ -43,22 +48,45 @@ class DeployQueue:
         self._lock = threading.Lock()
         self._running: dict[str, Ticket] = {}
         self._waiting: dict[str, Ticket] = {}
+        self._later: dict[str, list[Callable[[], None]]] = {}  # work for after the running deployment
+        self._held: set[str] = set()  # projects whose services `between` is changing right now
 
     def submit(self, ticket: Ticket) -> None:
         replaced: Ticket | None = None
         with self._lock:
             current = self._running.get(ticket.project)
-            if current is None:
-                self._running[ticket.project] = ticket
-                threading.Thread(target=self._drain, args=(ticket.project,), name=f"deploy-{ticket.project}",
-                                 daemon=True).start()
+            if current is None and ticket.project not in self._held:
+                self._start(ticket)
             else:
                 replaced = self._waiting.get(ticket.project)
                 self._waiting[ticket.project] = ticket
-                ticket.output.line(f"queued: waiting for deployment #{current.deployment.number} of "
-                                   f"{ticket.project} to finish")
+                ahead = f"deployment #{current.deployment.number}" if current else "a scale"
+                ticket.output.line(f"queued: waiting for {ahead} of {ticket.project} to finish")
         if replaced is not None:
             self._finish(replaced, self._supersede(replaced, ticket))
+
+    def between(self, project: str, work: Callable[[], None]) -> bool:
+        """Run `work` on the project's services when no deployment of it runs: now, in this
+        thread, if none runs (none starts until it is done), else right after the running one
+        ends, in the queue's thread, before the next one starts. True if it ran now.
+
+        A deployment reads the scale when it plans its services and writes it with the rest of
+        their spec when it starts them, then waits on swarm's update state: a scale made in
+        between was undone by the deployment's spec, and one made during the rollout reset
+        swarm's update state (the deployment waited its whole health timeout, then failed) or
+        raced its update ("update out of sequence", a 500). So the two never overlap.
+        """
+        with self._lock:
+            if project in self._running or project in self._held:
+                self._later.setdefault(project, []).append(work)
+                return False
+            self._held.add(project)
+        try:
+            work()
+        finally:
+            if self._hand_on(project) is not None:  # a deployment came meanwhile: its turn now
+                self._drain_in_thread(project)
+        return True
 
     def cancel(self, project: str, number: int, user: str, cancelled: Callable[[Ticket], Deployment]) -> bool:
         """Cancel a waiting deployment at once, or ask a running one to stop. False if neither."""
@@ -81,6 +109,14 @@ class DeployQueue:
         with self._lock:
             return sorted(self._running)
 
+    def _start(self, ticket: Ticket) -> None:
+        """Run this ticket, and the project's next ones (lock held)."""
+        self._running[ticket.project] = ticket
+        self._drain_in_thread(ticket.project)
+
+    def _drain_in_thread(self, project: str) -> None:
+        threading.Thread(target=self._drain, args=(project,), name=f"deploy-{project}", daemon=True).start()
+
     def _drain(self, project: str) -> None:
         with self._lock:
             ticket: Ticket | None = self._running[project]
@@ -91,12 +127,27 @@ class DeployQueue:
                 final = ticket.deployment
                 ticket.output.line(f"error: internal error: {err}")
             self._finish(ticket, final)
+            ticket = self._hand_on(project)
+
+    def _hand_on(self, project: str) -> Ticket | None:
+        """Run the work `between` left for this turn, then hand the project to its waiting
+        deployment (returned, now running) or let it go. Nothing is left behind: the check for
+        more work and the letting go are one step under the lock."""
+        while True:
             with self._lock:
-                ticket = self._waiting.pop(project, None)
-                if ticket is None:
-                    del self._running[project]
-                else:
-                    self._running[project] = ticket
+                later = self._later.pop(project, [])
+                if not later:
+                    self._held.discard(project)
+                    self._running.pop(project, None)
+                    ticket = self._waiting.pop(project, None)
+                    if ticket is not None:
+                        self._running[project] = ticket
+                    return ticket
+            for work in later:
+                try:
+                    work()
+                except Exception:  # whoever asked was answered already; the next deployment applies it
+                    log.exception("a change to the services of %s failed between deployments", project)
 
     @staticmethod
     def _finish(ticket: Ticket, final: Deployment) -> None:
