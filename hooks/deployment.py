@@ -35,7 +35,7 @@ from runtime.appconfig import (
     config_at,
 )
 from runtime.caddy import UPSTREAM_REFRESH_SECONDS, CaddyError
-from runtime.docker_engine import DockerError, RunResult, ServiceSpec
+from runtime.docker_engine import DockerError, DockerUnreachable, RunResult, ServiceSpec
 from runtime.docker_specs import TaskLimits, task_limits
 from runtime.dockerfile import DockerfileError, prepare
 from runtime.settings import Settings, load_or_create_secret
@@ -298,7 +298,8 @@ class DeploymentRun:
         else:
             log.exception("deployment #%d of %s failed unexpectedly", self.d.number, self.d.project, exc_info=err)
             reason = f"{type(err).__name__}: {err}"
-        docker_went_away = isinstance(err, DockerError) and not self.engine.reachable()
+        docker_went_away = isinstance(err, DockerUnreachable) or (
+            isinstance(err, DockerError) and not self.engine.reachable())
         if docker_went_away:
             reason = f"Docker stopped during the deployment: {reason}"
         self.out.line(f"deploy {status}: {reason}")

@@ -188,18 +188,19 @@ class OneOffRun:
         self._removed = True
 
 
-def _saying_when_unreachable(cls: type[Engine]) -> type[Engine]:
-    """Every public method of the engine raises DockerUnreachable when dockerd is gone,
-    instead of the transport's own exception (which nothing above runtime/ should know)."""
+def _saying_docker_errors_our_way(cls: type[Engine]) -> type[Engine]:
+    """Every public method of the engine raises DockerError (DockerUnreachable when dockerd is
+    gone or its swarm not ready yet), never docker-py's or the transport's own exceptions,
+    which nothing above runtime/ knows."""
     for name, method in list(vars(cls).items()):
         if name.startswith("_") or not inspect.isfunction(method) or inspect.isgeneratorfunction(method) \
                 or inspect.isasyncgenfunction(method) or inspect.iscoroutinefunction(method):
             continue
-        setattr(cls, name, _unreachable_as_error(method))
+        setattr(cls, name, _docker_errors_as_ours(method))
     return cls
 
 
-def _unreachable_as_error(method: Callable[..., Any]) -> Callable[..., Any]:
+def _docker_errors_as_ours(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def calling(self: Engine, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -207,6 +208,12 @@ def _unreachable_as_error(method: Callable[..., Any]) -> Callable[..., Any]:
         except requests.ConnectionError as err:
             self._client = None  # its pooled connections died with dockerd: connect afresh next time
             raise DockerUnreachable(_connection_problem(err)) from None
+        except docker.errors.APIError as err:
+            if err.status_code == 503:  # "This node is not a swarm manager": a dockerd still starting
+                raise DockerUnreachable(f"its swarm is not ready: {err.explanation or err}") from None
+            raise DockerError(f"Docker refused: {err.explanation or err}") from None
+        except docker.errors.DockerException as err:
+            raise DockerError(f"Docker failed: {err}") from None
     return calling
 
 
@@ -219,7 +226,7 @@ def _connection_problem(err: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
-@_saying_when_unreachable
+@_saying_docker_errors_our_way
 class Engine:
     def __init__(self, instance: str) -> None:
         self.instance = instance
@@ -237,14 +244,16 @@ class Engine:
         return self._client
 
     def reachable(self) -> bool:
-        """Whether dockerd answers now; a quick ping on its own short-lived connection, so a
-        dockerd that went away and came back is seen as it is."""
+        """Whether dockerd answers now, as this swarm's manager; asked on a short-lived
+        connection of its own, so a dockerd that went away and came back is seen as it is."""
         try:
             probe = docker.from_env(timeout=5)
         except (docker.errors.DockerException, requests.RequestException):
             return False
         try:
-            return bool(probe.ping())
+            swarm = probe.info().get("Swarm") or {}
+            # Answering is not enough: right after a start, swarm refuses service calls for a while.
+            return swarm.get("LocalNodeState") == "active" and bool(swarm.get("ControlAvailable"))
         except (docker.errors.DockerException, requests.RequestException):
             return False
         finally:
