@@ -239,6 +239,7 @@ def show_config(platform: Platform, project: str, ref: str | None) -> dict:
                             "and delete disco.json, the next deploy reads the same configuration",
               "": f"{project} has no disco.toml at {sha[:7]}: the defaults"}[config.source]
     procfile = gitrepo.read_file(repo, sha, config.procfile_path) is not None
-    lines = (header, f"the Procfile at {config.procfile_path} is read beside it") if procfile else (header,)
+    lines = (header, *(config.notes if config.source == "disco.toml" else ()),  # "disco.json ignored"
+             *((f"the Procfile at {config.procfile_path} is read beside it",) if procfile else ()))
     return {"commit": sha, "source": config.source or None, "notes": list(config.notes), "procfile": procfile,
             "toml": render_toml(config, lines)}

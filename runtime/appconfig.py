@@ -123,6 +123,10 @@ class AppConfig:
     release: ReleaseConfig | None = None
     declared: frozenset[str] = frozenset()  # the services disco.toml itself names (not the default web)
     images: dict[str, BuildConfig] = field(default_factory=dict)  # [images.NAME]: the images besides the default
+    # Where it was read ("disco.toml", "disco.json"; "" for the default) and what the deployment
+    # output should say about it (like "disco.json ignored"); not part of what the config means.
+    source: str = field(default="", compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def running_services(self) -> dict[str, ServiceConfig]:
@@ -184,9 +188,13 @@ SERVICE_KEYS: dict[str, type | tuple[type, ...]] = {
     "static_source": str,
     "publish": list,
     "internal": bool,
+    "oneoff": bool,
 }
 # What a scheduled service has no use for: it serves no traffic and runs one container per time.
 NOT_FOR_SCHEDULED = ("port", "replicas", "health", "health_timeout", "publish", "internal")
+# What a one-off service (run only by `disco run --service NAME`) has no use for.
+NOT_FOR_ONEOFF = ("port", "replicas", "health", "health_timeout", "schedule", "timeout", "static", "static_source",
+                  "publish", "internal")
 # What a static site has no use for: Caddy serves its files, no container of it runs.
 NOT_FOR_STATIC = ("port", "command", "replicas", "health", "health_timeout", "volumes", "memory", "cpus", "pids",
                   "schedule", "timeout", "publish", "internal")
@@ -234,23 +242,15 @@ def check_caps(config: AppConfig, caps: Caps) -> None:
 
 
 def config_at(repo: Path, sha: str) -> AppConfig:
-    """The app's configuration at that commit of a bare repo: its disco.toml and its Procfile,
-    merged (the default, one `web` service, when it has neither)."""
-    config = parse_app_config(_text_at(repo, sha, "disco.toml"))
-    procfile = _text_at(repo, sha, config.procfile_path)
-    if procfile is not None:
-        return with_procfile(config, procfile)
-    if config.release is not None and not config.release.command:
-        raise AppConfigError("disco.toml: [release] has no command (and there is no Procfile with a release line)")
-    return config
-
-
-def _text_at(repo: Path, sha: str, path: str) -> str | None:
-    raw = gitrepo.read_file(repo, sha, path)
+    """Transitional, for the callers not yet moved: disco.toml and the Procfile only, never
+    disco.json. Use runtime.appsource.config_at; this goes once nothing imports it."""
+    raw = gitrepo.read_file(repo, sha, "disco.toml")
     try:
-        return raw.decode() if raw is not None else None
+        config = parse_app_config(raw.decode() if raw is not None else None)
+        procfile = gitrepo.read_file(repo, sha, config.procfile_path)
+        return with_procfile(config, procfile.decode()) if procfile is not None else config
     except UnicodeDecodeError:
-        raise AppConfigError(f"{path} is not UTF-8 text") from None
+        raise AppConfigError("disco.toml or the Procfile is not UTF-8 text") from None
 
 
 def parse_app_config(text: str | None) -> AppConfig:
@@ -279,7 +279,7 @@ def parse_app_config(text: str | None) -> AppConfig:
     release = _parse_release(data["release"], where) if "release" in data else None
     images = _parse_images(data.get("images", {}), where)
     config = AppConfig(build=build, services=services, release=release, declared=frozenset(services_table or ()),
-                       images=images)
+                       images=images, source="disco.toml")
     check_app(config, where.at)
     return config
 
@@ -322,8 +322,8 @@ def with_procfile(config: AppConfig, text: str) -> AppConfig:
                                  "0-9 and '-', starting with a letter (it becomes a service name)")
         declared = config.services.get(process.name) if process.name in config.declared else None
         if declared is not None and declared.command is not None:
-            raise AppConfigError(f"{where}: services.{process.name}.command is also set in disco.toml; "
-                                 "keep the command in one of them")
+            raise AppConfigError(f"{where}: services.{process.name}.command is also set in "
+                                 f"{config.source or 'disco.toml'}; keep the command in one of them")
         base = declared or ServiceConfig(process.name)
         services[process.name] = replace(base, command=process.command, shell=True)
     for name in sorted(config.declared - set(services)):
@@ -333,8 +333,9 @@ def with_procfile(config: AppConfig, text: str) -> AppConfig:
     release = config.release
     if procfile.release is not None:
         if release is not None and release.command:
-            raise AppConfigError(f"Procfile line {procfile.release.line}: [release] command is also set in "
-                                 "disco.toml; keep the release command in one of them")
+            said = "services.hook:deploy:start:before" if config.source == "disco.json" else "[release] command"
+            raise AppConfigError(f"Procfile line {procfile.release.line}: {said} is also set in "
+                                 f"{config.source or 'disco.toml'}; keep the release command in one of them")
         timeout = release.timeout if release is not None else DEFAULT_RELEASE_TIMEOUT
         release = ReleaseConfig(procfile.release.command, shell=True, timeout=timeout)
     elif release is not None and not release.command:
@@ -418,6 +419,7 @@ def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
     command = table.get("command")
     if command is not None:
         _check_words(command, path, where)
+    oneoff = _parse_oneoff(name, table, path, where)
     schedule = _parse_schedule(name, table, path, where)
     static, static_source = _parse_static(table, path, where)
     return ServiceConfig(
@@ -437,7 +439,22 @@ def _parse_service(name: str, table: Any, where: _Locator) -> ServiceConfig:
         health_command=health_command,
         publish=tuple(_parse_published(item, path, where) for item in table.get("publish", [])),
         internal=table.get("internal", False),
+        oneoff=oneoff,
     )
+
+
+def _parse_oneoff(name: str, table: dict, path: str, where: _Locator) -> bool:
+    """`oneoff = true`: a service that never runs by itself, only with `disco run --service NAME`."""
+    if not table.get("oneoff", False):
+        return False
+    if name == WEB:
+        raise AppConfigError(f"{where.at(path, 'oneoff')}services.web gets the project's HTTP traffic and runs all "
+                             "the time; give the one-off service another name")
+    for key in NOT_FOR_ONEOFF:
+        if key in table:
+            raise AppConfigError(f"{where.at(path, key)}{path}.{key} does not apply to a one-off service "
+                                 "(it runs only when asked, with `disco run --service NAME`)")
+    return True
 
 
 def _parse_health(health: str | dict | None, path: str, where: _Locator) -> tuple[str | None, str | None]:

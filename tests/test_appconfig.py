@@ -106,7 +106,7 @@ def test_errors_name_key_and_line(text: str, message: str):
 def test_config_at_reads_the_commit_and_refuses_non_utf8(tmp_path):
     import subprocess
 
-    from runtime.appconfig import config_at
+    from runtime.appsource import config_at
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True).stdout

@@ -12,10 +12,10 @@ from runtime.appconfig import (
     DEFAULT_RELEASE_TIMEOUT,
     AppConfigError,
     ReleaseConfig,
-    config_at,
     parse_app_config,
     with_procfile,
 )
+from runtime.appsource import config_at
 from runtime.procfile import ProcfileError, parse_procfile
 
 
