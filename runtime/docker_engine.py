@@ -51,7 +51,7 @@ from runtime.docker_specs import (
 from runtime.dockerfile import ImageOwner
 
 # Imported from here by bench/ and older callers.
-__all__ = ["PROBE_BINARY", "PROBE_PATH", "DockerError", "DockerInfo", "Engine", "OneOffRun", "RunResult",
+__all__ = ["PROBE_BINARY", "PROBE_PATH", "DockerError", "DockerInfo", "Engine", "HostPort", "OneOffRun", "RunResult",
            "ServiceSpec", "ServiceState", "health_command"]
 
 OutputLine = Callable[[str], None]
@@ -101,6 +101,17 @@ class ServiceState:
             update_state=(service.attrs.get("UpdateStatus") or {}).get("State", "completed"),
             has_previous="PreviousSpec" in service.attrs,
         )
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A port some swarm service publishes on the host, and whose service it is."""
+
+    port: int
+    protocol: str  # "tcp" or "udp"
+    service: str  # the swarm service's name
+    instance: str  # its disco.instance label; "" for a service Disco did not make
+    project: str  # its disco.project label; "" for a proxy or a service Disco did not make
 
 
 @dataclass(frozen=True)
@@ -462,6 +473,19 @@ class Engine:
         )
         return [ServiceState.of(service) for service in services]
 
+    def host_ports(self) -> list[HostPort]:
+        """Every port a swarm service publishes on this node's host, whoever made the service:
+        a host port is the node's, so another instance's or a hand-made service's counts too."""
+        found = []
+        for service in self.client.services.list():
+            spec = service.attrs["Spec"]
+            labels = spec.get("Labels") or {}
+            for port in (spec.get("EndpointSpec") or {}).get("Ports") or []:
+                if port.get("PublishedPort"):
+                    found.append(HostPort(int(port["PublishedPort"]), port.get("Protocol", "tcp"), service.name,
+                                          labels.get("disco.instance", ""), labels.get("disco.project", "")))
+        return found
+
     def apply(self, spec: ServiceSpec) -> bool:
         """Create the service or roll it to this spec (start-first). True if it was created."""
         parts = swarm_service(spec)
@@ -510,7 +534,7 @@ class Engine:
                 raise DockerError(f"stopped waiting for {spec.name}: the deployment was cancelled")
             if time.monotonic() > deadline:
                 reason = self._explain(spec, tasks, on_wait, stuck=True)
-                raise DockerError(reason or f"{spec.name} was not healthy after {timeout:.0f} s")
+                raise DockerError(reason or f"{spec.name} was not healthy after {timeout:.0f} s ({spec.check})")
             time.sleep(0.25)
 
     def _explain(self, spec: ServiceSpec, tasks: list[dict[str, Any]], on_line: OutputLine,
@@ -788,6 +812,12 @@ def _failure_reason(spec: ServiceSpec, status: dict[str, Any], container: dict[s
     if state.get("OOMKilled"):
         limit = f" (limit {spec.limits.memory})" if spec.limits else ""
         return f"{spec.name} ran out of memory{limit} and was killed"
+    if spec.health_command is not None and (failed := _last_failed_check(state)) is not None:
+        code, output = failed
+        # -1: Docker could not run it, or it outlived the check's timeout; the output says which.
+        ended = f"exited {code}" if code > 0 else "failed"
+        said = f": {output}" if output else ""
+        return f"{spec.check} of {spec.name} {ended}{said} (for {spec.health_timeout} s)"
     health = _last_health_output(state)
     if health:
         checked, _, listening = health.partition("; listening:")
@@ -795,6 +825,8 @@ def _failure_reason(spec: ServiceSpec, status: dict[str, Any], container: dict[s
         hint = port_hint(spec.labels.get("disco.service", spec.name), spec.port, listening.split()) \
             if spec.port and listening else None
         return f"{reason}; {hint}" if hint else reason
+    if status["State"] == "pending" and status.get("Err"):  # never placed: a host port in use, say
+        return f"{spec.name} could not start: {status['Err']}"
     if status["State"] not in ("failed", "rejected", "complete"):
         return None
     detail = status.get("Err") or status.get("Message") or status["State"]
@@ -841,11 +873,20 @@ def port_hint(service: str, port: int, listening: list[str]) -> str | None:
 def _last_health_output(state: dict[str, Any]) -> str | None:
     """The last line the last failed health check printed, if the container ended unhealthy
     (or, still starting, has only failed checks so far)."""
+    failed = _last_failed_check(state)
+    if failed is None:
+        return None
+    return failed[1] or "no output"
+
+
+def _last_failed_check(state: dict[str, Any]) -> tuple[int, str] | None:
+    """(exit code, last line of output) of the last health check, if it failed and the
+    container ended unhealthy (or, still starting, has only failed checks so far)."""
     health = state.get("Health") or {}
     log = health.get("Log") or []
     if health.get("Status") in ("unhealthy", "starting") and log and log[-1].get("ExitCode"):
         output = (log[-1].get("Output") or "").strip()
-        return output.splitlines()[-1] if output else "no output"
+        return int(log[-1]["ExitCode"]), output.splitlines()[-1] if output else ""
     return None
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.appconfig import Limits, memory_bytes
+from runtime.appconfig import Limits, PublishedPort, memory_bytes
 from runtime.settings import Settings
 
 # docker-py ships no type hints; these are plain dict builders, no client.
@@ -85,6 +85,22 @@ class ServiceSpec:
     health_timeout: int = 60
     mounts: list[tuple[str, str]] = field(default_factory=list)  # (volume name, path)
     limits: TaskLimits | None = None
+    health_command: list[str] | None = None  # run in the task instead of the probe (Docker's CMD form)
+    publish: tuple[PublishedPort, ...] = ()  # host-mode ports: its updates stop the old task first
+
+    @property
+    def check(self) -> str:
+        """What says a task is healthy, for the deploy's output and its failure reasons."""
+        if self.health_command is not None:
+            return f"health command `{shlex.join(self.health_command)}`"
+        if self.port is None:
+            return "no crash"
+        return f"GET {self.health_path}" if self.health_path else "TCP connect"
+
+    @property
+    def stops_first(self) -> bool:
+        """Two tasks cannot bind one host port, so the old task must stop before the new starts."""
+        return bool(self.publish)
 
 
 def task_limits(wanted: Limits, settings: Settings) -> TaskLimits:
@@ -126,14 +142,26 @@ def health_command(port: int, path: str | None) -> list[str]:
     return ["CMD", PROBE_PATH, "sh", "-c", script]
 
 
+def published_ports(ports: tuple[PublishedPort, ...]) -> list[dict[str, Any]]:
+    """EndpointSpec ports in host mode: the ingress routing mesh needs IPVS, which some kernels lack."""
+    return [{"Protocol": p.protocol, "PublishedPort": p.published, "TargetPort": p.target, "PublishMode": "host"}
+            for p in ports]
+
+
 def swarm_service(spec: ServiceSpec) -> ServiceKwargs:
-    """A project service: start-first updates that swarm rolls back when a task fails."""
+    """A project service: start-first updates that swarm rolls back when a task fails (stop-first
+    for one that publishes host ports: two tasks cannot bind the same one)."""
     mounts = [Mount(target=path, source=volume, type="volume") for volume, path in spec.mounts]
     healthcheck = None
-    if spec.port is not None:
+    test: list[str] | None = None
+    if spec.health_command is not None:
+        test = ["CMD", *spec.health_command]  # exec form: the image may have no shell
+    elif spec.port is not None:
         mounts.append(Mount(target=PROBE_PATH, source=PROBE_BINARY, type="bind", read_only=True))
+        test = health_command(spec.port, spec.health_path)
+    if test is not None:
         healthcheck = Healthcheck(
-            test=health_command(spec.port, spec.health_path),
+            test=test,
             interval=1 * SECOND,
             timeout=6 * SECOND,
             retries=3,
@@ -157,7 +185,8 @@ def swarm_service(spec: ServiceSpec) -> ServiceKwargs:
         resources=spec.limits.as_resources() if spec.limits else None,
     )
     # Workers have no health check, so watch them longer for an early crash.
-    monitor = (1 if spec.port is not None else 5) * SECOND
+    monitor = (1 if healthcheck is not None else 5) * SECOND
+    order = "stop-first" if spec.stops_first else "start-first"
     return {
         "task_template": template,
         "labels": spec.labels,
@@ -165,13 +194,14 @@ def swarm_service(spec: ServiceSpec) -> ServiceKwargs:
         # docker-py's defaults differ from the CLI's (parallelism 0, failure_action continue).
         "update_config": UpdateConfig(
             parallelism=1, delay=0, failure_action="rollback", monitor=monitor,
-            max_failure_ratio=0, order="start-first",
+            max_failure_ratio=0, order=order,
         ),
+        # A rollback is an update too: the failed task must free the port before the old one binds it.
         "rollback_config": RollbackConfig(
-            parallelism=0, delay=0, failure_action="pause", monitor=1 * SECOND, order="start-first",
+            parallelism=0, delay=0, failure_action="pause", monitor=1 * SECOND, order=order,
         ),
         # VIPs need IPVS, which some kernels lack; DNS round robin works everywhere.
-        "endpoint_spec": EndpointSpec(mode="dnsrr"),
+        "endpoint_spec": EndpointSpec(mode="dnsrr", ports=published_ports(spec.publish) or None),
     }
 
 

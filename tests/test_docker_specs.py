@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.appconfig import Limits
-from runtime.docker_engine import port_hint
+from runtime.appconfig import Limits, PublishedPort
+from runtime.docker_engine import _failure_reason, port_hint
 from runtime.settings import Settings
 from runtime.docker_specs import (
     DOCKER_CLI,
@@ -281,3 +281,60 @@ def test_one_off_containers_run_on_the_network_with_volumes_limits_and_an_init()
     assert options["environment"] == {"A": "1"} and options["labels"] == {"disco.role": "release"}
     assert [(m["Source"], m["Target"], m["Type"]) for m in options["mounts"]] == [("t-shop-data", "/data", "volume")]
     assert options["mem_limit"] == 256 << 20 and options["pids_limit"] == 64 and not options["tty"]
+
+
+# -- health commands and host-published ports (issue 12) ---------------------------------------
+
+
+def test_a_health_command_runs_in_the_task_in_exec_form_without_the_probe():
+    kwargs = swarm_service(web(health_path=None, health_command=["pg_isready", "-U", "app"]))
+    check = kwargs["task_template"]["ContainerSpec"]["Healthcheck"]
+    assert check["Test"] == ["CMD", "pg_isready", "-U", "app"]  # no shell: the image may have none
+    # The same clock as the probe's: health_timeout is the start period, then 3 failures in a row.
+    assert check["StartPeriod"] == 30 * SECOND and check["Interval"] == 1 * SECOND and check["Retries"] == 3
+    assert all(m["Target"] != PROBE_PATH for m in mounts_of(kwargs))  # the app's command, not the probe
+    assert kwargs["update_config"]["Monitor"] == 1 * SECOND
+
+
+def test_a_worker_with_a_health_command_is_checked_by_it():
+    kwargs = swarm_service(web(port=None, health_path=None, health_command=["/app/ready"]))
+    assert kwargs["task_template"]["ContainerSpec"]["Healthcheck"]["Test"] == ["CMD", "/app/ready"]
+    assert kwargs["update_config"]["Monitor"] == 1 * SECOND
+
+
+def test_published_ports_are_host_mode_and_the_service_updates_and_rolls_back_stop_first():
+    spec = web(publish=(PublishedPort(5432, 5432), PublishedPort(6000, 53, "udp")))
+    assert spec.stops_first and not web().stops_first
+    kwargs = swarm_service(spec)
+    assert kwargs["endpoint_spec"] == {"Mode": "dnsrr", "Ports": [
+        {"Protocol": "tcp", "PublishedPort": 5432, "TargetPort": 5432, "PublishMode": "host"},
+        {"Protocol": "udp", "PublishedPort": 6000, "TargetPort": 53, "PublishMode": "host"},
+    ]}  # dnsrr still: the ingress mesh and VIPs need IPVS
+    # Two tasks cannot bind one host port: the old one stops first, both ways.
+    assert kwargs["update_config"]["Order"] == "stop-first"
+    assert kwargs["rollback_config"]["Order"] == "stop-first"
+    assert kwargs["update_config"]["FailureAction"] == "rollback"
+
+
+def test_a_service_without_published_ports_publishes_none():
+    assert "Ports" not in swarm_service(web())["endpoint_spec"]
+
+
+def test_a_failed_health_command_is_named_with_its_exit_code_and_last_output():
+    spec = web(health_path=None, health_command=["pg_isready", "-h", "127.0.0.1"])
+    unhealthy = {"Health": {"Status": "unhealthy", "Log": [
+        {"ExitCode": 2, "Output": "starting\n"}, {"ExitCode": 1, "Output": "127.0.0.1:5432 - no response\n"}]}}
+    assert _failure_reason(spec, {"State": "failed"}, {"ExitCode": 137}, unhealthy) == (
+        "health command `pg_isready -h 127.0.0.1` of t-shop-web exited 1: 127.0.0.1:5432 - no response (for 30 s)")
+    # -1: Docker could not run it (not in the image) or it outlived the check's timeout.
+    missing = {"Health": {"Status": "starting", "Log": [{"ExitCode": -1, "Output": "exec: \"pg_isready\": "
+                                                                                   "executable file not found"}]}}
+    assert _failure_reason(spec, {"State": "running"}, {}, missing) == (
+        "health command `pg_isready -h 127.0.0.1` of t-shop-web failed: exec: \"pg_isready\": executable file "
+        "not found (for 30 s)")
+
+
+def test_a_task_never_placed_says_why():
+    pending = {"State": "pending", "Err": "no suitable node (host-mode port already in use on 1 node)"}
+    assert _failure_reason(web(), pending, {}, {}) == (
+        "t-shop-web could not start: no suitable node (host-mode port already in use on 1 node)")
