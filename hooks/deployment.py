@@ -22,6 +22,7 @@ from pathlib import Path
 from hooks import holds
 from hooks.engine import DeployEngine
 from hooks.errors import DeployFailed
+from hooks.ports import published_port_problem
 from hooks.queue import Ticket
 from hooks.router import Router
 from runtime import gitrepo
@@ -163,8 +164,10 @@ class DeploymentRun:
         scale = self.store.scale(d.project)
         exposed = engine.exposed_ports(self.image)
         config = self._config()
-        # Checked before the ref moved too; the settings may have changed since.
+        # Checked before the ref moved too; the settings, and what others publish, may have changed since.
         check_caps(config, self.settings.caps)
+        if problem := published_port_problem(config, d.project, self.settings, scale, engine.host_ports):
+            raise DeployFailed(problem)
         for service in config.running_services.values():
             port = _port_of(service, exposed)
             service_env = self._env(service.name)
@@ -183,6 +186,8 @@ class DeploymentRun:
                 health_timeout=service.health_timeout,
                 mounts=self._mounts(service),
                 limits=task_limits(service.limits, self.settings),
+                health_command=shlex.split(service.health_command) if service.health_command else None,
+                publish=service.publish,
             ))
 
     def release(self) -> None:
@@ -230,13 +235,16 @@ class DeploymentRun:
             for volume, _ in spec.mounts:
                 self.engine.ensure_volume(volume, self.d.project)
             self.out.line(f"starting {spec.name} ({spec.replicas} replica(s))")
+            if spec.stops_first:
+                ports = ", ".join(f"{p.published}/{p.protocol}" for p in spec.publish)
+                self.out.line(f"services.{spec.labels['disco.service']} publishes {ports}: its update stops the "
+                              "old task first (two tasks cannot share a host port)")
             created = self.engine.apply(spec)
             self.applied.append((spec, created))
 
     def wait_until_healthy(self) -> None:
         for spec, created in self.applied:
-            check = (f"GET {spec.health_path}" if spec.health_path else "TCP connect") if spec.port else "no crash"
-            self.out.line(f"waiting for {spec.name} to be healthy ({check}, up to {spec.health_timeout} s)")
+            self.out.line(f"waiting for {spec.name} to be healthy ({spec.check}, up to {spec.health_timeout} s)")
             # Swarm's own clock (start period + retries) fails the task first; this is the backstop.
             self.engine.wait_rollout(spec, created, spec.health_timeout + 30, self.out.line, stop=self._cancelled)
         if any(not created for _, created in self.applied):

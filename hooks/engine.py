@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from runtime.docker_engine import RunResult, ServiceSpec, ServiceState
+from runtime.docker_engine import HostPort, RunResult, ServiceSpec, ServiceState
 from runtime.docker_specs import TaskLimits
 from runtime.dockerfile import ImageOwner
 
@@ -47,6 +47,7 @@ class DeployEngine(Protocol):
     def ensure_volume(self, name: str, project: str) -> None: ...
     def service_state(self, name: str, project: str | None = None) -> ServiceState | None: ...
     def project_services(self, project: str) -> list[ServiceState]: ...
+    def host_ports(self) -> list[HostPort]: ...  # what every swarm service publishes on the host
     def apply(self, spec: ServiceSpec) -> bool: ...
     def wait_rollout(self, spec: ServiceSpec, created: bool, timeout: float, on_wait: Callable[[str], None],
                      stop: Callable[[], bool] = ...) -> None: ...

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from hooks.platform import Platform
 from hooks.policy import Access, authorize
+from hooks.ports import published_port_problem
 from runtime import disk, gitrepo
 from runtime.appconfig import AppConfigError, check_caps, config_at
 from runtime.store import DeploymentStatus, User
@@ -156,7 +157,8 @@ def _deployable(platform: Platform, update: RefUpdate) -> str | None:
         return f"no Dockerfile at {config.dockerfile_path}: Disco builds the app from it"
     if not platform.engine.reachable():
         return "Docker is not reachable on the server: nothing can build or start until dockerd is back"
-    return None
+    return published_port_problem(config, update.project, settings, platform.store.scale(update.project),
+                                  platform.engine.host_ports)
 
 
 def after_receive(platform: Platform, updates: list[RefUpdate], reporter: Reporter) -> list[RefUpdate]:

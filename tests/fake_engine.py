@@ -19,6 +19,7 @@ from runtime.docker_engine import (
     DockerError,
     DockerUnreachable,
     Engine,
+    HostPort,
     RunResult,
     ServiceSpec,
     ServiceState,
@@ -175,6 +176,11 @@ class FakeEngine:
         return [s.state() for s in self.services.values()
                 if s.spec.labels.get("disco.instance") == self.instance
                 and s.spec.labels.get("disco.project") == project]
+
+    def host_ports(self) -> list[HostPort]:
+        return [HostPort(p.published, p.protocol, s.spec.name, s.spec.labels.get("disco.instance", ""),
+                         s.spec.labels.get("disco.project", ""))
+                for s in self.services.values() for p in s.spec.publish]
 
     def apply(self, spec: ServiceSpec) -> bool:
         self._require_image(spec.image)
