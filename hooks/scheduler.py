@@ -27,7 +27,8 @@ from hooks.engine import DeployEngine
 from hooks.errors import Refused
 from hooks.output import DeployOutput
 from runtime import gitrepo
-from runtime.appconfig import AppConfig, AppConfigError, ServiceConfig, config_at
+from runtime.appconfig import AppConfig, AppConfigError, ServiceConfig
+from runtime.appsource import config_at
 from runtime.cron import Schedule, parse_schedule
 from runtime.docker_engine import STOP_GRACE, DockerError, RunResult
 from runtime.docker_specs import task_limits
