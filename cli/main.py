@@ -117,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--github", metavar="OWNER/REPO", help="a repo the GitHub App can reach")
     create.add_argument("--branch", default="main", help="the branch that deploys (default: main)")
     create.add_argument("--no-follow", action="store_true", help="do not wait for the first deployment")
-    command("projects:info", remote.cmd_projects_info, "live deployment, domains and scale of a project")
+    command("projects:info", remote.cmd_projects_info,
+            "live deployment, domains, scale and internal service names of a project")
+    config_show = command("config:show", remote.cmd_config_show,
+                          "the app's configuration as disco.toml (from its disco.toml or disco.json)")
+    config_show.add_argument("--ref", help="a branch, tag or commit (default: the live commit)")
     remove = command("projects:remove", remote.cmd_projects_remove, "delete a project with its services and images")
     remove.add_argument("--volumes", action="store_true", help="also delete its named volumes (data!)")
     remove.add_argument("--confirm", metavar="NAME", help="the project's name, to confirm")

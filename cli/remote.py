@@ -81,6 +81,17 @@ def cmd_projects_info(args: argparse.Namespace) -> int:
     print(f"live      {'#%d %s (%s)' % (live['number'], live['commit'][:7], live['finished_at']) if live else 'none'}")
     print(f"domains   {', '.join(info['domains']) or '-'}")
     print(f"scale     {', '.join(f'{k}={v}' for k, v in info['scale'].items()) or 'from disco.toml'}")
+    for shared in info.get("internal", []):  # reachable from other projects' containers by this name
+        print(f"internal  {shared['service']} as {shared['name']}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    shown = client(args).get(f"/projects/{project(args)}/config", ref=args.ref)
+    if args.json:
+        show(args, shown)
+        return 0
+    print(shown["toml"], end="")
     return 0
 
 
