@@ -32,13 +32,14 @@ class Deployer:
 
     def enqueue(
         self, project: str, commit_sha: str, branch: str, user: str, source: str,
-        image: str = "", rollback_of: int | None = None, listener: Listener | None = None,
+        image: str = "", images: str = "{}", rollback_of: int | None = None, listener: Listener | None = None,
         delivery: str = "", prepare: Callable[[DeployOutput], None] | None = None,
     ) -> Ticket:
-        """Record a deployment and queue it; `listener` gets every output line from the first."""
+        """Record a deployment and queue it; `listener` gets every output line from the first.
+        `image` and `images` (a rollback's, an env change's) are reused instead of a build."""
         deployment = self.store.create_deployment(
             project, commit_sha, branch, user, source, self.settings.deployments_dir,
-            image=image, rollback_of=rollback_of, delivery=delivery,
+            image=image, images=images, rollback_of=rollback_of, delivery=delivery,
         )
         secrets = list(self.store.env(project).values())
         ticket = Ticket(deployment, DeployOutput(Path(deployment.log_path), secrets), prepare=prepare)
@@ -136,8 +137,7 @@ class Deployer:
             else:
                 engine.remove_service(service.name)
         # Its tag is random and a build's is not in the record yet: the tags made for this number.
-        for number, tag in engine.project_images(d.project).items():
-            if number == d.number:
-                engine.remove_image(tag)
+        for tag in engine.project_images(d.project).get(d.number, []):
+            engine.remove_image(tag)
         return store.update_deployment(d.project, d.number, status=DeploymentStatus.FAILED, finished_at=now(),
                                        reason="interrupted by a daemon restart; push again to retry")

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import shlex
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,25 +22,26 @@ from pathlib import Path
 
 from hooks import holds
 from hooks.engine import DeployEngine
+from hooks.images import Images, submodule_warnings
 from hooks.errors import DeployFailed
 from hooks.ports import published_port_problem
 from hooks.queue import Ticket
 from hooks.router import Router
-from runtime import gitrepo
+from runtime import gitrepo, staticsites
 from runtime.appconfig import (
+    DEFAULT_IMAGE,
     DEFAULT_PORT,
     AppConfig,
     AppConfigError,
     ReleaseConfig,
     ServiceConfig,
     check_caps,
-    config_at,
 )
+from runtime.appsource import config_at
 from runtime.caddy import UPSTREAM_REFRESH_SECONDS, CaddyError
 from runtime.docker_engine import DockerError, DockerUnreachable, RunResult, ServiceSpec
-from runtime.docker_specs import TaskLimits, task_limits
-from runtime.dockerfile import DockerfileError, prepare
-from runtime.settings import Settings, load_or_create_secret
+from runtime.docker_specs import TaskLimits, service_networks, task_limits
+from runtime.settings import Settings
 from runtime.store import WENT_LIVE, Deployment, DeploymentStatus, Store, StoreFull, now
 
 log = logging.getLogger("disco.deploy")
@@ -68,9 +70,8 @@ class DeploymentRun:
         self.out = ticket.output
         self.timings: dict[str, float] = {}
         # What the stages made, in order: the undo needs it.
-        self.image = ""
-        self.built_image = False
-        self.tagged = ""  # the image tag this deployment made (built or retagged), for the undo
+        self.images: dict[str, str] = {}  # image name -> tag, built or retagged
+        self._images = Images(settings, engine, self.d, self.out.line, self._cancelled)  # `made`: for the undo
         self.specs: list[ServiceSpec] = []
         self.applied: list[tuple[ServiceSpec, bool]] = []  # (spec, created) in the order started
         self.release_started = False
@@ -82,6 +83,7 @@ class DeploymentRun:
             *([Stage("fetch", self.fetch)] if self.ticket.prepare is not None else []),
             Stage("build", self.build),
             Stage("plan", self.plan, timed=False),
+            Stage("static", self.static_site, timed=False),  # timed by itself: only a static site has one
             Stage("release", self.release, timed=False),  # only a deployment with a release command has one
             Stage("start", self.start),
             Stage("health", self.wait_until_healthy),
@@ -106,81 +108,86 @@ class DeploymentRun:
         self.ticket.prepare(self.out)
 
     def build(self) -> None:
-        engine, d = self.engine, self.d
-        tag = engine.image_tag(d.project, d.number)  # random: the record's `image` keeps it
-        if d.image:  # a rollback or env change: reuse the image, no rebuild
-            engine.retag(d.image, tag)
-            self.tagged = tag
-            self.out.line(f"reusing image of {d.image} (no rebuild)")
-            self.image = tag
+        """The app's images: built from the commit, or reused by a rollback or an env change."""
+        d = self.d
+        if d.image or d.image_tags:
+            self.images = self._images.reuse(d)
             return
-        repo = self._repo()
         config = self._config()
-        for submodule in gitrepo.submodules(repo, d.commit_sha):
-            self.out.line(f"warning: submodule {submodule} is skipped: its files are not part of the build context")
+        for warning in submodule_warnings(self._repo(), d.commit_sha):
+            self.out.line(warning)
+        if not config.images_to_build:
+            return  # only a static site from the repo's own files
         with tempfile.TemporaryDirectory(prefix=f"disco-build-{d.project}-") as tmp:
             tree = Path(tmp) / "tree"
-            gitrepo.export_tree(repo, d.commit_sha, tree)
-            dockerfile = tree / config.dockerfile_path
-            context = tree / config.build.context
-            for path, what in ((dockerfile, "build.dockerfile"), (context, "build.context")):
-                # A symlink in the repo must not lead the build to the server's own files.
-                if not path.resolve().is_relative_to(tree.resolve()):
-                    raise DeployFailed(f"{what} leads outside the repo (through a symlink)")
-            if not dockerfile.is_file():
-                raise DeployFailed(f"no Dockerfile at {config.dockerfile_path} in {d.commit_sha[:7]}")
-            checked = self._checked_dockerfile(dockerfile, config.dockerfile_path, config.build.args, Path(tmp))
-            self.out.line(f"building {config.dockerfile_path} of {d.commit_sha[:7]}")
-            labels = engine.labels(project=d.project, deployment=str(d.number), commit=d.commit_sha)
-            self.tagged = tag  # a cancelled build may still tag it
-            engine.build(context, checked, tag, config.build.args, labels, self.out.line, stop=self._cancelled)
-        self.built_image = True
-        self.image = tag
+            gitrepo.export_tree(self._repo(), d.commit_sha, tree)
+            self.images = self._images.build(self._repo(), config, tree, Path(tmp) / "work")
 
-    def _checked_dockerfile(self, dockerfile: Path, shown: str, args: dict[str, str], tmp: Path) -> Path:
-        """The Dockerfile to build: refused if it names an image this project may not use, and
-        with its cache mounts made private to the project (runtime/dockerfile.py). Written beside
-        the exported tree, so the build context stays the commit's own files."""
-        text = dockerfile.read_bytes().decode("utf-8", "surrogateescape")
+    def static_site(self) -> None:
+        """A static site's folder, complete in its own place before anything routes to it: out
+        of the built image, or out of the commit."""
+        site = self._config().static_site
+        if site is None:
+            return
+        assert site.static is not None
+        run_dir, project = self.settings.run_dir, self.d.project
+        started = time.monotonic()
+        unpacked = staticsites.staging_dir(run_dir, project)
         try:
-            checked = prepare(text, build_args=args, instance=self.settings.instance, project=self.d.project,
-                              cache_key=load_or_create_secret(self.settings.cache_key_path),
-                              owner_of=self.engine.image_owner,
-                              filename=shown)
-        except DockerfileError as err:
-            raise DeployFailed(str(err)) from None
-        target = tmp / "dockerfile" / dockerfile.name
-        target.parent.mkdir()
-        target.write_bytes(checked.encode("utf-8", "surrogateescape"))
-        ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")  # BuildKit reads it beside the file
-        if ignore.is_file():
-            target.with_name(ignore.name).write_bytes(ignore.read_bytes())
-        return target
+            if site.static_source == "repo":
+                self._static_from_repo(site.static, unpacked)
+            else:
+                labels = self.engine.labels(project=project, role="static", deployment=str(self.d.number))
+                self.engine.copy_out(self._image(site.image), site.static, unpacked, labels)
+            folder = staticsites.install(unpacked, run_dir, project, self.d.number)
+        except staticsites.StaticSiteError as err:
+            raise DeployFailed(f"static site {site.static}: {err}") from None
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
+        files = sum(1 for path in folder.rglob("*") if path.is_file())
+        self.out.line(f"static site: {files} file(s) from {site.static}"
+                      + (" of the commit" if site.static_source == "repo" else " of the image"))
+        self.timings["static"] = round(time.monotonic() - started, 3)
+        self.d = self._set(static_site=folder.name, timings=json.dumps(self.timings))
+
+    def _static_from_repo(self, folder: str, unpacked: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix=f"disco-static-{self.d.project}-") as tmp:
+            gitrepo.export_tree(self._repo(), self.d.commit_sha, Path(tmp))
+            source = Path(tmp) / folder
+            if not source.resolve().is_relative_to(Path(tmp).resolve()):
+                raise DeployFailed(f"static folder {folder} leads outside the repo (through a symlink)")
+            if not source.is_dir():
+                raise DeployFailed(f"static folder {folder} is not in {self.d.commit_sha[:7]}")
+            shutil.rmtree(unpacked)
+            shutil.move(source, unpacked)
 
     def plan(self) -> None:
         """The swarm spec of every running service (scheduled ones run at their times, see
         hooks/scheduler.py), on the env and scale of now."""
         engine, d = self.engine, self.d
         scale = self.store.scale(d.project)
-        exposed = engine.exposed_ports(self.image)
         config = self._config()
         # Checked before the ref moved too; the settings, and what others publish, may have changed since.
         check_caps(config, self.settings.caps)
         if problem := published_port_problem(config, d.project, self.settings, scale, engine.host_ports):
             raise DeployFailed(problem)
         for service in config.running_services.values():
-            port = _port_of(service, exposed)
+            image = self._image(service.image)
+            port = _port_of(service, engine.exposed_ports(image))
             service_env = self._env(service.name)
             if port is not None:
                 service_env["PORT"] = str(port)
             self.specs.append(ServiceSpec(
                 name=engine.service_name(d.project, service.name),
-                image=self.image,
-                network=engine.network_name,
+                image=image,
+                networks=service_networks(engine.network_name, engine.project_network_name(d.project), service.name,
+                                          routed=service.is_web,
+                                          internal_name=engine.internal_name(d.project, service.name)
+                                          if service.internal else None),
                 labels=engine.labels(project=d.project, service=service.name, deployment=str(d.number)),
                 env=service_env,
                 replicas=scale.get(service.name, service.replicas),
-                args=self._command(service.command, service.shell),
+                args=self._command(service.command, service.shell, image),
                 port=port,
                 health_path=service.health,
                 health_timeout=service.health_timeout,
@@ -216,7 +223,7 @@ class DeploymentRun:
     def _run_release(self, release: ReleaseConfig, web: ServiceConfig) -> RunResult:
         return self.engine.run_to_end(
             image=self.image,
-            command=self._command(release.command, release.shell),
+            command=self._command(release.command, release.shell, self.image),
             env=self._env("release"),
             mounts=self._mounts(web),
             labels=self.engine.labels(project=self.d.project, role="release", deployment=str(self.d.number)),
@@ -229,8 +236,11 @@ class DeploymentRun:
     def start(self) -> None:
         """New tasks start beside the old ones; swarm keeps the old ones until these are healthy."""
         web = next((s for s in self.specs if s.labels["disco.service"] == "web" and s.port), None)
-        self.d = self._set(status=DeploymentStatus.STARTING, image=self.image, web_port=web.port if web else 0,
-                           web_service=web.name if web else "")
+        extra_images = {name: tag for name, tag in self.images.items() if name != DEFAULT_IMAGE}
+        self.d = self._set(status=DeploymentStatus.STARTING, image=self.image, images=json.dumps(extra_images),
+                           web_port=web.port if web else 0, web_service=web.name if web else "")
+        # Services made before project networks existed move to theirs in this update (start-first).
+        self.engine.ensure_project_network(self.d.project)
         for spec in self.specs:
             for volume, _ in spec.mounts:
                 self.engine.ensure_volume(volume, self.d.project)
@@ -253,8 +263,12 @@ class DeploymentRun:
             time.sleep(2 * UPSTREAM_REFRESH_SECONDS + 0.1)
 
     def switch(self) -> None:
-        """Route to the new version and record it live; the one it replaces steps down."""
+        """Route to the new version and record it live; the one it replaces steps down. A static
+        site switches by its `live` link (runtime/staticsites.py), before the routes load."""
         previous = self.store.live_deployment(self.d.project)
+        if self.d.static_site:
+            staticsites.point_live(self.settings.run_dir, self.d.project, self.d.number)
+
         def mark_live() -> None:
             holds.point("switch-routed", self.out.line)  # Caddy routes to it; the store does not say live yet
             self._set(status=DeploymentStatus.LIVE)
@@ -266,7 +280,7 @@ class DeploymentRun:
             self.store.update_deployment(self.d.project, previous.number, status=stepped_down)
 
     def clean_up(self) -> None:
-        """Services dropped from disco.toml go, and images beyond the kept ones."""
+        """Services dropped from disco.toml go, and images and static sites beyond the kept ones."""
         try:
             wanted = {s.name for s in self.specs}
             for service in self.engine.project_services(self.d.project):
@@ -279,13 +293,16 @@ class DeploymentRun:
             self.out.line(f"warning: cleanup incomplete: {err}")
 
     def _prune_images(self) -> None:
-        """Keep the live image and the newest others that once ran, up to keep_images in all."""
-        ran = [x.image for x in self.store.list_deployments(self.d.project, limit=1000) if x.status in WENT_LIVE]
-        kept = {*ran[: self.settings.keep_images], self.image}  # tags as the records hold them
-        for tag in self.engine.project_images(self.d.project).values():
+        """Keep the live deployment's images and static site and those of the newest others that
+        once ran, up to keep_images deployments in all."""
+        ran = [x for x in self.store.list_deployments(self.d.project, limit=1000) if x.status in WENT_LIVE]
+        kept_deployments = [*ran[: self.settings.keep_images], self.d]
+        kept = {tag for x in kept_deployments for tag in (x.image, *x.image_tags.values())}  # as the records hold them
+        for tag in (tag for tags in self.engine.project_images(self.d.project).values() for tag in tags):
             if tag not in kept:
                 self.engine.remove_image(tag)
         self.engine.remove_untagged_images(self.d.project)
+        staticsites.prune(self.settings.run_dir, self.d.project, {x.number for x in kept_deployments})
 
     # -- failure ---------------------------------------------------------------------------
 
@@ -347,8 +364,11 @@ class DeploymentRun:
                     engine.restore_previous(spec.name)  # swarm undoes the failed ones itself
             except DockerError as err:
                 self.out.line(f"warning: could not undo {spec.name}: {err}")
-        if self.tagged:
-            engine.remove_image(self.tagged)
+        for tag in self._images.made:
+            engine.remove_image(tag)
+        live = self.store.live_deployment(self.d.project)
+        if self.d.static_site and live is not None and live.static_site:  # its link may point here already
+            staticsites.point_live(self.settings.run_dir, self.d.project, live.number)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -371,6 +391,8 @@ class DeploymentRun:
     def _config(self) -> AppConfig:
         if self._app_config is None:
             self._app_config = config_at(self._repo(), self.d.commit_sha)
+            for note in self._app_config.notes:  # like "disco.json ignored", said once per deployment
+                self.out.line(note)
         return self._app_config
 
     def _env(self, service: str) -> dict[str, str]:
@@ -378,11 +400,19 @@ class DeploymentRun:
         return {**self.store.env(d.project), "DISCO_PROJECT": d.project, "DISCO_SERVICE": service,
                 "DISCO_DEPLOYMENT": str(d.number), "DISCO_COMMIT": d.commit_sha}
 
-    def _command(self, command: str | None, shell: bool) -> list[str] | None:
+    @property
+    def image(self) -> str:
+        """The default image's tag ("" when the app builds none: a static site from the repo)."""
+        return self.images.get(DEFAULT_IMAGE, "")
+
+    def _image(self, name: str) -> str:
+        return self.images[name]
+
+    def _command(self, command: str | None, shell: bool, image: str) -> list[str] | None:
         """A Procfile line runs in the image's shell, as Heroku runs it; disco.toml's is split into words."""
         if command is None:
             return None
-        return [*self.engine.image_shell(self.image), command] if shell else shlex.split(command)
+        return [*self.engine.image_shell(image), command] if shell else shlex.split(command)
 
     def _mounts(self, service: ServiceConfig) -> list[tuple[str, str]]:
         return [(self.engine.volume_name(self.d.project, v.name), v.mount) for v in service.volumes]

@@ -91,8 +91,12 @@ def run_command(platform: Platform, user: str, project: str, command: list[str],
     platform.store.audit(user, "run", project, f"{len(command)} argument(s)")  # commands may hold secrets
     chosen = _service_config(platform, live, service)
     try:
+        image = live.image_of(chosen.image)
+        if not image:
+            raise Refused(f"{service} of {project} runs no image (a static site); name a service that does",
+                          "bad_request")
         return platform.engine.run_oneoff(
-            image=live.image,
+            image=image,
             command=command,
             env={**platform.store.env(project), "DISCO_PROJECT": project, "DISCO_SERVICE": service,
                  "DISCO_DEPLOYMENT": str(live.number), "DISCO_COMMIT": live.commit_sha},
@@ -116,7 +120,8 @@ def _service_config(platform: Platform, live: Deployment, service: str) -> Servi
 def redeploy(platform: Platform, project: str, user: str, source: str = "redeploy") -> Ticket:
     """Deploy the live commit again with the live image (after an env change, say)."""
     live = _require_live(platform, project)
-    return platform.deployer.enqueue(project, live.commit_sha, live.branch, user, source, image=live.image)
+    return platform.deployer.enqueue(project, live.commit_sha, live.branch, user, source, image=live.image,
+                                     images=live.images)
 
 
 def rollback(platform: Platform, project: str, user: str, number: int | None = None) -> Ticket:
@@ -129,13 +134,14 @@ def rollback(platform: Platform, project: str, user: str, number: int | None = N
         if not candidates:
             raise DeployFailed(f"deployment #{number} of {project} never ran or is the live one; "
                                "roll back to one that was live before", "not_found")
-    kept = [d for d in candidates if platform.engine.image_exists(d.image)]
+    kept = [d for d in candidates
+            if all(platform.engine.image_exists(tag) for tag in (d.image, *d.image_tags.values()) if tag)]
     if not kept:
         raise DeployFailed(f"no earlier image of {project} is kept to roll back to", "conflict")
     target = kept[0]
     platform.store.audit(user, "rollback", project, f"to #{target.number}")
     return platform.deployer.enqueue(project, target.commit_sha, target.branch, user, "rollback",
-                            image=target.image, rollback_of=target.number)
+                            image=target.image, images=target.images, rollback_of=target.number)
 
 
 def set_env(platform: Platform, project: str, user: str, values: dict[str, str], deploy: bool = True) -> Ticket | None:

@@ -21,7 +21,8 @@ from hooks.platform import Platform
 from hooks.policy import Access, authorize
 from hooks.ports import published_port_problem
 from runtime import disk, gitrepo
-from runtime.appconfig import AppConfigError, check_caps, config_at
+from runtime.appconfig import DEFAULT_IMAGE, AppConfigError, check_caps
+from runtime.appsource import config_at
 from runtime.store import DeploymentStatus, User
 
 ZERO_SHA = "0" * 40
@@ -153,8 +154,10 @@ def _deployable(platform: Platform, update: RefUpdate) -> str | None:
         check_caps(config, settings.caps)
     except AppConfigError as err:
         return str(err)
-    if gitrepo.read_file(repo, update.new_sha, config.dockerfile_path) is None:
-        return f"no Dockerfile at {config.dockerfile_path}: Disco builds the app from it"
+    for name, image in config.images_to_build.items():
+        if gitrepo.read_file(repo, update.new_sha, image.dockerfile) is None:
+            which = "" if name == DEFAULT_IMAGE else f" (image {name})"
+            return f"no Dockerfile at {image.dockerfile}{which}: Disco builds the app from it"
     if not platform.engine.reachable():
         return "Docker is not reachable on the server: nothing can build or start until dockerd is back"
     return published_port_problem(config, update.project, settings, platform.store.scale(update.project),

@@ -10,7 +10,9 @@ import shutil
 from hooks.errors import Refused
 from hooks.platform import Platform
 from hooks.policy import check_project_name
-from runtime import gitrepo
+from runtime import gitrepo, staticsites
+from runtime.appconfig import AppConfigError
+from runtime.appsource import config_at
 from runtime.docker_engine import DockerError
 from runtime.store import Deployment, StoreError
 
@@ -34,7 +36,18 @@ def describe(platform: Platform, name: str) -> dict:
     if platform.settings.apps_domain:
         hosts.append(f"{name}.{platform.settings.apps_domain}")
     return {**project, "live_deployment": deployment_json(live) if live else None, "domains": hosts,
-            "scale": platform.store.scale(name)}
+            "scale": platform.store.scale(name), "internal": internal_services(platform, live) if live else []}
+
+
+def internal_services(platform: Platform, live: Deployment) -> list[dict[str, str]]:
+    """The live deployment's internal services, each with the name other projects reach it by
+    (on the instance network; see runtime/docker_specs.service_networks)."""
+    try:
+        config = config_at(platform.repo_path(live.project), live.commit_sha)
+    except (AppConfigError, gitrepo.GitRepoError):
+        return []  # the deployment record still says what runs; its commit is unreadable now
+    return [{"service": service.name, "name": platform.engine.internal_name(live.project, service.name)}
+            for service in config.running_services.values() if service.internal]
 
 
 def delete_project(platform: Platform, user: str, name: str, volumes: bool) -> list[str]:
@@ -51,6 +64,7 @@ def delete_project(platform: Platform, user: str, name: str, volumes: bool) -> l
         platform.store.delete_project(name)
     platform.store.audit(user, "projects:remove", name, "with volumes" if volumes else "volumes kept")
     platform.router.apply_routes_if_up()
+    staticsites.remove_project(platform.settings.run_dir, name)  # once no route names its site
     return removed
 
 
@@ -63,7 +77,9 @@ def _remove_docker_objects(platform: Platform, name: str, volumes: bool) -> list
         for role in ("cron", "release", "run"):  # containers of commands still running
             if engine.remove_containers(name, role):
                 removed.append(f"{role} containers")
-        for tag in engine.project_images(name).values():
+        if (network := engine.remove_project_network(name)) is not None:  # once nothing is on it
+            removed.append(f"network {network}")
+        for tag in (tag for tags in engine.project_images(name).values() for tag in tags):
             engine.remove_image(tag)
             removed.append(f"image {tag}")
         if volumes:

@@ -23,6 +23,7 @@ from runtime.caddy import (
     Route,
     build_config,
 )
+from runtime import staticsites
 from runtime.docker_engine import DockerError
 from runtime.settings import Settings
 from runtime.store import Deployment, Store
@@ -57,6 +58,7 @@ class Router:
                 (self.settings.run_dir / ADMIN_SOCKET_NAME).unlink(missing_ok=True)
             self.caddy.wait_until_up(timeout=120)
             with self._lock:  # routes changed while Caddy started are in this load
+                self._point_static_sites()
                 self._load_routes()
                 self.proxy_error = ""
                 self.proxy_ready.set()
@@ -85,13 +87,25 @@ class Router:
         for project in self.store.list_projects():
             name = project["name"]
             serving = switching if switching and switching.project == name else self.store.live_deployment(name)
-            if serving is None or not serving.web_port:
+            if serving is None or not (serving.web_port or serving.static_site):
                 continue
             hosts = [d["domain"] for d in self.store.domains(name)]
             if self.settings.apps_domain:
                 hosts.append(f"{name}.{self.settings.apps_domain}")
-            routes.append(Route(tuple(hosts), self._upstream(serving), serving.web_port))
+            if serving.static_site:
+                routes.append(Route(tuple(hosts), "", 0, static_root=staticsites.live_path(CONTAINER_RUN_DIR, name)))
+            else:
+                routes.append(Route(tuple(hosts), self._upstream(serving), serving.web_port))
         return routes
+
+    def _point_static_sites(self) -> None:
+        """Each static site's `live` link names what the store says is live: a daemon that died
+        between a switch's link and its record left them apart."""
+        for project in self.store.list_projects():
+            live = self.store.live_deployment(project["name"])
+            run_dir = self.settings.run_dir
+            if live is not None and live.static_site and staticsites.live_number(run_dir, live.project) != live.number:
+                staticsites.point_live(run_dir, live.project, live.number)
 
     def _upstream(self, serving: Deployment) -> str:
         """The web service a deployment routes to; deployments made before names were
@@ -99,10 +113,15 @@ class Router:
         return serving.web_service or self.engine.legacy_service_name(serving.project, "web")
 
     def hosts_of(self, project: str) -> list[str]:
-        """The host names routed to the project's web service now."""
+        """The host names routed to the project's web service (or static site) now."""
         live = self.store.live_deployment(project)
-        upstream = self._upstream(live) if live else ""
-        return sorted(h for r in self.routes() if r.upstream == upstream for h in r.hosts)
+        if live is None:
+            return []
+        if live.static_site:
+            root = staticsites.live_path(CONTAINER_RUN_DIR, project)
+            return sorted(h for r in self.routes() if r.static_root == root for h in r.hosts)
+        upstream = self._upstream(live)
+        return sorted(h for r in self.routes() if r.upstream == upstream and not r.static_root for h in r.hosts)
 
     def apply_routes_if_up(self) -> None:
         """After a route change outside a deploy (domains, a removed project).

@@ -238,9 +238,10 @@ class Scheduler:
         mounts = [(self.engine.volume_name(live.project, v.name), v.mount) for v in service.volumes]
         for volume, _ in mounts:  # a scheduled service's own volume may not exist yet
             self.engine.ensure_volume(volume, live.project)
+        image = live.image_of(service.image)
         return self.engine.run_to_end(
-            image=live.image,
-            command=self._command(live.image, service),
+            image=image,
+            command=self._command(image, service),
             env={**env, "DISCO_PROJECT": live.project, "DISCO_SERVICE": service.name,
                  "DISCO_DEPLOYMENT": str(live.number), "DISCO_COMMIT": live.commit_sha, "DISCO_CRON_RUN": str(run.id)},
             mounts=mounts,

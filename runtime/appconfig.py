@@ -10,11 +10,10 @@ import re
 import shlex
 import tomllib
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from runtime import gitrepo
 from runtime.cron import CronError, parse_schedule
 from runtime.procfile import Procfile, ProcfileError, parse_procfile
 
@@ -239,18 +238,6 @@ def check_caps(config: AppConfig, caps: Caps) -> None:
                                  f"{caps.memory_bytes >> 20}M per task")
         if service.limits.pids and service.limits.pids > caps.pids:
             raise AppConfigError(f"{path}.pids is {service.limits.pids}; this server allows {caps.pids} per task")
-
-
-def config_at(repo: Path, sha: str) -> AppConfig:
-    """Transitional, for the callers not yet moved: disco.toml and the Procfile only, never
-    disco.json. Use runtime.appsource.config_at; this goes once nothing imports it."""
-    raw = gitrepo.read_file(repo, sha, "disco.toml")
-    try:
-        config = parse_app_config(raw.decode() if raw is not None else None)
-        procfile = gitrepo.read_file(repo, sha, config.procfile_path)
-        return with_procfile(config, procfile.decode()) if procfile is not None else config
-    except UnicodeDecodeError:
-        raise AppConfigError("disco.toml or the Procfile is not UTF-8 text") from None
 
 
 def parse_app_config(text: str | None) -> AppConfig:

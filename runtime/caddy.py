@@ -52,6 +52,7 @@ class Route:
     hosts: tuple[str, ...]
     upstream: str  # swarm service DNS name
     port: int
+    static_root: str = ""  # a static site: the folder Caddy serves itself (in its container), not upstream
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,13 @@ def certificate_problem(host: str, tls: bool) -> str | None:
 
 
 def _route(route: Route) -> dict:
+    if route.static_root:
+        return {
+            "match": [{"host": sorted(route.hosts)}],
+            # The root is a link a deploy replaces (runtime/staticsites.py): this config never changes.
+            "handle": [{"handler": "file_server", "root": route.static_root}],
+            "terminal": True,
+        }
     return {
         "match": [{"host": sorted(route.hosts)}],
         "handle": [

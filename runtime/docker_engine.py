@@ -22,11 +22,13 @@ import re
 import secrets
 import signal
 import subprocess
+import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 # docker-py ships no type hints (types-docker is not a dependency): its objects are Any here,
@@ -285,6 +287,15 @@ class Engine:
     def network_name(self) -> str:
         return f"{self.instance}-net"
 
+    def project_network_name(self, project: str) -> str:
+        """The overlay network of one project's services (and one-off commands): theirs alone."""
+        return names.join(self.instance, project, "net")
+
+    def internal_name(self, project: str, service: str) -> str:
+        """The stable name other projects reach an internal service by, on the instance network:
+        `<project>-<service>` (a '-' inside a part doubled, see runtime/names.py)."""
+        return names.dns_label(names.join(project, service))
+
     def service_name(self, project: str, service: str) -> str:
         """The swarm service (also its DNS name) of a project's service; see runtime/names.py."""
         return names.dns_label(names.join(self.instance, project, service))
@@ -334,6 +345,32 @@ class Engine:
             self.client.networks.create(
                 self.network_name, driver="overlay", attachable=True, labels=self.labels()
             )
+
+    def ensure_project_network(self, project: str) -> str:
+        """Make the project's own network if it is missing (idempotent); returns its name.
+
+        Created unless the swarm says it has one of that name (409): listing or inspecting
+        could answer with this node's copy of a network the swarm removed a moment ago."""
+        name = self.project_network_name(project)
+        try:
+            self.client.networks.create(name, driver="overlay", attachable=True, check_duplicate=True,
+                                        labels=self.labels(project=project))
+        except docker.errors.APIError as err:
+            if err.status_code != 409:  # 409: it exists (made by an earlier deploy, or just now beside it)
+                raise DockerError(f"could not make the network {name}: {err.explanation or err}") from None
+        return name
+
+    def remove_project_network(self, project: str) -> str | None:
+        """Remove the project's network (once its services and containers are gone); its name,
+        or None if it had none."""
+        name = self.project_network_name(project)
+        found = [network for network in self.client.networks.list(names=[name]) if network.name == name]
+        for network in found:
+            try:  # busy until the removed services' task containers have stopped
+                _retry_while_in_use(network.remove, timeout=60)
+            except docker.errors.APIError as err:
+                raise DockerError(f"could not remove the network {name}: {err.explanation or err}") from None
+        return name if found else None
 
     # -- images ----------------------------------------------------------------------------
 
@@ -432,17 +469,14 @@ class Engine:
             except docker.errors.APIError:
                 pass  # a running container uses it: the next deploy's cleanup tries again
 
-    def project_images(self, project: str) -> dict[int, str]:
-        """Deployment number -> tag, for every image tag this instance made for the project
+    def project_images(self, project: str) -> dict[int, list[str]]:
+        """Deployment number -> its tags, for every image tag this instance made for the project
         (`:<number>-<random>`, and `:<number>` from before tags were random). Found by their
         labels, so another instance's images under a look-alike name are never taken."""
         selector = {"label": [f"disco.instance={self.instance}", f"disco.project={project}"]}
         tags = [tag for image in self.client.images.list(filters=selector) for tag in image.tags]
-        found: dict[int, str] = {}
         # Its repository as runtime/names.py joins it, and as versions before that named it.
-        for repository in (names.legacy(self.instance, project), names.join(self.instance, project)):
-            found.update(project_tags(repository, tags))
-        return found
+        return project_tags((names.legacy(self.instance, project), names.join(self.instance, project)), tags)
 
     # -- services --------------------------------------------------------------------------
 
@@ -687,15 +721,28 @@ class Engine:
 
     def run_oneoff(self, image: str, command: list[str], env: dict[str, str], mounts: list[tuple[str, str]],
                    labels: dict[str, str], limits: TaskLimits) -> OneOffRun:
-        """Start a container for a one-off command on the project network, within its limits."""
+        """Start a container for a one-off command on the project's network and the instance's,
+        within its limits."""
         return OneOffRun(self._start_container(image, command, env, mounts, labels, limits))
 
     def _start_container(self, image: str, command: list[str] | None, env: dict[str, str],
                          mounts: list[tuple[str, str]], labels: dict[str, str], limits: TaskLimits) -> Any:
-        options = oneoff_container(image, command, env, labels, self.network_name, mounts, limits)
+        """Create the container on its project's network (the project of its labels, whose network
+        a project deployed before project networks existed may still lack), connect it to the
+        instance's, start it."""
+        networks = [self.ensure_project_network(labels["disco.project"]), self.network_name]
+        options = oneoff_container(image, command, env, labels, networks, mounts, limits)
+        container = None
         try:
-            return self.client.containers.run(**options)
+            container = self.client.containers.create(**options)
+            for network in networks[1:]:
+                self.client.networks.get(network).connect(container)
+            container.start()
+            return container
         except docker.errors.APIError as err:
+            if container is not None:
+                with _ignoring_docker_errors():
+                    container.remove(force=True)
             raise DockerError(f"could not start the command: {err.explanation or err}") from None
 
     def run_to_end(self, image: str, command: list[str] | None, env: dict[str, str], mounts: list[tuple[str, str]],
@@ -736,6 +783,25 @@ class Engine:
             return RunResult(None, timed_out=why[0] == "timeout", cancelled=why[0] == "cancelled")
         return RunResult(code, out_of_memory=oom)
 
+    def copy_out(self, tag: str, path: str, destination: Path, labels: dict[str, str]) -> None:
+        """Copy the folder `path` of an image (relative to its WORKDIR) into `destination`,
+        through a container that is created, never started, and removed. A path that is not a
+        folder of the image raises DockerError naming it."""
+        config = self.client.images.get(tag).attrs.get("Config") or {}
+        inside = str(PurePosixPath(config.get("WorkingDir") or "/") / path)
+        container = self.client.containers.create(tag, command=["copy-out"], labels=labels, network_disabled=True)
+        try:
+            try:
+                chunks, stat = container.get_archive(inside)
+            except docker.errors.NotFound:
+                raise DockerError(f"the image has no {inside} (static = {path!r} in disco.toml)") from None
+            if not stat.get("mode", 0) & (1 << 31):  # Go's os.ModeDir
+                raise DockerError(f"{inside} in the image is not a folder (static = {path!r} in disco.toml)")
+            _unpack_folder(chunks, PurePosixPath(inside).name or "/", destination)
+        finally:
+            with _ignoring_docker_errors():
+                container.remove(force=True)
+
     def remove_containers(self, project: str, role: str) -> int:
         """Remove the one-off containers of a project with that role (left by a daemon that died)."""
         selector = {"label": [f"disco.instance={self.instance}", f"disco.project={project}", f"disco.role={role}"]}
@@ -758,14 +824,15 @@ class Engine:
             raise DockerError(f"the volume {name} belongs to something else; rename this volume in disco.toml")
 
 
-def project_tags(repository: str, tags: list[str]) -> dict[int, str]:
-    """Deployment number -> tag among `tags`, for those of this repository that a deployment made."""
-    found: dict[int, str] = {}
-    for tag in tags:
+def project_tags(repositories: tuple[str, ...], tags: list[str]) -> dict[int, list[str]]:
+    """Deployment number -> its tags among `tags` (an app with several images has one per image,
+    all in the project's repository), for those of these repositories that a deployment made."""
+    found: dict[int, list[str]] = {}
+    for tag in sorted(tags):
         name, _, version = tag.rpartition(":")
         number, _, random = version.partition("-")
-        if name == repository and number.isdigit() and (not random or random.isalnum()):
-            found[int(number)] = tag
+        if name in repositories and number.isdigit() and (not random or random.isalnum()):
+            found.setdefault(int(number), []).append(tag)
     return found
 
 
@@ -790,6 +857,29 @@ def _ignoring_docker_errors() -> Iterator[None]:
         yield
     except (docker.errors.DockerException, requests.RequestException):
         pass
+
+
+def _unpack_folder(chunks: Iterator[bytes], top: str, destination: Path) -> None:
+    """Docker's archive of a folder (its entries under `top/`) unpacked into `destination`:
+    only plain files, folders and links that stay inside (tarfile's "data" filter)."""
+    with tempfile.TemporaryFile() as spool:
+        for chunk in chunks:
+            spool.write(chunk)
+        spool.seek(0)
+        with tarfile.open(fileobj=spool, mode="r:") as tar:
+            members = []
+            for member in tar.getmembers():
+                parts = PurePosixPath(member.name).parts
+                if not parts or parts[0] != top.strip("/") or len(parts) == 1:
+                    continue
+                member.name = str(PurePosixPath(*parts[1:]))
+                if member.islnk():  # a hard link names its target by its path in the archive
+                    member.linkname = str(PurePosixPath(*PurePosixPath(member.linkname).parts[1:]))
+                members.append(member)
+            try:
+                tar.extractall(destination, members=members, filter="data")
+            except tarfile.FilterError as err:
+                raise DockerError(f"the static folder holds what cannot be served: {err}") from None
 
 
 def _stream_lines(chunks: Iterator[bytes], on_line: OutputLine) -> None:

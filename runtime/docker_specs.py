@@ -70,12 +70,41 @@ class TaskLimits:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A network a task joins, and the extra DNS names (aliases) it answers to there."""
+
+    network: str
+    aliases: tuple[str, ...] = ()
+
+    def as_swarm(self) -> dict[str, Any]:
+        """TaskTemplate.Networks' entry."""
+        return {"Target": self.network, **({"Aliases": list(self.aliases)} if self.aliases else {})}
+
+
+def service_networks(instance_network: str, project_network: str, service: str, routed: bool,
+                     internal_name: str | None) -> tuple[Attachment, ...]:
+    """Where a project service can be reached, and by which names (Docker networks are
+    symmetric: whoever shares one with a task reaches it, so privacy is not sharing one).
+
+    Every service joins its project's network as its short name (`http://worker:8000`, as in
+    docker compose). Only what other projects' containers or the proxy must reach also joins the
+    instance network: the routed web service (the proxy asks for it by its swarm service name)
+    and an internal service, there also as `internal_name` (`<project>-<service>`). Any other
+    service is private to its project.
+    """
+    networks = [Attachment(project_network, (service,))]
+    if routed or internal_name:
+        networks.append(Attachment(instance_network, (internal_name,) if internal_name else ()))
+    return tuple(networks)
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """Everything that defines one project service; `swarm_service` turns it into a swarm spec."""
 
     name: str
     image: str
-    network: str
+    networks: tuple[Attachment, ...]  # see service_networks
     labels: dict[str, str]
     env: dict[str, str]
     replicas: int
@@ -181,7 +210,7 @@ def swarm_service(spec: ServiceSpec) -> ServiceKwargs:
     template = TaskTemplate(
         container_spec=container,
         restart_policy=RestartPolicy(condition="on-failure", delay=1 * SECOND),
-        networks=[{"Target": spec.network}],
+        networks=[attachment.as_swarm() for attachment in spec.networks],
         resources=spec.limits.as_resources() if spec.limits else None,
     )
     # Workers have no health check, so watch them longer for an early crash.
@@ -244,17 +273,21 @@ def proxy_service(instance: str, network: str, image: str, run_dir: Path, http_p
 
 
 def oneoff_container(image: str, command: list[str] | None, env: dict[str, str], labels: dict[str, str],
-                     network: str, mounts: list[tuple[str, str]], limits: TaskLimits) -> dict[str, Any]:
+                     networks: list[str], mounts: list[tuple[str, str]], limits: TaskLimits) -> dict[str, Any]:
     """A container for one command (`disco run`, the release command, a scheduled run): the
-    keyword arguments of docker-py's `containers.run`. On the instance's network, with the
-    service's volumes and limits, and an init that forwards signals."""
+    keyword arguments of docker-py's `containers.create`, with the service's volumes and limits
+    and an init that forwards signals.
+
+    It is created on the first of `networks` (its project's); Docker before API 1.44 takes one
+    network at creation, so the engine connects it to the others before it starts. One-off
+    commands join the project's network and the instance's, like the web service: they reach
+    the project's services by their short names and other projects' internal services."""
     return {
         "image": image,
         "command": command,
-        "detach": True,
         "environment": env,
         "labels": labels,
-        "network": network,
+        "network": networks[0],
         "mounts": [Mount(target=path, source=volume, type="volume") for volume, path in mounts],
         "init": True,
         "stdin_open": False,

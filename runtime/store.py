@@ -7,6 +7,7 @@ WAL mode lets the `disco` command on the server's shell write while the daemon r
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -78,6 +79,17 @@ class Deployment:
     finished_at: str
     delivery: str  # the GitHub delivery id of a webhook deployment
     web_service: str  # the swarm service its web traffic goes to ("": made before names.join)
+    images: str  # JSON object: image name -> tag, for the app's images besides the default (`image`)
+    static_site: str  # the folder Caddy serves for a static site (under run/static), else ""
+
+    @property
+    def image_tags(self) -> dict[str, str]:
+        """The tags of its images besides the default one: image name -> tag."""
+        return dict(json.loads(self.images or "{}"))
+
+    def image_of(self, name: str) -> str:
+        """The tag of one of this deployment's images ("default" is `image`)."""
+        return self.image if name == "default" else self.image_tags.get(name, "")
 
 
 @dataclass(frozen=True)
@@ -250,11 +262,18 @@ def _migration_7_github_app(db: sqlite_utils.Database, box: SecretBox) -> None:
                    [box.seal(token or ""), box.seal(deploy_key or ""), box.seal(secret or ""), project])
 
 
+def _migration_8_images_and_static_sites(db: sqlite_utils.Database, _box: SecretBox) -> None:
+    # An app may build several images ([images.NAME]) and serve its web as a static site.
+    db.table("deployments").add_column("images", str, not_null_default="{}")
+    db.table("deployments").add_column("static_site", str, not_null_default="")
+
+
 # Applied in order on every open; PRAGMA user_version records how many have run.
 # Append new steps; never edit a released one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database, SecretBox], None]] = [
     _migration_1_team, _migration_2_deploys, _migration_3_api_keys, _migration_4_github,
     _migration_5_web_service, _migration_6_cron, _migration_7_github_app,
+    _migration_8_images_and_static_sites,
 ]
 SEALED_LINK_COLUMNS = ("token", "deploy_key", "secret")
 SEALED_APP_COLUMNS = ("client_secret", "webhook_secret", "pem")
@@ -509,7 +528,7 @@ class Store:
 
     def create_deployment(
         self, project: str, commit_sha: str, branch: str, user: str, source: str,
-        log_dir: Path, image: str = "", rollback_of: int | None = None, delivery: str = "",
+        log_dir: Path, image: str = "", rollback_of: int | None = None, delivery: str = "", images: str = "{}",
     ) -> Deployment:
         with self.transaction() as db:
             number = db.execute(
@@ -519,6 +538,7 @@ class Store:
                 "project": project, "number": number, "commit_sha": commit_sha, "branch": branch,
                 "user": user, "source": source, "status": DeploymentStatus.QUEUED.value, "reason": "", "image": image,
                 "rollback_of": rollback_of, "web_port": 0, "web_service": "", "timings": "{}", "delivery": delivery,
+                "images": images, "static_site": "",
                 "log_path": str(log_dir / project / f"{number}.log"),
                 "created_at": now(), "finished_at": "",
             }

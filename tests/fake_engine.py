@@ -62,6 +62,7 @@ class FakeEngine:
     run_output: list[str] = field(default_factory=list)
     run_result: RunResult = field(default_factory=lambda: RunResult(0))
     during_run: Callable[[], None] = lambda: None  # what a run waits for (a test's gate)
+    image_files: dict[str, dict[str, str]] = field(default_factory=dict)  # folder -> {file: text}, for copy_out
     # dockerd stops while a rollout is awaited, and answers again after this many pings.
     docker_stops_in_rollout: int = 0
     _unreachable_pings: int = 0
@@ -80,6 +81,12 @@ class FakeEngine:
     @property
     def network_name(self) -> str:
         return self._names.network_name
+
+    def project_network_name(self, project: str) -> str:
+        return self._names.project_network_name(project)
+
+    def internal_name(self, project: str, service: str) -> str:
+        return self._names.internal_name(project, service)
 
     def service_name(self, project: str, service: str) -> str:
         return self._names.service_name(project, service)
@@ -101,6 +108,10 @@ class FakeEngine:
 
     def ensure_network(self) -> None:
         self.calls.append(("ensure_network", self.network_name))
+
+    def ensure_project_network(self, project: str) -> str:
+        self.calls.append(("ensure_project_network", self.project_network_name(project)))
+        return self.project_network_name(project)
 
     def ensure_proxy(self, image: str, run_dir: Path, http_port: int, https_port: int, command: list[str]) -> bool:
         self.calls.append(("ensure_proxy", image))
@@ -144,10 +155,19 @@ class FakeEngine:
     def remove_untagged_images(self, project: str) -> None:
         self.calls.append(("remove_untagged_images", project))
 
-    def project_images(self, project: str) -> dict[int, str]:
+    def copy_out(self, tag: str, path: str, destination: Path, labels: dict[str, str]) -> None:
+        """The image's `path` holds what `image_files` says (none: the image has no such folder)."""
+        files = self.image_files.get(path)
+        if files is None:
+            raise DockerError(f"the image has no /{path} (static = {path!r} in disco.toml)")
+        self.calls.append(("copy_out", tag))
+        for name, text in files.items():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            (destination / name).write_text(text)
+
+    def project_images(self, project: str) -> dict[int, list[str]]:
         ours = [tag for tag, labels in self.images.items() if labels.get("disco.project") in (project, None)]
-        return {**project_tags(names.legacy(self.instance, project), ours),
-                **project_tags(names.join(self.instance, project), ours)}
+        return project_tags((names.legacy(self.instance, project), names.join(self.instance, project)), ours)
 
     def image_owner(self, name: str) -> ImageOwner | None:
         labels = self.images.get(name)
@@ -157,7 +177,8 @@ class FakeEngine:
 
     def tag_of(self, number: int, project: str = "shop") -> str:
         """The tag the deployment's image got (random since tags are not to be guessed)."""
-        return self.project_images(project)[number]
+        [tag] = self.project_images(project)[number]  # one image per deployment in these tests
+        return tag
 
     # -- services --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from runtime.docker_engine import _failure_reason, port_hint
 from runtime.settings import Settings
 from runtime.docker_specs import (
     DOCKER_CLI,
+    Attachment,
     PROBE_BINARY,
     PROBE_PATH,
     SECOND,
@@ -32,14 +33,16 @@ from runtime.docker_specs import (
     oneoff_container,
     proxy_service,
     swarm_service,
+    service_networks,
     task_limits,
 )
 
 LABELS = {"disco.instance": "t", "disco.project": "shop", "disco.service": "web", "disco.deployment": "7"}
+WEB_NETWORKS = (Attachment("t-shop-net", ("web",)), Attachment("t-net"))
 
 
 def web(**changes: object) -> ServiceSpec:
-    fields: dict = {"name": "t-shop-web", "image": "t-shop:7", "network": "t-net", "labels": LABELS,
+    fields: dict = {"name": "t-shop-web", "image": "t-shop:7", "networks": WEB_NETWORKS, "labels": LABELS,
                     "env": {"PORT": "8000", "A": "1"}, "replicas": 2, "port": 8000, "health_path": "/healthz",
                     "health_timeout": 30, "mounts": [("t-shop-data", "/data")]}
     fields.update(changes)
@@ -69,7 +72,7 @@ def test_replicas_network_labels_env_and_args_reach_the_spec():
     assert kwargs["mode"] == {"replicated": {"Replicas": 2}}
     assert kwargs["labels"] == LABELS
     template = kwargs["task_template"]
-    assert template["Networks"] == [{"Target": "t-net"}]
+    assert template["Networks"] == [{"Target": "t-shop-net", "Aliases": ["web"]}, {"Target": "t-net"}]
     assert template["RestartPolicy"]["Condition"] == "on-failure"
     container = template["ContainerSpec"]
     assert container["Image"] == "t-shop:7"
@@ -272,15 +275,52 @@ def test_port_hints_name_the_fix(listening: list[str], hint: str | None):
     assert (found is None) if hint is None else (found is not None and found.startswith(hint))
 
 
-def test_one_off_containers_run_on_the_network_with_volumes_limits_and_an_init():
+def test_one_off_containers_run_on_the_project_network_with_volumes_limits_and_an_init():
     limits = TaskLimits(memory="256M", memory_bytes=256 << 20, pids=64)
     options = oneoff_container("t-shop:3-abc", ["/bin/sh", "-c", "./migrate"], {"A": "1"},
-                               {"disco.role": "release"}, "t-net", [("t-shop-data", "/data")], limits)
+                               {"disco.role": "release"}, ["t-shop-net", "t-net"], [("t-shop-data", "/data")], limits)
     assert options["image"] == "t-shop:3-abc" and options["command"] == ["/bin/sh", "-c", "./migrate"]
-    assert options["network"] == "t-net" and options["detach"] is True and options["init"] is True
+    # Created on the project's network; the engine connects the instance's before it starts.
+    assert options["network"] == "t-shop-net" and "detach" not in options and options["init"] is True
     assert options["environment"] == {"A": "1"} and options["labels"] == {"disco.role": "release"}
     assert [(m["Source"], m["Target"], m["Type"]) for m in options["mounts"]] == [("t-shop-data", "/data", "volume")]
     assert options["mem_limit"] == 256 << 20 and options["pids_limit"] == 64 and not options["tty"]
+
+
+# -- networks: what each kind of service shares with whom (issue 12) ----------------------------
+
+
+def networks_of(service: str, routed: bool = False, internal_name: str | None = None) -> list[dict]:
+    spec = web(networks=service_networks("t-net", "t-shop-net", service, routed, internal_name))
+    return swarm_service(spec)["task_template"]["Networks"]
+
+
+def test_a_private_service_is_only_on_its_project_network_by_its_short_name():
+    # Not on the instance network: no other project's container (nor the proxy) shares a network with it.
+    assert networks_of("worker") == [{"Target": "t-shop-net", "Aliases": ["worker"]}]
+
+
+def test_the_routed_web_service_is_also_on_the_instance_network_under_its_swarm_name_only():
+    # The proxy reaches it by its swarm service name; it gets no <project>-<service> alias there.
+    assert networks_of("web", routed=True) == [{"Target": "t-shop-net", "Aliases": ["web"]}, {"Target": "t-net"}]
+
+
+def test_an_internal_service_answers_to_its_stable_name_on_the_instance_network():
+    assert networks_of("db", internal_name="shop-db") == [
+        {"Target": "t-shop-net", "Aliases": ["db"]}, {"Target": "t-net", "Aliases": ["shop-db"]}]
+    assert networks_of("web", routed=True, internal_name="shop-web") == [
+        {"Target": "t-shop-net", "Aliases": ["web"]}, {"Target": "t-net", "Aliases": ["shop-web"]}]
+
+
+def test_project_networks_and_internal_names_cannot_collide():
+    from runtime.docker_engine import Engine
+    engine = Engine("t")  # names only: it never connects
+    assert engine.project_network_name("shop") == "t-shop-net" != engine.network_name
+    assert engine.internal_name("shop", "db") == "shop-db"
+    # Project a's service b-c and project a-b's service c: two names, as runtime/names.py joins them.
+    assert engine.internal_name("a", "b-c") != engine.internal_name("a-b", "c")
+    assert engine.project_network_name("a-b") != engine.project_network_name("a")
+    assert len(engine.internal_name("p" * 40, "s" * 40)) <= 63  # a DNS label
 
 
 # -- health commands and host-published ports (issue 12) ---------------------------------------

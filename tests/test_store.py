@@ -108,6 +108,8 @@ def test_link_secrets_are_sealed_at_rest_and_an_old_store_is_sealed_by_its_migra
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version=6")
     conn.execute("ALTER TABLE github_links DROP COLUMN installation_id")
+    for column in ("images", "static_site"):  # from migration 8
+        conn.execute(f"ALTER TABLE deployments DROP COLUMN {column}")
     for table in ("github_app", "github_installations", "github_installation_repos", "github_app_flows"):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("INSERT INTO github_links (project, repo, branch, clone_url, secret, token, deploy_key, force_mirror, "
