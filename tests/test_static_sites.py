@@ -47,7 +47,7 @@ def test_a_static_site_from_the_image_switches_with_no_failed_request_and_rolls_
     assert first.returncode == 0, first.stderr
     assert "static site: 2 file(s) from site of the image" in first.stderr
     assert served(disco, "site") == "v1\n" and served(disco, "site", "/css/app.css") == "/* v1 */\n"
-    services = run(["/usr/bin/docker", "service", "ls", "-q", "--filter", f"label=disco.project=site",
+    services = run(["/usr/bin/docker", "service", "ls", "-q", "--filter", "label=disco.project=site",
                     "--filter", f"label=disco.instance={disco.instance}"]).stdout.split()
     assert services == [], "a static site runs no container"
 
