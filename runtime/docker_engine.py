@@ -366,7 +366,16 @@ class Engine:
         name = self.project_network_name(project)
         found = [network for network in self.client.networks.list(names=[name]) if network.name == name]
         for network in found:
-            try:  # busy until the removed services' task containers have stopped
+            # The swarm removes a network its services no longer name at once, but this node keeps
+            # its copy while a task container is still on it: a new network of that name could not
+            # be made until then. So wait for the removed services' containers to stop first.
+            deadline = time.monotonic() + 60
+            with _ignoring_docker_errors():
+                network.reload()
+                while network.attrs.get("Containers") and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    network.reload()
+            try:
                 _retry_while_in_use(network.remove, timeout=60)
             except docker.errors.APIError as err:
                 raise DockerError(f"could not remove the network {name}: {err.explanation or err}") from None
