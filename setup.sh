@@ -63,7 +63,13 @@ start_dockerd() {
 }
 
 start_swarm() {
-    if [[ "$("$DOCKER" info --format '{{.Swarm.LocalNodeState}}')" != "active" ]]; then
+    local state
+    for _ in $(seq 1 60); do  # a dockerd just started may still be rejoining its swarm
+        state="$("$DOCKER" info --format '{{.Swarm.LocalNodeState}}')"
+        [[ "$state" == "pending" ]] || break
+        sleep 0.5
+    done
+    if [[ "$state" != "active" ]]; then
         say "initialising a single-node swarm"
         "$DOCKER" swarm init --advertise-addr 127.0.0.1 >/dev/null
     fi
