@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from hooks import disks
 from hooks.errors import DeployFailed, Refused
 from hooks.platform import Platform
+from hooks.ports import replicas_problem
 from hooks.projects import require_project
 from hooks.queue import Ticket
 from runtime import gitrepo
@@ -177,6 +178,11 @@ def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -
                                f"(this server's max_replicas), got {replicas}")
         if platform.engine.project_service(project, service) is None:
             raise DeployFailed(f"{project} has no running service {service!r}", "not_found")
+    live = platform.store.live_deployment(project)
+    for service, replicas in counts.items():
+        if live is not None and (problem := replicas_problem(service, _service_config(platform, live, service),
+                                                             replicas, project)):
+            raise DeployFailed(problem, "conflict")
     for service, replicas in counts.items():
         platform.store.set_scale(project, service, replicas)
     platform.store.audit(user, "scale", project, ", ".join(f"{s}={n}" for s, n in sorted(counts.items())))

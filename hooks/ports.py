@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from runtime.appconfig import AppConfig, PublishedPort
+from runtime.appconfig import AppConfig, PublishedPort, ServiceConfig
 from runtime.docker_engine import HostPort
 from runtime.settings import Settings
 
@@ -37,11 +37,8 @@ def published_port_problem(config: AppConfig, project: str, settings: Settings, 
     ours = disco_ports(settings)
     taken = host_ports()
     for name, service in publishing.items():
-        replicas = scale.get(name, service.replicas)
-        if replicas > 1:
-            return (f"services.{name} publishes {_ports(service.publish)} on the host, so it runs one task: "
-                    f"it is set to {replicas} replicas, and two tasks cannot share a host port "
-                    f"(set replicas = 1, or `disco scale:set {name}=1 -p {project}`)")
+        if problem := replicas_problem(name, service, scale.get(name, service.replicas), project):
+            return problem
         for port in service.publish:
             what = f"services.{name}.publish: host port {port.published}/{port.protocol}"
             if port.protocol == "tcp" and port.published in ours:
@@ -54,6 +51,15 @@ def published_port_problem(config: AppConfig, project: str, settings: Settings, 
                 return (f"{what} is already published by {_owner(other, settings.instance)}; publish another "
                         f"host port, like \"{_other(port)}\", or free it there first")
     return None
+
+
+def replicas_problem(name: str, service: ServiceConfig, replicas: int, project: str) -> str | None:
+    """A service publishing host ports runs one task: a second could never bind them."""
+    if not service.publish or replicas <= 1:
+        return None
+    return (f"services.{name} publishes {_ports(service.publish)} on the host, so it runs one task: "
+            f"it is set to {replicas} replicas, and two tasks cannot share a host port "
+            f"(set replicas = 1, or `disco scale:set {name}=1 -p {project}`)")
 
 
 def _owner(port: HostPort, instance: str) -> str:

@@ -16,9 +16,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_deploy_stages import WEB, Rig
+from test_deploy_stages import WEB, Rig, _with
 
 from hooks import deployment, operations
+from hooks.errors import DeployFailed
 from hooks.queue import Ticket
 from runtime.store import DeploymentStatus
 
@@ -49,7 +50,8 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
 
 
 def platform_of(rig: Rig) -> SimpleNamespace:
-    return SimpleNamespace(settings=rig.settings, store=rig.store, engine=rig.engine, deployer=rig.deployer)
+    return SimpleNamespace(settings=rig.settings, store=rig.store, engine=rig.engine, deployer=rig.deployer,
+                           repo_path=lambda project: rig.bare)
 
 
 def replicas(rig: Rig) -> int:
@@ -125,3 +127,11 @@ def test_a_scale_with_no_deployment_running_is_applied_at_once(rig: Rig):
     assert replicas(rig) == 4 and rig.store.scale("shop") == {"web": 4}
     assert operations.scale(platform_of(rig), "shop", "bob", {"web": 4}) is True  # nothing to change
     assert [c for c in rig.engine.calls if c[0] == "scale"] == [("scale", WEB)]
+
+
+def test_a_service_publishing_a_host_port_is_not_scaled_past_one(rig: Rig):
+    _with(rig, {"disco.toml": '[services.web]\npublish = ["7000:8000"]\n'})
+    assert rig.deploy().status == DeploymentStatus.LIVE
+    with pytest.raises(DeployFailed, match="publishes 7000/tcp on the host, so it runs one task"):
+        operations.scale(platform_of(rig), "shop", "alice", {"web": 2})  # type: ignore[arg-type]
+    assert rig.store.scale("shop") == {} and replicas(rig) == 1  # nothing recorded, nothing changed
