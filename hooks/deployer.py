@@ -130,7 +130,8 @@ class Deployer:
                 store.update_deployment(d.project, previous.number, status=DeploymentStatus.REPLACED)
             return store.update_deployment(d.project, d.number, status=DeploymentStatus.LIVE, finished_at=now(),
                                            reason="finished by swarm while the daemon restarted")
-        engine.remove_containers(d.project, "release")  # a release command it was running
+        for role in ("release", "static"):  # a release command it ran, a static site it copied out
+            engine.remove_containers(d.project, role)
         for service in ours:
             if service.has_previous:
                 engine.restore_previous(service.name)

@@ -74,6 +74,7 @@ class DeploymentRun:
         self._images = Images(settings, engine, self.d, self.out.line, self._cancelled)  # `made`: for the undo
         self.specs: list[ServiceSpec] = []
         self.applied: list[tuple[ServiceSpec, bool]] = []  # (spec, created) in the order started
+        self.previous: Deployment | None = None  # what served before the switch
         self.release_started = False
         self._app_config: AppConfig | None = None
 
@@ -154,12 +155,17 @@ class DeploymentRun:
         with tempfile.TemporaryDirectory(prefix=f"disco-static-{self.d.project}-") as tmp:
             gitrepo.export_tree(self._repo(), self.d.commit_sha, Path(tmp))
             source = Path(tmp) / folder
-            if not source.resolve().is_relative_to(Path(tmp).resolve()):
-                raise DeployFailed(f"static folder {folder} leads outside the repo (through a symlink)")
-            if not source.is_dir():
+            try:
+                real = source.resolve(strict=False)
+            except (RuntimeError, OSError):  # a link loop on the way
+                raise DeployFailed(f"static folder {folder} goes through a link loop") from None
+            if source.is_symlink() or not real.is_relative_to(Path(tmp).resolve()):
+                # Moved as it is, a link would mean something else at its new place.
+                raise DeployFailed(f"static folder {folder} is a link; name the folder itself")
+            if not real.is_dir():
                 raise DeployFailed(f"static folder {folder} is not in {self.d.commit_sha[:7]}")
             shutil.rmtree(unpacked)
-            shutil.move(source, unpacked)
+            shutil.move(real, unpacked)
 
     def plan(self) -> None:
         """The swarm spec of every running service (scheduled ones run at their times, see
@@ -264,10 +270,9 @@ class DeploymentRun:
 
     def switch(self) -> None:
         """Route to the new version and record it live; the one it replaces steps down. A static
-        site switches by its `live` link (runtime/staticsites.py), before the routes load."""
+        site switches by its `live` link (runtime/staticsites.py), under the router's lock."""
         previous = self.store.live_deployment(self.d.project)
-        if self.d.static_site:
-            staticsites.point_live(self.settings.run_dir, self.d.project, self.d.number)
+        self.previous = previous
 
         def mark_live() -> None:
             holds.point("switch-routed", self.out.line)  # Caddy routes to it; the store does not say live yet
@@ -293,8 +298,8 @@ class DeploymentRun:
             self.out.line(f"warning: cleanup incomplete: {err}")
 
     def _prune_images(self) -> None:
-        """Keep the live deployment's images and static site and those of the newest others that
-        once ran, up to keep_images deployments in all."""
+        """Keep the live deployment's images and those of the newest others that once ran, up to
+        keep_images deployments in all; and the static sites of this one and the one before."""
         ran = [x for x in self.store.list_deployments(self.d.project, limit=1000) if x.status in WENT_LIVE]
         kept_deployments = [*ran[: self.settings.keep_images], self.d]
         kept = {tag for x in kept_deployments for tag in (x.image, *x.image_tags.values())}  # as the records hold them
@@ -302,7 +307,10 @@ class DeploymentRun:
             if tag not in kept:
                 self.engine.remove_image(tag)
         self.engine.remove_untagged_images(self.d.project)
-        staticsites.prune(self.settings.run_dir, self.d.project, {x.number for x in kept_deployments})
+        # The site that served until now stays until the next deploy (a request that began on
+        # it ends there); a rollback copies its site again from the image it reuses.
+        sites = {x.number for x in (self.d, self.previous) if x is not None and x.static_site}
+        staticsites.prune(self.settings.run_dir, self.d.project, sites)
 
     # -- failure ---------------------------------------------------------------------------
 
@@ -354,6 +362,8 @@ class DeploymentRun:
 
     def _undo(self) -> None:
         engine = self.engine
+        if self.d.static_site:  # a switch that failed past its link: the link names what is live again
+            self.router.point_static_site(self.d.project)
         for spec, created in reversed(self.applied):
             try:
                 current = engine.service_state(spec.name)
@@ -365,10 +375,10 @@ class DeploymentRun:
             except DockerError as err:
                 self.out.line(f"warning: could not undo {spec.name}: {err}")
         for tag in self._images.made:
-            engine.remove_image(tag)
-        live = self.store.live_deployment(self.d.project)
-        if self.d.static_site and live is not None and live.static_site:  # its link may point here already
-            staticsites.point_live(self.settings.run_dir, self.d.project, live.number)
+            try:
+                engine.remove_image(tag)
+            except DockerError as err:  # the next deploy's cleanup removes it
+                self.out.line(f"warning: could not remove the image {tag}: {err}")
 
     # -- bookkeeping -----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ project's queue. A push goes through three calls, made by the front door in this
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Protocol
 
 from hooks.platform import Platform
@@ -155,7 +156,7 @@ def _deployable(platform: Platform, update: RefUpdate) -> str | None:
     except AppConfigError as err:
         return str(err)
     for name, image in config.images_to_build.items():
-        if gitrepo.read_file(repo, update.new_sha, image.dockerfile) is None:
+        if gitrepo.read_file(repo, update.new_sha, str(PurePosixPath(image.dockerfile))) is None:
             which = "" if name == DEFAULT_IMAGE else f" (image {name})"
             return f"no Dockerfile at {image.dockerfile}{which}: Disco builds the app from it"
     if not platform.engine.reachable():

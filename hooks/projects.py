@@ -74,7 +74,7 @@ def _remove_docker_objects(platform: Platform, name: str, volumes: bool) -> list
         for service in engine.project_services(name):  # selected by their project label
             engine.remove_service(service.name)
             removed.append(f"service {service.name}")
-        for role in ("cron", "release", "run"):  # containers of commands still running
+        for role in ("cron", "release", "run", "static"):  # containers of commands still running
             if engine.remove_containers(name, role):
                 removed.append(f"{role} containers")
         if (network := engine.remove_project_network(name)) is not None:  # once nothing is on it

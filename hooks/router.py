@@ -98,14 +98,22 @@ class Router:
                 routes.append(Route(tuple(hosts), self._upstream(serving), serving.web_port))
         return routes
 
+    def point_static_site(self, project: str) -> None:
+        """The project's `live` link names what the store says is live (after a switch that
+        failed past its link)."""
+        with self._lock:
+            self._point_static_site(project)
+
     def _point_static_sites(self) -> None:
         """Each static site's `live` link names what the store says is live: a daemon that died
         between a switch's link and its record left them apart."""
         for project in self.store.list_projects():
-            live = self.store.live_deployment(project["name"])
-            run_dir = self.settings.run_dir
-            if live is not None and live.static_site and staticsites.live_number(run_dir, live.project) != live.number:
-                staticsites.point_live(run_dir, live.project, live.number)
+            self._point_static_site(project["name"])
+
+    def _point_static_site(self, project: str) -> None:
+        live, run_dir = self.store.live_deployment(project), self.settings.run_dir
+        if live is not None and live.static_site and staticsites.live_number(run_dir, project) != live.number:
+            staticsites.point_live(run_dir, project, live.number)
 
     def _upstream(self, serving: Deployment) -> str:
         """The web service a deployment routes to; deployments made before names were
@@ -139,9 +147,13 @@ class Router:
         loads routes computed without it.
         """
         self.proxy_ready.wait(timeout=180)  # not under the lock: start_proxy takes it to finish
+        if self.proxy_error:  # it failed before (Docker was away, say): once more before giving up
+            self.start_proxy()
         with self._lock:
             if self.proxy_error:
                 raise CaddyError(self.proxy_error)
+            if deployment.static_site:  # the switch itself: Caddy's route names this link
+                staticsites.point_live(self.settings.run_dir, deployment.project, deployment.number)
             changed = self._load_routes(switching=deployment)
             mark_live()
             return changed

@@ -161,10 +161,6 @@ class AppConfig:
         """Where the Procfile is read: the build context's root, as Heroku and Dokku read it."""
         return str(PurePosixPath(self.build.context) / "Procfile")
 
-    @property
-    def dockerfile_path(self) -> str:
-        """The Dockerfile's path from the repo root (as docs/architecture.md has it, not from context)."""
-        return str(PurePosixPath(self.build.dockerfile))
 
 
 TOP_KEYS = {"build", "services", "release", "images"}
@@ -463,7 +459,8 @@ def _parse_health(health: str | dict | None, path: str, where: _Locator) -> tupl
 
 def is_inside(path: str) -> bool:
     """A folder path with no way up (`..`): a static site's folder, in the image or the repo."""
-    return bool(path.strip("/")) and ".." not in PurePosixPath(path).parts and "\0" not in path
+    parts = [part for part in PurePosixPath(path).parts if part != "/"]
+    return bool(parts) and ".." not in parts and "\0" not in path
 
 
 def _parse_static(table: dict, path: str, where: _Locator) -> tuple[str | None, str]:

@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 # docker-py ships no type hints (types-docker is not a dependency): its objects are Any here,
 # and never leave this module.
@@ -57,6 +57,7 @@ __all__ = ["PROBE_BINARY", "PROBE_PATH", "DockerError", "DockerInfo", "Engine", 
            "ServiceSpec", "ServiceState", "health_command"]
 
 OutputLine = Callable[[str], None]
+T = TypeVar("T")
 TAIL_LINES = 30  # of a failing task's own output, shown with the reason it failed
 STOP_GRACE = 5  # seconds a one-off command has to end after SIGTERM before SIGKILL
 LONGEST_LINE = 64 << 10  # output without a newline is passed on in pieces of this size
@@ -126,6 +127,46 @@ class RunResult:
     out_of_memory: bool = False
 
 
+def _saying_docker_errors_our_way(cls: type[T]) -> type[T]:
+    """Every public method of the class (the engine, a one-off run) raises DockerError
+    (DockerUnreachable when dockerd is gone, hangs, or its swarm is not ready yet), never
+    docker-py's or the transport's own exceptions, which nothing above runtime/ knows."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or not inspect.isfunction(method) or inspect.isgeneratorfunction(method) \
+                or inspect.isasyncgenfunction(method) or inspect.iscoroutinefunction(method):
+            continue
+        setattr(cls, name, _docker_errors_as_ours(method))
+    return cls
+
+
+def _docker_errors_as_ours(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def calling(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except requests.RequestException as err:  # refused, reset, or timed out (a hung dockerd)
+            if isinstance(self, Engine):
+                self._client = None  # its pooled connections died with dockerd: connect afresh next time
+            raise DockerUnreachable(_connection_problem(err)) from None
+        except docker.errors.APIError as err:
+            if err.status_code == 503:  # "This node is not a swarm manager": a dockerd still starting
+                raise DockerUnreachable(f"its swarm is not ready: {err.explanation or err}") from None
+            raise DockerError(f"Docker refused: {err.explanation or err}") from None
+        except docker.errors.DockerException as err:
+            raise DockerError(f"Docker failed: {err}") from None
+    return calling
+
+
+def _connection_problem(err: Exception) -> str:
+    """What the transport said, short: its messages nest the socket's error several deep."""
+    text = str(err)
+    for known in ("No such file or directory", "Connection refused", "Connection aborted", "Read timed out"):
+        if known in text:
+            return f"{known.lower()} on its socket"
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+@_saying_docker_errors_our_way
 class OneOffRun:
     """A one-off command's container: read its output, then its exit code, then remove it.
 
@@ -199,44 +240,6 @@ class OneOffRun:
         except docker.errors.NotFound:
             pass
         self._removed = True
-
-
-def _saying_docker_errors_our_way(cls: type[Engine]) -> type[Engine]:
-    """Every public method of the engine raises DockerError (DockerUnreachable when dockerd is
-    gone or its swarm not ready yet), never docker-py's or the transport's own exceptions,
-    which nothing above runtime/ knows."""
-    for name, method in list(vars(cls).items()):
-        if name.startswith("_") or not inspect.isfunction(method) or inspect.isgeneratorfunction(method) \
-                or inspect.isasyncgenfunction(method) or inspect.iscoroutinefunction(method):
-            continue
-        setattr(cls, name, _docker_errors_as_ours(method))
-    return cls
-
-
-def _docker_errors_as_ours(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def calling(self: Engine, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except requests.ConnectionError as err:
-            self._client = None  # its pooled connections died with dockerd: connect afresh next time
-            raise DockerUnreachable(_connection_problem(err)) from None
-        except docker.errors.APIError as err:
-            if err.status_code == 503:  # "This node is not a swarm manager": a dockerd still starting
-                raise DockerUnreachable(f"its swarm is not ready: {err.explanation or err}") from None
-            raise DockerError(f"Docker refused: {err.explanation or err}") from None
-        except docker.errors.DockerException as err:
-            raise DockerError(f"Docker failed: {err}") from None
-    return calling
-
-
-def _connection_problem(err: Exception) -> str:
-    """What the transport said, short: its messages nest the socket's error several deep."""
-    text = str(err)
-    for known in ("No such file or directory", "Connection refused", "Connection aborted", "Read timed out"):
-        if known in text:
-            return f"{known.lower()} on its socket"
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 @_saying_docker_errors_our_way
@@ -798,6 +801,8 @@ class Engine:
         folder of the image raises DockerError naming it."""
         config = self.client.images.get(tag).attrs.get("Config") or {}
         inside = str(PurePosixPath(config.get("WorkingDir") or "/") / path)
+        if inside == "/":
+            raise DockerError(f"static = {path!r} names the image's whole filesystem; name the site's folder")
         container = self.client.containers.create(tag, command=["copy-out"], labels=labels, network_disabled=True)
         try:
             try:
@@ -871,7 +876,7 @@ def _ignoring_docker_errors() -> Iterator[None]:
 def _unpack_folder(chunks: Iterator[bytes], top: str, destination: Path) -> None:
     """Docker's archive of a folder (its entries under `top/`) unpacked into `destination`:
     only plain files, folders and links that stay inside (tarfile's "data" filter)."""
-    with tempfile.TemporaryFile() as spool:
+    with tempfile.TemporaryFile(dir=destination.parent) as spool:  # in the data dir, which is watched for space
         for chunk in chunks:
             spool.write(chunk)
         spool.seek(0)

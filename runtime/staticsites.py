@@ -39,11 +39,21 @@ def site_dir(run_dir: Path, project: str, number: int) -> Path:
 def install(unpacked: Path, run_dir: Path, project: str, number: int) -> Path:
     """Move a complete site (a folder unpacked beside it) to its deployment's place; refuse one
     with a link leading out of it (Caddy would follow it into its own files)."""
+    if unpacked.is_symlink() or not unpacked.is_dir():
+        raise StaticSiteError("the site is not a folder")
     for path in unpacked.rglob("*"):
-        if path.is_symlink() and not path.resolve().is_relative_to(unpacked.resolve()):
-            raise StaticSiteError(f"{path.relative_to(unpacked)} is a link leading outside the site")
-        if not (path.is_symlink() or path.is_dir() or path.is_file()):
-            raise StaticSiteError(f"{path.relative_to(unpacked)} is neither a file nor a folder")
+        shown = path.relative_to(unpacked)
+        if path.is_symlink():
+            try:
+                inside = path.resolve().is_relative_to(unpacked.resolve())
+            except (RuntimeError, OSError):  # a link loop
+                raise StaticSiteError(f"{shown} is a link loop") from None
+            if not inside:
+                raise StaticSiteError(f"{shown} is a link leading outside the site")
+        elif not (path.is_dir() or path.is_file()):
+            raise StaticSiteError(f"{shown} is neither a file nor a folder")
+    if not any(path.is_file() for path in unpacked.rglob("*")):
+        raise StaticSiteError("the folder has no file to serve")
     target = site_dir(run_dir, project, number)
     if target.exists():  # a deployment number is used once; a leftover is from a daemon that died
         shutil.rmtree(target)
@@ -77,18 +87,20 @@ def live_number(run_dir: Path, project: str) -> int | None:
 
 
 def prune(run_dir: Path, project: str, keep: set[int]) -> list[int]:
-    """Remove the sites (and unpacking leftovers) of deployments not in `keep`, never the live one."""
+    """Remove the sites (and unpacking leftovers) of deployments not in `keep`, and the `live`
+    link once its site is gone (the project serves no static site any more)."""
     parent = project_dir(run_dir, project)
     if not parent.is_dir():
         return []
-    live = live_number(run_dir, project)
     removed = []
     for entry in parent.iterdir():
         if entry.name.startswith(".unpacking-"):
             shutil.rmtree(entry, ignore_errors=True)
-        elif entry.name.isdecimal() and int(entry.name) not in keep and int(entry.name) != live:
+        elif entry.name.isdecimal() and int(entry.name) not in keep:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(int(entry.name))
+    if live_number(run_dir, project) in removed:
+        (parent / LIVE).unlink(missing_ok=True)
     return sorted(removed)
 
 

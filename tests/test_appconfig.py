@@ -25,7 +25,7 @@ def test_no_file_means_one_web_service():
     config = parse_app_config(None)
     assert list(config.services) == ["web"]
     assert config.services["web"] == ServiceConfig("web")
-    assert config.dockerfile_path == "Dockerfile"
+    assert config.build.dockerfile == "Dockerfile"
 
 
 def test_full_example_file_parses():
@@ -58,7 +58,7 @@ command = "./worker"
 """
     )
     assert config.build.args == {"APP_ENV": "prod", "DEBUG": "false", "LEVEL": "3"}
-    assert config.dockerfile_path == "docker/Dockerfile.prod" and config.build.context == "app"
+    assert config.build.dockerfile == "docker/Dockerfile.prod" and config.build.context == "app"
     web = config.services["web"]
     assert (web.port, web.command, web.replicas, web.health, web.health_timeout) == (5000, "./server --fast", 2, "/up", 20)
     assert web.volumes == (Volume("data", "/var/data"), Volume("cache", "/cache"))

@@ -189,10 +189,18 @@ def test_caddy_down_at_the_switch_fails_and_undoes_the_update(rig: Rig):
 
 def test_caddy_not_running_fails_the_first_deploy_and_removes_its_service(rig: Rig):
     rig.router.proxy_error = "the Caddy proxy is not running: no such image"
+    rig.caddy.down = True  # and the switch's one more try does not bring it up
     final = rig.deploy()
     assert final.status == DeploymentStatus.FAILED
-    assert final.reason == "the Caddy proxy is not running: no such image"
+    assert final.reason == "the Caddy proxy is not running: Caddy's admin API did not answer within 120 s"
     assert rig.engine.services == {}
+
+
+def test_a_proxy_that_failed_to_start_is_tried_again_at_the_switch(rig: Rig):
+    rig.router.proxy_error = "the Caddy proxy is not running: Docker is not reachable"  # when Docker came back
+    final = rig.deploy()
+    assert final.status == DeploymentStatus.LIVE and rig.router.proxy_error == ""
+    assert rig.caddy.routed_hosts() == {"shop.localhost"}
 
 
 def test_a_bug_in_a_stage_fails_the_deploy_with_its_type_and_undoes(rig: Rig, monkeypatch: pytest.MonkeyPatch):

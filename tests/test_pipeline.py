@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import head, make_repo, run
+
 from hooks import pipeline
 from hooks.pipeline import ZERO_SHA, RefUpdate
 from hooks.policy import Access, PolicyError, authorize, project_from_path
@@ -92,3 +94,16 @@ def test_after_receive_records_project_and_reports(platform: Platform, store: St
     assert reporter.failure is None
     assert store.get_project("shop")["created_by"] == "ann"
     assert [row["action"] for row in store.audit_log()] == ["push", "push", "projects:create"]
+
+
+def test_a_dockerfile_path_spelled_with_dots_is_found(platform: Platform, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    work = tmp_path / "work"
+    make_repo(work, {"Dockerfile": "FROM scratch\n", "tools/Dockerfile": "FROM scratch\n",
+                           "disco.toml": '[build]\ndockerfile = "./Dockerfile"\n'
+                                         '[images.tools]\ndockerfile = "tools/./Dockerfile"\n'
+                                         '[services.web]\n[services.worker]\nimage = "tools"\n'})
+    run(["git", "clone", "-q", "--bare", str(work), str(platform.repo_path("shop"))], check=True)
+    monkeypatch.setattr(platform.engine, "reachable", lambda: True)
+    update = RefUpdate("shop", "refs/heads/main", ZERO_SHA, head(work), "ann")
+    assert pipeline.check_ref_update(platform, update) is None

@@ -65,9 +65,9 @@ def test_a_static_site_from_the_image_switches_with_no_failed_request_and_rolls_
     assert poller.errors == [], poller.errors[:5]
     assert set(poller.bodies) <= {"v1\n", "v2\n", "v3\n"} and "v3\n" in poller.bodies
 
-    # Kept like images: the live site and the newest others that ran (keep 5), never more.
+    # The live site and the one that served before it (a request begun there ends there), no more.
     sites = sorted(int(p.name) for p in (disco.data_dir / "run" / "static" / "site").iterdir() if p.name.isdecimal())
-    assert len(sites) <= 6 and record["number"] in sites
+    assert sites == [record["number"] - 1, record["number"]]
     assert (disco.data_dir / "run" / "static" / "site" / "live").readlink() == Path(str(record["number"]))
 
 
@@ -100,6 +100,19 @@ def test_a_static_site_from_the_commit_needs_no_dockerfile(rig, tmp_path: Path):
     refused = push(disco, alice, repo, "plain")
     assert refused.returncode != 0 and "leak is a link leading outside the site" in refused.stderr, refused.stderr
     assert served(disco, "plain") == "plain\n"
+
+    # The folder itself a link that stays inside the commit, but would lead out of the site once
+    # moved beside the other sites (to Caddy's own files): refused.
+    escape = make_repo(tmp_path / "escape", {"disco.toml": '[services.web]\nstatic = "dist"\nstatic_source = "repo"\n',
+                                             "a/b/c/d/e/index.html": "x\n"}, message="escape")
+    (escape / "1").symlink_to("a/b/c/d/e")
+    (escape / "dist").symlink_to("1/../../../../..")
+    run(["git", "-C", str(escape), "add", "-A"], check=True)
+    run(["git", "-C", str(escape), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "links"],
+        check=True)
+    refused = push(disco, alice, escape, "escape")
+    assert refused.returncode != 0 and "static folder dist is a link; name the folder itself" in refused.stderr, \
+        refused.stderr
 
 
 TOOLS_DOCKERFILE = "\n".join([*BASE, "COPY tools.txt /tools.txt",

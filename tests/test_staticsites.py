@@ -31,14 +31,16 @@ def test_a_site_is_installed_whole_and_the_live_link_switches_between_sites(tmp_
     assert (site / "index.html").stat().st_mode & 0o777 == 0o644
 
 
-def test_prune_keeps_what_is_asked_and_the_live_site(tmp_path: Path):
+def test_prune_keeps_what_is_asked_and_drops_the_link_of_a_site_gone(tmp_path: Path):
     for number in (1, 2, 3, 4):
         staticsites.install(unpacked(tmp_path, "shop", {"i": ""}), tmp_path, "shop", number)
-    staticsites.point_live(tmp_path, "shop", 1)
+    staticsites.point_live(tmp_path, "shop", 4)
     leftover = staticsites.staging_dir(tmp_path, "shop")
-    assert staticsites.prune(tmp_path, "shop", keep={3, 4}) == [2]
-    assert sorted(p.name for p in (tmp_path / "static" / "shop").iterdir()) == ["1", "3", "4", "live"]
+    assert staticsites.prune(tmp_path, "shop", keep={3, 4}) == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "static" / "shop").iterdir()) == ["3", "4", "live"]
     assert not leftover.exists()
+    assert staticsites.prune(tmp_path, "shop", keep=set()) == [3, 4]  # the app serves no site any more
+    assert list((tmp_path / "static" / "shop").iterdir()) == []
     staticsites.remove_project(tmp_path, "shop")
     assert not (tmp_path / "static" / "shop").exists()
 
@@ -50,6 +52,19 @@ def test_a_link_leading_out_of_the_site_is_refused(tmp_path: Path, target: str):
     with pytest.raises(staticsites.StaticSiteError, match="leak is a link leading outside the site"):
         staticsites.install(folder, tmp_path, "shop", 1)
     assert not (tmp_path / "static" / "shop" / "1").exists()
+
+
+def test_a_link_loop_a_lone_link_and_an_empty_folder_are_refused(tmp_path: Path):
+    folder = unpacked(tmp_path, "shop", {"index.html": "x"})
+    (folder / "loop").symlink_to("loop")
+    with pytest.raises(staticsites.StaticSiteError, match="loop is a link loop"):
+        staticsites.install(folder, tmp_path, "shop", 1)
+    link = tmp_path / "static" / "shop" / ".unpacking-link"
+    link.symlink_to("/etc")
+    with pytest.raises(staticsites.StaticSiteError, match="the site is not a folder"):
+        staticsites.install(link, tmp_path, "shop", 2)
+    with pytest.raises(staticsites.StaticSiteError, match="no file to serve"):
+        staticsites.install(unpacked(tmp_path, "shop", {}), tmp_path, "shop", 3)
 
 
 def test_a_link_inside_the_site_is_kept(tmp_path: Path):
