@@ -338,13 +338,18 @@ def _parse_release(table: Any, where: _Locator) -> ReleaseConfig:
     return ReleaseConfig(command=command, timeout=timeout)
 
 
-def _check_words(command: str, path: str, where: _Locator) -> None:
+def command_problem(command: str) -> str | None:
+    """Why a command cannot run split into words (shlex, no shell), or None; disco.json's too."""
     try:
         words = shlex.split(command)
     except ValueError as err:
-        raise AppConfigError(f"{where.at(path, 'command')}{path}.command cannot be split into words: {err}") from None
-    if not words:
-        raise AppConfigError(f"{where.at(path, 'command')}{path}.command is empty")
+        return f"cannot be split into words: {err}"
+    return None if words else "is empty"
+
+
+def _check_words(command: str, path: str, where: _Locator) -> None:
+    if problem := command_problem(command):
+        raise AppConfigError(f"{where.at(path, 'command')}{path}.command {problem}")
 
 
 def _parse_build(table: Any, where: _Locator, path: str = "build") -> BuildConfig:
@@ -356,7 +361,7 @@ def _parse_build(table: Any, where: _Locator, path: str = "build") -> BuildConfi
     context = table.get("context", ".")
     dockerfile = table.get("dockerfile", "Dockerfile")
     for key, value in (("context", context), ("dockerfile", dockerfile)):
-        if not _stays_inside_repo(value):
+        if not inside_repo(value):
             raise AppConfigError(
                 f"{where.at(path, key)}{path}.{key} must be a relative path inside the repo, got {value!r}"
             )
@@ -433,10 +438,8 @@ def _parse_oneoff(name: str, table: dict, path: str, where: _Locator) -> bool:
     if name == WEB:
         raise AppConfigError(f"{where.at(path, 'oneoff')}services.web gets the project's HTTP traffic and runs all "
                              "the time; give the one-off service another name")
-    for key in NOT_FOR_ONEOFF:
-        if key in table:
-            raise AppConfigError(f"{where.at(path, key)}{path}.{key} does not apply to a one-off service "
-                                 "(it runs only when asked, with `disco run --service NAME`)")
+    _refuse_keys(table, NOT_FOR_ONEOFF, path, where,
+                 "a one-off service (it runs only when asked, with `disco run --service NAME`)")
     return True
 
 
@@ -457,10 +460,19 @@ def _parse_health(health: str | dict | None, path: str, where: _Locator) -> tupl
     return health, None
 
 
-def is_inside(path: str) -> bool:
-    """A folder path with no way up (`..`): a static site's folder, in the image or the repo."""
-    parts = [part for part in PurePosixPath(path).parts if part != "/"]
-    return bool(parts) and ".." not in parts and "\0" not in path
+def static_folder_problem(folder: str, from_repo: bool) -> str | None:
+    """Why a static site's folder cannot be served, or None: a folder with no way up (`..`),
+    relative to the repo root when it comes from the commit; disco.json's publicPath too."""
+    parts = [part for part in PurePosixPath(folder).parts if part != "/"]
+    if parts and ".." not in parts and "\0" not in folder and not (from_repo and folder.startswith("/")):
+        return None
+    return f"must be a folder like \"dist\" (no '..'{', relative to the repo root' if from_repo else ''})"
+
+
+def inside_repo(path: str) -> bool:
+    """A path relative to the repo root with no way up: a Dockerfile's, a build context's."""
+    parts = PurePosixPath(path).parts
+    return bool(path) and not path.startswith("/") and ".." not in parts
 
 
 def _parse_static(table: dict, path: str, where: _Locator) -> tuple[str | None, str]:
@@ -473,13 +485,9 @@ def _parse_static(table: dict, path: str, where: _Locator) -> tuple[str | None, 
     if source not in ("image", "repo"):
         raise AppConfigError(f"{where.at(path, 'static_source')}{path}.static_source must be \"image\" (the folder "
                              f"is copied out of the built image) or \"repo\" (from the pushed commit), got {source!r}")
-    if not is_inside(static) or (source == "repo" and static.startswith("/")):
-        raise AppConfigError(f"{where.at(path, 'static')}{path}.static must be a folder like \"dist\" "
-                             f"(no '..'{'' if source == 'image' else ', relative to the repo root'}), got {static!r}")
-    for key in NOT_FOR_STATIC:
-        if key in table:
-            raise AppConfigError(f"{where.at(path, key)}{path}.{key} does not apply to a static site "
-                                 "(Caddy serves its files; no container of it runs)")
+    if problem := static_folder_problem(static, from_repo=source == "repo"):
+        raise AppConfigError(f"{where.at(path, 'static')}{path}.static {problem}, got {static!r}")
+    _refuse_keys(table, NOT_FOR_STATIC, path, where, "a static site (Caddy serves its files; no container of it runs)")
     return static, source
 
 
@@ -509,10 +517,8 @@ def _parse_schedule(name: str, table: dict, path: str, where: _Locator) -> str |
     if name == WEB:
         raise AppConfigError(f"{where.at(path, 'schedule')}services.web serves the project's HTTP traffic and "
                              "cannot have a schedule; give the scheduled service another name")
-    for key in NOT_FOR_SCHEDULED:
-        if key in table:
-            raise AppConfigError(f"{where.at(path, key)}{path}.{key} does not apply to a scheduled service "
-                                 "(it serves no traffic and runs one container at each time)")
+    _refuse_keys(table, NOT_FOR_SCHEDULED, path, where,
+                 "a scheduled service (it serves no traffic and runs one container at each time)")
     try:
         parse_schedule(schedule)
     except CronError as err:
@@ -560,9 +566,11 @@ def _check_table(table: Any, keys: Mapping[str, type | tuple[type, ...]], path: 
             _expect(table[key], kind, f"{path}.{key}", where)
 
 
-def _stays_inside_repo(path: str) -> bool:
-    parts = PurePosixPath(path).parts
-    return bool(path) and not path.startswith("/") and ".." not in parts
+def _refuse_keys(table: dict, keys: tuple[str, ...], path: str, where: _Locator, kind: str) -> None:
+    """The first of `keys` the table sets, refused: it has no meaning for this kind of service."""
+    for key in keys:
+        if key in table:
+            raise AppConfigError(f"{where.at(path, key)}{path}.{key} does not apply to {kind}")
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "a table", list: "an array",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
@@ -43,7 +42,9 @@ from runtime.appconfig import (
     ServiceConfig,
     Volume,
     check_app,
-    is_inside,
+    command_problem,
+    inside_repo,
+    static_folder_problem,
 )
 from runtime.cron import CronError, parse_schedule
 
@@ -237,12 +238,8 @@ def _in_range(value: int, low: int, high: int, path: str, what: str = "") -> int
 
 def _words(command: str, path: str) -> str:
     """A command split into words as Disco splits it (shlex, no shell)."""
-    try:
-        words = shlex.split(command)
-    except ValueError as err:
-        raise AppConfigError(f"{FILE}: {path} cannot be split into words: {err}") from None
-    if not words:
-        raise AppConfigError(f"{FILE}: {path} is empty")
+    if problem := command_problem(command):
+        raise AppConfigError(f"{FILE}: {path} {problem}")
     return command
 
 
@@ -259,8 +256,7 @@ def _version(top: dict[str, Any]) -> None:
 
 
 def _relative(value: str, path: str) -> str:
-    parts = PurePosixPath(value).parts
-    if not value or value.startswith("/") or ".." in parts:
+    if not inside_repo(value):
         raise AppConfigError(f"{FILE}: {path} must be a relative path inside the repo, got {_excerpt(value)}")
     return value
 
@@ -351,9 +347,8 @@ def _static_site(name: str, kind: str, table: dict[str, Any], path: str) -> Serv
                              "(it gets the project's domains)")
     folder = _get(table, "publicPath", str, path, DEFAULT_PUBLIC_PATH)
     from_repo = kind == "static"
-    if not is_inside(folder) or (from_repo and folder.startswith("/")):
-        raise AppConfigError(f"{FILE}: {path}.publicPath must be a folder like \"dist\" (no '..'"
-                             f"{', relative to the repo root' if from_repo else ''}), got {_excerpt(folder)}")
+    if problem := static_folder_problem(folder, from_repo):
+        raise AppConfigError(f"{FILE}: {path}.publicPath {problem}, got {_excerpt(folder)}")
     return ServiceConfig(name=name, static=folder, static_source="repo" if from_repo else "image",
                          image=_image_name(table, path))
 
