@@ -51,8 +51,10 @@ start_dockerd() {
         return
     fi
     say "starting dockerd (log: $DOCKERD_LOG)"
-    # No systemd on these machines: run it detached so it outlives this script.
-    setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &
+    # No systemd on these machines: run it detached so it outlives this script, from a subshell
+    # that exits at once, so init adopts it. Otherwise `exec pytest` below would become its
+    # parent, never reap it, and a stopped dockerd would linger as a zombie.
+    (setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &)
     for _ in $(seq 1 120); do
         "$DOCKER" info >/dev/null 2>&1 && return
         sleep 0.5

@@ -62,7 +62,16 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
 def stop_docker() -> None:
     pid = int(DOCKERD_PID_FILE.read_text())
     os.kill(pid, signal.SIGTERM)
-    wait_for("dockerd to exit", lambda: not Path(f"/proc/{pid}").exists(), timeout=90)
+    wait_for("dockerd to exit", lambda: has_exited(pid), timeout=90)
+
+
+def has_exited(pid: int) -> bool:
+    """Gone, or a zombie: a dockerd started by an older setup.sh may be a child of this pytest."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
 
 
 def start_docker() -> None:
