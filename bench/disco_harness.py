@@ -1,4 +1,4 @@
-"""Shared by bench/zero_downtime.py and bench/deploy.py: a throwaway Disco daemon, a busybox
+"""Shared by the bench/ scripts: a throwaway Disco daemon, a busybox
 httpd app repo, timed pushes, percentiles, and cleanup that also runs on Ctrl-C.
 
 Not a benchmark itself. Everything here starts objects of its own only: a temp dir, a daemon
@@ -9,6 +9,7 @@ and it removes them again.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -394,6 +395,23 @@ def wait_for_body(daemon: Daemon, body: str, timeout: float = 60) -> float:
 def describe_machine() -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"{os.cpu_count()} CPUs, load average {load}, Caddy image {CADDY_IMAGE}"
+
+
+RESULTS_DIR = ROOT / "bench" / "results"
+
+
+def write_results(name: str, figures: dict[str, object]) -> Path:
+    """Save a run's figures as bench/results/<name>.json (not committed), so runs can be compared.
+
+    `figures` are the numbers the script printed, keyed by row; the machine and time are added.
+    """
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    record = {"bench": name, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": describe_machine(), "figures": figures}
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    print(f"figures written to {path.relative_to(ROOT)}")
+    return path
 
 
 def run_measurement(measure: "Callable[[argparse.Namespace, Path], None]", args: "argparse.Namespace",
