@@ -26,7 +26,8 @@ see which side was the bottleneck.
 
 It prints p50/p99/max latency and requests/s per phase and target, the disco/baseline ratios
 for p50, p99 and requests/s, the daemon's RSS (VmRSS) before the load and after each phase,
-and the targets with PASS or MISS: reads p99 under 20 ms, RSS growth under 20 MB. The exit
+and the targets with PASS or MISS: reads p99 under 20 ms, RSS growth under 20 MB. The same
+figures go to bench/results/api.json (write_results). The exit
 status is 0 whatever was measured, 1 if something broke. The daemon, the baseline server, the
 instance's Docker objects (its Caddy service) and the temp dir are removed at the end, also on
 Ctrl-C. All traffic goes to 127.0.0.1.
@@ -63,6 +64,7 @@ from disco_harness import (
     running_daemon,
     stop_process,
     wait_for_port,
+    write_results,
 )
 
 HOST = "127.0.0.1"
@@ -395,6 +397,32 @@ def print_report(results: dict[str, dict[str, Phase]], rss: list[tuple[str, int]
           f"{args.clients} clients back to back)")
     verdict = "PASS" if growth < RSS_GROWTH_TARGET_BYTES else "MISS"
     print(f"  {verdict}  daemon RSS growth under {mb(RSS_GROWTH_TARGET_BYTES)}: {mb(growth)}")
+    write_results("api", figures(results, rss, args))
+
+
+def figures(results: dict[str, dict[str, Phase]], rss: list[tuple[str, int]], args: argparse.Namespace) -> dict:
+    """What print_report printed, as numbers: per phase and target, and the disco/baseline ratios."""
+    def rounded(value: float | None, scale: float = 1.0) -> float | None:
+        return None if value is None else round(value * scale, 3)
+
+    out: dict[str, object] = {"clients": args.clients, "seconds": args.seconds, "httpx": args.httpx,
+                              "rss_bytes": dict(rss), "rss_growth_bytes": rss[-1][1] - rss[0][1]}
+    for label, by_target in results.items():
+        for phase in by_target.values():
+            lat = phase.latencies
+            out[f"{label}_{phase.target}"] = {
+                "ok": len(lat), "errors": phase.errors, "requests_per_second": round(phase.rate, 1),
+                "p50_ms": rounded(percentile(lat, 0.5), 1000), "p99_ms": rounded(percentile(lat, 0.99), 1000),
+                "max_ms": rounded(max(lat, default=None), 1000), "client_cores": round(phase.client_cores, 3),
+                "server_cores": round(phase.server_cores, 3)}
+        disco, base = by_target["disco"], by_target["baseline"]
+        p99_disco, p99_base = percentile(disco.latencies, 0.99), percentile(base.latencies, 0.99)
+        p50_disco, p50_base = percentile(disco.latencies, 0.5), percentile(base.latencies, 0.5)
+        out[f"{label}_ratio"] = {
+            "p50": rounded(p50_disco / p50_base) if p50_disco and p50_base else None,
+            "p99": rounded(p99_disco / p99_base) if p99_disco and p99_base else None,
+            "requests_per_second": rounded(disco.rate / base.rate) if disco.rate and base.rate else None}
+    return out
 
 
 # -- main --------------------------------------------------------------------------------------
