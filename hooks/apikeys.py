@@ -34,8 +34,9 @@ def create(store: Store, actor: str, owner: str, label: str, expires_in_days: in
         if not 1 <= expires_in_days <= 3650:
             raise Refused("expires_in_days must be from 1 to 3650")
         expires_at = (datetime.now(UTC) + timedelta(days=expires_in_days)).isoformat(timespec="seconds")
-    key = store.add_api_key(owner, label.strip(), digest(secret), secret[: len(PREFIX) + 4], expires_at)
-    store.audit(actor, "apikeys:create", owner, f"key {key.id} ({key.label})")
+    with store.transaction():  # the key and its audit record commit together
+        key = store.add_api_key(owner, label.strip(), digest(secret), secret[: len(PREFIX) + 4], expires_at)
+        store.audit(actor, "apikeys:create", owner, f"key {key.id} ({key.label})")
     return key, secret
 
 
@@ -61,6 +62,7 @@ def revoke(store: Store, actor: User, key_id: int) -> ApiKey:
         raise Refused(f"no API key {key_id}", "not_found")  # others' keys are not even confirmed
     if key.revoked_at:
         raise Refused(f"API key {key_id} is already revoked", "conflict")
-    store.revoke_api_key(key_id, now())
-    store.audit(actor.name, "apikeys:revoke", key.user, f"key {key_id} ({key.label})")
+    with store.transaction(durable=True):  # no power loss brings a revoked key back
+        store.revoke_api_key(key_id, now())
+        store.audit(actor.name, "apikeys:revoke", key.user, f"key {key_id} ({key.label})")
     return key

@@ -148,8 +148,9 @@ def rollback(platform: Platform, project: str, user: str, number: int | None = N
 def set_env(platform: Platform, project: str, user: str, values: dict[str, str], deploy: bool = True) -> Ticket | None:
     for name in values:
         _check_env_name(name)
-    platform.store.set_env(project, values)
-    platform.store.audit(user, "env:set", project, ", ".join(sorted(values)))  # names only, never values
+    with platform.store.transaction():  # one commit: the change and its audit record
+        platform.store.set_env(project, values)
+        platform.store.audit(user, "env:set", project, ", ".join(sorted(values)))  # names only, never values
     return redeploy(platform, project, user, "env") if deploy and platform.store.live_deployment(project) else None
 
 
@@ -158,8 +159,9 @@ def unset_env(platform: Platform, project: str, user: str, names: list[str], dep
     missing = [n for n in names if n not in current]
     if missing:
         raise DeployFailed(f"{project} has no env var {missing[0]}", "not_found")
-    platform.store.unset_env(project, names)
-    platform.store.audit(user, "env:unset", project, ", ".join(sorted(names)))
+    with platform.store.transaction():
+        platform.store.unset_env(project, names)
+        platform.store.audit(user, "env:unset", project, ", ".join(sorted(names)))
     return redeploy(platform, project, user, "env") if deploy and platform.store.live_deployment(project) else None
 
 
@@ -183,9 +185,10 @@ def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -
         if live is not None and (problem := replicas_problem(service, _service_config(platform, live, service),
                                                              replicas, project)):
             raise DeployFailed(problem, "conflict")
-    for service, replicas in counts.items():
-        platform.store.set_scale(project, service, replicas)
-    platform.store.audit(user, "scale", project, ", ".join(f"{s}={n}" for s, n in sorted(counts.items())))
+    with platform.store.transaction():
+        for service, replicas in counts.items():
+            platform.store.set_scale(project, service, replicas)
+        platform.store.audit(user, "scale", project, ", ".join(f"{s}={n}" for s, n in sorted(counts.items())))
     return platform.deployer.queue.between(project, lambda: apply_scale(platform, project))
 
 

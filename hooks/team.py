@@ -1,4 +1,6 @@
-"""Managing the team: users, their roles and grants, their SSH keys. Every change is audited.
+"""Managing the team: users, their roles and grants, their SSH keys. Every change is audited,
+in the transaction that makes it (one commit, and never a change without its record); a change
+that takes access away commits durably (runtime/store.py).
 
 `actor` names who asked (a user name, or "server-shell" for the local `disco` command).
 """
@@ -25,8 +27,9 @@ def add_user(store: Store, actor: str, name: str, role: str) -> User:
             f"invalid user name {name[:60]!r}: use 1 to 39 characters of a-z, 0-9, '.', '_' "
             "and '-', starting with a letter"
         )
-    user = _store_call(store.add_user, name, role)
-    store.audit(actor, "users:add", name, f"role={role}")
+    with store.transaction():
+        user = _store_call(store.add_user, name, role)
+        store.audit(actor, "users:add", name, f"role={role}")
     return user
 
 
@@ -34,19 +37,22 @@ def remove_user(store: Store, actor: str, name: str) -> None:
     user = store.get_user(name)
     if user and user.is_admin and store.count_admins() == 1:
         raise TeamError(f"{name!r} is the last admin; add another admin before removing them", "conflict")
-    _store_call(store.remove_user, name)
-    store.audit(actor, "users:remove", name)
+    with store.transaction(durable=True):
+        _store_call(store.remove_user, name)
+        store.audit(actor, "users:remove", name)
 
 
 def grant(store: Store, actor: str, name: str, project: str) -> None:
     check_project_name(project)
-    _store_call(store.grant, name, project)
-    store.audit(actor, "users:grant", name, f"project={project}")
+    with store.transaction():
+        _store_call(store.grant, name, project)
+        store.audit(actor, "users:grant", name, f"project={project}")
 
 
 def revoke(store: Store, actor: str, name: str, project: str) -> None:
-    _store_call(store.revoke, name, project)
-    store.audit(actor, "users:revoke", name, f"project={project}")
+    with store.transaction(durable=True):
+        _store_call(store.revoke, name, project)
+        store.audit(actor, "users:revoke", name, f"project={project}")
 
 
 def add_ssh_key(store: Store, actor: str, user: str, key_line: str) -> SSHKey:
@@ -62,14 +68,16 @@ def add_ssh_key(store: Store, actor: str, user: str, key_line: str) -> SSHKey:
         comment=parsed.comment,
         added_at=now(),
     )
-    _store_call(store.add_ssh_key, key)
-    store.audit(actor, "keys:add", user, key.fingerprint)
+    with store.transaction():
+        _store_call(store.add_ssh_key, key)
+        store.audit(actor, "keys:add", user, key.fingerprint)
     return key
 
 
 def remove_ssh_key(store: Store, actor: str, fingerprint: str) -> SSHKey:
-    key = _store_call(store.remove_ssh_key, fingerprint)
-    store.audit(actor, "keys:remove", key.user, fingerprint)
+    with store.transaction(durable=True):
+        key = _store_call(store.remove_ssh_key, fingerprint)
+        store.audit(actor, "keys:remove", key.user, fingerprint)
     return key
 
 

@@ -3,6 +3,14 @@
 One connection per store, shared by the daemon's threads behind a lock (sqlite-utils binds a
 `Database` to its creating thread unless given a connection made with check_same_thread=False).
 WAL mode lets the `disco` command on the server's shell write while the daemon reads.
+
+Durability: in WAL mode with synchronous=NORMAL a commit is safe from a crash of the daemon
+(or of anything else but the machine) and never corrupts the file, but the last commits before
+a power loss may roll back, together. That costs a change and its audit record at once (they
+commit in one transaction), never one without the other. Changes that take access away (a key
+revoked, a user or SSH key removed, a grant taken back) are `durable`: their commit waits for
+the disk (synchronous=FULL), so a power loss cannot bring a revoked key back. An fsync on every
+commit was most of the cost of an API write (two of them: the change, then its audit record).
 """
 
 from __future__ import annotations
@@ -338,6 +346,8 @@ class Store:
         self.path = path
         self._conn = self._connect(check_same_thread=False)
         self._lock = threading.RLock()
+        self._depth = 0  # transactions open on _conn, the outermost first (touched under _lock only)
+        self._durable = False  # whether the open transaction's commit must reach the disk
         self._local = threading.local()
         self.secrets = SecretBox(path.parent / SECRETS_KEY_NAME)  # secrets at rest (runtime/secretbox.py)
         self.reserve = disk.Reserve(path.parent / disk.RESERVE_NAME)  # kept by the daemon (hooks/disks.py)
@@ -352,6 +362,7 @@ class Store:
         # Deleted and replaced content is zeroed, not left in free pages: a secret sealed by a
         # migration leaves no clear copy behind in the file.
         conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")  # see the module's docstring; durable=True waits for the disk
         conn.row_factory = sqlite3.Row
         return conn
 
@@ -360,10 +371,24 @@ class Store:
             self._conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite_utils.Database]:
-        """Serialise writes from threads and make a group of them all-or-nothing."""
+    def transaction(self, durable: bool = False) -> Iterator[sqlite_utils.Database]:
+        """Serialise writes from threads and make a group of them all-or-nothing.
+
+        A transaction opened inside another (on the same thread) is part of it: a change and
+        its audit record commit together, once. An error inside the inner one undoes its own
+        writes (a savepoint) and goes on up. `durable`: the commit waits for the disk; SQLite
+        takes that only before a transaction begins, so the outermost one must say it.
+        """
         with self._lock, self._full_disk_said():
+            if self._depth:
+                if durable and not self._durable:
+                    raise RuntimeError("a durable transaction inside one that is not: open the outer one durable")
+                yield from self._nested()
+                return
+            if durable:  # this commit fsyncs the WAL, and with it every commit before it
+                self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("BEGIN IMMEDIATE")
+            self._depth, self._durable = 1, durable
             try:
                 yield self.db
                 self._conn.execute("COMMIT")
@@ -373,6 +398,26 @@ class Store:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth, self._durable = 0, False
+                if durable:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _nested(self) -> Iterator[sqlite_utils.Database]:
+        savepoint = f"nested_{self._depth}"
+        self._conn.execute(f"SAVEPOINT {savepoint}")
+        self._depth += 1
+        try:
+            yield self.db
+        except BaseException:
+            if self._conn.in_transaction:  # not when SQLite rolled the whole transaction back itself
+                self._conn.execute(f"ROLLBACK TO {savepoint}")
+                self._conn.execute(f"RELEASE {savepoint}")
+            raise
+        else:
+            self._conn.execute(f"RELEASE {savepoint}")
+        finally:
+            self._depth -= 1
 
     @contextmanager
     def _full_disk_said(self) -> Iterator[None]:
@@ -437,7 +482,7 @@ class Store:
 
     def remove_user(self, name: str) -> None:
         """Remove a user with their keys and grants: a departed member loses access at once."""
-        with self.transaction() as db:
+        with self.transaction(durable=True) as db:
             self._require_user(db, name)
             for table in ("ssh_keys", "api_keys", "grants"):
                 db.execute(f"DELETE FROM {table} WHERE user = ?", [name])
@@ -455,7 +500,7 @@ class Store:
                        [user, project, now()])
 
     def revoke(self, user: str, project: str) -> None:
-        with self.transaction() as db:
+        with self.transaction(durable=True) as db:
             self._require_user(db, user)
             if not db.execute("SELECT 1 FROM grants WHERE user = ? AND project = ?", [user, project]).fetchone():
                 raise StoreError(f"user {user!r} has no grant on project {project!r}", "not_found")
@@ -490,7 +535,7 @@ class Store:
         return [_from_row(SSHKey, row) for row in rows]
 
     def remove_ssh_key(self, fingerprint: str) -> SSHKey:
-        with self.transaction() as db:
+        with self.transaction(durable=True) as db:
             row = db.execute("SELECT * FROM ssh_keys WHERE fingerprint = ?", [fingerprint]).fetchone()
             if not row:
                 raise StoreError(f"no SSH key with fingerprint {fingerprint}", "not_found")
@@ -846,7 +891,8 @@ class Store:
         self._write("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [at, key_id])
 
     def revoke_api_key(self, key_id: int, at: str) -> None:
-        self._write("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [at, key_id])
+        with self.transaction(durable=True) as db:
+            db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [at, key_id])
 
     # -- audit log -------------------------------------------------------------------------
 

@@ -130,3 +130,63 @@ def test_link_secrets_are_sealed_at_rest_and_an_old_store_is_sealed_by_its_migra
     for secret in (b"ghp_l1nkt0ken", b"hook-s3cret", b"OPENSSH PRIVATE", b"cl1ent-s3cret", b"app-h00k", b"k3y"):
         assert secret not in raw
     assert oct((tmp_path / "secrets.key").stat().st_mode & 0o777) == "0o600"
+
+
+# -- transactions, durability and the cached reads -------------------------------------------------
+
+def test_a_change_and_its_audit_record_commit_together_or_not_at_all(tmp_path: Path):
+    store = Store(tmp_path / "disco.sqlite3")
+    store.add_user("ann", "admin")
+    with pytest.raises(RuntimeError, match="after the audit"):
+        with store.transaction():
+            store.set_env("shop", {"A": "1"})  # a transaction of its own, joined to the outer one
+            store.audit("ann", "env:set", "shop", "A")
+            raise RuntimeError("after the audit")
+    assert store.env("shop") == {} and store.audit_log() == []
+    with store.transaction():
+        store.set_env("shop", {"A": "1"})
+        store.audit("ann", "env:set", "shop", "A")
+    assert store.env("shop") == {"A": "1"} and [r["action"] for r in store.audit_log()] == ["env:set"]
+
+
+def test_a_failed_inner_transaction_undoes_only_its_own_writes(tmp_path: Path):
+    store = Store(tmp_path / "disco.sqlite3")
+    store.add_user("ann", "admin")
+    with store.transaction():
+        store.audit("ann", "first")
+        with pytest.raises(StoreError, match="already exists"):
+            with store.transaction() as db:
+                db.execute("INSERT INTO audit (at, user, action, target, detail) VALUES ('', 'ann', 'undone', '', '')")
+                store.add_user("ann", "admin")
+        store.audit("ann", "second")
+    assert [r["action"] for r in store.audit_log()] == ["second", "first"]
+
+
+def test_changes_that_take_access_away_wait_for_the_disk(tmp_path: Path):
+    """synchronous=NORMAL for everything else (see runtime/store.py); a revocation must not come
+    back after a power loss, so its commit runs with synchronous=FULL."""
+    store = Store(tmp_path / "disco.sqlite3")
+    store.add_user("ann", "admin")
+    store.add_user("bob", "deployer")
+    store.grant("bob", "shop")
+    store.add_ssh_key(SSHKey("SHA256:x", "bob", "ssh-ed25519", "ssh-ed25519 AAAA", "", now()))
+    key = store.add_api_key("bob", "laptop", "digest", "disco_abcd", "")
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+
+    def commits_durably(change) -> bool:  # type: ignore[no-untyped-def]
+        statements.clear()
+        change()
+        full = [s for s in statements if s.startswith("PRAGMA synchronous=FULL")]
+        return bool(full) and statements.index(full[0]) < statements.index("COMMIT")
+
+    assert not commits_durably(lambda: store.set_env("shop", {"A": "1"}))
+    assert commits_durably(lambda: store.revoke_api_key(key.id, now()))
+    assert commits_durably(lambda: store.revoke("bob", "shop"))
+    assert commits_durably(lambda: store.remove_ssh_key("SHA256:x"))
+    assert commits_durably(lambda: store.remove_user("bob"))
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again afterwards
+    with pytest.raises(RuntimeError, match="durable transaction inside one that is not"):
+        with store.transaction():
+            store.remove_user("ann")
+    assert store.get_user("ann") is not None
