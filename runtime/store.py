@@ -432,14 +432,46 @@ class Store:
             self.reserve.release()
             raise StoreFull(reason) from err
 
-    def _rows(self, sql: str, args: list | tuple = ()) -> list[dict]:
-        reader = getattr(self._local, "conn", None)
+    def _reader(self) -> _Reader:
+        reader: _Reader | None = getattr(self._local, "reader", None)
         if reader is None:
-            reader = self._local.conn = self._connect()
-        return [dict(row) for row in reader.execute(sql, args)]
+            reader = self._local.reader = _Reader(self._connect())
+        return reader
+
+    def _rows(self, sql: str, args: list | tuple = ()) -> list[dict]:
+        return _fetch(self._reader().conn, sql, args)
 
     def _one(self, sql: str, args: list | tuple = ()) -> dict | None:
         rows = self._rows(sql, args)
+        return rows[0] if rows else None
+
+    def _cached_rows(self, sql: str, args: list | tuple = ()) -> list[dict]:
+        """_rows for the reads every API request makes (its key, the caller's access, the
+        project list), answered from memory while the database has not changed since.
+
+        SQLite's `PRAGMA data_version` on this thread's read connection, which never writes,
+        moves on with every commit by any other connection, the daemon's writer and the
+        `disco` command in another process alike: one changed row (a key revoked, a grant
+        taken back) and the next read asks the database again. It is read before the query,
+        so a commit in between makes the entry look older than it is, never newer.
+        """
+        reader = self._reader()
+        version = reader.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != reader.version:
+            reader.cache.clear()
+            reader.version = version
+        key = (sql, tuple(args))
+        rows = reader.cache.get(key)
+        if rows is None:
+            rows = _fetch(reader.conn, sql, args)
+            if len(reader.cache) >= READ_CACHE_ENTRIES:
+                reader.cache.clear()
+            if len(rows) <= READ_CACHE_ROWS:
+                reader.cache[key] = rows
+        return [row.copy() for row in rows]  # callers may change what they get; the cache must not
+
+    def _cached_one(self, sql: str, args: list | tuple = ()) -> dict | None:
+        rows = self._cached_rows(sql, args)
         return rows[0] if rows else None
 
     def _write(self, sql: str, args: list | tuple = ()) -> sqlite3.Cursor:
@@ -507,10 +539,11 @@ class Store:
             db.execute("DELETE FROM grants WHERE user = ? AND project = ?", [user, project])
 
     def grants_of(self, user: str) -> list[str]:
-        return [r["project"] for r in self._rows("SELECT project FROM grants WHERE user = ? ORDER BY project", [user])]
+        rows = self._cached_rows("SELECT project FROM grants WHERE user = ? ORDER BY project", [user])
+        return [r["project"] for r in rows]
 
     def has_grant(self, user: str, project: str) -> bool:
-        return bool(self._rows("SELECT 1 FROM grants WHERE user = ? AND project = ?", [user, project]))
+        return bool(self._cached_rows("SELECT 1 FROM grants WHERE user = ? AND project = ?", [user, project]))
 
     # -- SSH keys --------------------------------------------------------------------------
 
@@ -545,7 +578,7 @@ class Store:
     # -- projects --------------------------------------------------------------------------
 
     def get_project(self, name: str) -> dict | None:
-        return self._one("SELECT * FROM projects WHERE name = ?", [name])
+        return self._cached_one("SELECT * FROM projects WHERE name = ?", [name])
 
     def add_project(self, name: str, created_by: str, deploy_branch: str = "main") -> dict:
         with self.transaction() as db:
@@ -565,7 +598,7 @@ class Store:
 
     def list_projects(self) -> list[dict]:
         """Every project with the number of its live deployment (or None), in one query."""
-        return self._rows(
+        return self._cached_rows(
             "SELECT p.*, (SELECT MAX(d.number) FROM deployments d WHERE d.project = p.name AND d.status = 'live')"
             " AS live_deployment FROM projects p ORDER BY p.name")
 
@@ -870,8 +903,8 @@ class Store:
         return _from_row(ApiKey, row)
 
     def api_key_by_digest(self, digest: str) -> tuple[ApiKey, User] | None:
-        row = self._one("SELECT k.*, u.role AS user_role, u.created_at AS user_created_at FROM api_keys k "
-                        "JOIN users u ON u.name = k.user WHERE k.digest = ?", [digest])
+        row = self._cached_one("SELECT k.*, u.role AS user_role, u.created_at AS user_created_at FROM api_keys k "
+                               "JOIN users u ON u.name = k.user WHERE k.digest = ?", [digest])
         if row is None:
             return None
         return _from_row(ApiKey, row), User(row["user"], row["user_role"], row["user_created_at"])
@@ -909,6 +942,27 @@ class Store:
     def _require_user(db: sqlite_utils.Database, name: str) -> None:
         if not db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone():
             raise StoreError(f"no user named {name!r}", "not_found")
+
+
+# Per thread that reads: at most so many cached reads (then all go), each of at most so many rows.
+READ_CACHE_ENTRIES = 256
+READ_CACHE_ROWS = 2000
+
+
+class _Reader:
+    """A thread's read-only connection, and what its cached reads answered at `version`."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        conn.row_factory = None  # plain tuples: _fetch makes the dicts, faster than from sqlite3.Row
+        self.conn = conn
+        self.version: int | None = None  # PRAGMA data_version when `cache` was filled
+        self.cache: dict[tuple[str, tuple], list[dict]] = {}
+
+
+def _fetch(conn: sqlite3.Connection, sql: str, args: list | tuple) -> list[dict]:
+    cursor = conn.execute(sql, args)
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
 DEPLOYMENT_COLUMNS = {f.name for f in fields(Deployment)}

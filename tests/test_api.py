@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ from starlette.testclient import TestClient
 from api.app import build_app
 from conftest import api_platform
 from api.endpoints import ENDPOINTS
-from hooks import apikeys
+from hooks import apikeys, team
 from hooks.platform import Platform
 from runtime.settings import Settings
+from runtime.store import Store
 
 
 @pytest.fixture
@@ -83,6 +85,47 @@ def test_revoked_key_stops_working_at_once_and_expired_keys_fail(client: TestCli
     key_id = platform.store.list_api_keys("bob")[-1].id
     platform.store.db.execute("UPDATE api_keys SET expires_at = '2000-01-01T00:00:00+00:00' WHERE id = ?", [key_id])
     assert client.get("/api/v1/projects", headers={"Authorization": f"Bearer {expiring}"}).status_code == 401
+
+
+def test_changes_from_outside_the_daemon_take_effect_on_the_next_request(client: TestClient, platform: Platform,
+                                                                        alice):
+    """The daemon answers its per-request reads (the key, the user's role, grants, projects) from
+    memory while the database is unchanged: a change made by the `disco` command on the server's
+    shell (another Store on the same file) or by hand must still count on the very next request.
+    In `with client`, every request runs on one event loop thread, as in the daemon (without it,
+    each request gets a thread, and so a read cache, of its own)."""
+    with client:
+        _outside_changes_count_at_once(client, platform, alice)
+
+
+def _outside_changes_count_at_once(client: TestClient, platform: Platform, alice: dict[str, str]) -> None:
+    assert client.post("/api/v1/projects", json={"name": "shop"}, headers=alice).status_code == 201
+    platform.store.grant("bob", "shop")
+    secret = key_for(platform, "bob")
+    bob = {"Authorization": f"Bearer {secret}"}
+    for _ in range(2):  # warm: the second answer comes from what the first read
+        assert client.get("/api/v1/projects/shop", headers=bob).status_code == 200
+        assert [p["name"] for p in client.get("/api/v1/projects", headers=bob).json()] == ["shop"]
+    shell = Store(platform.settings.db_path)
+
+    team.revoke(shell, "server-shell", "bob", "shop")
+    assert client.get("/api/v1/projects/shop", headers=bob).status_code == 403
+    assert client.get("/api/v1/projects", headers=bob).json() == []
+    team.grant(shell, "server-shell", "bob", "shop")
+    assert client.get("/api/v1/projects/shop", headers=bob).status_code == 200
+
+    by_hand = sqlite3.connect(platform.settings.db_path, isolation_level=None)
+    by_hand.execute("UPDATE users SET role = 'admin' WHERE name = 'bob'")
+    assert client.get("/api/v1/users", headers=bob).status_code == 200
+    by_hand.execute("UPDATE users SET role = 'deployer' WHERE name = 'bob'")  # a role lowered
+    assert error_of(client.get("/api/v1/users", headers=bob))[:2] == (403, "forbidden")
+
+    apikeys.revoke(shell, shell.get_user("alice"), shell.list_api_keys("bob")[0].id)
+    assert error_of(client.get("/api/v1/projects/shop", headers=bob))[:2] == (401, "unauthorized")
+    other = key_for(platform, "bob")
+    assert client.get("/api/v1/projects", headers={"Authorization": f"Bearer {other}"}).status_code == 200
+    team.remove_user(shell, "server-shell", "bob")
+    assert client.get("/api/v1/projects", headers={"Authorization": f"Bearer {other}"}).status_code == 401
 
 
 def test_keys_are_stored_only_as_hashes(client: TestClient, platform: Platform, alice):

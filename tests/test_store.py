@@ -190,3 +190,62 @@ def test_changes_that_take_access_away_wait_for_the_disk(tmp_path: Path):
         with store.transaction():
             store.remove_user("ann")
     assert store.get_user("ann") is not None
+
+
+def test_cached_reads_see_every_commit_at_once_from_any_connection(tmp_path: Path):
+    """The reads every API request makes are answered from memory until anything commits: a
+    change by the daemon itself, by the `disco` command (another Store, another process), or by
+    hand in sqlite3 shows on the very next read."""
+    path = tmp_path / "disco.sqlite3"
+    daemon_side = Store(path)
+    daemon_side.add_user("bob", "deployer")
+    daemon_side.grant("bob", "shop")
+    daemon_side.add_project("shop", "bob")
+    key = daemon_side.add_api_key("bob", "laptop", "digest", "disco_abcd", "")
+    for _ in range(2):  # the second time from the cache
+        assert daemon_side.api_key_by_digest("digest")[0].revoked_at == ""
+        assert daemon_side.has_grant("bob", "shop") and daemon_side.grants_of("bob") == ["shop"]
+        assert [p["name"] for p in daemon_side.list_projects()] == ["shop"]
+
+    daemon_side.revoke_api_key(key.id, now())  # the daemon's own writer
+    assert daemon_side.api_key_by_digest("digest")[0].revoked_at != ""
+
+    shell_side = Store(path)  # what `disco users:revoke` on the server's shell opens
+    shell_side.revoke("bob", "shop")
+    assert not daemon_side.has_grant("bob", "shop") and daemon_side.grants_of("bob") == []
+
+    by_hand = sqlite3.connect(path, isolation_level=None)
+    by_hand.execute("UPDATE users SET role = 'admin' WHERE name = 'bob'")
+    assert daemon_side.api_key_by_digest("digest")[1].role == "admin"
+    by_hand.execute("UPDATE users SET role = 'deployer' WHERE name = 'bob'")  # a role lowered
+    assert daemon_side.api_key_by_digest("digest")[1].role == "deployer"
+
+    shell_side.remove_user("bob")
+    assert daemon_side.api_key_by_digest("digest") is None
+    daemon_side.delete_project("shop")
+    assert daemon_side.list_projects() == [] and daemon_side.get_project("shop") is None
+
+
+def test_cached_reads_hand_out_copies(tmp_path: Path):
+    store = Store(tmp_path / "disco.sqlite3")
+    store.add_project("shop", "ann")
+    store.list_projects()[0]["name"] = "changed by a caller"
+    store.get_project("shop")["deploy_branch"] = "changed by a caller"  # type: ignore[index]
+    assert store.list_projects()[0]["name"] == "shop"
+    assert store.get_project("shop")["deploy_branch"] == "main"  # type: ignore[index]
+
+
+def test_each_thread_caches_what_it_read_and_sees_other_threads_commits(tmp_path: Path):
+    store = Store(tmp_path / "disco.sqlite3")
+    store.add_project("shop", "ann")
+    seen: list[list[str]] = []
+
+    def reader() -> None:
+        seen.append([p["name"] for p in store.list_projects()])
+
+    for expected in (["shop"], ["blog", "shop"]):
+        thread = threading.Thread(target=reader)
+        thread.start()
+        thread.join()
+        assert seen[-1] == expected and [p["name"] for p in store.list_projects()] == expected
+        store.add_project("blog", "ann")  # from this thread, seen by the next reader and by this one
