@@ -318,8 +318,18 @@ ENV_VALUES = {"type": "object", "additionalProperties": {"type": "string", "maxL
           responses={200: obj(None, deployment=nullable(integer()))})
 async def set_env(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
-    ticket = await run_in_threadpool(operations.set_env, ctx.platform, name, ctx.user.name, ctx.body["values"],
-                                     ctx.body.get("deploy", True))
+    # The store write here, like every store-only change: one short commit. A worker thread for
+    # it cost more than the write (the thread waited for the GIL while the loop served others).
+    operations.set_env(ctx.platform, name, ctx.user.name, ctx.body["values"], deploy=False)
+    return await _redeployed_for_env(ctx, name)
+
+
+async def _redeployed_for_env(ctx: Context, name: str) -> Response:
+    """The answer to an env change: the redeploy it started (in a thread: it writes a log and
+    queues), unless deploy=false or nothing is live."""
+    ticket = None
+    if ctx.body.get("deploy", True):
+        ticket = await run_in_threadpool(operations.redeploy_for_env, ctx.platform, name, ctx.user.name)
     return ok({"deployment": ticket.deployment.number if ticket else None})
 
 
@@ -329,9 +339,8 @@ async def set_env(ctx: Context) -> Response:
           responses={200: obj(None, deployment=nullable(integer()))})
 async def unset_env(ctx: Context) -> Response:
     name = project_of(ctx, Access.WRITE)
-    ticket = await run_in_threadpool(operations.unset_env, ctx.platform, name, ctx.user.name, ctx.body["names"],
-                                     ctx.body.get("deploy", True))
-    return ok({"deployment": ticket.deployment.number if ticket else None})
+    operations.unset_env(ctx.platform, name, ctx.user.name, ctx.body["names"], deploy=False)
+    return await _redeployed_for_env(ctx, name)
 
 
 # -- domains --------------------------------------------------------------------------------

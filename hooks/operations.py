@@ -146,12 +146,13 @@ def rollback(platform: Platform, project: str, user: str, number: int | None = N
 
 
 def set_env(platform: Platform, project: str, user: str, values: dict[str, str], deploy: bool = True) -> Ticket | None:
+    """Store env vars (a quick store write), then redeploy the live commit with them if `deploy`."""
     for name in values:
         _check_env_name(name)
     with platform.store.transaction():  # one commit: the change and its audit record
         platform.store.set_env(project, values)
         platform.store.audit(user, "env:set", project, ", ".join(sorted(values)))  # names only, never values
-    return redeploy(platform, project, user, "env") if deploy and platform.store.live_deployment(project) else None
+    return redeploy_for_env(platform, project, user) if deploy else None
 
 
 def unset_env(platform: Platform, project: str, user: str, names: list[str], deploy: bool = True) -> Ticket | None:
@@ -162,7 +163,12 @@ def unset_env(platform: Platform, project: str, user: str, names: list[str], dep
     with platform.store.transaction():
         platform.store.unset_env(project, names)
         platform.store.audit(user, "env:unset", project, ", ".join(sorted(names)))
-    return redeploy(platform, project, user, "env") if deploy and platform.store.live_deployment(project) else None
+    return redeploy_for_env(platform, project, user) if deploy else None
+
+
+def redeploy_for_env(platform: Platform, project: str, user: str) -> Ticket | None:
+    """After an env change: the live commit again with the new env; None if nothing is live."""
+    return redeploy(platform, project, user, "env") if platform.store.live_deployment(project) else None
 
 
 def scale(platform: Platform, project: str, user: str, counts: dict[str, int]) -> bool:
