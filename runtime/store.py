@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 Record = TypeVar("Record", bound="DataclassInstance")  # User, Deployment, ApiKey, SSHKey
+Cached = TypeVar("Cached")  # what Store._cached keeps: shared, so never changed by its callers
 
 ROLES = ("admin", "deployer")
 
@@ -276,12 +277,26 @@ def _migration_8_images_and_static_sites(db: sqlite_utils.Database, _box: Secret
     db.table("deployments").add_column("static_site", str, not_null_default="")
 
 
+def _migration_9_change_counters(db: sqlite_utils.Database, _box: SecretBox) -> None:
+    # A counter per group of tables, moved on by a trigger at every change of one of their rows,
+    # whoever writes (the daemon, the `disco` command, sqlite3 by hand): a daemon keeps what it
+    # read of a group until its counter moves (Store._cached). An env var or audit record
+    # written leaves them alone, so the API's next request still finds its key in memory.
+    db.execute("CREATE TABLE changes (name TEXT PRIMARY KEY, counter INTEGER NOT NULL)")
+    for group, tables in (("access", ("users", "api_keys", "grants")), ("projects", ("projects", "deployments"))):
+        db.execute("INSERT INTO changes (name, counter) VALUES (?, 0)", [group])
+        for table in tables:
+            for event in ("INSERT", "UPDATE", "DELETE"):
+                db.execute(f"CREATE TRIGGER {table}_{event.lower()}_counted AFTER {event} ON {table} "
+                           f"BEGIN UPDATE changes SET counter = counter + 1 WHERE name = '{group}'; END")
+
+
 # Applied in order on every open; PRAGMA user_version records how many have run.
 # Append new steps; never edit a released one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database, SecretBox], None]] = [
     _migration_1_team, _migration_2_deploys, _migration_3_api_keys, _migration_4_github,
     _migration_5_web_service, _migration_6_cron, _migration_7_github_app,
-    _migration_8_images_and_static_sites,
+    _migration_8_images_and_static_sites, _migration_9_change_counters,
 ]
 SEALED_LINK_COLUMNS = ("token", "deploy_key", "secret")
 SEALED_APP_COLUMNS = ("client_secret", "webhook_secret", "pem")
@@ -445,34 +460,34 @@ class Store:
         rows = self._rows(sql, args)
         return rows[0] if rows else None
 
-    def _cached_rows(self, sql: str, args: list | tuple = ()) -> list[dict]:
-        """_rows for the reads every API request makes (its key, the caller's access, the
-        project list), answered from memory while the database has not changed since.
+    def _cached(self, group: str, key: Hashable, load: Callable[[], Cached]) -> Cached:
+        """What `load` read of the tables of `group` (see _migration_9_change_counters), kept
+        in memory per thread until one of their rows changes: for the reads every API request
+        makes (its key and user, the caller's grants, a project, the project list).
 
-        SQLite's `PRAGMA data_version` on this thread's read connection, which never writes,
-        moves on with every commit by any other connection, the daemon's writer and the
-        `disco` command in another process alike: one changed row (a key revoked, a grant
-        taken back) and the next read asks the database again. It is read before the query,
-        so a commit in between makes the entry look older than it is, never newer.
+        The group's counter moves, in the same transaction, with every change of one of its
+        tables, by any connection of any process: a key revoked or a grant taken back by the
+        `disco` command on the server's shell counts on the very next read. It is read before
+        `load`, so a change in between makes the entry look older than it is, never newer.
+        What `load` returns is shared: a frozen record, a tuple, never something a caller changes.
         """
         reader = self._reader()
-        version = reader.conn.execute("PRAGMA data_version").fetchone()[0]
-        if version != reader.version:
-            reader.cache.clear()
-            reader.version = version
-        key = (sql, tuple(args))
-        rows = reader.cache.get(key)
-        if rows is None:
-            rows = _fetch(reader.conn, sql, args)
-            if len(reader.cache) >= READ_CACHE_ENTRIES:
-                reader.cache.clear()
-            if len(rows) <= READ_CACHE_ROWS:
-                reader.cache[key] = rows
-        return [row.copy() for row in rows]  # callers may change what they get; the cache must not
+        counter = reader.conn.execute("SELECT counter FROM changes WHERE name = ?", [group]).fetchone()[0]
+        seen = reader.caches.get(group)
+        if seen is None or seen[0] != counter:
+            seen = reader.caches[group] = (counter, {})
+        entries = seen[1]
+        if key in entries:
+            return entries[key]
+        value = load()
+        if len(entries) >= READ_CACHE_ENTRIES:
+            entries.clear()
+        entries[key] = value
+        return value
 
-    def _cached_one(self, sql: str, args: list | tuple = ()) -> dict | None:
-        rows = self._cached_rows(sql, args)
-        return rows[0] if rows else None
+    def _cached_rows(self, group: str, sql: str, args: list | tuple = ()) -> list[dict]:
+        rows = self._cached(group, (sql, tuple(args)), lambda: tuple(self._rows(sql, args)))
+        return [row.copy() for row in rows]  # callers may change what they get; the cache must not
 
     def _write(self, sql: str, args: list | tuple = ()) -> sqlite3.Cursor:
         with self._lock, self._full_disk_said():
@@ -539,11 +554,12 @@ class Store:
             db.execute("DELETE FROM grants WHERE user = ? AND project = ?", [user, project])
 
     def grants_of(self, user: str) -> list[str]:
-        rows = self._cached_rows("SELECT project FROM grants WHERE user = ? ORDER BY project", [user])
-        return [r["project"] for r in rows]
+        return list(self._cached("access", ("grants_of", user), lambda: tuple(
+            r["project"] for r in self._rows("SELECT project FROM grants WHERE user = ? ORDER BY project", [user]))))
 
     def has_grant(self, user: str, project: str) -> bool:
-        return bool(self._cached_rows("SELECT 1 FROM grants WHERE user = ? AND project = ?", [user, project]))
+        return self._cached("access", ("has_grant", user, project), lambda: bool(
+            self._rows("SELECT 1 FROM grants WHERE user = ? AND project = ?", [user, project])))
 
     # -- SSH keys --------------------------------------------------------------------------
 
@@ -578,7 +594,8 @@ class Store:
     # -- projects --------------------------------------------------------------------------
 
     def get_project(self, name: str) -> dict | None:
-        return self._cached_one("SELECT * FROM projects WHERE name = ?", [name])
+        rows = self._cached_rows("projects", "SELECT * FROM projects WHERE name = ?", [name])
+        return rows[0] if rows else None
 
     def add_project(self, name: str, created_by: str, deploy_branch: str = "main") -> dict:
         with self.transaction() as db:
@@ -599,7 +616,7 @@ class Store:
     def list_projects(self) -> list[dict]:
         """Every project with the number of its live deployment (or None), in one query."""
         return self._cached_rows(
-            "SELECT p.*, (SELECT MAX(d.number) FROM deployments d WHERE d.project = p.name AND d.status = 'live')"
+            "projects", "SELECT p.*, (SELECT MAX(d.number) FROM deployments d WHERE d.project = p.name AND d.status = 'live')"
             " AS live_deployment FROM projects p ORDER BY p.name")
 
     # -- deployments -----------------------------------------------------------------------
@@ -903,8 +920,12 @@ class Store:
         return _from_row(ApiKey, row)
 
     def api_key_by_digest(self, digest: str) -> tuple[ApiKey, User] | None:
-        row = self._cached_one("SELECT k.*, u.role AS user_role, u.created_at AS user_created_at FROM api_keys k "
-                               "JOIN users u ON u.name = k.user WHERE k.digest = ?", [digest])
+        """The key with that digest and its user (read on every API request: kept, see _cached)."""
+        return self._cached("access", ("api_key_by_digest", digest), lambda: self._api_key_by_digest(digest))
+
+    def _api_key_by_digest(self, digest: str) -> tuple[ApiKey, User] | None:
+        row = self._one("SELECT k.*, u.role AS user_role, u.created_at AS user_created_at FROM api_keys k "
+                        "JOIN users u ON u.name = k.user WHERE k.digest = ?", [digest])
         if row is None:
             return None
         return _from_row(ApiKey, row), User(row["user"], row["user_role"], row["user_created_at"])
@@ -944,19 +965,17 @@ class Store:
             raise StoreError(f"no user named {name!r}", "not_found")
 
 
-# Per thread that reads: at most so many cached reads (then all go), each of at most so many rows.
+# Per thread and group of tables, at most so many reads are kept (then all go).
 READ_CACHE_ENTRIES = 256
-READ_CACHE_ROWS = 2000
 
 
 class _Reader:
-    """A thread's read-only connection, and what its cached reads answered at `version`."""
+    """A thread's read-only connection, and what Store._cached kept of each group of tables."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         conn.row_factory = None  # plain tuples: _fetch makes the dicts, faster than from sqlite3.Row
         self.conn = conn
-        self.version: int | None = None  # PRAGMA data_version when `cache` was filled
-        self.cache: dict[tuple[str, tuple], list[dict]] = {}
+        self.caches: dict[str, tuple[int, dict[Hashable, Any]]] = {}  # group -> (its counter, key -> value)
 
 
 def _fetch(conn: sqlite3.Connection, sql: str, args: list | tuple) -> list[dict]:

@@ -112,6 +112,9 @@ def test_link_secrets_are_sealed_at_rest_and_an_old_store_is_sealed_by_its_migra
         conn.execute(f"ALTER TABLE deployments DROP COLUMN {column}")
     for table in ("github_app", "github_installations", "github_installation_repos", "github_app_flows"):
         conn.execute(f"DROP TABLE {table}")
+    for (trigger,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {trigger}")  # from migration 9, with its table
+    conn.execute("DROP TABLE changes")
     conn.execute("INSERT INTO github_links (project, repo, branch, clone_url, secret, token, deploy_key, force_mirror, "
                  "created_at) VALUES ('shop', 'o/shop', 'main', 'https://github.com/o/shop.git', 'hook-s3cret', "
                  "'ghp_l1nkt0ken', '-----BEGIN OPENSSH PRIVATE KEY-----', 0, 'now')")
@@ -192,10 +195,10 @@ def test_changes_that_take_access_away_wait_for_the_disk(tmp_path: Path):
     assert store.get_user("ann") is not None
 
 
-def test_cached_reads_see_every_commit_at_once_from_any_connection(tmp_path: Path):
-    """The reads every API request makes are answered from memory until anything commits: a
-    change by the daemon itself, by the `disco` command (another Store, another process), or by
-    hand in sqlite3 shows on the very next read."""
+def test_cached_reads_see_every_change_at_once_from_any_connection(tmp_path: Path):
+    """The reads every API request makes are answered from memory until a row they read from
+    changes: a change by the daemon itself, by the `disco` command (another Store, another
+    process), or by hand in sqlite3 shows on the very next read."""
     path = tmp_path / "disco.sqlite3"
     daemon_side = Store(path)
     daemon_side.add_user("bob", "deployer")
@@ -220,10 +223,37 @@ def test_cached_reads_see_every_commit_at_once_from_any_connection(tmp_path: Pat
     by_hand.execute("UPDATE users SET role = 'deployer' WHERE name = 'bob'")  # a role lowered
     assert daemon_side.api_key_by_digest("digest")[1].role == "deployer"
 
+    by_hand.execute("UPDATE api_keys SET expires_at = '2000-01-01T00:00:00+00:00'")
+    assert daemon_side.api_key_by_digest("digest")[0].expires_at.startswith("2000")
+
+    deployment = shell_side.create_deployment("shop", "abc", "main", "bob", "push", tmp_path)
+    assert daemon_side.list_projects()[0]["live_deployment"] is None
+    shell_side.update_deployment("shop", deployment.number, status="live")
+    assert daemon_side.list_projects()[0]["live_deployment"] == deployment.number
+    by_hand.execute("UPDATE projects SET deploy_branch = 'trunk'")
+    assert daemon_side.get_project("shop")["deploy_branch"] == "trunk"  # type: ignore[index]
+
     shell_side.remove_user("bob")
     assert daemon_side.api_key_by_digest("digest") is None
     daemon_side.delete_project("shop")
     assert daemon_side.list_projects() == [] and daemon_side.get_project("shop") is None
+
+
+def test_writes_elsewhere_leave_the_cached_key_and_project_in_memory(tmp_path: Path):
+    """An env var set and its audit record (what most API writes are) change no key, user,
+    grant, project or deployment: the next request's reads stay in memory, without SQL."""
+    store = Store(tmp_path / "disco.sqlite3")
+    store.add_user("bob", "admin")
+    store.add_project("shop", "bob")
+    store.add_api_key("bob", "laptop", "digest", "disco_abcd", "")
+    store.api_key_by_digest("digest"), store.get_project("shop"), store.list_projects()
+    statements: list[str] = []
+    store._reader().conn.set_trace_callback(statements.append)
+    with store.transaction():
+        store.set_env("shop", {"A": "1"})
+        store.audit("bob", "env:set", "shop", "A")
+    store.api_key_by_digest("digest"), store.get_project("shop"), store.list_projects()
+    assert [s for s in statements if "changes" not in s] == []  # only the counters were read
 
 
 def test_cached_reads_hand_out_copies(tmp_path: Path):
