@@ -191,6 +191,8 @@ def validate(value: Any, schema: dict, where: str = "body") -> None:
 
 def query_params(request: Request, declared: dict[str, dict]) -> dict[str, Any]:
     """Declared query parameters, converted and validated; unknown ones are refused."""
+    if not request.scope.get("query_string"):  # most requests: nothing to parse
+        return {}
     values: dict[str, Any] = {}
     for name, raw in request.query_params.multi_items():
         if name not in declared:
