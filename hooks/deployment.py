@@ -1,5 +1,7 @@
 """One deployment, stage by stage: fetch, build, plan, release, start, wait until healthy, switch,
-clean up.
+clean up. Once switched it is live and says so: whoever waits for it (a push) is answered
+then, and the cleanup goes on in the daemon, into the log, in the project's turn of the queue
+(the next deployment of the project waits for it).
 
 A small stage runner does the bookkeeping around the stages: it stops at a cancel between
 stages, times each stage into the record, and on any error undoes what the deployment started,
@@ -97,8 +99,9 @@ class DeploymentRun:
                 self._timed(stage)
             except Exception as err:  # whatever broke, undo what this deployment started
                 return self._fail(err)
-        self._timed(Stage("cleanup", self.clean_up))
         self.out.line(f"deployment #{self.d.number} is live" + self._where())
+        self.ticket.answer(self.d)  # the push returns now: retiring what it replaced is not its wait
+        self._timed(Stage("cleanup", self.clean_up))
         return self._set(finished_at=now())
 
     # -- the stages ------------------------------------------------------------------------
@@ -276,7 +279,7 @@ class DeploymentRun:
 
         def mark_live() -> None:
             holds.point("switch-routed", self.out.line)  # Caddy routes to it; the store does not say live yet
-            self._set(status=DeploymentStatus.LIVE)
+            self.d = self._set(status=DeploymentStatus.LIVE)
 
         if self.router.switch(self.d, mark_live=mark_live):
             self.out.line("routes updated")

@@ -117,6 +117,7 @@ def test_an_upgrade_keeps_serving_and_the_next_deploy_moves_to_the_new_names(fre
         new_version(repo, "v2\n", APP, **{"disco.toml": TOML})
         second = disco.git(key, "push", disco.url("my-app"), "main", cwd=repo, timeout=300)
         assert second.returncode == 0, second.stderr
+        disco.cleaned_up("my-app")  # the push returned once live; retiring the old service goes on
         time.sleep(1)
     assert during.errors == [] and len(during.bodies) > 20, (during.errors, len(during.bodies))
     current = f"{disco.instance}-my--app-web"
