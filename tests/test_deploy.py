@@ -124,6 +124,12 @@ def test_a_failed_deploy_leaves_v1_serving(live: Disco, admin_key: Key, tmp_path
     again = push(live, admin_key, repo)
     assert "Everything up-to-date" not in again.stderr
     assert "deployment #3" in again.stderr
+    # A good version pushed at once after a failure goes live, though swarm may still be
+    # rolling the failed one back.
+    new_version(repo, "v3\n", **{"disco.toml": "[services.web]\nport = 8000\n"})
+    fixed = push(live, admin_key, repo)
+    assert fixed.returncode == 0, fixed.stderr
+    assert body(live) == "v3\n"
 
 
 def test_first_deploy_failing_leaves_nothing_running(live: Disco, admin_key: Key, tmp_path: Path):
