@@ -52,9 +52,6 @@ log = logging.getLogger("disco.deploy")
 KNOWN_ERRORS = (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError, AppConfigError, StoreFull)
 # How long a deployment that lost Docker waits for it, to undo what it started.
 DOCKER_RETURN_WAIT = 600
-# After swarm completes an update, its old tasks leave the service's DNS name within this: the
-# node's agent stops them a moment later (measured here, on a loaded machine: up to 0.3 s).
-OLD_TASKS_LEAVE_DNS_SECONDS = 0.4
 
 
 @dataclass(frozen=True)
@@ -265,20 +262,14 @@ class DeploymentRun:
             self.applied.append((spec, created))
 
     def wait_until_healthy(self) -> None:
-        completed = 0.0  # when swarm completed the last of the updates (time.monotonic)
         for spec, created in self.applied:
             self.out.line(f"waiting for {spec.name} to be healthy ({spec.check}, up to {spec.health_timeout} s)")
             # Swarm's own clock (start period + retries) fails the task first; this is the backstop.
-            ago = self.engine.wait_rollout(spec, created, spec.health_timeout + 30, self.out.line,
-                                           stop=self._cancelled)
-            if not created:
-                completed = max(completed, time.monotonic() - ago)
+            self.engine.wait_rollout(spec, created, spec.health_timeout + 30, self.out.line, stop=self._cancelled)
         if any(not created for _, created in self.applied):
-            # Old tasks may still answer for a moment; once they left swarm's DNS and Caddy
-            # looked the names up again, "live" means only the new version gets requests.
-            # Counted from swarm's completion itself, not from when this deploy saw it.
-            wait = OLD_TASKS_LEAVE_DNS_SECONDS + UPSTREAM_REFRESH_SECONDS + 0.1
-            time.sleep(max(0.0, completed + wait - time.monotonic()))
+            # Old tasks may still answer for a moment; once Caddy has looked the names up
+            # again, "live" means only the new version gets requests.
+            time.sleep(2 * UPSTREAM_REFRESH_SECONDS + 0.1)
 
     def switch(self) -> None:
         """Route to the new version and record it live; the one it replaces steps down. A static

@@ -26,7 +26,6 @@ import tarfile
 import tempfile
 import threading
 import time
-from datetime import datetime
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -569,14 +568,13 @@ class Engine:
             service.reload()
 
     def wait_rollout(self, spec: ServiceSpec, created: bool, timeout: float, on_wait: OutputLine,
-                     stop: Callable[[], bool] = lambda: False) -> float:
+                     stop: Callable[[], bool] = lambda: False) -> None:
         """Block until every task of this spec runs (and is healthy); raise with the reason if not.
 
         An update waits for swarm to complete it, not only for its new tasks to run: until then
         the old ones still answer (measured here: an old task's name leaves swarm's DNS about a
         second after swarm told it to stop, as its update completes), so they would still get
-        requests. Returns how many seconds ago swarm completed it, by swarm's own record (0 for
-        a created service, or when swarm does not say).
+        requests.
         """
         deadline = time.monotonic() + timeout
         deployment = spec.labels.get("disco.deployment", "")
@@ -593,10 +591,9 @@ class Engine:
             if created and (reason := self._explain(spec, tasks, on_wait)):
                 raise DockerError(reason)
             if created and len(running) >= spec.replicas or spec.replicas == 0:
-                return 0.0
+                return
             if not created and state == "completed":
-                # The old tasks are out of swarm's DNS (Docker stops them a little later).
-                return _seconds_since((service.attrs.get("UpdateStatus") or {}).get("CompletedAt", ""))
+                return  # the old tasks are out of swarm's DNS (Docker stops them a little later)
             message = f"waiting for {spec.name}: {len(running)}/{spec.replicas} task(s) healthy"
             if message != said:
                 on_wait(message)
@@ -1017,16 +1014,6 @@ def _last_failed_check(state: dict[str, Any]) -> tuple[int, str] | None:
         output = (log[-1].get("Output") or "").strip()
         return int(log[-1]["ExitCode"]), output.splitlines()[-1] if output else ""
     return None
-
-
-def _seconds_since(stamp: str) -> float:
-    """How long ago a time Docker recorded was (RFC 3339, same host clock); 0 if unreadable
-    or ahead of ours."""
-    try:
-        then = datetime.fromisoformat(stamp)
-    except ValueError:
-        return 0.0
-    return max(0.0, time.time() - then.timestamp())
 
 
 def _task_deployment(task: dict[str, Any]) -> str:

@@ -218,7 +218,7 @@ class FakeEngine:
         return False
 
     def wait_rollout(self, spec: ServiceSpec, created: bool, timeout: float, on_wait: Callable[[str], None],
-                     stop: Callable[[], bool] = lambda: False) -> float:
+                     stop: Callable[[], bool] = lambda: False) -> None:
         service = self.services.get(spec.name)
         if service is None:
             raise DockerError(f"service {spec.name} disappeared during the deploy")
@@ -236,7 +236,6 @@ class FakeEngine:
             raise DockerError(f"health check failed for {spec.name}: GET {spec.health_path} on port {spec.port} got "
                               f"HTTP/1.1 500 Internal Server Error (for {spec.health_timeout} s)")
         service.update_state = "completed"
-        return 0.0  # swarm completed it just now
 
     def restore_previous(self, name: str) -> None:
         service = self.services.get(name)
