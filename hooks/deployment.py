@@ -52,6 +52,11 @@ log = logging.getLogger("disco.deploy")
 KNOWN_ERRORS = (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError, AppConfigError, StoreFull)
 # How long a deployment that lost Docker waits for it, to undo what it started.
 DOCKER_RETURN_WAIT = 600
+# After this deploy sees swarm complete an update, the old tasks leave the service's DNS name
+# within this: the node's agent stops them a moment later (measured here from swarm's own
+# completion time: up to 0.3 s on a loaded machine, more under a load of 50; the deploy sees
+# the completion itself up to a poll later, which grows with the load too).
+OLD_TASKS_LEAVE_DNS_SECONDS = 0.4
 
 
 @dataclass(frozen=True)
@@ -267,9 +272,9 @@ class DeploymentRun:
             # Swarm's own clock (start period + retries) fails the task first; this is the backstop.
             self.engine.wait_rollout(spec, created, spec.health_timeout + 30, self.out.line, stop=self._cancelled)
         if any(not created for _, created in self.applied):
-            # Old tasks may still answer for a moment; once Caddy has looked the names up
-            # again, "live" means only the new version gets requests.
-            time.sleep(2 * UPSTREAM_REFRESH_SECONDS + 0.1)
+            # Old tasks may still answer for a moment; once they left swarm's DNS and Caddy
+            # looked the names up again, "live" means only the new version gets requests.
+            time.sleep(OLD_TASKS_LEAVE_DNS_SECONDS + UPSTREAM_REFRESH_SECONDS + 0.1)
 
     def switch(self) -> None:
         """Route to the new version and record it live; the one it replaces steps down. A static

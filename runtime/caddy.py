@@ -38,10 +38,10 @@ ACME_ROOT_NAME = "acme-ca-root.pem"  # --acme-ca-root, copied into run/ for Cadd
 TLS_LOGGERS = ["tls", "tls.obtain", "tls.renew", "tls.issuance.acme", "tls.cache.maintenance", "http.acme_client"]
 
 
-# How often Caddy looks a service's tasks up again; after a swarm update completes, the proxy
-# has dropped the old tasks within two of these, and a deploy waits that long before it says
-# live (hooks/deployment.py). A lookup is a query to Docker's DNS inside the network, made only
-# when a request comes and the last answer is older than this: cheap, so short.
+# How often Caddy looks a service's tasks up again: once the old tasks of a swarm update left
+# the name, the proxy drops them within this, and a deploy waits for that before it says live
+# (hooks/deployment.py). A lookup is a query to Docker's DNS inside the network, made only when
+# a request comes and the last answer is older than this: cheap, so short.
 UPSTREAM_REFRESH_SECONDS = 0.1
 
 
