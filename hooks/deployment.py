@@ -53,9 +53,10 @@ KNOWN_ERRORS = (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError, App
 # How long a deployment that lost Docker waits for it, to undo what it started.
 DOCKER_RETURN_WAIT = 600
 # After this deploy sees swarm complete an update, the old tasks leave the service's DNS name
-# within this: the node's agent stops them a moment later (measured here from swarm's own
-# completion time: up to 0.3 s on a loaded machine, more under a load of 50; the deploy sees
-# the completion itself up to a poll later, which grows with the load too).
+# within this: the node's agent stops them a moment later. Measured here from swarm's own
+# completion time: up to 0.3 s on a loaded machine, and more under a load average of 50, when
+# counting from that time let old answers through; counted from when the deploy sees the
+# completion (a poll later, which grows with the load too), it has room to spare.
 OLD_TASKS_LEAVE_DNS_SECONDS = 0.4
 
 
