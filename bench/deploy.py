@@ -10,7 +10,10 @@ both alike):
             `remote: deployment #N of ...` line arrives; the record is created just before), then
             the record's own step timings (build, start, health, switch, cleanup), then "after"
             (the rest until the push returned: ref update, SSH and git exit). Besides the push's
-            return, "served" is push start -> first response with the new text.
+            return, "served" is push start -> first response with the new text, and "finished"
+            is push start -> the record's finished_at set (its cleanup done; polled every 20 ms
+            after the push returned). A cleanup that was still running when the push returned
+            does not count in "after"; the next repetition starts only once it is finished.
   baseline  the same app rolled out by hand, as the floor a tool on Swarm cannot beat:
             `DOCKER_BUILDKIT=1 docker build` (Debian's CLI) and
             `docker service update --image ... --detach=false` of a plain swarm service the
@@ -21,8 +24,8 @@ both alike):
 It prints both split tables with medians, the ratios disco/baseline, and
 "Disco overhead beyond build + app start" = median disco served - (median baseline build +
 median baseline update), against its target (under 1.5 s) with PASS or MISS; the same sum is
-shown with the push's return instead of the first new response. The exit status is 0 whatever
-was measured, 1 if something broke. The daemon, its Docker objects, the baseline service,
+shown with the push's return instead of the first new response. The figures are also written
+to bench/results/deploy.json. The exit status is 0 whatever was measured, 1 if something broke. The daemon, its Docker objects, the baseline service,
 network and images, and the temp dir are removed at the end, also on Ctrl-C.
 
 Run by hand, from the repo root (never from the tests; about 1-2 minutes with the defaults):
@@ -41,7 +44,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +65,7 @@ from disco_harness import (
     run_measurement,
     wait_for_body,
     write_app,
+    write_results,
 )
 from runtime.docker_engine import PROBE_BINARY, PROBE_PATH, health_command
 
@@ -82,10 +86,13 @@ class DiscoRun:
     steps: dict[str, float]  # the deployment record's timings
     pushed: float  # push start -> push returned
     served: float  # push start -> first response with the new text
+    finished: float  # push start -> the record's finished_at seen (cleanup done)
+    cleanup_in_push: bool  # the record was finished when the push returned
 
     @property
     def after(self) -> float:
-        return self.pushed - self.receive - sum(self.steps.get(s, 0.0) for s in DISCO_STEPS)
+        inside = [s for s in DISCO_STEPS if s != "cleanup" or self.cleanup_in_push]
+        return self.pushed - self.receive - sum(self.steps.get(s, 0.0) for s in inside)
 
     def column(self, name: str) -> float:
         if name in DISCO_STEPS:
@@ -143,6 +150,7 @@ def disco_deploy(daemon: Daemon, repo: Path, version: int) -> DiscoRun:
     watcher = NewBodyWatcher(daemon, body_of(version))
     watcher.start()
     result = push(daemon, repo)
+    finished_at, cleanup_in_push = wait_until_finished(daemon)
     seen_at = watcher.wait(SERVED_TIMEOUT_SECONDS)
     record = daemon.deployments()[-1]
     if result.returncode != 0 or record["status"] != "live" or seen_at is None:
@@ -154,7 +162,21 @@ def disco_deploy(daemon: Daemon, repo: Path, version: int) -> DiscoRun:
     if received_at is None:
         raise RuntimeError(f"no 'deployment #{record['number']} of' line in the push output:\n{result.tail()}")
     return DiscoRun(receive=received_at - result.started, steps=json.loads(record["timings"]),
-                    pushed=result.seconds, served=seen_at - result.started)
+                    pushed=result.seconds, served=seen_at - result.started,
+                    finished=finished_at - result.started, cleanup_in_push=cleanup_in_push)
+
+
+def wait_until_finished(daemon: Daemon) -> tuple[float, bool]:
+    """When the newest deployment's record got its finished_at (monotonic), polled from the
+    push's return; and whether it had it already then."""
+    deadline = time.monotonic() + SERVED_TIMEOUT_SECONDS
+    first = True
+    while time.monotonic() < deadline:
+        if daemon.deployments()[-1]["finished_at"]:
+            return time.monotonic(), first
+        first = False
+        time.sleep(POLL_SECONDS)
+    raise RuntimeError(f"the deployment was not finished {SERVED_TIMEOUT_SECONDS} s after its push returned")
 
 
 # -- the baseline: a plain swarm service rolled by hand ---------------------------------------
@@ -293,7 +315,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
 # -- the report --------------------------------------------------------------------------------
 
 
-def table(title: str, columns: list[str], runs: list[DiscoRun] | list[BaselineRun]) -> dict[str, float]:
+def table(title: str, columns: list[str], runs: Sequence[DiscoRun | BaselineRun]) -> dict[str, float]:
     """Print one row per run and a median row; return the medians by column."""
     print(title)
     print("  " + f"{'run':<7}" + "".join(f"{c:>9}" for c in columns))
@@ -310,9 +332,11 @@ def table(title: str, columns: list[str], runs: list[DiscoRun] | list[BaselineRu
 def report(disco_runs: list[DiscoRun], baseline_runs: list[BaselineRun]) -> None:
     print()
     disco = table("Disco: git push -> new version served through Caddy (seconds)",
-                  ["receive", *DISCO_STEPS, "after", "pushed", "served"], disco_runs)
-    print("  (receive..after add up to 'pushed', the push's return; 'served' is the first response with "
-          "the new text)")
+                  ["receive", *DISCO_STEPS, "after", "pushed", "served", "finished"], disco_runs)
+    print("  (receive..after add up to 'pushed', the push's return, less a cleanup still running then;")
+    print("  'served' is the first response with the new text; 'finished' is the record's cleanup done)")
+    inside = sum(run.cleanup_in_push for run in disco_runs)
+    print(f"  cleanup finished before the push returned in {inside} of {len(disco_runs)} run(s)")
     print()
     base = table("Baseline: docker build + docker service update --detach=false (seconds)",
                  ["build", "update", "total"], baseline_runs)
@@ -336,6 +360,16 @@ def report(disco_runs: list[DiscoRun], baseline_runs: list[BaselineRun]) -> None
           f"(served {disco['served']:.2f} s - baseline build {base['build']:.2f} s - update {base['update']:.2f} s), "
           f"target under {OVERHEAD_TARGET_SECONDS} s: {verdict}")
     print(f"  the same up to the push's return: {disco['pushed'] - base['total']:+.2f} s")
+    write_results("deploy", {
+        "runs": len(disco_runs),
+        "disco_median_seconds": disco, "baseline_median_seconds": base,
+        "ratio_build": disco["build"] / base["build"],
+        "ratio_start_health_to_update": app_start / base["update"],
+        "ratio_served_to_build_update": disco["served"] / base["total"],
+        "ratio_pushed_to_build_update": disco["pushed"] / base["total"],
+        "overhead_served_seconds": overhead, "overhead_pushed_seconds": disco["pushed"] - base["total"],
+        "overhead_verdict": verdict, "cleanup_in_push_runs": inside,
+    })
 
 
 # -- entry -------------------------------------------------------------------------------------

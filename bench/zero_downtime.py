@@ -18,6 +18,7 @@ Every request is recorded (start time, ok or error, latency, body). The report s
   served, and how long old and new answered side by side (start-first rollout);
 - the versions served in order, checking that the failed version was never served and that no
   request made after a deploy went live got an older version.
+The figures are also written to bench/results/zero_downtime.json.
 
 The exit status is 0 whatever was measured, 1 if something broke. The daemon, its Docker
 objects and the temp dir are removed at the end, also on Ctrl-C.
@@ -58,6 +59,7 @@ from disco_harness import (
     run_measurement,
     version_of,
     wait_for_body,
+    write_results,
 )
 
 REQUEST_TIMEOUT_SECONDS = 10
@@ -191,6 +193,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
 # -- the report --------------------------------------------------------------------------------
 
 
+def latency_figures(requests: list[Request]) -> dict[str, float | None]:
+    latencies = [r.latency for r in requests if r.ok]
+    return {"requests": len(requests), "p50_seconds": percentile(latencies, 0.5),
+            "p99_seconds": percentile(latencies, 0.99), "max_seconds": max(latencies) if latencies else None}
+
+
 def latency_row(name: str, requests: list[Request], baseline: list[Request] | None = None) -> str:
     latencies = [r.latency for r in requests if r.ok]
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
@@ -255,10 +263,21 @@ def report(requests: list[Request], deploys: list[Deploy]) -> None:
     print(latency_row("during deploys", during, quiet))
 
     print()
-    report_versions(requests, deploys, live_versions)
+    versions = report_versions(requests, deploys, live_versions)
+    write_results("zero_downtime", {
+        "requests": len(requests), "seconds": seconds, "errors": len(errors),
+        "first_errors": [e.error for e in errors[:SHOWN_ERRORS]],
+        "outcomes_as_expected": not unexpected,
+        "deploys": [{"version": d.version, "expected": "fail" if d.should_fail else "live",
+                     "push_seconds": d.result.seconds, "exit": d.result.returncode, "status": d.record["status"]}
+                    for d in deploys],
+        "latency_quiet": latency_figures(quiet), "latency_during_deploys": latency_figures(during),
+        **versions,
+    })
 
 
-def report_versions(requests: list[Request], deploys: list[Deploy], live_versions: list[int]) -> None:
+def report_versions(requests: list[Request], deploys: list[Deploy], live_versions: list[int]) -> dict[str, object]:
+    """Print the versions served; return the checks as figures."""
     served = [version_of(r.body) for r in requests if r.ok]
     first_seen: dict[int, float] = {}
     for request in requests:
@@ -291,6 +310,8 @@ def report_versions(requests: list[Request], deploys: list[Deploy], live_version
         print(f"    v{got} served {after:.2f} s after v{live} went live")
     if unexpected:
         print(f"  unexpected bodies: {unexpected}")
+    return {"served_in_order": order == live_versions, "failed_version_served": failed_served,
+            "older_version_after_live": len(regressions), "unexpected_bodies": unexpected}
 
 
 # -- entry -------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """One deployment, stage by stage: fetch, build, plan, release, start, wait until healthy, switch,
-clean up.
+clean up. Once switched it is live and says so: whoever waits for it (a push) is answered
+then, and the cleanup goes on in the daemon, into the log, in the project's turn of the queue
+(the next deployment of the project waits for it).
 
 A small stage runner does the bookkeeping around the stages: it stops at a cancel between
 stages, times each stage into the record, and on any error undoes what the deployment started,
@@ -50,6 +52,12 @@ log = logging.getLogger("disco.deploy")
 KNOWN_ERRORS = (DeployFailed, DockerError, CaddyError, gitrepo.GitRepoError, AppConfigError, StoreFull)
 # How long a deployment that lost Docker waits for it, to undo what it started.
 DOCKER_RETURN_WAIT = 600
+# After this deploy sees swarm complete an update, the old tasks leave the service's DNS name
+# within this: the node's agent stops them a moment later. Measured here from swarm's own
+# completion time: up to 0.3 s on a loaded machine, and more under a load average of 50, when
+# counting from that time let old answers through; counted from when the deploy sees the
+# completion (a poll later, which grows with the load too), it has room to spare.
+OLD_TASKS_LEAVE_DNS_SECONDS = 0.4
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,9 @@ class DeploymentRun:
                 self._timed(stage)
             except Exception as err:  # whatever broke, undo what this deployment started
                 return self._fail(err)
-        self._timed(Stage("cleanup", self.clean_up))
         self.out.line(f"deployment #{self.d.number} is live" + self._where())
+        self.ticket.answer(self.d)  # the push returns now: retiring what it replaced is not its wait
+        self._timed(Stage("cleanup", self.clean_up))
         return self._set(finished_at=now())
 
     # -- the stages ------------------------------------------------------------------------
@@ -264,9 +273,9 @@ class DeploymentRun:
             # Swarm's own clock (start period + retries) fails the task first; this is the backstop.
             self.engine.wait_rollout(spec, created, spec.health_timeout + 30, self.out.line, stop=self._cancelled)
         if any(not created for _, created in self.applied):
-            # Old tasks may still answer for a moment; once Caddy has looked the names up
-            # again, "live" means only the new version gets requests.
-            time.sleep(2 * UPSTREAM_REFRESH_SECONDS + 0.1)
+            # Old tasks may still answer for a moment; once they left swarm's DNS and Caddy
+            # looked the names up again, "live" means only the new version gets requests.
+            time.sleep(OLD_TASKS_LEAVE_DNS_SECONDS + UPSTREAM_REFRESH_SECONDS + 0.1)
 
     def switch(self) -> None:
         """Route to the new version and record it live; the one it replaces steps down. A static
@@ -276,7 +285,7 @@ class DeploymentRun:
 
         def mark_live() -> None:
             holds.point("switch-routed", self.out.line)  # Caddy routes to it; the store does not say live yet
-            self._set(status=DeploymentStatus.LIVE)
+            self.d = self._set(status=DeploymentStatus.LIVE)
 
         if self.router.switch(self.d, mark_live=mark_live):
             self.out.line("routes updated")

@@ -109,8 +109,16 @@ class DeployOutput:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
+    def release_listeners(self) -> None:
+        """Listeners get what is buffered, then stop; later lines go to the log only."""
+        with self._lock:
+            listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.finish()
+
     def close(self) -> None:
         """Close the log; listeners get what is buffered, then stop."""
+        self.release_listeners()
         with self._lock:
             if self._file is not None:
                 try:
@@ -118,9 +126,6 @@ class DeployOutput:
                 except OSError as err:
                     self._lost(err)
                 self._file = None
-            listeners, self._listeners = self._listeners, []
-        for listener in listeners:
-            listener.finish()
 
 
 class _Buffered:

@@ -2,6 +2,9 @@
 
 Projects deploy in parallel (a thread per busy project). A deployment that arrives while
 another runs waits; if a newer one arrives before it starts, the older one is superseded.
+A deployment's turn lasts until it is done, cleanup included, though whoever waits for its
+outcome (a push) is answered as soon as it is live: the next deployment of the project never
+overlaps the cleanup of the one before.
 Other changes to a project's swarm services (a scale) take their turn in the same queue,
 between deployments, never during one (see `between`).
 """
@@ -21,10 +24,13 @@ log = logging.getLogger("disco.deploy")
 
 @dataclass
 class Ticket:
-    """One deployment on its way through the queue; `done` is set when it reached an end."""
+    """One deployment on its way through the queue. `answered` is set once its outcome is known
+    (live, failed, cancelled, superseded), `done` once its turn is over (a live one has cleaned
+    up after itself); `final` is the record as of the later of the two."""
 
     deployment: Deployment
     output: DeployOutput
+    answered: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     final: Deployment | None = None
     cancelled_by: str = ""  # set while it runs: the run stops at its next check
@@ -36,8 +42,19 @@ class Ticket:
     def project(self) -> str:
         return self.deployment.project
 
+    def answer(self, outcome: Deployment) -> None:
+        """The outcome is known: listeners get every line so far and are let go (a pusher's
+        SSH channel closes now), and `wait` returns it. What the run does after this (a live
+        deployment's cleanup) goes to the log only."""
+        if self.answered.is_set():
+            return
+        self.final = outcome
+        self.output.release_listeners()
+        self.answered.set()
+
     def wait(self, timeout: float | None = None) -> Deployment | None:
-        self.done.wait(timeout)
+        """The outcome, once known (a live deployment may still be cleaning up: see `done`)."""
+        self.answered.wait(timeout)
         return self.final
 
 
@@ -151,6 +168,7 @@ class DeployQueue:
 
     @staticmethod
     def _finish(ticket: Ticket, final: Deployment) -> None:
+        ticket.answer(final)  # no-op for one that went live: it was answered then
         ticket.final = final
         ticket.output.close()
         ticket.done.set()

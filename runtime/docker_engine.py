@@ -59,6 +59,10 @@ __all__ = ["PROBE_BINARY", "PROBE_PATH", "DockerError", "DockerInfo", "Engine", 
 OutputLine = Callable[[str], None]
 T = TypeVar("T")
 TAIL_LINES = 30  # of a failing task's own output, shown with the reason it failed
+# Between looks at a rollout (a service inspect and a task list): a deploy's wait for it ends
+# this late at most, so short.
+ROLLOUT_POLL_SECONDS = 0.1
+ROLLBACK_WAIT_SECONDS = 60  # an update waits this long at most for swarm to end a rollback first
 STOP_GRACE = 5  # seconds a one-off command has to end after SIGTERM before SIGKILL
 LONGEST_LINE = 64 << 10  # output without a newline is passed on in pieces of this size
 
@@ -545,15 +549,33 @@ class Engine:
             if current is None:
                 self.client.api.create_service(name=spec.name, **parts)
                 return True
+            self._wait_out_rollback(current)
             current.reload()  # the update needs the latest version number
             self.client.api.update_service(current.id, current.version, name=spec.name, **parts)
             return False
         except docker.errors.APIError as err:
             raise DockerError(f"could not start service {spec.name}: {err.explanation or err}") from None
 
+    def _wait_out_rollback(self, service: Any, timeout: float = ROLLBACK_WAIT_SECONDS) -> None:
+        """Swarm may still be rolling back the update of a deployment that failed a moment ago
+        (it fails as soon as swarm starts to): an update now is refused ("update out of
+        sequence") when the rollback's end lands between reading the service and updating it.
+        The previous version serves meanwhile (start-first), so waiting costs nothing."""
+        deadline = time.monotonic() + timeout
+        while ((service.attrs.get("UpdateStatus") or {}).get("State") == "rollback_started"
+               and time.monotonic() < deadline):
+            time.sleep(ROLLOUT_POLL_SECONDS)
+            service.reload()
+
     def wait_rollout(self, spec: ServiceSpec, created: bool, timeout: float, on_wait: OutputLine,
                      stop: Callable[[], bool] = lambda: False) -> None:
-        """Block until every task of this spec runs (and is healthy); raise with the reason if not."""
+        """Block until every task of this spec runs (and is healthy); raise with the reason if not.
+
+        An update waits for swarm to complete it, not only for its new tasks to run: until then
+        the old ones still answer (measured here: an old task's name leaves swarm's DNS about a
+        second after swarm told it to stop, as its update completes), so they would still get
+        requests.
+        """
         deadline = time.monotonic() + timeout
         deployment = spec.labels.get("disco.deployment", "")
         said = ""
@@ -581,7 +603,7 @@ class Engine:
             if time.monotonic() > deadline:
                 reason = self._explain(spec, tasks, on_wait, stuck=True)
                 raise DockerError(reason or f"{spec.name} was not healthy after {timeout:.0f} s ({spec.check})")
-            time.sleep(0.25)
+            time.sleep(ROLLOUT_POLL_SECONDS)
 
     def _explain(self, spec: ServiceSpec, tasks: list[dict[str, Any]], on_line: OutputLine,
                  stuck: bool = False) -> str | None:

@@ -177,11 +177,18 @@ class Disco:
                              headers={"Authorization": f"Bearer {self.api_key}"}, timeout=60)
 
     def finished_deployment(self, project: str, number: int, timeout: float = 180) -> dict:
-        """The deployment's record once it ended (live, failed, ...), through the API."""
+        """The deployment's record once it is done (failed, or live and cleaned up after
+        itself: it is live a moment before that), through the API."""
         def ended() -> dict | None:
             found = self.api("GET", f"/projects/{project}/deployments/{number}").json()
-            return found if found["status"] not in ("queued", "building", "starting") else None
-        return wait_for(f"deployment #{number} of {project}", ended, timeout)
+            return found if found["finished_at"] else None
+        return wait_for(f"deployment #{number} of {project}", ended, timeout, every=0.1)
+
+    def cleaned_up(self, project: str, timeout: float = 180) -> dict:
+        """The project's newest deployment once done: a push returns as soon as its deployment
+        is live, and retiring what that replaced (services, images, static sites) goes on."""
+        newest = self.api("GET", f"/projects/{project}/deployments", limit=1).json()[0]
+        return self.finished_deployment(project, newest["number"], timeout)
 
     def remove_docker_objects(self) -> None:
         if docker_available():

@@ -44,7 +44,7 @@ def test_a_route_resolves_the_service_name_in_caddy_and_retries_failed_dials():
     assert proxy["handler"] == "reverse_proxy"
     # Swarm swaps the tasks behind the name: a deploy never changes the config.
     assert proxy["dynamic_upstreams"] == {"source": "a", "name": "disco-shop-web", "port": "8000",
-                                          "refresh": "250ms"}
+                                          "refresh": "100ms"}
     assert proxy["load_balancing"]["try_duration"] == "10s"  # a stopped task's dial is retried elsewhere
 
 

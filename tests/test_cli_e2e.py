@@ -140,6 +140,7 @@ def test_cancel_a_running_deploy_keeps_the_old_version(laptop):
         assert time.monotonic() < deadline, "the cancelled deployment's container never stopped"
         time.sleep(0.5)
     assert cli("deploy").returncode == 0
+    disco.cleaned_up("shop")  # `disco deploy` returns once live; the cleanup goes on a moment
     untagged = run(["/usr/bin/docker", "images", "-q", "--filter", "dangling=true",
                     "--filter", f"label=disco.instance={disco.instance}"]).stdout.split()
     assert untagged == []

@@ -155,6 +155,7 @@ def test_daemon_killed_at_a_stage_comes_back_with_nothing_stuck(app: App, fault:
     result = app.push()
     assert result.returncode == 0, result.stderr
     assert app.served() == text
+    disco.cleaned_up(PROJECT)  # the push returned once live; its cleanup goes on a moment
     if interrupted and interrupted[0]["status"] == "failed":
         images = run(["/usr/bin/docker", "images", "-q", "--filter", f"label=disco.instance={disco.instance}",
                       "--filter", f"label=disco.deployment={number}"]).stdout.split()

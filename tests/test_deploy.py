@@ -124,6 +124,12 @@ def test_a_failed_deploy_leaves_v1_serving(live: Disco, admin_key: Key, tmp_path
     again = push(live, admin_key, repo)
     assert "Everything up-to-date" not in again.stderr
     assert "deployment #3" in again.stderr
+    # A good version pushed at once after a failure goes live, though swarm may still be
+    # rolling the failed one back.
+    new_version(repo, "v3\n", **{"disco.toml": "[services.web]\nport = 8000\n"})
+    fixed = push(live, admin_key, repo)
+    assert fixed.returncode == 0, fixed.stderr
+    assert body(live) == "v3\n"
 
 
 def test_first_deploy_failing_leaves_nothing_running(live: Disco, admin_key: Key, tmp_path: Path):
@@ -189,6 +195,7 @@ def test_worker_service_without_port_and_replicas_from_disco_toml(live: Disco, a
     # Dropping the worker from disco.toml removes its service on the next deploy.
     commit(repo, {"disco.toml": '[services.web]\nreplicas = 2\nvolumes = ["shared:/www"]\n'}, "no worker")
     assert push(live, admin_key, repo).returncode == 0
+    live.cleaned_up("myapp")
     assert run(["/usr/bin/docker", "service", "inspect", f"{live.instance}-myapp-worker"]).returncode != 0
 
 
@@ -385,6 +392,7 @@ def test_old_images_are_pruned(disco: Disco, admin_key: Key, tmp_path: Path):
         if version > 1:
             new_version(repo, f"v{version}\n")
         assert push(disco, admin_key, repo).returncode == 0
+    disco.cleaned_up("myapp")
     tags = sorted(t for t in run(["/usr/bin/docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]).stdout.split()
                   if t.startswith(f"{disco.instance}-myapp:"))
     assert tags == sorted(d["image"] for d in deployments(disco)[2:])  # tags are random: the records hold them
@@ -437,3 +445,53 @@ def test_caddy_restarting_resumes_its_routes(live: Disco, admin_key: Key, tmp_pa
     after = run(["/usr/bin/docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={live.instance}-caddy"],
                 check=True).stdout.split()
     assert after and after != before
+
+
+def test_the_push_returns_once_live_and_the_cleanup_finishes_after_it(disco: Disco, admin_key: Key, tmp_path: Path):
+    """`git push` waits for its deployment to go live, not for retiring what it replaced. The
+    cleanup, held at its start here (hooks/holds.py), runs to its end once let go, and the next
+    deployment of the project waits for it."""
+    require_docker()
+    hold = tmp_path / "hold"
+    disco.extra_env = {"DISCO_TEST_HOLD_FILE": str(hold)}
+    disco.extra_args = ["--keep-images", "1"]
+    disco.start()
+    with_worker = '[services.web]\nport = 8000\n\n[services.worker]\ncommand = "/bin/busybox sleep 3600"\n'
+    repo = web_app(tmp_path / "app", "v1\n", **{"disco.toml": with_worker})
+    assert push(disco, admin_key, repo).returncode == 0
+    first_image = deployments(disco)[0]["image"]
+    worker = f"{disco.instance}-myapp-worker"
+
+    hold.write_text("cleanup")
+    new_version(repo, "v2\n", **{"disco.toml": "[services.web]\nport = 8000\n"})  # the worker goes
+    pushed = push(disco, admin_key, repo)
+    assert pushed.returncode == 0, pushed.stderr
+    assert "remote: deployment #2 is live" in pushed.stderr
+    disco.wait_for_log("held at cleanup")
+    assert body(disco) == "v2\n"
+    second = deployments(disco)[1]
+    assert second["status"] == "live" and not second["finished_at"]
+    # The push returned with the cleanup not begun: what #2 retires is all still there.
+    assert run(["/usr/bin/docker", "service", "inspect", worker]).returncode == 0
+    assert run(["/usr/bin/docker", "image", "inspect", first_image]).returncode == 0
+
+    # The next push waits for that cleanup (it never races it), then deploys.
+    new_version(repo, "v3\n", **{"disco.toml": "[services.web]\nport = 8000\n"})
+    results: list[subprocess.CompletedProcess] = []
+    third = threading.Thread(target=lambda: results.append(push(disco, admin_key, repo)))
+    third.start()
+    wait_for_status(disco, 3, "queued")
+    time.sleep(1)
+    assert deployments(disco)[2]["status"] == "queued"
+    hold.unlink()
+    third.join(240)
+    assert results and results[0].returncode == 0, results[0].stderr if results else "no push"
+    assert "queued: waiting for deployment #2 of myapp to finish" in results[0].stderr
+
+    # #2's cleanup ran to its end, recorded and logged: the worker it dropped and the image of #1 are gone.
+    second = deployments(disco)[1]
+    assert second["finished_at"] and "cleanup" in json.loads(second["timings"])
+    assert "removing service " + worker in Path(second["log_path"]).read_text()
+    assert run(["/usr/bin/docker", "service", "inspect", worker]).returncode != 0
+    assert run(["/usr/bin/docker", "image", "inspect", first_image]).returncode != 0
+    assert body(disco) == "v3\n"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -53,10 +55,11 @@ class Rig:
         return git("-C", str(self.work), "rev-parse", "HEAD").strip()
 
     def deploy(self, user: str = "alice") -> Deployment:
+        """Deploy the commit; its record once it is done (a live one cleaned up after itself)."""
         ticket = self.deployer.enqueue("shop", self.sha, "main", user, "push")
-        final = ticket.wait(30)
-        assert final is not None, "the deployment did not finish"
-        return final
+        assert ticket.done.wait(30), "the deployment did not finish"
+        assert ticket.final is not None
+        return ticket.final
 
     def status(self, number: int) -> str:
         found = self.store.get_deployment("shop", number)
@@ -100,6 +103,36 @@ def test_a_deploy_goes_live_replaces_the_previous_and_prunes_old_images(rig: Rig
     del rig.engine.never_healthy[WEB]
     assert rig.deploy().number == 5
     assert sorted(rig.engine.project_images("shop")) == [3, 5]
+
+
+def test_the_push_is_answered_at_live_and_the_next_deploy_waits_for_the_cleanup(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    rig.deploy()
+    cleaning, go_on = threading.Event(), threading.Event()
+    clean_up = deployment.DeploymentRun.clean_up
+
+    def held_clean_up(run: deployment.DeploymentRun) -> None:
+        cleaning.set()
+        assert go_on.wait(30)
+        clean_up(run)
+
+    monkeypatch.setattr(deployment.DeploymentRun, "clean_up", held_clean_up)
+    heard: list[str] = []
+    ticket = rig.deployer.enqueue("shop", rig.sha, "main", "alice", "push", listener=heard.append)
+    answer = ticket.wait(30)
+    assert answer is not None and answer.status == DeploymentStatus.LIVE and not answer.finished_at
+    assert heard[-1].startswith("deployment #2 is live"), "the pusher gets every line up to live, and no more"
+    assert cleaning.wait(30) and not ticket.done.is_set()
+    assert sorted(rig.engine.project_images("shop")) == [1, 2]  # nothing pruned yet
+    following = rig.deployer.enqueue("shop", rig.sha, "main", "alice", "push")
+    time.sleep(0.3)
+    assert rig.status(3) == "queued", "the next deployment started while the cleanup before it ran"
+    go_on.set()
+    assert ticket.done.wait(30) and ticket.final is not None and ticket.final.finished_at
+    assert "cleanup" in json.loads(ticket.final.timings)
+    assert following.done.wait(30) and following.final is not None and following.final.status == "live"
+    assert sorted(rig.engine.project_images("shop")) == [2, 3]  # keep_images = 2, once cleaned up
+    assert heard[-1].startswith("deployment #2 is live")
 
 
 def test_a_failed_build_fails_with_its_reason_and_starts_nothing(rig: Rig):

@@ -117,6 +117,8 @@ def test_an_upgrade_keeps_serving_and_the_next_deploy_moves_to_the_new_names(fre
         new_version(repo, "v2\n", APP, **{"disco.toml": TOML})
         second = disco.git(key, "push", disco.url("my-app"), "main", cwd=repo, timeout=300)
         assert second.returncode == 0, second.stderr
+        disco.api_key = api_key(disco)  # the old version's init made none for this test's calls
+        disco.cleaned_up("my-app")  # the push returned once live; retiring the old service goes on
         time.sleep(1)
     assert during.errors == [] and len(during.bodies) > 20, (during.errors, len(during.bodies))
     current = f"{disco.instance}-my--app-web"
@@ -127,7 +129,7 @@ def test_an_upgrade_keeps_serving_and_the_next_deploy_moves_to_the_new_names(fre
     assert volumes_of(disco) == {f"{disco.instance}-my-app-app-data"}
 
     # The image the old version built is kept for rollback, and still rolls back.
-    headers = {"Authorization": f"Bearer {api_key(disco)}"}
+    headers = {"Authorization": f"Bearer {disco.api_key}"}
     back = httpx.post(f"http://127.0.0.1:{disco.api_port}/api/v1/projects/my-app/rollback", json={"number": 1},
                       headers=headers, timeout=30)
     assert back.status_code == 202, back.text
