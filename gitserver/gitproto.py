@@ -299,7 +299,12 @@ def delta_target_size(delta_start: bytes) -> int:
 # ENOSPC and EDQUOT, and its own when a write of the pack's index comes up short.
 INDEX_PACK_FULL_DISK = ((errno.ENOSPC, (os.strerror(errno.ENOSPC), "Out of diskspace")),
                         (errno.EDQUOT, (os.strerror(errno.EDQUOT),)))
-RECV_SIZE = 1 << 20  # ask the channel for up to this much at a time: fewer hops to the event loop
+# Ask the channel for everything it holds, not a slice of it. asyncssh pauses a channel once
+# a window's worth (2 MiB) waits unread, and buffers what still arrives; on resuming it grants
+# the client a whole new window while that buffer is still full. Reading less than all of it
+# at a time, the buffers grew by up to a window per pause, without bound: 35 MiB held at once
+# during a 64 MiB push. A read as large as both buffers together empties them each time.
+RECV_SIZE = 8 << 20
 
 
 def add_limited_thin_pack(store: DiskObjectStore, recv: Callable[[int], bytes], limits: PushLimits) -> None:

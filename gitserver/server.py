@@ -7,6 +7,7 @@ the convention). Every channel runs one git command, or prints who you are and h
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import shlex
 import threading
@@ -166,8 +167,11 @@ class GitServer:
 
     def _push(self, project: str, io: ChannelIO, context: PushContext) -> None:
         # Authorised already: a first push (or one to a project made through the API) makes the repo.
-        with self.repos.session(project, create=True), self.repos.open(project) as repo:
-            run_receive_pack(repo, io, context)
+        try:
+            with self.repos.session(project, create=True), self.repos.open(project) as repo:
+                run_receive_pack(repo, io, context)
+        finally:
+            give_back_free_memory()
 
     def _greeting(self, user: User) -> str:
         port = self.settings.ssh_port
@@ -248,6 +252,19 @@ async def _in_own_thread(name: str, function: Callable[..., None], *args: object
 
     threading.Thread(target=run, name=name, daemon=True).start()
     await done
+
+
+def give_back_free_memory() -> None:
+    """Return the memory a push freed to the system.
+
+    A push allocates and frees a chunk of its pack at a time, megabytes each, in its own
+    thread; glibc keeps what was freed in that thread's arena for reuse, so the daemon stayed
+    tens of megabytes larger after a large push. malloc_trim hands the free pages back (all
+    arenas, since glibc 2.8); a C library without it keeps them.
+    """
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def parse_git_command(command: str) -> tuple[str, str]:
