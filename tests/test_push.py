@@ -408,3 +408,32 @@ def test_sigterm_lets_an_inflight_push_finish(disco: Disco, admin_key: Key, tmp_
     assert pushed.returncode == 0, pushed.stderr
     assert stored(disco, "myapp") == head(repo)
     assert disco.process.wait(timeout=30) == 0  # exits by itself once the push is done
+
+
+def test_each_read_of_a_connection_is_acknowledged_at_once():
+    # git's ssh client leaves Nagle on: without the acknowledgement at once, each small
+    # message after another waited for Linux's delayed ACK (up to 40 ms), a few per connection.
+    from gitserver.server import _acknowledge_at_once
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    received: list[tuple[bytes, object]] = []
+
+    class Connection:  # what asyncssh's connection offers: its socket, and data_received
+        def get_extra_info(self, name: str) -> socket.socket | None:
+            return server if name == "socket" else None
+
+        def data_received(self, data: bytes, datatype: object = None) -> None:
+            received.append((data, datatype))
+
+    try:
+        conn = Connection()
+        _acknowledge_at_once(conn)  # type: ignore[arg-type]
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+        conn.data_received(b"SSH-2.0-test\r\n")
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+        assert received == [(b"SSH-2.0-test\r\n", None)]
+    finally:
+        for sock in (client, server, listener):
+            sock.close()
