@@ -78,7 +78,11 @@ OFS_DELTA, REF_DELTA = 6, 7
 OBJECT_TYPES = (1, 2, 3, 4, OFS_DELTA, REF_DELTA)  # commit, tree, blob, tag and the two deltas
 MAX_VARINT_BYTES = 10  # a size or offset that needs more than 64 bits is no size at all
 DELTA_START = 2 * MAX_VARINT_BYTES  # enough of a delta for both of its sizes
-INFLATE_STEP = 4 << 20  # the most inflated bytes held at once (they are counted, then dropped)
+# zlib is handed a stream this much at a time, and returns at most INFLATE_STEP of inflated
+# bytes per call (counted, then dropped). Input left over when the output is cut short is
+# copied by zlib each time: pieces no larger than what they inflate to keep that rare.
+INPUT_STEP = 256 << 10
+INFLATE_STEP = 1 << 20
 
 
 class BrokenPack(Exception):
@@ -118,7 +122,8 @@ class PackLimiter:
         self._inflated = 0
         self._delta_start: bytearray | None = None  # a delta's first bytes, until its sizes are read
         self._zlib = zlib.decompressobj()
-        self._slice = 0  # how much of the stream to hand zlib at once (see _data)
+        self._slice = 0  # how much more of the current stream to hand zlib (see _start_data)
+        self._stream_in = 0  # how much of it zlib was handed
 
     def feed(self, data: bytes) -> int:
         """Take the next chunk; return how many of its bytes belong to the pack (all of them
@@ -209,13 +214,15 @@ class PackLimiter:
         # was handed: so hand it about what this stream should take, never the whole chunk.
         # deflate never makes data larger than this; a stream that is anyway gets more.
         self._slice = self._declared + self._declared // 2048 + 64
+        self._stream_in = 0
         self._step = self._data
         return 0
 
     def _data(self, data: memoryview) -> int:
-        """Inflate what there is of the object's zlib stream, at most INFLATE_STEP at a time."""
+        """Inflate the next piece of the object's zlib stream."""
         stream = self._zlib
-        piece: memoryview | bytes = data[:self._slice]
+        handed = min(len(data), self._slice, INPUT_STEP)
+        piece: memoryview | bytes = data[:handed]
         try:
             while True:
                 # One byte more than the header declares, to catch an object that lies.
@@ -227,9 +234,11 @@ class PackLimiter:
                     break
         except zlib.error as err:
             raise self._broken(str(err)) from None
-        handed = min(len(data), self._slice)
         if not stream.eof:
-            self._slice *= 2  # longer than deflate makes: hand over more at a time
+            self._stream_in += handed
+            self._slice -= handed
+            if self._slice <= 0:  # longer than deflate makes: as much again, then more
+                self._slice = self._stream_in
             return handed
         if self._inflated != self._declared:
             raise self._broken(f"it inflates to {self._inflated} bytes, its header says {self._declared}")
