@@ -250,7 +250,7 @@ def _acknowledge_at_once(conn: asyncssh.SSHServerConnection) -> None:
         receive(data, datatype)
 
     # The transport calls the connection's data_received for each read; this one comes first.
-    setattr(conn, "data_received", data_received)
+    conn.data_received = data_received  # type: ignore[method-assign]
 
 
 async def _in_own_thread(name: str, function: Callable[..., None], *args: object) -> None:
