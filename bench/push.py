@@ -8,7 +8,8 @@ size. It then times `git push` of that repo to a fresh destination, N times each
   disco    `disco serve` on a free loopback port (its own temp data dir and key)
   file://  native git to a fresh bare repo on the local file system
   sshd     native git over OpenSSH, via an sshd this script starts on a free loopback port
-           (needs /usr/sbin/sshd and root; skipped with a note otherwise)
+           (needs root; when /usr/sbin/sshd is missing the script installs Debian's
+           openssh-server with apt-get first, and says so)
 
 Every variant pushes `main` to a branch named `bench`, not to `main`: a push to Disco's deploy
 branch builds and rolls out the app, and this measures the git transport only. With Docker
@@ -17,10 +18,11 @@ and the script removes its Docker objects at the end.
 
 The variants are interleaved within each repetition (and their order rotated) so machine
 noise hits them alike; the table shows the median. It also samples the daemon's RSS during
-the pushes (peak) and once right after start (idle), and labels each number against its
-target (disco/native ratio <= 1.2, idle RSS < 60 MB) with PASS or MISS. The exit status is 0
-unless something broke. Everything it starts is stopped and its temp dir removed, also on
-Ctrl-C (unless --keep).
+the pushes (peak), once right after start (idle) and once right after each size's pushes
+(after), and labels each number against its target (disco/native ratio <= 1.2, idle RSS
+< 60 MB) with PASS or MISS. The figures it prints are also written to bench/results/push.json.
+The exit status is 0 unless something broke. Everything it starts is stopped and its temp dir
+removed, also on Ctrl-C (unless --keep).
 
 Run by hand, from the repo root (never from the tests; it takes a few minutes):
 
@@ -50,7 +52,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from disco_harness import CADDY_IMAGE, DISCO, GIT_ENV, free_port, run
+from disco_harness import CADDY_IMAGE, DISCO, GIT_ENV, free_port, run, write_results
 from runtime.docker_engine import DockerError, Engine  # disco_harness put the repo root on sys.path
 
 SSHD = Path("/usr/sbin/sshd")
@@ -307,11 +309,24 @@ def remove_docker_objects(instance: str) -> None:
 
 
 def sshd_unavailable_reason() -> str | None:
-    if not SSHD.exists():
-        return f"{SSHD} not found"
+    """Why the sshd variant cannot run, or None; installs the server first when it is missing."""
     if os.geteuid() != 0:
         return "sshd has to run as root (it pushes as root@127.0.0.1)"
+    if not SSHD.exists():
+        install_sshd()
+    if not SSHD.exists():
+        return f"{SSHD} not found after installing openssh-server"
     return None
+
+
+def install_sshd() -> None:
+    """Install Debian's OpenSSH server, for the sshd baseline only (test-only: the daemon never
+    needs it). Where the system lets packages start services, the package starts its own sshd
+    on port 22 too; this script uses only the one it starts itself."""
+    print(f"{SSHD} is missing: installing openssh-server with apt-get (for the sshd baseline only)", flush=True)
+    # Another apt-get may hold the dpkg lock for a while (other benchmarks, set-up scripts).
+    run(["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "openssh-server"],
+        timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def ensure_sshd_privsep_dir(stack: ExitStack) -> None:
@@ -435,10 +450,15 @@ class SizeResult:
     repo: GeneratedRepo
     seconds: dict[str, list[float]] = field(default_factory=dict)
     disco_peak_rss_mb: float = 0.0
+    disco_rss_after_mb: float = 0.0  # VmRSS right after this size's last push
 
     def median(self, variant: str) -> float | None:
         runs = self.seconds.get(variant)
         return statistics.median(runs) if runs else None
+
+    def ratio(self, baseline: str) -> float | None:
+        disco, native = self.median("disco"), self.median(baseline)
+        return disco / native if disco is not None and native is not None else None
 
 
 def measure_size(repo: GeneratedRepo, variants: list[Variant], repeat: int, workspace: Workspace,
@@ -454,6 +474,7 @@ def measure_size(repo: GeneratedRepo, variants: list[Variant], repeat: int, work
             result.seconds[variant.name].append(seconds)
             print(f"  {repo.size_mb} MB  run {repetition + 1}/{repeat}  {variant.name:<8} {seconds:7.2f} s", flush=True)
     result.disco_peak_rss_mb = sampler.take_peak_mb()
+    result.disco_rss_after_mb = kb_to_mb(proc_status_kb(sampler.pid, "VmRSS") or 0)
     return result
 
 
@@ -472,7 +493,8 @@ def print_report(results: list[SizeResult], idle_rss_mb: float, final_rss: dict[
     print()
     print(f"Results (median of {repeat}; targets: disco/native <= {RATIO_TARGET}, "
           f"daemon idle RSS < {IDLE_RSS_TARGET_MB:.0f} MB)")
-    header = f"{'size':>7}  {'variant':<8} {'median s':>9}  {'runs s':<24} {'disco/file://':>14} {'disco/sshd':>12} {'server peak RSS':>16}"
+    header = (f"{'size':>7}  {'variant':<8} {'median s':>9}  {'runs s':<24} {'disco/file://':>14} {'disco/sshd':>12} "
+              f"{'server peak RSS':>16} {'RSS after':>10}")
     print(header)
     print("-" * len(header))
     for result in results:
@@ -484,12 +506,16 @@ def print_report(results: list[SizeResult], idle_rss_mb: float, final_rss: dict[
                 f"{' '.join(f'{s:.2f}' for s in runs):<24} "
                 f"{ratio_cell(disco, result.median('file://')) if is_disco else '':>14} "
                 f"{ratio_cell(disco, result.median('sshd')) if is_disco else '':>12} "
-                f"{f'{result.disco_peak_rss_mb:.1f} MB' if is_disco else '':>16}"
+                f"{f'{result.disco_peak_rss_mb:.1f} MB' if is_disco else '':>16} "
+                f"{f'{result.disco_rss_after_mb:.1f} MB' if is_disco else '':>10}"
             )
             print(row.rstrip())
     print()
     print(f"daemon idle RSS ({IDLE_SETTLE_SECONDS:.0f} s after listening, before any push): "
           f"{idle_rss_mb:.1f} MB  (target < {IDLE_RSS_TARGET_MB:.0f} MB) {pass_or_miss(idle_rss_mb < IDLE_RSS_TARGET_MB)}")
+    for result in results:
+        print(f"daemon RSS right after the {result.repo.size_mb} MB pushes: {result.disco_rss_after_mb:.1f} MB "
+              f"(idle + {result.disco_rss_after_mb - idle_rss_mb:.1f} MB)")
     if final_rss:
         print(f"daemon after all pushes: VmRSS {final_rss['VmRSS']:.1f} MB, VmHWM {final_rss['VmHWM']:.1f} MB")
     print("(RSS is VmRSS, sampled every 20 ms; it counts the pages of the pack file the daemon maps "
@@ -564,6 +590,35 @@ def benchmark(args: argparse.Namespace, stack: ExitStack) -> None:
 
     final_rss = {name: kb_to_mb(proc_status_kb(disco.process.pid, name) or 0) for name in ("VmRSS", "VmHWM")}
     print_report(results, kb_to_mb(idle_rss_kb), final_rss, sshd_note, args.repeat)
+    write_results("push", figures(results, kb_to_mb(idle_rss_kb), final_rss, sshd_note, args.repeat))
+
+
+def figures(results: list[SizeResult], idle_rss_mb: float, final_rss: dict[str, float],
+            sshd_note: str | None, repeat: int) -> dict[str, object]:
+    """What print_report printed, as numbers (None where a variant did not run)."""
+    def rounded(value: float | None, places: int = 3) -> float | None:
+        return None if value is None else round(value, places)
+
+    return {
+        "repeat": repeat,
+        "idle_rss_mb": round(idle_rss_mb, 1),
+        "final_vmrss_mb": round(final_rss["VmRSS"], 1),
+        "final_vmhwm_mb": round(final_rss["VmHWM"], 1),
+        "sshd_skipped": sshd_note,
+        "sizes": {
+            f"{result.repo.size_mb}mb": {
+                "pack_mb": round(result.repo.pack_bytes / MB, 1),
+                "median_seconds": {variant: rounded(result.median(variant)) for variant in result.seconds},
+                "runs_seconds": {variant: [round(s, 3) for s in runs] for variant, runs in result.seconds.items()},
+                "disco_over_file": rounded(result.ratio("file://")),
+                "disco_over_sshd": rounded(result.ratio("sshd")),
+                "peak_rss_mb": round(result.disco_peak_rss_mb, 1),
+                "rss_after_mb": round(result.disco_rss_after_mb, 1),
+                "rss_after_minus_idle_mb": round(result.disco_rss_after_mb - idle_rss_mb, 1),
+            }
+            for result in results
+        },
+    }
 
 
 def raise_interrupt(signum: int, frame: object) -> None:

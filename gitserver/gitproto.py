@@ -3,33 +3,37 @@
 dulwich's handlers are blocking, asyncssh is not: `ChannelIO` gives the worker thread blocking
 read and write calls that hop onto the event loop and wait there, which also gives us
 back-pressure (a write waits for the channel to drain).
+
+dulwich speaks the protocol and moves the refs; the pack a push sends goes to `git index-pack`
+as it arrives (checked against the limits on the way), which writes and indexes it on disk.
+dulwich's own pack receiver holds every object whole in memory, and then some: a push of
+large files made the daemon several times their size for good.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import glob
+import hashlib
 import logging
 import os
+import secrets
+import struct
+import subprocess
 import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, NoReturn, TypeVar, cast
 
 import asyncssh
+from dulwich.errors import GitProtocolError, HangupException
 from dulwich.file import _GitFile
-from dulwich.errors import ApplyDeltaError, ChecksumMismatch, GitProtocolError, HangupException, ObjectFormatException
 from dulwich.object_store import DiskObjectStore, PackInputTooLarge
 from dulwich.objects import ObjectID
-from dulwich.pack import (
-    DELTA_TYPES,
-    PackData,
-    PackIndexer,
-    PackStreamCopier,
-    UnpackedObject,
-)
 from dulwich.protocol import (
     CAPABILITY_SIDE_BAND_64K,
     SIDE_BAND_CHANNEL_PROGRESS,
@@ -52,8 +56,6 @@ from runtime import disk
 log = logging.getLogger("disco.git")
 T = TypeVar("T")
 
-# Errors dulwich raises for a broken or truncated pack; anything else is a bug and propagates.
-PACK_ERRORS = (OSError, ChecksumMismatch, ApplyDeltaError, ObjectFormatException, zlib.error, AssertionError)
 PACK_HEADER_SIZE = 12  # "PACK", version, object count
 
 
@@ -71,67 +73,201 @@ class PushTooLarge(Exception):
 
 
 OBJECT_FLOOR = 4096  # what the smallest object counts for against max_push_inflated_size
+HASH_SIZE = 20  # SHA-1: a ref-delta's base and the pack's trailer
+OFS_DELTA, REF_DELTA = 6, 7
+OBJECT_TYPES = (1, 2, 3, 4, OFS_DELTA, REF_DELTA)  # commit, tree, blob, tag and the two deltas
+MAX_VARINT_BYTES = 10  # a size or offset that needs more than 64 bits is no size at all
+DELTA_START = 2 * MAX_VARINT_BYTES  # enough of a delta for both of its sizes
+# zlib is handed a stream this much at a time, and returns at most INFLATE_STEP of inflated
+# bytes per call (counted, then dropped). Input left over when the output is cut short is
+# copied by zlib each time: pieces no larger than what they inflate to keep that rare.
+INPUT_STEP = 256 << 10
+INFLATE_STEP = 1 << 20
 
 
-class LimitedPackCopier(PackStreamCopier):
-    """dulwich's PackStreamCopier that refuses an object by its declared size, before inflating it.
+class BrokenPack(Exception):
+    """The stream is not a well-formed pack (or ends early); str() says where and how."""
 
-    dulwich reads an object's header with `read()` (byte by byte: type, size, delta base), then
-    inflates its zlib stream with `recv()`, and only calls `read()` again for the next header.
-    So the bytes `read()` returned since the last stream are that object's header, and the first
-    `recv()` of an object is the moment its size is declared and nothing is inflated yet.
-    A delta declares only its own size there; the size of the object it makes is the second
-    number of the delta itself, checked once the (small) delta is read and before the indexer
-    applies it.
+
+# A broken or truncated pack, or one that did not fit on disk; anything else is a bug and propagates.
+PACK_ERRORS = (OSError, BrokenPack)
+
+
+class PackLimiter:
+    """Follows a pack stream object by object, as it arrives in chunks of any size, and refuses
+    it at the first object over a limit, before anything reads that object's data.
+
+    It keeps nothing of the objects: each is inflated in steps to find where its zlib stream
+    ends and to check it inflates to the size its header declares, and dropped. A delta
+    declares only its own size in its header; the size of the object it makes is the second
+    number of the delta itself, checked from its first inflated bytes. So whoever is handed
+    only the bytes `feed` accepted (git index-pack, here) never meets an object over a limit
+    with more than its first chunk of data.
+
+    The checksum of a pack with objects is not checked here: git index-pack does that.
     """
 
-    def __init__(self, hash_func: Callable[[], Any], read_all: Callable[[int], bytes],
-                 read_some: Callable[[int], bytes] | None, outfile: IO[bytes], limits: PushLimits,
-                 delta_iter: PackIndexer | None = None) -> None:
-        super().__init__(hash_func, read_all, read_some, outfile, delta_iter=delta_iter)  # type: ignore[arg-type]
+    def __init__(self, limits: PushLimits) -> None:
         self.limits = limits
-        self.inflated_size = 0  # declared so far
-        self._header: bytearray | None = bytearray()  # None while inside an object's zlib stream
+        self.size = 0  # bytes taken so far
+        self.object_count: int | None = None  # from the pack header, once read
+        self.objects = 0  # objects read completely
+        self.inflated_size = 0  # declared so far (deltas: the size of the object they make)
+        self.done = False
+        self._step: Callable[[memoryview], int] = self._pack_header
+        self._pending = bytearray()  # a header being read
+        self._header = b""  # the pack's, once read
+        self._object_start = 0  # where the current object starts in the pack
+        self._declared = 0  # the current object's inflated size, from its header
+        self._inflated = 0
+        self._delta_start: bytearray | None = None  # a delta's first bytes, until its sizes are read
+        self._zlib = zlib.decompressobj()
+        self._slice = 0  # how much more of the current stream to hand zlib (see _start_data)
+        self._stream_in = 0  # how much of it zlib was handed
 
-    def _read(self, read: Callable[[int], bytes], size: int) -> bytes:
-        data = super()._read(read, size)
-        if self._offset > self.limits.max_input_size:
+    def feed(self, data: bytes) -> int:
+        """Take the next chunk; return how many of its bytes belong to the pack (all of them
+        until the pack's last byte). Raises PushTooLarge, PackInputTooLarge or BrokenPack."""
+        room = self.limits.max_input_size - self.size + 1  # what fits, and one byte more to tell
+        view = memoryview(data)[:room]
+        pos = 0
+        while pos < len(view) and not self.done:
+            taken = self._step(view[pos:])
+            pos += taken
+            self.size += taken
+        if self.size > self.limits.max_input_size:
             raise PackInputTooLarge(f"pack exceeds maximum input size of {self.limits.max_input_size} bytes")
-        return data
+        return pos
 
-    def read(self, size: int) -> bytes:
-        start = self.offset
-        data = super().read(size)
-        if self._header is None:  # a stream ended: this is the next object's header
-            self._header = bytearray()
-        self._header += data[max(0, PACK_HEADER_SIZE - start):]
-        return data
+    def _broken(self, problem: str) -> BrokenPack:
+        return BrokenPack(f"pack object {self.objects + 1} (at byte {self._object_start}): {problem}")
 
-    def recv(self, size: int) -> bytes:
-        if self._header is not None:
-            self._check_header(bytes(self._header))
-            self._header = None
-        return super().recv(size)
+    def _fill(self, data: memoryview, wanted: int) -> int:
+        """Add up to `wanted` bytes of a fixed-size part to `_pending`; return how many it took."""
+        taken = min(wanted - len(self._pending), len(data))
+        self._pending += data[:taken]
+        return taken
 
-    def read_objects(self, compute_crc32: bool = False) -> Iterator[UnpackedObject]:
-        for unpacked in super().read_objects(compute_crc32):
-            if unpacked.pack_type_num in DELTA_TYPES:
-                self._declare(delta_target_size(b"".join(unpacked.decomp_chunks[:4])))
-            yield unpacked
+    def _varint(self, data: memoryview, what: str) -> int | None:
+        """Take the bytes of a variable-length number (a set top bit: another byte follows)
+        into `_pending`; how many it took once complete, else None (it took all of `data`)."""
+        for index, byte in enumerate(data):
+            self._pending.append(byte)
+            if len(self._pending) > MAX_VARINT_BYTES:
+                raise self._broken(f"its {what} does not end")
+            if not byte & 0x80:
+                return index + 1
+        return None
 
-    def _check_header(self, header: bytes) -> None:
-        if not header:
-            raise AssertionError("pack object without a header")
+    def _pack_header(self, data: memoryview) -> int:
+        taken = self._fill(data, PACK_HEADER_SIZE)
+        if len(self._pending) == PACK_HEADER_SIZE:
+            header = bytes(self._pending)
+            if header[:4] != b"PACK":
+                raise BrokenPack("the stream does not start with a pack header")
+            version, count = struct.unpack(">LL", header[4:])
+            if version not in (2, 3):
+                raise BrokenPack(f"pack version {version} is not supported")
+            self._header, self.object_count = header, count
+            self._pending.clear()
+            self._object_start = PACK_HEADER_SIZE
+            self._step = self._object_header if count else self._trailer
+        return taken
+
+    def _object_header(self, data: memoryview) -> int:
+        taken = self._varint(data, "header")
+        if taken is None:
+            return len(data)
+        header = bytes(self._pending)
+        self._pending.clear()
         type_num, size = (header[0] >> 4) & 7, header[0] & 0x0F
-        pos, shift = 0, 4
-        while header[pos] & 0x80 and pos + 1 < len(header):  # a set top bit: the size goes on
-            pos += 1
-            size |= (header[pos] & 0x7F) << shift
-            shift += 7
-        if type_num in DELTA_TYPES:
+        for shift, byte in enumerate(header[1:]):
+            size |= (byte & 0x7F) << (4 + 7 * shift)
+        if type_num not in OBJECT_TYPES:
+            raise self._broken(f"unknown type {type_num}")
+        if type_num in (OFS_DELTA, REF_DELTA):
             self._check_object(size)  # a delta larger than an object may be makes one too large
+            self._delta_start = bytearray()
         else:
             self._declare(size)
+            self._delta_start = None
+        self._declared, self._inflated = size, 0
+        self._step = {OFS_DELTA: self._delta_offset, REF_DELTA: self._delta_base}.get(type_num, self._start_data)
+        return taken
+
+    def _delta_offset(self, data: memoryview) -> int:
+        taken = self._varint(data, "delta offset")
+        if taken is None:
+            return len(data)
+        return taken + self._start_data(data[taken:])
+
+    def _delta_base(self, data: memoryview) -> int:
+        taken = self._fill(data, HASH_SIZE)
+        if len(self._pending) < HASH_SIZE:
+            return taken
+        return taken + self._start_data(data[taken:])
+
+    def _start_data(self, data: memoryview) -> int:
+        self._pending.clear()
+        self._zlib = zlib.decompressobj()
+        # zlib copies whatever follows the end of a stream (the next objects) out of what it
+        # was handed: so hand it about what this stream should take, never the whole chunk.
+        # deflate never makes data larger than this; a stream that is anyway gets more.
+        self._slice = self._declared + self._declared // 2048 + 64
+        self._stream_in = 0
+        self._step = self._data
+        return 0
+
+    def _data(self, data: memoryview) -> int:
+        """Inflate the next piece of the object's zlib stream."""
+        stream = self._zlib
+        handed = min(len(data), self._slice, INPUT_STEP)
+        piece: memoryview | bytes = data[:handed]
+        try:
+            while True:
+                # One byte more than the header declares, to catch an object that lies.
+                step = min(INFLATE_STEP, self._declared - self._inflated + 1)
+                out = stream.decompress(piece, step)
+                self._count(out)
+                piece = stream.unconsumed_tail
+                if stream.eof or (not piece and len(out) < step):
+                    break
+        except zlib.error as err:
+            raise self._broken(str(err)) from None
+        if not stream.eof:
+            self._stream_in += handed
+            self._slice -= handed
+            if self._slice <= 0:  # longer than deflate makes: as much again, then more
+                self._slice = self._stream_in
+            return handed
+        if self._inflated != self._declared:
+            raise self._broken(f"it inflates to {self._inflated} bytes, its header says {self._declared}")
+        if self._delta_start is not None:  # a delta shorter than DELTA_START
+            self._declare(delta_target_size(bytes(self._delta_start)))
+        self.objects += 1
+        self._object_start = self.size + handed - len(stream.unused_data)
+        self._step = self._object_header if self.objects < (self.object_count or 0) else self._trailer
+        return handed - len(stream.unused_data)
+
+    def _count(self, out: bytes) -> None:
+        self._inflated += len(out)
+        if self._inflated > self._declared:
+            raise self._broken(f"it inflates to more than the {self._declared} bytes its header says")
+        start = self._delta_start
+        if start is not None and len(start) < DELTA_START:
+            start += out[:DELTA_START - len(start)]
+            if len(start) == DELTA_START:  # enough: from here on the delta is only counted
+                self._declare(delta_target_size(bytes(start)))
+                self._delta_start = None
+
+    def _trailer(self, data: memoryview) -> int:
+        taken = self._fill(data, HASH_SIZE)
+        if len(self._pending) == HASH_SIZE:
+            # With objects, git index-pack checks the checksum; without, nothing else reads it.
+            if not self.object_count and bytes(self._pending) != hashlib.sha1(self._header).digest():
+                raise BrokenPack("the empty pack's checksum does not match")
+            self.done = True
+        return taken
 
     def _check_object(self, size: int) -> None:
         if size > self.limits.max_object_size:
@@ -140,8 +276,8 @@ class LimitedPackCopier(PackStreamCopier):
 
     def _declare(self, size: int) -> None:
         self._check_object(size)
-        # Every object costs dulwich's indexing memory and time however small it is: millions
-        # of empty blobs (ten bytes each on the wire) must not get through as "nothing".
+        # Every object costs indexing memory and time however small it is: millions of empty
+        # blobs (ten bytes each on the wire) must not get through as "nothing".
         self.inflated_size += max(size, OBJECT_FLOOR)
         if self.inflated_size > self.limits.max_inflated_size:
             raise PushTooLarge(f"push too large: its objects inflate to more than the "
@@ -157,7 +293,7 @@ def delta_target_size(delta_start: bytes) -> int:
         size = shift = 0
         while True:
             if pos >= len(delta_start):
-                raise ApplyDeltaError("delta too short for its header")
+                raise BrokenPack("a delta is too short for its header")
             byte = delta_start[pos]
             pos += 1
             size |= (byte & 0x7F) << shift
@@ -168,30 +304,125 @@ def delta_target_size(delta_start: bytes) -> int:
     return sizes[1]
 
 
-def add_limited_thin_pack(store: DiskObjectStore, read_all: Callable[[int], bytes],
-                          read_some: Callable[[int], bytes] | None, limits: PushLimits) -> None:
-    """`DiskObjectStore.add_thin_pack`, with `LimitedPackCopier` reading the stream.
+# How git says the disk is full (what runtime.disk counts as full): the C library's words for
+# ENOSPC and EDQUOT, and its own when a write of the pack's index comes up short.
+INDEX_PACK_FULL_DISK = ((errno.ENOSPC, (os.strerror(errno.ENOSPC), "Out of diskspace")),
+                        (errno.EDQUOT, (os.strerror(errno.EDQUOT),)))
+# Ask the channel for everything it holds, not a slice of it. asyncssh pauses a channel once
+# a window's worth (2 MiB) waits unread, and buffers what still arrives; on resuming it grants
+# the client a whole new window while that buffer is still full. Reading less than all of it
+# at a time, the buffers grew by up to a window per pause, without bound: 35 MiB held at once
+# during a 64 MiB push. A read as large as both buffers together empties them each time.
+RECV_SIZE = 8 << 20
 
-    Its steps, dulwich's own: copy the stream to a temporary pack while recording deltas,
-    index it, complete it into objects/pack. A refused or broken pack leaves no temporary file.
+
+def add_limited_thin_pack(store: DiskObjectStore, recv: Callable[[int], bytes], limits: PushLimits) -> None:
+    """Receive the pack `recv` reads into the repo: checked by PackLimiter as it passes, and
+    written, completed (a thin pack's bases added) and indexed by `git index-pack` as it comes.
+
+    git writes it as a temporary pack in objects/ (swept on start and after every session,
+    as dulwich's were), moved into objects/pack once indexed. Nothing of the pack is held in
+    memory here: only the chunk in hand. A refused or broken pack leaves no file behind.
     """
-    fd, path = tempfile.mkstemp(dir=store.path, prefix="tmp_pack_")
+    limiter = PackLimiter(limits)
+    objects_dir = os.fspath(store.path)
+    temp = os.path.join(objects_dir, f"tmp_pack_{secrets.token_hex(8)}")
+    indexer: IndexPack | None = None
     try:
-        with os.fdopen(fd, "w+b") as f:
-            indexer = PackIndexer(f, store.object_format.hash_func, resolve_ext_ref=store.get_raw)
-            copier = LimitedPackCopier(store.object_format.hash_func, read_all, read_some, f, limits,
-                                       delta_iter=indexer)
-            copier.verify()
-            f.flush()
-            holds.point("receive")  # the pack is a temporary file; nothing points at it yet
-            f.seek(0)
-            with PackData(path, file=f, object_format=store.object_format) as data:
-                indexer.set_pack_data(data)
-                entries, ext_refs = store._index_pack(indexer, len(copier))
-            _complete_pack(store, f, path, entries, ext_refs)
+        while not limiter.done:
+            chunk = recv(RECV_SIZE)
+            if not chunk:
+                raise BrokenPack(f"the pack ended early, after {limiter.size} bytes")
+            used = limiter.feed(chunk)
+            if indexer is None and limiter.object_count:
+                indexer = IndexPack(os.path.dirname(objects_dir), temp + ".pack")
+            if indexer is not None:
+                indexer.feed(memoryview(chunk)[:used])
+        if indexer is None:  # no objects (a push of commits the repo has): nothing to store
+            return
+        pack_hash = indexer.finish()
+        holds.point("receive")  # the pack is a temporary file; nothing points at it yet
+        _move_into_packs(store, temp, pack_hash)
     finally:
-        if os.path.exists(path):  # moved into objects/pack when complete
-            os.unlink(path)
+        if indexer is not None:
+            indexer.stop()  # it writes no more: what it wrote can go
+        for leftover in glob.glob(glob.escape(temp) + ".*"):  # moved into objects/pack when complete
+            os.unlink(leftover)
+
+
+class IndexPack:
+    """`git index-pack --stdin --fix-thin`, writing the pack it is fed to `pack_path` and its
+    index beside it; git hashes, completes and indexes it while the rest arrives."""
+
+    def __init__(self, repo_dir: str, pack_path: str) -> None:
+        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: it can never fill and block git
+        self.process = subprocess.Popen(
+            ["git", "--git-dir", repo_dir, "index-pack", "--stdin", "--fix-thin", pack_path],
+            # The C locale: its error messages are read (a full disk, say).
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env={**os.environ, "LC_ALL": "C"},
+            # Not in the daemon's process group: a Ctrl-C on `disco serve` stops the daemon,
+            # which lets pushes in flight finish, and must not kill their index-pack.
+            start_new_session=True,
+        )
+        self._pack_path = pack_path
+
+    def feed(self, data: memoryview) -> None:
+        stdin = cast(IO[bytes], self.process.stdin)
+        try:
+            while data:
+                data = data[os.write(stdin.fileno(), data):]
+        except BrokenPipeError:  # index-pack gave up: its own words say why
+            self.process.wait()
+            self._raise_error()
+
+    def finish(self) -> str:
+        """Wait for git to complete the pack; its name (the pack's checksum, in hex)."""
+        cast(IO[bytes], self.process.stdin).close()
+        said = cast(IO[bytes], self.process.stdout).read().decode(errors="replace")
+        if self.process.wait() != 0:
+            self._raise_error()
+        kind, _, pack_hash = said.strip().partition("\t")
+        if kind != "pack" or len(pack_hash) != 2 * HASH_SIZE:
+            raise BrokenPack(f"git index-pack said {said.strip()[:80]!r} instead of the pack's name")
+        return pack_hash
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self._stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):  # a pipe git left with data unread
+                    stream.close()
+
+    def _raise_error(self) -> NoReturn:
+        self._stderr.seek(0)
+        said = self._stderr.read().decode(errors="replace").strip()
+        for errno_, words in INDEX_PACK_FULL_DISK:
+            if any(word in said for word in words):
+                raise OSError(errno_, f"git index-pack: {said.splitlines()[-1]}", self._pack_path)
+        lines = said.splitlines()
+        why = next((line for line in lines if line.startswith(("fatal: ", "error: "))), lines[0] if lines else "")
+        raise BrokenPack(why.removeprefix("fatal: ").removeprefix("error: ")
+                         or f"git index-pack exited with {self.process.returncode}")
+
+
+def _move_into_packs(store: DiskObjectStore, temp: str, pack_hash: str) -> None:
+    """Move the indexed pack into objects/pack under its name, its index last (what makes
+    git and dulwich see a pack). On failure whatever was moved goes again: no pack without
+    its index. A pack already there (the same objects pushed before) is kept as it is."""
+    final = os.path.join(os.fspath(store.pack_dir), f"pack-{pack_hash}")
+    moved: list[str] = []
+    try:
+        for suffix in (".pack", ".rev", ".idx"):
+            if os.path.exists(temp + suffix) and not os.path.exists(final + suffix):
+                os.rename(temp + suffix, final + suffix)
+                moved.append(final + suffix)
+    except OSError:
+        for path in moved:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        raise
 
 
 @contextlib.contextmanager
@@ -222,34 +453,6 @@ def _forget_lock(err: BaseException, lock_path: str) -> None:
         tb = tb.tb_next
     with contextlib.suppress(FileNotFoundError):
         os.unlink(lock_path)
-
-
-def _drop_unindexed_pack(store: DiskObjectStore, path: str, entries: list) -> None:
-    """Undo a `_complete_pack` that failed after moving the pack in and before its index was
-    written (a full disk): a .pack without its .idx is garbage git would keep forever.
-
-    By then dulwich had added the missing bases to `entries` and sorted them in place, which
-    is what names the pack; before the move, the temporary file is still there and the caller
-    removes it.
-    """
-    if os.path.exists(path):
-        return
-    base = store._get_pack_basepath(entries)
-    if not os.path.exists(base + ".idx"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(base + ".pack")
-
-
-def _complete_pack(store: DiskObjectStore, f: IO[bytes], path: str, entries: list, ext_refs: set) -> None:
-    """dulwich's `_complete_pack`, leaving nothing behind when the disk fills on the way: not
-    the pack moved in without its index, nor the index's lock file (see _no_lock_left...)."""
-    try:
-        store._complete_pack(f, path, entries, ext_refs)  # type: ignore[arg-type]
-    except OSError as err:
-        _drop_unindexed_pack(store, path, entries)
-        if disk.is_disk_full(err) and not os.path.exists(path):
-            _forget_lock(err, store._get_pack_basepath(entries) + ".idx.lock")
-        raise
 
 
 class ClientIdle(Exception):
@@ -373,7 +576,7 @@ class DiscoReceivePack(ReceivePackHandler):
         try:
             # Repo(path) always has a DiskObjectStore; the attribute is typed as its base class.
             store = cast(DiskObjectStore, self.repo.object_store)
-            add_limited_thin_pack(store, self._receivable.read, self._receivable.recv, self.context.limits)
+            add_limited_thin_pack(store, self._receivable.recv, self.context.limits)
         except PushTooLarge as err:
             return str(err)
         except PackInputTooLarge:
@@ -467,7 +670,16 @@ class _Protocol(ReceivableProtocol):
         return super().read(size) if size > 0 else b""
 
     def recv(self, size: int) -> bytes:
-        return super().recv(size) if size > 0 else b""
+        if size <= 0:
+            return b""
+        # With nothing buffered, as big a read as asked for (the pack's chunks): dulwich's own
+        # reads at most 64 KiB, each a hop to the event loop, and copies what it returns.
+        buffered = self._rbuf
+        position = buffered.tell()
+        if buffered.seek(0, os.SEEK_END) == position:
+            return self._recv(size)
+        buffered.seek(position)
+        return super().recv(size)
 
 
 def make_protocol(io: ChannelIO) -> ReceivableProtocol:

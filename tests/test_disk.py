@@ -300,7 +300,7 @@ def test_a_pack_that_does_not_fit_leaves_nothing_behind(small: Path, tmp_path: P
     stream = io.BytesIO(pack)
     limits = PushLimits(max_input_size=1 << 30, max_object_size=1 << 30, max_inflated_size=1 << 30)
     with pytest.raises(OSError) as raised:
-        add_limited_thin_pack(bare.object_store, stream.read, stream.read, limits)  # type: ignore[arg-type]
+        add_limited_thin_pack(bare.object_store, stream.read, limits)  # type: ignore[arg-type]
     assert raised.value.errno == errno.ENOSPC
     assert leftovers(small / "app.git") == [] and list((small / "app.git" / "objects" / "pack").iterdir()) == []
     assert free(small) == free_before

@@ -337,6 +337,33 @@ def test_pushes_to_different_projects_run_in_parallel(running: Disco, admin_key:
     assert released.returncode == 0, released.stderr
 
 
+def memory_kib(pid: int, field: str) -> int:
+    """A kB line of /proc/<pid>/status: VmRSS, VmHWM (the peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_a_large_push_costs_the_daemon_a_chunk_of_it_and_leaves_nothing_behind(
+        running: Disco, admin_key: Key, tmp_path: Path):
+    # dulwich's receiver held each object whole, several times over, and the daemon kept much
+    # of it: 64 MiB of random data made it peak 180 MiB higher and stay 90 MiB higher.
+    assert running.process is not None
+    pid = running.process.pid
+    warm = running.git(admin_key, "push", running.url("warm"), BRANCH, cwd=make_repo(tmp_path / "warm"))
+    assert warm.returncode == 0, warm.stderr  # the code a push runs is loaded before we measure
+    repo = make_repo(tmp_path / "large", {"blob.bin": os.urandom(64 << 20)})
+    before = memory_kib(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
+    pushed = running.git(admin_key, "push", running.url("large"), BRANCH, cwd=repo, timeout=300)
+    assert pushed.returncode == 0, pushed.stderr
+    peak, after = memory_kib(pid, "VmHWM"), memory_kib(pid, "VmRSS")
+    assert peak - before < 32 << 10, f"a push of a 64 MiB file made the daemon peak {(peak - before) >> 10} MiB higher"
+    assert after - before < 16 << 10, f"a push of a 64 MiB file left the daemon {(after - before) >> 10} MiB larger"
+    assert stored(running, "large") == head(repo)
+
+
 def test_push_over_the_size_limit_is_refused(disco: Disco, admin_key: Key, tmp_path: Path):
     disco.extra_args = ["--max-push-size", "100000"]
     disco.start()
@@ -381,3 +408,32 @@ def test_sigterm_lets_an_inflight_push_finish(disco: Disco, admin_key: Key, tmp_
     assert pushed.returncode == 0, pushed.stderr
     assert stored(disco, "myapp") == head(repo)
     assert disco.process.wait(timeout=30) == 0  # exits by itself once the push is done
+
+
+def test_each_read_of_a_connection_is_acknowledged_at_once():
+    # git's ssh client leaves Nagle on: without the acknowledgement at once, each small
+    # message after another waited for Linux's delayed ACK (up to 40 ms), a few per connection.
+    from gitserver.server import _acknowledge_at_once
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    received: list[tuple[bytes, object]] = []
+
+    class Connection:  # what asyncssh's connection offers: its socket, and data_received
+        def get_extra_info(self, name: str) -> socket.socket | None:
+            return server if name == "socket" else None
+
+        def data_received(self, data: bytes, datatype: object = None) -> None:
+            received.append((data, datatype))
+
+    try:
+        conn = Connection()
+        _acknowledge_at_once(conn)  # type: ignore[arg-type]
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+        conn.data_received(b"SSH-2.0-test\r\n")
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+        assert received == [(b"SSH-2.0-test\r\n", None)]
+    finally:
+        for sock in (client, server, listener):
+            sock.close()

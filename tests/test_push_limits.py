@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
 import threading
 import zlib
@@ -19,7 +20,8 @@ from dulwich.repo import Repo
 from gitserver.gitproto import (
     OBJECT_FLOOR,
     BadClient,
-    LimitedPackCopier,
+    BrokenPack,
+    PackLimiter,
     PushContext,
     PushLimits,
     PushTooLarge,
@@ -57,11 +59,10 @@ def pack_of(entries: list[bytes]) -> bytes:
     return body + hashlib.sha1(body).digest()
 
 
-def copy(pack: bytes, limits: PushLimits = DEFAULT) -> LimitedPackCopier:
-    stream = io.BytesIO(pack)
-    copier = LimitedPackCopier(hashlib.sha1, stream.read, stream.read, io.BytesIO(), limits)
-    copier.verify()
-    return copier
+def copy(pack: bytes, limits: PushLimits = DEFAULT) -> PackLimiter:
+    limiter = PackLimiter(limits)
+    assert limiter.feed(pack) == len(pack) and limiter.done
+    return limiter
 
 
 class Exploding(io.BytesIO):
@@ -79,10 +80,13 @@ class Exploding(io.BytesIO):
 def test_a_blob_declared_too_large_is_refused_from_its_header_alone():
     prefix = b"PACK" + struct.pack(">LL", 2, 1) + object_header(3, 2 * GiB)
     stream = Exploding(prefix + zlib.compress(b"never inflated"), len(prefix))
-    copier = LimitedPackCopier(hashlib.sha1, lambda n: stream.read(n), lambda n: stream.read(1),
-                               io.BytesIO(), DEFAULT)
+    limiter = PackLimiter(DEFAULT)
     with pytest.raises(PushTooLarge, match=r"^push too large: object of 2 GiB exceeds the 512 MiB limit$"):
-        copier.verify()
+        while True:  # a byte at a time: refused with the header's last byte
+            limiter.feed(stream.read(1))
+    # In one chunk, the chunk is refused whole: nothing of it is handed on.
+    with pytest.raises(PushTooLarge, match="object of 2 GiB exceeds"):
+        PackLimiter(DEFAULT).feed(prefix + zlib.compress(b"never inflated"))
 
 
 def test_objects_that_together_inflate_too_much_are_refused():
@@ -127,10 +131,49 @@ def test_an_ordinary_pack_within_the_limits_is_copied_unchanged():
     tree.add(b"README", 0o100644, blob.id)
     out = io.BytesIO()
     write_pack_objects(out.write, [(blob, None), (other, None), (tree, None)], DEFAULT_OBJECT_FORMAT, deltify=True)
-    copier = copy(out.getvalue())
-    assert len(copier) == 3
+    limiter = copy(out.getvalue())
+    assert limiter.objects == 3
     # A delta counts as the object it makes; none counts less than OBJECT_FLOOR.
-    assert copier.inflated_size == sum(max(len(o.as_raw_string()), OBJECT_FLOOR) for o in (blob, other, tree))
+    assert limiter.inflated_size == sum(max(len(o.as_raw_string()), OBJECT_FLOOR) for o in (blob, other, tree))
+
+
+def test_a_pack_is_followed_in_chunks_of_any_size_to_its_last_byte():
+    blobs = [Blob.from_string(os.urandom(size)) for size in (0, 1, 5000, 300_000)]
+    text = Blob.from_string(b"line of text\n" * 20_000)
+    out = io.BytesIO()
+    write_pack_objects(out.write, [(b, None) for b in [*blobs, text]], DEFAULT_OBJECT_FORMAT)
+    pack = out.getvalue()
+    whole = copy(pack)
+    for chunk in (1, 7, 4096, 65536):
+        limiter = PackLimiter(DEFAULT)
+        taken = sum(limiter.feed(pack[start:start + chunk]) for start in range(0, len(pack), chunk))
+        assert taken == len(pack) and limiter.done
+        assert (limiter.objects, limiter.inflated_size) == (whole.objects, whole.inflated_size) == (5, 2 * OBJECT_FLOOR + 5000 + 300_000 + 260_000)
+    # What follows the pack is not the pack's.
+    limiter = PackLimiter(DEFAULT)
+    assert limiter.feed(pack + b"0000") == len(pack) and limiter.done
+
+
+def test_an_object_that_inflates_to_more_than_its_header_says_is_refused():
+    # zlib makes 100 MB of zeros out of 100 KB: a header that says 10 bytes must stop it at 11.
+    lying = object_header(3, 10) + zlib.compress(bytes(100_000_000))
+    with pytest.raises(BrokenPack, match=r"pack object 1 \(at byte 12\): it inflates to more than the 10 bytes"):
+        copy(pack_of([lying]))
+    short = object_header(3, 10) + zlib.compress(bytes(9))
+    with pytest.raises(BrokenPack, match="it inflates to 9 bytes, its header says 10"):
+        copy(pack_of([short]))
+
+
+@pytest.mark.parametrize("stream, message", [
+    (b"PAC" + bytes(9), "does not start with a pack header"),
+    (b"PACK" + struct.pack(">LL", 4, 1), "pack version 4 is not supported"),
+    (b"PACK" + struct.pack(">LL", 2, 1) + bytes([0x50]), r"pack object 1 \(at byte 12\): unknown type 5"),
+    (b"PACK" + struct.pack(">LL", 2, 1) + b"\xb0" + b"\xff" * 10, "its header does not end"),
+    (b"PACK" + struct.pack(">LL", 2, 1) + object_header(3, 5) + b"not zlib", "incorrect header check"),
+])
+def test_a_broken_pack_says_where_and_how(stream: bytes, message: str):
+    with pytest.raises(BrokenPack, match=message):
+        PackLimiter(DEFAULT).feed(stream)
 
 
 def test_the_wire_limit_still_applies():
