@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import tomlkit
 
 
 class ClientError(Exception):
@@ -31,6 +31,8 @@ class Login:
 
 def save_login(login: Login, make_default: bool = True) -> Path:
     """Store a server's URL and key in ~/.config/disco/config.toml (0600), keeping comments."""
+    import tomlkit  # here: only this write keeps comments; `disco serve` imports this module too
+
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     document = tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()
@@ -60,7 +62,7 @@ def load_login(server: str | None) -> Login:
     path = config_path()
     if not path.exists():
         raise ClientError("not logged in: run `disco login URL` (or set DISCO_URL and DISCO_API_KEY)")
-    document = tomlkit.parse(path.read_text()).unwrap()
+    document = tomllib.loads(path.read_text())
     name = str(server or document.get("default") or "default")
     servers = document.get("servers", {})
     if name not in servers:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import httpx
-import jwt
 
 API_VERSION = "2022-11-28"
 JWT_LIFETIME = 540  # seconds; GitHub refuses more than 600
@@ -73,6 +72,8 @@ def manifest_form_action(github_url: str, org: str, state: str) -> str:
 
 def app_jwt(app_id: int, pem: str, now: float | None = None) -> str:
     """The App's own credential: RS256, issued a minute in the past, valid 9 minutes."""
+    import jwt  # here: only a GitHub App signs, and the daemon need not load it for anything else
+
     issued = int(now if now is not None else time.time()) - JWT_BACKDATE
     claims = {"iat": issued, "exp": issued + JWT_BACKDATE + JWT_LIFETIME, "iss": str(app_id)}
     return jwt.encode(claims, pem, algorithm="RS256")
