@@ -12,8 +12,10 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 API_VERSION = "2022-11-28"
 JWT_LIFETIME = 540  # seconds; GitHub refuses more than 600
@@ -147,6 +149,8 @@ class GitHubApi:
                    "User-Agent": "disco"}
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
+        import httpx  # here: only GitHub's API needs it in the daemon, and an idle daemon calls none
+
         try:
             response = httpx.request(method, url, json=body, headers=headers, timeout=TIMEOUT)
         except httpx.HTTPError as err:
