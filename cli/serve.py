@@ -31,6 +31,7 @@ from hooks.scheduler import fast_clock
 from runtime.backup import BackupError, daily_backup
 from runtime.caddy import API_SOCKET_NAME, CaddyAdmin
 from runtime.docker_engine import Engine
+from runtime.memory import give_back_freed_memory
 from runtime.settings import Settings, ensure_layout, write_default_config
 from runtime.store import Store
 
@@ -79,6 +80,7 @@ async def _run(settings: Settings, store: Store) -> None:
                                         timeout_graceful_shutdown=10))
     api_task = asyncio.create_task(api.serve(sockets=api_sockets(settings)))
     log.info("ready (data dir %s, instance %s)", settings.data_dir, settings.instance)
+    give_back_freed_memory()  # what start-up freed (imports, recovery, the SSH host key)
     await stop.wait()
     log.info("shutting down")
     docker_watch.stop()
@@ -120,6 +122,7 @@ def _start_proxy(platform: Platform, settings: Settings) -> None:
         log.error("%s", platform.router.proxy_error)
     else:
         log.info("proxy up on ports %d/%d", settings.http_port, settings.https_port)
+    give_back_freed_memory()  # what starting the proxy freed
 
 
 class EmbeddedServer(uvicorn.Server):

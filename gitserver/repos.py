@@ -8,10 +8,12 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from dulwich.repo import Repo
+from typing import TYPE_CHECKING
 
 from runtime import gitrepo
+
+if TYPE_CHECKING:
+    from dulwich.repo import Repo
 
 
 class RepoRegistry:
@@ -35,7 +37,7 @@ class RepoRegistry:
         return (self.path(project) / "HEAD").exists()
 
     def open(self, project: str) -> Repo:
-        return Repo(str(self.path(project)))
+        return gitrepo.open_repo(self.path(project))
 
     def create(self, project: str) -> None:
         gitrepo.init_bare(self.path(project))
@@ -68,25 +70,27 @@ class RepoRegistry:
     def sweep_all(self) -> None:
         """Remove temporary packs in every repo (on start, nothing is in flight)."""
         for repo_dir in self.repos_dir.glob("*.git"):
-            with Repo(str(repo_dir)) as repo:
-                sweep_temporary_packs(repo)
+            sweep_temporary_packs(repo_dir)
 
     def _tidy(self, project: str, remove_if_empty: bool) -> None:
         repo_dir = self.path(project)
         if not repo_dir.exists():
             return
-        with Repo(str(repo_dir)) as repo:
-            if remove_if_empty and not repo.get_refs():
-                shutil.rmtree(repo_dir, ignore_errors=True)
-                return
-            sweep_temporary_packs(repo)
+        if remove_if_empty:
+            with gitrepo.open_repo(repo_dir) as repo:
+                if not repo.get_refs():
+                    shutil.rmtree(repo_dir, ignore_errors=True)
+                    return
+        sweep_temporary_packs(repo_dir)
 
 
-def sweep_temporary_packs(repo: Repo) -> None:
+def sweep_temporary_packs(repo_dir: Path) -> None:
     """Drop the `objects/tmp_pack_*` files an interrupted push left behind.
 
     Only dulwich's own temporary packs: a webhook's `git fetch` may be writing into
-    objects/pack/ at this very moment, and its files must stay.
+    objects/pack/ at this very moment, and its files must stay. The path rather than dulwich's
+    object store: our repos are bare, their objects in `objects/`, and the sweep on start then
+    needs no dulwich (an idle daemon does not load it).
     """
-    for leftover in Path(repo.object_store.path).glob("tmp_pack_*"):
+    for leftover in (repo_dir / "objects").glob("tmp_pack_*"):
         leftover.unlink(missing_ok=True)

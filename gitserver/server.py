@@ -16,18 +16,10 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import asyncssh
 
-from gitserver.gitproto import (
-    BadClient,
-    ChannelIO,
-    ClientIdle,
-    PushContext,
-    PushLimits,
-    run_receive_pack,
-    run_upload_pack,
-)
 from gitserver.repos import RepoRegistry
 from hooks import pipeline
 from hooks.platform import Platform
@@ -35,6 +27,9 @@ from hooks.policy import Access, PolicyError, project_from_path
 from runtime.settings import Settings
 from runtime.sshkeys import fingerprint_of, load_or_create_host_key
 from runtime.store import Store, User
+
+if TYPE_CHECKING:
+    from gitserver.gitproto import ChannelIO, PushContext
 
 log = logging.getLogger("disco.ssh")
 
@@ -99,6 +94,10 @@ class GitServer:
             await self._acceptor.wait_closed()
 
     async def _run_session(self, process: asyncssh.SSHServerProcess) -> None:
+        # Here, not at the top: the git protocol and pack code, and dulwich with them, load with
+        # the first session; an idle daemon does without their ~4 MB.
+        from gitserver.gitproto import BadClient, ClientIdle
+
         task = asyncio.current_task()
         assert task is not None and self.sessions is not None
         user: User = process.get_extra_info("disco_user")
@@ -129,6 +128,8 @@ class GitServer:
             process.exit(status)
 
     async def _dispatch(self, process: asyncssh.SSHServerProcess) -> int:
+        from gitserver.gitproto import ChannelIO, PushContext, PushLimits  # lazy: see _run_session
+
         user: User = process.get_extra_info("disco_user")
         if process.command is None:
             _tell(process, self._greeting(user))
@@ -164,10 +165,14 @@ class GitServer:
         return 1 if context.failure or context.refused else 0
 
     def _fetch(self, project: str, io: ChannelIO) -> None:
+        from gitserver.gitproto import run_upload_pack  # lazy: see _run_session
+
         with self.repos.session(project), self.repos.open(project) as repo:
             run_upload_pack(repo, io)
 
     def _push(self, project: str, io: ChannelIO, context: PushContext) -> None:
+        from gitserver.gitproto import run_receive_pack  # lazy: see _run_session
+
         # Authorised already: a first push (or one to a project made through the API) makes the repo.
         try:
             with self.repos.session(project, create=True), self.repos.open(project) as repo:

@@ -17,7 +17,6 @@ from hooks.queue import Ticket
 from runtime import gitrepo
 from runtime.appconfig import SERVICE_NAME, AppConfigError, ServiceConfig, check_caps
 from runtime.appsource import config_at, file_config_at
-from runtime.configtoml import render_toml
 from runtime.docker_engine import DockerError, OneOffRun
 from runtime.docker_specs import task_limits
 from runtime.store import Deployment, DeploymentStatus
@@ -236,6 +235,8 @@ def show_config(platform: Platform, project: str, ref: str | None) -> dict:
     """The configuration of a commit written as disco.toml, whichever file it came from (disco.toml,
     disco.json or none): the live commit's, else the deploy branch head's, or that of `ref` (a
     branch, a tag or a commit)."""
+    from runtime import configtoml  # here: it needs tomlkit, which nothing else the daemon does loads
+
     row = require_project(platform, project)
     repo = platform.repo_path(project)
     if not repo.exists():
@@ -263,4 +264,4 @@ def show_config(platform: Platform, project: str, ref: str | None) -> dict:
     lines = (header, *(config.notes if config.source == "disco.toml" else ()),  # "disco.json ignored"
              *((f"the Procfile at {config.procfile_path} is read beside it",) if procfile else ()))
     return {"commit": sha, "source": config.source or None, "notes": list(config.notes), "procfile": procfile,
-            "toml": render_toml(config, lines)}
+            "toml": configtoml.render_toml(config, lines)}

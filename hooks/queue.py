@@ -59,9 +59,11 @@ class Ticket:
 
 
 class DeployQueue:
-    def __init__(self, run: Callable[[Ticket], Deployment], supersede: Callable[[Ticket, Ticket], Deployment]) -> None:
+    def __init__(self, run: Callable[[Ticket], Deployment], supersede: Callable[[Ticket, Ticket], Deployment],
+                 drained: Callable[[], None] = lambda: None) -> None:
         self._run = run
         self._supersede = supersede
+        self._drained = drained  # called when a project's thread has run its last deployment
         self._lock = threading.Lock()
         self._running: dict[str, Ticket] = {}
         self._waiting: dict[str, Ticket] = {}
@@ -145,6 +147,7 @@ class DeployQueue:
                 ticket.output.line(f"error: internal error: {err}")
             self._finish(ticket, final)
             ticket = self._hand_on(project)
+        self._drained()  # after _finish: whoever waits for the deployment is not kept waiting
 
     def _hand_on(self, project: str) -> Ticket | None:
         """Run the work `between` left for this turn, then hand the project to its waiting

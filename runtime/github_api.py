@@ -12,9 +12,10 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import httpx
-import jwt
+if TYPE_CHECKING:
+    import httpx
 
 API_VERSION = "2022-11-28"
 JWT_LIFETIME = 540  # seconds; GitHub refuses more than 600
@@ -73,6 +74,8 @@ def manifest_form_action(github_url: str, org: str, state: str) -> str:
 
 def app_jwt(app_id: int, pem: str, now: float | None = None) -> str:
     """The App's own credential: RS256, issued a minute in the past, valid 9 minutes."""
+    import jwt  # here: only a GitHub App signs, and the daemon need not load it for anything else
+
     issued = int(now if now is not None else time.time()) - JWT_BACKDATE
     claims = {"iat": issued, "exp": issued + JWT_BACKDATE + JWT_LIFETIME, "iss": str(app_id)}
     return jwt.encode(claims, pem, algorithm="RS256")
@@ -146,6 +149,8 @@ class GitHubApi:
                    "User-Agent": "disco"}
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
+        import httpx  # here: only GitHub's API needs it in the daemon, and an idle daemon calls none
+
         try:
             response = httpx.request(method, url, json=body, headers=headers, timeout=TIMEOUT)
         except httpx.HTTPError as err:

@@ -1,5 +1,9 @@
 """Projects' bare repos: where they are, making one, and reading pushed commits out of them
-(single files for checks, whole trees for builds)."""
+(single files for checks, whole trees for builds).
+
+dulwich is imported inside the functions that read or write a repo: an idle daemon reads none,
+and importing it costs ~4 MB of RSS (issue 15).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,10 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dulwich.errors import NotTreeError
-from dulwich.objects import ZERO_SHA, Commit, ObjectID, Tree
-from dulwich.refs import Ref
-from dulwich.repo import Repo
+if TYPE_CHECKING:
+    from dulwich.repo import Repo
 
 
 class GitRepoError(Exception):
@@ -20,7 +23,10 @@ class GitRepoError(Exception):
 
 def read_file(repo_path: Path, commit_sha: str, path: str) -> bytes | None:
     """The content of `path` at `commit_sha`, or None if it is not a file there."""
-    with Repo(str(repo_path)) as repo:
+    from dulwich.errors import NotTreeError  # lazy: see the module's docstring
+    from dulwich.objects import Commit, Tree
+
+    with open_repo(repo_path) as repo:
         commit = repo[commit_sha.encode()]
         if not isinstance(commit, Commit):
             raise GitRepoError(f"{commit_sha[:7]} is not a commit")
@@ -36,7 +42,9 @@ def read_file(repo_path: Path, commit_sha: str, path: str) -> bytes | None:
 
 
 def has_commit(repo_path: Path, commit_sha: str) -> bool:
-    with Repo(str(repo_path)) as repo:
+    from dulwich.objects import ObjectID  # lazy: see the module's docstring
+
+    with open_repo(repo_path) as repo:
         return ObjectID(commit_sha.encode()) in repo
 
 
@@ -68,7 +76,9 @@ def export_tree(repo_path: Path, commit_sha: str, destination: Path) -> None:
 
 
 def branch_head(repo_path: Path, branch: str) -> str | None:
-    with Repo(str(repo_path)) as repo:
+    from dulwich.refs import Ref  # lazy: see the module's docstring
+
+    with open_repo(repo_path) as repo:
         sha = repo.refs.as_dict().get(Ref(f"refs/heads/{branch}".encode()))
         return sha.decode() if sha else None
 
@@ -85,6 +95,8 @@ def repo_path(repos_dir: Path, project: str) -> Path:
 
 
 def init_bare(repo_path: Path) -> None:
+    from dulwich.repo import Repo  # lazy: see the module's docstring
+
     Repo.init_bare(str(repo_path), mkdir=True, default_branch=b"main").close()
 
 
@@ -96,7 +108,10 @@ def is_ancestor(repo_path: Path, ancestor: str, descendant: str) -> bool:
 
 def set_branch(repo_path: Path, branch: str, new: str, expected_old: str | None) -> None:
     """Move a branch, only if it still points where we last saw it (a push may race us)."""
-    with Repo(str(repo_path)) as repo:
+    from dulwich.objects import ZERO_SHA, ObjectID  # lazy: see the module's docstring
+    from dulwich.refs import Ref
+
+    with open_repo(repo_path) as repo:
         old = ObjectID(expected_old.encode()) if expected_old else ZERO_SHA
         if not repo.refs.set_if_equals(Ref(f"refs/heads/{branch}".encode()), old, ObjectID(new.encode())):
             raise GitRepoError(f"{branch} moved while it was being updated; try again")
@@ -105,13 +120,23 @@ def set_branch(repo_path: Path, branch: str, new: str, expected_old: str | None)
 def put_branch_back(repo_path: Path, branch: str, from_commit: str, to_commit: str | None) -> bool:
     """Move a branch from `from_commit` back to `to_commit` (None: remove it), only if it still
     names `from_commit`; True if it moved."""
+    from dulwich.objects import ObjectID  # lazy: see the module's docstring
+    from dulwich.refs import Ref
+
     ref = Ref(f"refs/heads/{branch}".encode())
     if not repo_path.exists():
         return False
-    with Repo(str(repo_path)) as repo:
+    with open_repo(repo_path) as repo:
         if to_commit is None:
             return bool(repo.refs.remove_if_equals(ref, ObjectID(from_commit.encode())))
         return bool(repo.refs.set_if_equals(ref, ObjectID(from_commit.encode()), ObjectID(to_commit.encode())))
+
+
+def open_repo(repo_path: Path) -> Repo:
+    """The repo at `repo_path`, to use in a `with`."""
+    from dulwich.repo import Repo  # lazy: see the module's docstring
+
+    return Repo(str(repo_path))
 
 
 def remove_repo(repo_path: Path) -> None:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import tomlkit
 
 from runtime.appconfig import Caps, memory_bytes
 
@@ -214,14 +213,16 @@ def read_config_file(path: Path) -> dict[str, object]:
     if not path.exists():
         return {}
     try:
-        document = tomlkit.parse(path.read_text())
-    except tomlkit.exceptions.ParseError as err:
+        # tomllib, not tomlkit: reading keeps no comments, and the daemon then loads tomlkit
+        # only to write the file the first time.
+        document = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: {err}") from None
     known = {f.name for f in fields(Settings)} - {"data_dir"}
     unknown = sorted(set(document) - known)
     if unknown:
         raise ValueError(f"{path}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    return document.unwrap()
+    return document
 
 
 def write_default_config(settings: Settings) -> bool:
@@ -232,6 +233,8 @@ def write_default_config(settings: Settings) -> bool:
     path = settings.config_path
     if path.exists():
         return False
+    import tomlkit  # here: it keeps the comments, and is needed for this one write only
+
     document = tomlkit.document()
     document.add(tomlkit.comment("Disco server settings. Flags and DISCO_<NAME> env vars override these."))
     document.add(tomlkit.nl())

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import socketserver
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -77,6 +82,83 @@ def test_a_route_without_hosts_is_left_out():
 def test_loading_into_a_caddy_that_is_down_is_a_caddy_error(tmp_path: Path):
     with pytest.raises(CaddyError, match="cannot reach Caddy's admin API"):
         CaddyAdmin(tmp_path).load(build_config([SHOP], tls=False))
+
+
+class FakeAdmin(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Caddy's admin API as the client sees it: GET /config/ and POST /load on a unix socket,
+    refusing any Host but localhost (admin.origins) and a /load that is not JSON."""
+
+    daemon_threads = True
+
+    def __init__(self, path: Path) -> None:
+        self.config: dict = {}
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, Host)
+        self.refusal = ""  # when set, /load answers 400 with it
+        super().__init__(str(path), _AdminHandler)
+
+
+class _AdminHandler(BaseHTTPRequestHandler):
+    server: FakeAdmin
+
+    def do_GET(self) -> None:
+        self._record()
+        if self._allowed() and self.path == "/config/":
+            self._answer(200, json.dumps(self.server.config or None).encode())
+
+    def do_POST(self) -> None:
+        self._record()
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if not self._allowed():
+            return
+        if self.path != "/load" or self.headers["Content-Type"] != "application/json":
+            self._answer(400, b"not a JSON load")
+        elif self.server.refusal:
+            self._answer(400, self.server.refusal.encode())
+        else:
+            self.server.config = json.loads(body)
+            self._answer(200, b"")
+
+    def _record(self) -> None:
+        self.server.requests.append((self.command, self.path, self.headers["Host"]))
+
+    def _allowed(self) -> bool:
+        if self.headers["Host"] == "localhost":
+            return True
+        self._answer(403, b"host not allowed")
+        return False
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_admin(tmp_path: Path) -> Iterator[FakeAdmin]:
+    admin = FakeAdmin(tmp_path / ADMIN_SOCKET_NAME)
+    thread = threading.Thread(target=admin.serve_forever, daemon=True)
+    thread.start()
+    yield admin
+    admin.shutdown()
+    admin.server_close()
+
+
+def test_the_admin_client_loads_a_changed_config_only_and_says_why_caddy_refused(tmp_path: Path, fake_admin: FakeAdmin):
+    admin = CaddyAdmin(tmp_path)
+    assert admin.is_up()
+    config = build_config([SHOP], tls=False)
+    assert admin.load(config) is True
+    assert fake_admin.config == config
+    assert admin.load(config) is False  # the same config: no reload
+    assert [r for r in fake_admin.requests if r[0] == "POST"] == [("POST", "/load", "localhost")]
+    assert {host for _, _, host in fake_admin.requests} == {"localhost"}  # what admin.origins accepts
+    fake_admin.refusal = "loading config: unknown module"
+    with pytest.raises(CaddyError, match="Caddy refused the config: loading config: unknown module"):
+        admin.load(build_config([], tls=False))
 
 
 ACME = Acme(ca="https://ca.example/dir", email="ops@shop.example", ca_root=f"{CONTAINER_RUN_DIR}/acme-ca-root.pem")
