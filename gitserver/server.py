@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import shlex
 import socket
@@ -24,6 +23,7 @@ from gitserver.repos import RepoRegistry
 from hooks import pipeline
 from hooks.platform import Platform
 from hooks.policy import Access, PolicyError, project_from_path
+from runtime.memory import give_back_freed_memory
 from runtime.settings import Settings
 from runtime.sshkeys import fingerprint_of, load_or_create_host_key
 from runtime.store import Store, User
@@ -178,7 +178,7 @@ class GitServer:
             with self.repos.session(project, create=True), self.repos.open(project) as repo:
                 run_receive_pack(repo, io, context)
         finally:
-            give_back_free_memory()
+            give_back_freed_memory()  # a push's chunks, freed in its thread's malloc arena
 
     def _greeting(self, user: User) -> str:
         port = self.settings.ssh_port
@@ -285,19 +285,6 @@ async def _in_own_thread(name: str, function: Callable[..., None], *args: object
 
     threading.Thread(target=run, name=name, daemon=True).start()
     await done
-
-
-def give_back_free_memory() -> None:
-    """Return the memory a push freed to the system.
-
-    A push allocates and frees a chunk of its pack at a time, megabytes each, in its own
-    thread; glibc keeps what was freed in that thread's arena for reuse, so the daemon stayed
-    tens of megabytes larger after a large push. malloc_trim hands the free pages back (all
-    arenas, since glibc 2.8); a C library without it keeps them.
-    """
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def parse_git_command(command: str) -> tuple[str, str]:
