@@ -246,6 +246,19 @@ def test_a_bug_in_a_stage_fails_the_deploy_with_its_type_and_undoes(rig: Rig, mo
     assert rig.engine.project_images("shop") == {}
 
 
+def test_a_bug_in_the_cleanup_leaves_the_deployment_live(rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    rig.deploy()
+
+    def broken(project: str) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(rig.engine, "remove_untagged_images", broken)
+    final = rig.deploy()  # the push was answered live before the cleanup ran: so it stays
+    assert final.status == DeploymentStatus.LIVE and final.finished_at, final
+    assert [rig.status(n) for n in (1, 2)] == ["replaced", "live"]
+    assert "warning: cleanup incomplete: OSError: disk gone" in rig.log(final)
+
+
 def test_an_invalid_disco_toml_fails_with_the_key_and_line(rig: Rig):
     rig.sha = rig.commit({"disco.toml": "[services.web]\nprot = 80\n"})
     git("-C", str(rig.bare), "fetch", "-q", str(rig.work), "main:main")
