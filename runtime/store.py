@@ -402,9 +402,9 @@ class Store:
                 return
             if durable:  # this commit fsyncs the WAL, and with it every commit before it
                 self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._depth, self._durable = 1, durable
             try:
+                self._conn.execute("BEGIN IMMEDIATE")  # inside: a BEGIN that fails resets synchronous too
+                self._depth, self._durable = 1, durable
                 yield self.db
                 self._conn.execute("COMMIT")
             except BaseException:

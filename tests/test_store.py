@@ -195,6 +195,22 @@ def test_changes_that_take_access_away_wait_for_the_disk(tmp_path: Path):
     assert store.get_user("ann") is not None
 
 
+def test_a_durable_transaction_that_cannot_begin_leaves_commits_cheap_again(tmp_path: Path):
+    """The `disco` command holding the write lock past the busy timeout: the revoke fails, and
+    the daemon's later commits must not all go on waiting for the disk."""
+    store = Store(tmp_path / "disco.sqlite3")
+    store.add_user("bob", "deployer")
+    key = store.add_api_key("bob", "laptop", "digest", "disco_abcd", "")
+    other = sqlite3.connect(tmp_path / "disco.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    store._conn.execute("PRAGMA busy_timeout=0")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.revoke_api_key(key.id, now())
+    other.execute("ROLLBACK")
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert not store._conn.in_transaction
+
+
 def test_cached_reads_see_every_change_at_once_from_any_connection(tmp_path: Path):
     """The reads every API request makes are answered from memory until a row they read from
     changes: a change by the daemon itself, by the `disco` command (another Store, another
