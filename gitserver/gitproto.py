@@ -168,6 +168,10 @@ class PackLimiter:
             version, count = struct.unpack(">LL", header[4:])
             if version not in (2, 3):
                 raise BrokenPack(f"pack version {version} is not supported")
+            if count * OBJECT_FLOOR > self.limits.max_inflated_size:  # git index-pack would allocate for them all
+                raise PushTooLarge(f"push too large: its pack declares {count} objects, more than fit the "
+                                   f"{_human_size(self.limits.max_inflated_size)} limit "
+                                   f"(each counts at least {_human_size(OBJECT_FLOOR)})")
             self._header, self.object_count = header, count
             self._pending.clear()
             self._object_start = PACK_HEADER_SIZE

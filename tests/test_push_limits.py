@@ -107,6 +107,16 @@ def test_many_tiny_objects_count_for_what_indexing_them_costs():
         copy(pack_of([empty] * 10), limits)
 
 
+def test_a_pack_declaring_more_objects_than_fit_is_refused_from_its_header():
+    # 32 bytes claiming four billion objects: git index-pack would try to allocate a table for
+    # all of them and answer "Out of memory"; the limit names the problem first.
+    limits = PushLimits(max_input_size=GiB, max_object_size=GiB, max_inflated_size=9 * OBJECT_FLOOR)
+    with pytest.raises(PushTooLarge, match="its pack declares 10 objects, more than fit the 36 KiB limit"):
+        PackLimiter(limits).feed(b"PACK" + struct.pack(">LL", 2, 10))
+    with pytest.raises(PushTooLarge, match="declares 4294967295 objects"):
+        PackLimiter(DEFAULT).feed(b"PACK" + struct.pack(">LL", 2, 2**32 - 1))
+
+
 def test_a_small_delta_that_makes_a_huge_object_is_refused():
     base = object_header(3, 10) + zlib.compress(bytes(10))
     # A delta of a few bytes claiming to make 2 GiB out of a 10-byte base (copy ops would follow).
