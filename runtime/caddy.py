@@ -229,7 +229,10 @@ class CaddyAdmin:
         status, body = self._request("GET", "/config/")
         if status != 200:
             raise CaddyError(f"Caddy's admin API answered {status} for its config: {body.decode(errors='replace')[:300]}")
-        return json.loads(body) or {}
+        try:
+            return json.loads(body) or {}
+        except ValueError:
+            raise CaddyError(f"Caddy's admin API answered its config with no JSON: {body.decode(errors='replace')[:300]!r}") from None
 
     def load(self, config: dict) -> bool:
         """Replace the config if it differs; return whether Caddy had to reload."""

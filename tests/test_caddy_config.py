@@ -94,6 +94,7 @@ class FakeAdmin(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.config: dict = {}
         self.requests: list[tuple[str, str, str]] = []  # (method, path, Host)
         self.refusal = ""  # when set, /load answers 400 with it
+        self.garbled = False  # when set, GET /config/ answers 200 with a body that is no JSON
         super().__init__(str(path), _AdminHandler)
 
 
@@ -103,7 +104,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._record()
         if self._allowed() and self.path == "/config/":
-            self._answer(200, json.dumps(self.server.config or None).encode())
+            self._answer(200, b"<html>" if self.server.garbled else json.dumps(self.server.config or None).encode())
 
     def do_POST(self) -> None:
         self._record()
@@ -158,6 +159,9 @@ def test_the_admin_client_loads_a_changed_config_only_and_says_why_caddy_refused
     assert {host for _, _, host in fake_admin.requests} == {"localhost"}  # what admin.origins accepts
     fake_admin.refusal = "loading config: unknown module"
     with pytest.raises(CaddyError, match="Caddy refused the config: loading config: unknown module"):
+        admin.load(build_config([], tls=False))
+    fake_admin.garbled = True  # a known failure (CaddyError, said), not a bug of the deploy
+    with pytest.raises(CaddyError, match="answered its config with no JSON: '<html>'"):
         admin.load(build_config([], tls=False))
 
 
