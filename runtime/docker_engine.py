@@ -573,8 +573,9 @@ class Engine:
 
         An update waits for swarm to complete it, not only for its new tasks to run: until then
         the old ones still answer (measured here: an old task's name leaves swarm's DNS about a
-        second after swarm told it to stop, as its update completes), so they would still get
-        requests.
+        second after swarm told it to stop, at about the moment the update completes; up to
+        0.3 s after it, which the deploy allows for: hooks/deployment.py), so they would still
+        get requests.
         """
         deadline = time.monotonic() + timeout
         deployment = spec.labels.get("disco.deployment", "")
