@@ -117,6 +117,27 @@ class ServiceState:
 
 
 @dataclass(frozen=True)
+class HostPort:
+    """A port some swarm service publishes on the host, and whose service it is."""
+
+    port: int
+    protocol: str  # "tcp" or "udp"
+    service: str  # the swarm service's name
+    instance: str  # its disco.instance label; "" for a service Disco did not make
+    project: str  # its disco.project label; "" for a proxy or a service Disco did not make
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a container run to its end (Engine.run_to_end) ended."""
+
+    exit_code: int | None  # None: it was stopped before it ended
+    timed_out: bool = False
+    cancelled: bool = False
+    out_of_memory: bool = False
+
+
+@dataclass(frozen=True)
 class CpuCounters:
     """A container's cumulative CPU time and the host's, from one stats sample (nanoseconds)."""
 
@@ -145,27 +166,6 @@ class ServiceUsage:
     cpus: int  # this node's CPUs: the CPU % goes up to cpus * 100
     memory_used: int  # bytes
     memory_limit: int  # bytes: the sum of its containers' limits, at most the host's memory (0: none run)
-
-
-@dataclass(frozen=True)
-class HostPort:
-    """A port some swarm service publishes on the host, and whose service it is."""
-
-    port: int
-    protocol: str  # "tcp" or "udp"
-    service: str  # the swarm service's name
-    instance: str  # its disco.instance label; "" for a service Disco did not make
-    project: str  # its disco.project label; "" for a proxy or a service Disco did not make
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """How a container run to its end (Engine.run_to_end) ended."""
-
-    exit_code: int | None  # None: it was stopped before it ended
-    timed_out: bool = False
-    cancelled: bool = False
-    out_of_memory: bool = False
 
 
 def _saying_docker_errors_our_way(cls: type[T]) -> type[T]:
@@ -563,60 +563,6 @@ class Engine:
         )
         return [ServiceState.of(service) for service in services]
 
-    def project_usage(self, project: str) -> list[ServiceUsage]:
-        """CPU and memory of a project's services now, each summed over its running containers
-        on this node (swarm's tasks, and a scheduled service's run while it runs); a service
-        with none running here is not listed. Blocks for up to about 2 s: run it in a thread.
-
-        Docker's stats come from a collector that samples the containers being asked about once
-        a second, and a request waits for its next round. Measured on Docker 20.10 (API 1.41,
-        which Disco needs anyway): with `one_shot` the answer comes at the next round, 0 to 1 s,
-        but with no earlier sample (precpu is empty), so no CPU %; without it Docker waits one
-        round more for that sample: 1 to 2 s, and 2 s for several containers asked at once (the
-        round that wakes the collector starts before all of them are asked). A second one_shot
-        round costs the same one round more. So: one one_shot round for all containers at once,
-        which gives memory; the CPU % is measured from the counters this engine kept from the
-        previous look if that was at most CPU_SAMPLE_KEPT s ago (a page looked at again, or
-        a stream asking every few seconds: one round), else from a second one_shot round for
-        the containers without them.
-        """
-        selector = {"label": [f"disco.instance={self.instance}", f"disco.project={project}"], "status": "running"}
-        service_of = {c["Id"]: (c.get("Labels") or {}).get("disco.service", "")
-                      for c in self.client.api.containers(filters=selector)}
-        service_of = {cid: service for cid, service in service_of.items() if service}  # not release/run containers
-        if not service_of:
-            return []
-        with ThreadPoolExecutor(max_workers=1) as side:
-            host_memory = side.submit(lambda: int(self.client.api.info().get("MemTotal") or 0))  # during the round
-            latest = self._stats_round(list(service_of))
-            asked_at = time.monotonic()
-            with self._cpu_seen_lock:
-                earlier = {cid: counters for cid, (counters, at) in self._cpu_seen.items()
-                           if cid in latest and asked_at - at <= CPU_SAMPLE_KEPT
-                           and cpu_percent(counters, latest[cid].cpu) is not None}
-            if missing := [cid for cid in latest if cid not in earlier]:
-                earlier |= {cid: latest[cid].cpu for cid in missing}
-                latest |= self._stats_round(missing)
-            with self._cpu_seen_lock:
-                now = time.monotonic()
-                self._cpu_seen = {cid: seen for cid, seen in self._cpu_seen.items() if now - seen[1] <= CPU_SAMPLE_KEPT}
-                self._cpu_seen |= {cid: (sample.cpu, now) for cid, sample in latest.items()}
-            return service_usages([(service_of[cid], sample, earlier.get(cid)) for cid, sample in latest.items()],
-                                  host_memory.result())
-
-    def _stats_round(self, container_ids: list[str]) -> dict[str, ContainerSample]:
-        """One one_shot stats sample of each container, all asked at once; one that stopped
-        or went meanwhile is left out."""
-        def ask(container_id: str) -> ContainerSample | None:
-            try:
-                return stats_sample(self.client.api.stats(container_id, stream=False, one_shot=True))
-            except docker.errors.NotFound:
-                return None
-
-        with ThreadPoolExecutor(max_workers=min(STATS_AT_ONCE, len(container_ids))) as pool:
-            found = dict(zip(container_ids, pool.map(ask, container_ids)))
-        return {cid: sample for cid, sample in found.items() if sample is not None}
-
     def host_ports(self) -> list[HostPort]:
         """Every port a swarm service publishes on this node's host, whoever made the service:
         a host port is the node's, so another instance's or a hand-made service's counts too."""
@@ -764,6 +710,62 @@ class Engine:
         if service is None:
             raise DockerError(f"service {name} does not exist")
         service.scale(replicas)
+
+    # -- usage -----------------------------------------------------------------------------
+
+    def project_usage(self, project: str) -> list[ServiceUsage]:
+        """CPU and memory of a project's services now, each summed over its running containers
+        on this node (swarm's tasks, and a scheduled service's run while it runs); a service
+        with none running here is not listed. Blocks for up to about 2 s: run it in a thread.
+
+        Docker's stats come from a collector that samples the containers being asked about once
+        a second, and a request waits for its next round. Measured on Docker 20.10 (API 1.41,
+        which Disco needs anyway): with `one_shot` the answer comes at the next round, 0 to 1 s,
+        but with no earlier sample (precpu is empty), so no CPU %; without it Docker waits one
+        round more for that sample: 1 to 2 s, and 2 s for several containers asked at once (the
+        round that wakes the collector starts before all of them are asked). A second one_shot
+        round costs the same one round more. So: one one_shot round for all containers at once,
+        which gives memory; the CPU % is measured from the counters this engine kept from the
+        previous look if that was at most CPU_SAMPLE_KEPT s ago (a page looked at again, or
+        a stream asking every few seconds: one round), else from a second one_shot round for
+        the containers without them.
+        """
+        selector = {"label": [f"disco.instance={self.instance}", f"disco.project={project}"], "status": "running"}
+        service_of = {c["Id"]: (c.get("Labels") or {}).get("disco.service", "")
+                      for c in self.client.api.containers(filters=selector)}
+        service_of = {cid: service for cid, service in service_of.items() if service}  # not release/run containers
+        if not service_of:
+            return []
+        with ThreadPoolExecutor(max_workers=1) as side:
+            host_memory = side.submit(lambda: int(self.client.api.info().get("MemTotal") or 0))  # during the round
+            latest = self._stats_round(list(service_of))
+            asked_at = time.monotonic()
+            with self._cpu_seen_lock:
+                earlier = {cid: counters for cid, (counters, at) in self._cpu_seen.items()
+                           if cid in latest and asked_at - at <= CPU_SAMPLE_KEPT
+                           and cpu_percent(counters, latest[cid].cpu) is not None}
+            if missing := [cid for cid in latest if cid not in earlier]:
+                earlier |= {cid: latest[cid].cpu for cid in missing}
+                latest |= self._stats_round(missing)
+            with self._cpu_seen_lock:
+                now = time.monotonic()
+                self._cpu_seen = {cid: seen for cid, seen in self._cpu_seen.items() if now - seen[1] <= CPU_SAMPLE_KEPT}
+                self._cpu_seen |= {cid: (sample.cpu, now) for cid, sample in latest.items()}
+            return service_usages([(service_of[cid], sample, earlier.get(cid)) for cid, sample in latest.items()],
+                                  host_memory.result())
+
+    def _stats_round(self, container_ids: list[str]) -> dict[str, ContainerSample]:
+        """One one_shot stats sample of each container, all asked at once; one that stopped
+        or went meanwhile is left out."""
+        def ask(container_id: str) -> ContainerSample | None:
+            try:
+                return stats_sample(self.client.api.stats(container_id, stream=False, one_shot=True))
+            except docker.errors.NotFound:
+                return None
+
+        with ThreadPoolExecutor(max_workers=min(STATS_AT_ONCE, len(container_ids))) as pool:
+            found = dict(zip(container_ids, pool.map(ask, container_ids)))
+        return {cid: sample for cid, sample in found.items() if sample is not None}
 
     # -- the proxy -------------------------------------------------------------------------
 
