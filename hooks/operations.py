@@ -17,7 +17,7 @@ from hooks.queue import Ticket
 from runtime import gitrepo
 from runtime.appconfig import SERVICE_NAME, AppConfigError, ServiceConfig, check_caps
 from runtime.appsource import config_at, file_config_at
-from runtime.docker_engine import DockerError, OneOffRun
+from runtime.docker_engine import DockerError, OneOffRun, ServiceUsage
 from runtime.docker_specs import task_limits
 from runtime.store import Deployment, DeploymentStatus
 
@@ -43,6 +43,20 @@ def server_state(platform: Platform) -> dict:
 def replicas(platform: Platform, project: str) -> dict[str, int]:
     """Replicas per service as swarm runs them now."""
     return {s.service: s.replicas for s in platform.engine.project_services(project)}  # by project label
+
+
+def usage(platform: Platform, project: str) -> list[ServiceUsage]:
+    """CPU and memory of each of the project's services now, by name, for the dashboard's
+    picture: Docker's stats of those running on this node, and its other swarm services (scaled
+    to 0, or with no task here) as using nothing. Blocks for up to about 2 s, Docker sampling
+    once a second (see Engine.project_usage): keep it off a page's own answer. Raises
+    DockerError when Docker does not answer."""
+    require_project(platform, project)
+    running = {u.service: u for u in platform.engine.project_usage(project)}
+    idle = [ServiceUsage(s.service, containers=0, cpu_percent=None, cpu_seconds=0.0, cpus=0, memory_used=0,
+                         memory_limit=0)
+            for s in platform.engine.project_services(project) if s.service not in running]
+    return sorted([*running.values(), *idle], key=lambda u: u.service)
 
 
 def deploy_ref(platform: Platform, user: str, project: str, branch: str | None, commit: str | None) -> Ticket:

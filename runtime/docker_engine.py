@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -54,7 +55,7 @@ from runtime.dockerfile import ImageOwner
 
 # Imported from here by bench/ and older callers.
 __all__ = ["PROBE_BINARY", "PROBE_PATH", "DockerError", "DockerInfo", "Engine", "HostPort", "OneOffRun", "RunResult",
-           "ServiceSpec", "ServiceState", "health_command"]
+           "ServiceSpec", "ServiceState", "ServiceUsage", "health_command"]
 
 OutputLine = Callable[[str], None]
 T = TypeVar("T")
@@ -65,6 +66,11 @@ ROLLOUT_POLL_SECONDS = 0.1
 ROLLBACK_WAIT_SECONDS = 60  # an update waits this long at most for swarm to end a rollback first
 STOP_GRACE = 5  # seconds a one-off command has to end after SIGTERM before SIGKILL
 LONGEST_LINE = 64 << 10  # output without a newline is passed on in pieces of this size
+# A project's usage: this many stats requests at once (docker-py's connection pool holds 10).
+STATS_AT_ONCE = 8
+# A container's CPU counters from an earlier look serve as the start of the next one's CPU %
+# for this long; after it, the next look takes a second sample instead (see project_usage).
+CPU_SAMPLE_KEPT = 30.0
 
 
 class DockerError(Exception):
@@ -129,6 +135,37 @@ class RunResult:
     timed_out: bool = False
     cancelled: bool = False
     out_of_memory: bool = False
+
+
+@dataclass(frozen=True)
+class CpuCounters:
+    """A container's cumulative CPU time and the host's, from one stats sample (nanoseconds)."""
+
+    container: int  # cpu_stats.cpu_usage.total_usage: its CPU time since it started
+    system: int  # cpu_stats.system_cpu_usage: the host's CPU time, all CPUs
+    cpus: int  # online_cpus: a container using all of them is at cpus * 100 %
+
+
+@dataclass(frozen=True)
+class ContainerSample:
+    """What one stats sample of a running container says (Docker's stats JSON, read by `stats_sample`)."""
+
+    cpu: CpuCounters
+    memory_used: int  # bytes, without the page cache the kernel can drop (as `docker stats` counts it)
+    memory_limit: int  # bytes: its limit, or the host's memory when it has none
+
+
+@dataclass(frozen=True)
+class ServiceUsage:
+    """What a project's service uses now, summed over its running containers on this node."""
+
+    service: str  # the project service (its disco.service label)
+    containers: int  # its running containers here
+    cpu_percent: float | None  # 100 = one CPU fully busy; None: not measured (no container sampled twice)
+    cpu_seconds: float  # the CPU % is averaged over this long (0 if not measured)
+    cpus: int  # this node's CPUs: the CPU % goes up to cpus * 100
+    memory_used: int  # bytes
+    memory_limit: int  # bytes: the sum of its containers' limits, at most the host's memory (0: none run)
 
 
 def _saying_docker_errors_our_way(cls: type[T]) -> type[T]:
@@ -251,6 +288,9 @@ class Engine:
     def __init__(self, instance: str) -> None:
         self.instance = instance
         self._client: docker.DockerClient | None = None
+        # Container id -> its CPU counters at the last look and when (time.monotonic()): see project_usage.
+        self._cpu_seen: dict[str, tuple[CpuCounters, float]] = {}
+        self._cpu_seen_lock = threading.Lock()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -671,6 +711,62 @@ class Engine:
             raise DockerError(f"service {name} does not exist")
         service.scale(replicas)
 
+    # -- usage -----------------------------------------------------------------------------
+
+    def project_usage(self, project: str) -> list[ServiceUsage]:
+        """CPU and memory of a project's services now, each summed over its running containers
+        on this node (swarm's tasks, and a scheduled service's run while it runs); a service
+        with none running here is not listed. Blocks for up to about 2 s: run it in a thread.
+
+        Docker's stats come from a collector that samples the containers being asked about once
+        a second, and a request waits for its next round. Measured on Docker 20.10 (API 1.41,
+        which Disco needs anyway): with `one_shot` the answer comes at the next round, 0 to 1 s,
+        but with no earlier sample (precpu is empty), so no CPU %; without it Docker waits one
+        round more for that sample: 1 to 2 s, and 2 s for several containers asked at once (the
+        round that wakes the collector starts before all of them are asked). A second one_shot
+        round costs the same one round more. So: one one_shot round for all containers at once,
+        which gives memory; the CPU % is measured from the counters this engine kept from the
+        previous look if that was at most CPU_SAMPLE_KEPT s ago (a page looked at again, or
+        a stream asking every few seconds: one round), else from a second one_shot round for
+        the containers without them.
+        """
+        selector = {"label": [f"disco.instance={self.instance}", f"disco.project={project}"], "status": "running"}
+        service_of = {c["Id"]: (c.get("Labels") or {}).get("disco.service", "")
+                      for c in self.client.api.containers(filters=selector)}
+        service_of = {cid: service for cid, service in service_of.items() if service}  # not release/run containers
+        if not service_of:
+            return []
+        with ThreadPoolExecutor(max_workers=1) as side:
+            host_memory = side.submit(lambda: int(self.client.api.info().get("MemTotal") or 0))  # during the round
+            latest = self._stats_round(list(service_of))
+            asked_at = time.monotonic()
+            with self._cpu_seen_lock:
+                earlier = {cid: counters for cid, (counters, at) in self._cpu_seen.items()
+                           if cid in latest and asked_at - at <= CPU_SAMPLE_KEPT
+                           and cpu_percent(counters, latest[cid].cpu) is not None}
+            if missing := [cid for cid in latest if cid not in earlier]:
+                earlier |= {cid: latest[cid].cpu for cid in missing}
+                latest |= self._stats_round(missing)
+            with self._cpu_seen_lock:
+                now = time.monotonic()
+                self._cpu_seen = {cid: seen for cid, seen in self._cpu_seen.items() if now - seen[1] <= CPU_SAMPLE_KEPT}
+                self._cpu_seen |= {cid: (sample.cpu, now) for cid, sample in latest.items()}
+            return service_usages([(service_of[cid], sample, earlier.get(cid)) for cid, sample in latest.items()],
+                                  host_memory.result())
+
+    def _stats_round(self, container_ids: list[str]) -> dict[str, ContainerSample]:
+        """One one_shot stats sample of each container, all asked at once; one that stopped
+        or went meanwhile is left out."""
+        def ask(container_id: str) -> ContainerSample | None:
+            try:
+                return stats_sample(self.client.api.stats(container_id, stream=False, one_shot=True))
+            except docker.errors.NotFound:
+                return None
+
+        with ThreadPoolExecutor(max_workers=min(STATS_AT_ONCE, len(container_ids))) as pool:
+            found = dict(zip(container_ids, pool.map(ask, container_ids)))
+        return {cid: sample for cid, sample in found.items() if sample is not None}
+
     # -- the proxy -------------------------------------------------------------------------
 
     @property
@@ -871,6 +967,64 @@ def project_tags(repositories: tuple[str, ...], tags: list[str]) -> dict[int, li
         if name in repositories and number.isdigit() and (not random or random.isalnum()):
             found.setdefault(int(number), []).append(tag)
     return found
+
+
+def stats_sample(stats: dict[str, Any]) -> ContainerSample | None:
+    """One sample of Docker's stats JSON (GET /containers/{id}/stats) as a record; None when it
+    holds none (a container that is not running gets an empty one)."""
+    memory = stats.get("memory_stats") or {}
+    cpu = stats.get("cpu_stats") or {}
+    if "usage" not in memory or "system_cpu_usage" not in cpu:
+        return None
+    usage = int(memory["usage"])
+    # As `docker stats` counts it: without the inactive page cache, which the kernel drops
+    # before it would kill for memory (cgroup v1 names it total_inactive_file, v2 inactive_file).
+    detail = memory.get("stats") or {}
+    cache = int(detail["total_inactive_file"] if "total_inactive_file" in detail else detail.get("inactive_file", 0))
+    cpu_usage = cpu.get("cpu_usage") or {}
+    cpus = int(cpu.get("online_cpus") or len(cpu_usage.get("percpu_usage") or ()) or 1)  # older kernels: per CPU
+    return ContainerSample(
+        cpu=CpuCounters(container=int(cpu_usage.get("total_usage", 0)), system=int(cpu["system_cpu_usage"]), cpus=cpus),
+        memory_used=usage - cache if cache < usage else usage,
+        memory_limit=int(memory.get("limit", 0)),
+    )
+
+
+def cpu_percent(before: CpuCounters, after: CpuCounters) -> float | None:
+    """A container's CPU use between two samples, as `docker stats` shows it (100 = one CPU
+    busy); None if they cannot tell (the same moment, or counters that went back)."""
+    system = after.system - before.system
+    used = after.container - before.container
+    if system <= 0 or used < 0:
+        return None
+    return used / system * after.cpus * 100
+
+
+def service_usages(containers: list[tuple[str, ContainerSample, CpuCounters | None]],
+                   host_memory: int) -> list[ServiceUsage]:
+    """Per service, by name: its containers' (service, latest sample, CPU counters of an earlier
+    sample or None) summed. Limits add up, but to no more than the host's memory: a container
+    without a limit reports the host's memory as its limit."""
+    by_service: dict[str, list[tuple[ContainerSample, CpuCounters | None]]] = {}
+    for service, sample, earlier in containers:
+        by_service.setdefault(service, []).append((sample, earlier))
+    usages = []
+    for service, samples in sorted(by_service.items()):
+        measured = [(earlier, sample.cpu) for sample, earlier in samples
+                    if earlier is not None and cpu_percent(earlier, sample.cpu) is not None]
+        limit = sum(sample.memory_limit for sample, _ in samples)
+        usages.append(ServiceUsage(
+            service=service,
+            containers=len(samples),
+            cpu_percent=sum(cpu_percent(before, after) or 0.0 for before, after in measured) if measured else None,
+            # The longest of its containers' windows: they differ only for a container new since the last look.
+            cpu_seconds=max(((after.system - before.system) / after.cpus / 1e9 for before, after in measured),
+                            default=0.0),
+            cpus=max(sample.cpu.cpus for sample, _ in samples),
+            memory_used=sum(sample.memory_used for sample, _ in samples),
+            memory_limit=min(limit, host_memory) if host_memory else limit,
+        ))
+    return usages
 
 
 def _retry_while_in_use(remove: Callable[[], object], timeout: float = 30) -> None:
