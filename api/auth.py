@@ -1,4 +1,6 @@
-"""Who is calling: an API key from `Authorization: Bearer <key>` or Basic with the key as user."""
+"""Who is calling: an API key from `Authorization: Bearer <key>` or Basic with the key as user,
+or a dashboard session's cookie, which for anything but a read must come with the session's
+CSRF token in `X-CSRF-Token` (what the dashboard's own scripts send; no other site can)."""
 
 from __future__ import annotations
 
@@ -9,17 +11,33 @@ from starlette.requests import Request
 
 from api.context import Caller
 from api.spec import ApiError
-from hooks import apikeys
+from hooks import apikeys, sessions
 from runtime.store import Store
+
+SESSION_COOKIE = "disco_session"
+SAFE_METHODS = ("GET", "HEAD")
 
 
 def authenticate(store: Store, request: Request) -> Caller:
-    secret = _secret_from(request.headers.get("authorization", ""))
+    header = request.headers.get("authorization", "")
+    if not header and SESSION_COOKIE in request.cookies:
+        return _session_caller(store, request)
+    secret = _secret_from(header)
     found = apikeys.verify(store, secret)
     if found is None:
         raise ApiError(401, "unauthorized", "invalid, revoked or expired API key")
     key, user = found
     return Caller(user, key)
+
+
+def _session_caller(store: Store, request: Request) -> Caller:
+    signed_in = sessions.verify(store, request.cookies[SESSION_COOKIE])
+    if signed_in is None:
+        raise ApiError(401, "unauthorized", "your dashboard session has ended; sign in again")
+    if request.method not in SAFE_METHODS and not sessions.csrf_matches(
+            signed_in.token, request.headers.get("x-csrf-token", "")):
+        raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token: reload the page and try again")
+    return Caller(signed_in.user, signed_in.key, signed_in.session)
 
 
 def _secret_from(header: str) -> str:

@@ -8,13 +8,14 @@ from typing import Any
 from starlette.requests import Request
 
 from hooks.platform import Platform
-from runtime.store import ApiKey, Store, User
+from runtime.store import ApiKey, Session, Store, User
 
 
 @dataclass(frozen=True)
 class Caller:
     user: User
     key: ApiKey
+    session: Session | None = None  # a dashboard session's requests: the key it came from
 
 
 @dataclass(frozen=True)

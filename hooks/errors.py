@@ -17,11 +17,14 @@ class ErrorKind(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     INVALID_CONFIG = "invalid_config"  # a commit whose disco.toml cannot deploy
+    UNAUTHORIZED = "unauthorized"  # a dashboard sign-in with no live key or link
+    TOO_MANY = "too_many"  # sign-in attempts past their rate limit
 
     @property
     def http_status(self) -> int:
         return {"bad_request": 400, "forbidden": 403, "not_found": 404, "conflict": 409,
-                "invalid_config": 422}[self.value]
+                "invalid_config": 422,
+                "unauthorized": 401, "too_many": 429}[self.value]
 
 
 class Refused(Exception):

@@ -114,6 +114,22 @@ class ApiKey:
 
 
 @dataclass(frozen=True)
+class Session:
+    """A dashboard sign-in: a browser holding a random token (stored only as its hash), made
+    from an API key, and ended with it."""
+
+    id: int
+    user: str
+    api_key_id: int
+    created_at: str
+    expires_at: str  # slides forward while it is used (hooks/sessions.py)
+    last_seen_at: str
+    address: str
+    agent: str  # the browser's User-Agent, cut short, so a person can tell sessions apart
+    ended_at: str
+
+
+@dataclass(frozen=True)
 class SSHKey:
     fingerprint: str
     user: str
@@ -291,12 +307,29 @@ def _migration_9_change_counters(db: sqlite_utils.Database, _box: SecretBox) -> 
                            f"BEGIN UPDATE changes SET counter = counter + 1 WHERE name = '{group}'; END")
 
 
+def _migration_10_sessions(db: sqlite_utils.Database, _box: SecretBox) -> None:
+    # Dashboard sessions and one-time sign-in links, each tied to the API key that made them:
+    # revoking the key (or removing its user) ends them. Counted with the API keys ("access"),
+    # since a request reads them the same way.
+    db.execute("CREATE TABLE sessions (id INTEGER PRIMARY KEY, user TEXT NOT NULL REFERENCES users(name), "
+               "api_key_id INTEGER NOT NULL REFERENCES api_keys(id), digest TEXT NOT NULL UNIQUE, "
+               "created_at TEXT NOT NULL, expires_at TEXT NOT NULL, last_seen_at TEXT NOT NULL, "
+               "address TEXT NOT NULL, agent TEXT NOT NULL, ended_at TEXT NOT NULL DEFAULT '')")
+    db.execute("CREATE INDEX sessions_user ON sessions (user)")
+    db.execute("CREATE TABLE sign_in_links (digest TEXT PRIMARY KEY, user TEXT NOT NULL REFERENCES users(name), "
+               "api_key_id INTEGER NOT NULL REFERENCES api_keys(id), expires_at TEXT NOT NULL, "
+               "used_at TEXT NOT NULL DEFAULT '')")
+    for event in ("INSERT", "UPDATE", "DELETE"):
+        db.execute(f"CREATE TRIGGER sessions_{event.lower()}_counted AFTER {event} ON sessions "
+                   "BEGIN UPDATE changes SET counter = counter + 1 WHERE name = 'access'; END")
+
+
 # Applied in order on every open; PRAGMA user_version records how many have run.
 # Append new steps; never edit a released one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database, SecretBox], None]] = [
     _migration_1_team, _migration_2_deploys, _migration_3_api_keys, _migration_4_github,
     _migration_5_web_service, _migration_6_cron, _migration_7_github_app,
-    _migration_8_images_and_static_sites, _migration_9_change_counters,
+    _migration_8_images_and_static_sites, _migration_9_change_counters, _migration_10_sessions,
 ]
 SEALED_LINK_COLUMNS = ("token", "deploy_key", "secret")
 SEALED_APP_COLUMNS = ("client_secret", "webhook_secret", "pem")
@@ -531,7 +564,7 @@ class Store:
         """Remove a user with their keys and grants: a departed member loses access at once."""
         with self.transaction(durable=True) as db:
             self._require_user(db, name)
-            for table in ("ssh_keys", "api_keys", "grants"):
+            for table in ("sessions", "sign_in_links", "ssh_keys", "api_keys", "grants"):
                 db.execute(f"DELETE FROM {table} WHERE user = ?", [name])
             db.execute("DELETE FROM users WHERE name = ?", [name])
 
@@ -947,6 +980,77 @@ class Store:
     def revoke_api_key(self, key_id: int, at: str) -> None:
         with self.transaction(durable=True) as db:
             db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [at, key_id])
+
+    # -- dashboard sessions ----------------------------------------------------------------
+
+    def add_session(self, user: str, api_key_id: int, digest: str, expires_at: str, address: str,
+                    agent: str) -> Session:
+        at = now()
+        row: dict[str, object] = {"user": user, "api_key_id": api_key_id, "digest": digest, "created_at": at,
+                                  "expires_at": expires_at, "last_seen_at": at, "address": address,
+                                  "agent": agent, "ended_at": ""}
+        with self.transaction() as db:
+            self._require_user(db, user)
+            row["id"] = _insert(db, "sessions", row).lastrowid
+        return _from_row(Session, row)
+
+    def session_by_digest(self, digest: str) -> tuple[Session, ApiKey, User] | None:
+        """The session with that digest, the key it came from and its user (read on every page)."""
+        return self._cached("access", ("session_by_digest", digest), lambda: self._session_by_digest(digest))
+
+    def _session_by_digest(self, digest: str) -> tuple[Session, ApiKey, User] | None:
+        row = self._one("SELECT * FROM sessions WHERE digest = ?", [digest])
+        if row is None:
+            return None
+        key = self._one("SELECT * FROM api_keys WHERE id = ?", [row["api_key_id"]])
+        user = self._one("SELECT * FROM users WHERE name = ?", [row["user"]])
+        if key is None or user is None:
+            return None
+        return _from_row(Session, row), _from_row(ApiKey, key), _from_row(User, user)
+
+    def get_session(self, session_id: int) -> Session | None:
+        row = self._one("SELECT * FROM sessions WHERE id = ?", [session_id])
+        return _from_row(Session, row) if row else None
+
+    def list_sessions(self, user: str | None = None, include_ended: bool = False) -> list[Session]:
+        where = [] if include_ended else ["ended_at = ''"]
+        args: list = []
+        if user:
+            where.append("user = ?")
+            args.append(user)
+        sql = "SELECT * FROM sessions" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id"
+        return [_from_row(Session, row) for row in self._rows(sql, args)]
+
+    def touch_session(self, session_id: int, at: str, expires_at: str) -> None:
+        self._write("UPDATE sessions SET last_seen_at = ?, expires_at = ? WHERE id = ?", [at, expires_at, session_id])
+
+    def end_session(self, session_id: int, at: str) -> None:
+        with self.transaction(durable=True) as db:  # no power loss brings a signed-out session back
+            db.execute("UPDATE sessions SET ended_at = ? WHERE id = ? AND ended_at = ''", [at, session_id])
+
+    def forget_old_sessions(self, before: str) -> None:
+        """Sessions and links expired or ended before `before` are of no use to anyone now."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM sessions WHERE expires_at < ? OR (ended_at != '' AND ended_at < ?)",
+                       [before, before])
+            db.execute("DELETE FROM sign_in_links WHERE expires_at < ?", [before])
+
+    def add_sign_in_link(self, user: str, api_key_id: int, digest: str, expires_at: str) -> None:
+        with self.transaction() as db:
+            self._require_user(db, user)
+            _insert(db, "sign_in_links", {"digest": digest, "user": user, "api_key_id": api_key_id,
+                                          "expires_at": expires_at, "used_at": ""})
+
+    def take_sign_in_link(self, digest: str, at: str) -> tuple[str, int] | None:
+        """(user, api key id) of an unused, unexpired link, which is used up by this call: a
+        link opened twice signs in once."""
+        with self.transaction() as db:
+            row = db.execute("SELECT user, api_key_id FROM sign_in_links WHERE digest = ? AND used_at = '' "
+                             "AND expires_at > ?", [digest, at]).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE sign_in_links SET used_at = ? WHERE digest = ?", [at, digest])
+        return str(row[0]), int(row[1])
 
     # -- audit log -------------------------------------------------------------------------
 
