@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from api.context import Context
-from api.serializers import api_key_json, ssh_key_json, user_json
+from api.serializers import api_key_json, session_json, ssh_key_json, user_json
 from api.spec import (
     BOOLEAN,
     OBJECT,
@@ -29,8 +29,9 @@ from api.spec import (
     obj,
 )
 from api.streams import OpenStream, UserStreams
-from hooks import apikeys, certificates, github, github_app, operations, projects, team
-from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_project_name
+from hooks import apikeys, certificates, github, github_app, operations, projects, sessions, team
+from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_project_name, visible_projects
+from hooks.output import as_a_terminal_shows
 from hooks.projects import deployment_json
 from hooks.queue import Ticket
 from runtime.docker_engine import OneOffRun
@@ -126,11 +127,8 @@ async def _server_state(ctx: Context) -> dict:
 
 @endpoint("GET", "/projects", "List the projects you can see", tag="projects", responses={200: array(PROJECT)})
 async def list_projects(ctx: Context) -> Response:
-    store, user = ctx.store, ctx.user
-    if user.is_admin:
-        return ok(store.list_projects())
-    visible = set(store.grants_of(user.name))
-    return ok([p for p in store.list_projects() if p["name"] in visible])
+    visible = set(visible_projects(ctx.store, ctx.user))
+    return ok([p for p in ctx.store.list_projects() if p["name"] in visible])
 
 
 @endpoint("POST", "/projects", "Create a project (admins); with github=OWNER/REPO, linked through the GitHub App "
@@ -272,7 +270,7 @@ async def _log_events(state: Callable[[], tuple[Path, dict | None]], after: int)
             for line in lines:
                 sent += 1
                 if sent > after:
-                    yield f"id: {sent}\nevent: line\ndata: {line}\n\n"
+                    yield f"id: {sent}\nevent: line\ndata: {as_a_terminal_shows(line)}\n\n"
         if final is not None:
             if chunk is not None and len(chunk) == 8 << 20:
                 continue  # more of the log to send before the end
@@ -627,6 +625,45 @@ async def revoke_api_key(ctx: Context) -> Response:
     if key is None:
         raise not_found(f"no API key {key_id}")
     return ok(api_key_json(key))
+
+
+SESSION = obj(None, id=integer(), user=STRING, api_key_id=integer(), created_at=STRING, expires_at=STRING,
+              last_seen_at=STRING, address=STRING, agent=STRING, current=BOOLEAN)
+
+
+@endpoint("GET", "/sessions", "Dashboard sessions still live: yours; an admin may ask for all (all=true)",
+          tag="keys", query={"all": BOOLEAN}, responses={200: array(SESSION)})
+async def list_sessions(ctx: Context) -> Response:
+    if ctx.query.get("all") and not ctx.user.is_admin:
+        raise forbidden("only admins may list everyone's sessions")
+    found = sessions.live_sessions(ctx.store, None if ctx.query.get("all") else ctx.user.name)
+    current = ctx.caller.session.id if ctx.caller.session else None
+    return ok([session_json(s, current) for s in found])
+
+
+@endpoint("DELETE", "/sessions/{id}", "End a dashboard session (yours, or anyone's for an admin)", tag="keys",
+          responses={200: SESSION})
+async def end_session(ctx: Context) -> Response:
+    ended = sessions.end(ctx.store, ctx.user, ctx.number("id"))
+    return ok(session_json(ended, None))
+
+
+@endpoint("POST", "/dashboard/links", "A one-time dashboard sign-in link for you (usable once, for 5 minutes)",
+          tag="keys", responses={201: obj(None, url=STRING, expires_in=integer())})
+async def dashboard_link(ctx: Context) -> Response:
+    token = sessions.make_link(ctx.store, ctx.user, ctx.caller.key)
+    # In the fragment: browsers never send it to a server, so the token stays out of every
+    # access log and Referer; the page's script posts it and clears it from the address bar.
+    return ok({"url": f"{_dashboard_base(ctx)}/sign-in/link#{token}", "expires_in": sessions.LINK_MINUTES * 60}, 201)
+
+
+def _dashboard_base(ctx: Context) -> str:
+    """Where the dashboard is for whoever asked: the server's own domain when it has one (served
+    by Caddy, over HTTPS when on), else the address this request came to."""
+    host = ctx.platform.router.api_host
+    if host:
+        return f"{'https' if ctx.platform.settings.tls else 'http'}://{host}"
+    return str(ctx.request.base_url).rstrip("/")
 
 
 @endpoint("GET", "/audit", "Who did what, newest first (admins)", tag="meta", admin_only=True,
