@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from api.auth import authenticate
 from api.context import Context
@@ -31,6 +31,7 @@ from api.spec import (
     validate,
 )
 from api.streams import UserStreams
+from api.web.routes import web_routes
 from hooks import github, github_app
 from hooks.errors import Refused
 from hooks.platform import Platform
@@ -73,7 +74,7 @@ def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         # Before the project's route, which would take "app" for a project name.
         Route("/webhooks/github/app", _secrets_kept(_github_app_webhook), methods=["POST"]),
@@ -86,6 +87,7 @@ def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
         by_path.setdefault(ep.path, []).append(ep)
     for path, eps in by_path.items():
         routes.append(Route(f"/api/v1{path}", _dispatcher(eps), methods=[e.method for e in eps]))
+    routes.extend(web_routes())
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
     app.state.platform = platform
     app.state.webhook_readers = WebhookReaders(WEBHOOK_READERS, WEBHOOK_READERS_IN_ALL)

@@ -159,3 +159,15 @@ class _Buffered:
             except Exception:  # the client hung up: the deployment goes on without it
                 self._drop(self)
                 return
+
+
+def as_a_terminal_shows(line: str) -> str:
+    """A line with carriage returns in it (a progress bar redrawn in place) as a terminal shows
+    it at the end: each part after a "\r" overwrites the start of what came before. An SSE
+    event cannot carry a "\r" (it ends a field), so a follower gets this instead."""
+    if "\r" not in line:
+        return line
+    shown = ""
+    for part in line.rstrip("\r").split("\r"):
+        shown = part + shown[len(part):]
+    return shown

@@ -62,3 +62,12 @@ def authorize(store: Store, user: User, project: str, access: Access) -> bool:
             f"project {project!r} does not exist and only admins can create projects", "forbidden"
         )
     return exists
+
+
+def visible_projects(store: Store, user: User) -> list[str]:
+    """The names of the projects a user may see: all for an admin, their grants for a deployer."""
+    names = [p["name"] for p in store.list_projects()]
+    if user.is_admin:
+        return names
+    granted = set(store.grants_of(user.name))
+    return [name for name in names if name in granted]

@@ -117,6 +117,24 @@ class ServiceState:
 
 
 @dataclass(frozen=True)
+class ServiceHealth:
+    """How many tasks of a project's service run, against how many swarm wants."""
+
+    project: str
+    service: str  # the project service (its disco.service label)
+    running: int
+    desired: int
+
+
+def service_health_of(attrs: dict) -> ServiceHealth:
+    """From a service's JSON as listed with status=true (Docker's ServiceStatus)."""
+    labels = attrs["Spec"].get("Labels") or {}
+    status = attrs.get("ServiceStatus") or {}
+    return ServiceHealth(labels.get("disco.project", ""), labels.get("disco.service", attrs["Spec"].get("Name", "")),
+                         int(status.get("RunningTasks", 0)), int(status.get("DesiredTasks", 0)))
+
+
+@dataclass(frozen=True)
 class HostPort:
     """A port some swarm service publishes on the host, and whose service it is."""
 
@@ -562,6 +580,13 @@ class Engine:
             filters={"label": [f"disco.instance={self.instance}", f"disco.project={project}"]}
         )
         return [ServiceState.of(service) for service in services]
+
+    def services_health(self) -> list[ServiceHealth]:
+        """Running and wanted tasks of every project's services, in one call (the dashboard's
+        project list asks it for all projects at once)."""
+        services = self.client.services.list(filters={"label": [f"disco.instance={self.instance}", "disco.project"]},
+                                             status=True)
+        return [service_health_of(service.attrs) for service in services]
 
     def host_ports(self) -> list[HostPort]:
         """Every port a swarm service publishes on this node's host, whoever made the service:

@@ -41,6 +41,24 @@ def read_file(repo_path: Path, commit_sha: str, path: str) -> bytes | None:
         return None if isinstance(blob, Tree) else blob.as_raw_string()
 
 
+def commit_subjects(repo_path: Path, shas: list[str]) -> dict[str, str]:
+    """The first line of each commit's message (of those the repo has), cut at 200 characters."""
+    from dulwich.objects import Commit  # lazy: see the module's docstring
+
+    found: dict[str, str] = {}
+    if not repo_path.is_dir():
+        return found
+    with open_repo(repo_path) as repo:
+        for sha in shas:
+            try:
+                commit = repo[sha.encode()]
+            except (KeyError, ValueError):  # not pushed here (a webhook's fetch gone), or not a sha
+                continue
+            if isinstance(commit, Commit):
+                found[sha] = commit.message.decode(errors="replace").strip().split("\n", 1)[0][:200]
+    return found
+
+
 def has_commit(repo_path: Path, commit_sha: str) -> bool:
     from dulwich.objects import ObjectID  # lazy: see the module's docstring
 

@@ -376,3 +376,54 @@ def shared_disco(workdir: Path, extra_args: list[str] | None = None, users: tupl
         if server.process is not None:
             server.stop(signal.SIGKILL)
         server.remove_docker_objects()
+
+
+# -- the dashboard in a real browser ----------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own download cannot work here
+SCREENSHOTS = Path(os.environ.get("DISCO_TEST_OUTPUT", Path(__file__).parent.parent / "test-output")) / "screenshots"
+
+
+def chromium_browser():
+    """Headless Debian chromium driven by Playwright, for a module-scoped fixture (one browser
+    per module: starting one costs about a second). Fails instead of skipping under CI."""
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing: ./setup.sh test installs Debian's chromium"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def browser_page(browser: Any, disco: Disco, key: str | None = None) -> Any:
+    """A page in a fresh browser context (its own cookies), signed in with `key` if given.
+    Any dialog it opens is recorded in page.dialogs and dismissed; a confirm() is accepted."""
+    context = browser.new_context(base_url=f"http://127.0.0.1:{disco.api_port}")
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    page.dialogs = []
+
+    def on_dialog(dialog: Any) -> None:
+        page.dialogs.append((dialog.type, dialog.message))
+        dialog.accept() if dialog.type == "confirm" else dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    if key is not None:
+        page.goto("/sign-in")
+        page.fill("input[name=key]", key)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"http://127.0.0.1:{disco.api_port}/")
+    return page
+
+
+def screenshot(page: Any, name: str) -> None:
+    """Kept for a person to look at: test-output/screenshots/NAME.png."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
+
+from markupsafe import Markup
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -18,10 +22,14 @@ from hooks.platform import Platform
 from hooks.policy import Access, authorize, check_project_name, visible_projects
 from hooks.sessions import SignedIn
 from runtime import gitrepo
-from runtime.docker_engine import DockerError, ServiceHealth
+from api.web.charts import deploy_chart, usage_bars
+from hooks import operations
+from runtime.docker_engine import DockerError, ServiceHealth, ServiceUsage
 from runtime.store import ACTIVE_STATUSES, WENT_LIVE, Deployment, DeploymentStatus
 
 HEALTH_FRESH = 2.0  # seconds swarm's task counts are reused for: one Docker call serves every page
+USAGE_FRESH = 5.0  # and a project's CPU and memory figures
+T = TypeVar("T")
 HISTORY = 50  # deployments listed on a project's page
 
 
@@ -89,31 +97,61 @@ def summaries(platform: Platform, names: list[str], health: list[ServiceHealth])
     return found
 
 
-async def services_health(request: Request) -> tuple[list[ServiceHealth], str]:
-    """Swarm's task counts of every project (and what went wrong asking), at most HEALTH_FRESH
-    old: a stale answer is given at once while a fresh one is asked for in the background."""
+class Kept(Generic[T]):
+    """Answers from Docker kept per key and reused for `fresh` seconds; after that the kept one
+    is still given at once while a fresh one is asked for in the background, so a page never
+    waits on Docker except the first time. Errors are answers too (said on the page)."""
+
+    def __init__(self, fresh: float) -> None:
+        self.fresh = fresh
+        self.kept: dict[str, tuple[float, T | None, str]] = {}
+        self.tasks: dict[str, asyncio.Task] = {}  # held, so a refresh is not collected mid-way
+
+    async def get(self, key: str, ask: Callable[[], T]) -> tuple[T | None, str]:
+        found = self.kept.get(key)
+        if found is None:
+            found = self.kept[key] = await self._ask(ask)
+        elif time.monotonic() - found[0] > self.fresh and key not in self.tasks:
+            async def refresh() -> None:
+                try:
+                    self.kept[key] = await self._ask(ask)
+                finally:
+                    del self.tasks[key]
+            self.tasks[key] = asyncio.ensure_future(refresh())
+        return found[1], found[2]
+
+    def forget(self, key: str) -> None:
+        self.kept.pop(key, None)
+
+    @staticmethod
+    async def _ask(ask: Callable[[], T]) -> tuple[float, T | None, str]:
+        try:
+            return time.monotonic(), await run_in_threadpool(ask), ""
+        except DockerError as err:
+            return time.monotonic(), None, f"Docker is not reachable: {err}"
+        except Refused as err:
+            return time.monotonic(), None, str(err)
+
+
+def kept(request: Request, name: str, fresh: float) -> Kept:
     state = request.app.state
-    cached: tuple[float, list[ServiceHealth], str] | None = getattr(state, "services_health", None)
-    if cached is None:
-        cached = await _ask_health(platform_of(request))
-        state.services_health = cached
-    elif time.monotonic() - cached[0] > HEALTH_FRESH and not getattr(state, "asking_health", False):
-        state.asking_health = True
-
-        async def refresh() -> None:
-            try:
-                state.services_health = await _ask_health(platform_of(request))
-            finally:
-                state.asking_health = False
-        state.health_task = asyncio.ensure_future(refresh())  # kept, so it is not collected mid-way
-    return cached[1], cached[2]
+    if not hasattr(state, name):
+        setattr(state, name, Kept(fresh))
+    return getattr(state, name)
 
 
-async def _ask_health(platform: Platform) -> tuple[float, list[ServiceHealth], str]:
-    try:
-        return time.monotonic(), await run_in_threadpool(platform.engine.services_health), ""
-    except DockerError as err:
-        return time.monotonic(), [], f"Docker is not reachable: {err}"
+async def services_health(request: Request) -> tuple[list[ServiceHealth], str]:
+    """Swarm's task counts of every project, at most HEALTH_FRESH old (see Kept)."""
+    found, error = await kept(request, "services_health", HEALTH_FRESH).get("", platform_of(request).engine.services_health)
+    return found or [], error
+
+
+async def project_usage(request: Request, name: str) -> tuple[list[ServiceUsage], str]:
+    """CPU and memory per service of the project, at most USAGE_FRESH old (see Kept): asking
+    Docker takes a second or two, which only the first look at a project waits for."""
+    platform = platform_of(request)
+    found, error = await kept(request, "project_usage", USAGE_FRESH).get(name, lambda: operations.usage(platform, name))
+    return found or [], error
 
 
 def readable_project(request: Request, who: SignedIn) -> str:
@@ -155,7 +193,11 @@ async def project_page(request: Request, who: SignedIn) -> Response:
     summary, listed = await run_in_threadpool(lambda: (summaries(platform, [name], health)[0],
                                                       rows(platform, name, history)))
     live = summary.live.record.number if summary.live else None
+    usage, usage_error = await project_usage(request, name)
+    chart = deploy_chart(history[:30], subjects={r.record.commit_sha: r.subject for r in listed},
+                         link=lambda d: f"/projects/{name}/deployments/{d.number}")
     return page("project.html", request, who, project=summary, deployments=listed, docker_error=docker_error,
+                chart=Markup(chart), usage=Markup(usage_bars(usage)), usage_error=usage_error,
                 may_deploy=can_deploy(request, who, name), active=[r for r in listed if r.record.status in ACTIVE_STATUSES],
                 rollback_targets={r.record.number for r in listed if r.record.status in WENT_LIVE and r.record.number != live},
                 deploy_branch=(platform.store.get_project(name) or {}).get("deploy_branch") or "main")
