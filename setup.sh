@@ -11,8 +11,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
 DEBIAN_PACKAGES=(docker.io git openssh-client busybox-static caddy python3 python3-venv ca-certificates)
-# Only for the tests: an RFC 8555 test CA, so HTTPS is proven against a real ACME server.
-TEST_PACKAGES=(pebble)
+# Only for the tests: an RFC 8555 test CA, so HTTPS is proven against a real ACME server; and
+# Debian's chromium, which Playwright drives headless to test the dashboard in a real browser.
+TEST_PACKAGES=(pebble chromium)
 # Debian's client: /usr/local/bin/docker may be a newer client-only build without BuildKit support.
 DOCKER=/usr/bin/docker
 DOCKERD_LOG=/var/log/disco-dockerd.log

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--expires-in-days", type=int, help="the key stops working after this many days")
     create.add_argument("--user", help="for another user (admins)")
     command("apikeys:revoke", remote.cmd_apikeys_revoke, "revoke an API key at once").add_argument("id", type=int)
+    command("dashboard", remote.cmd_dashboard, "print a one-time sign-in link to the web dashboard "
+            "(and open it where a browser is available)").add_argument(
+        "--no-open", action="store_true", help="only print the link")
 
     command("projects", remote.cmd_projects, "list projects")
     create = command("projects:create", remote.cmd_projects_create,

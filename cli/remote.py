@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,6 +49,29 @@ def cmd_login(args: argparse.Namespace) -> int:
     for warning in (me.get("disk") or {}).get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """A one-time sign-in link to the dashboard, opened in a browser where there is one."""
+    api = client(args)
+    made = api.post("/dashboard/links", None)
+    # The address this login reaches the server by (it may be a tunnel), with the server's token;
+    # the token is in the fragment, which a browser never sends to a server.
+    url = f"{api.login.url}/sign-in/link#{made['url'].split('#', 1)[1]}"
+    minutes = made["expires_in"] // 60
+    print(f"sign in to the dashboard with this link (works once, for {minutes} minutes):\n  {url}")
+    if not args.no_open and _has_a_browser():
+        import webbrowser
+
+        webbrowser.open(url)
+    return 0
+
+
+def _has_a_browser() -> bool:
+    """A graphical browser can open: a display, a Mac, or $BROWSER. On a bare server Python's
+    webbrowser would start a text browser in this terminal instead."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("BROWSER")
+                or sys.platform == "darwin")
 
 
 # -- projects and deployments ------------------------------------------------------------------

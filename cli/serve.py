@@ -24,7 +24,7 @@ from api.app import build_app
 from api.endpoints import ENDPOINTS
 from gitserver.repos import RepoRegistry
 from gitserver.server import GitServer
-from hooks import disks
+from hooks import disks, sessions
 from hooks.dockerwatch import DockerWatch
 from hooks.platform import Platform
 from hooks.scheduler import fast_clock
@@ -64,6 +64,7 @@ async def _run(settings: Settings, store: Store) -> None:
         log.info("deployment #%d of %s left unfinished: now %s", settled.number, settled.project, settled.status)
     for run in platform.scheduler.recover():
         log.info("scheduled run #%d of %s/%s left unfinished: now %s", run.id, run.project, run.service, run.status)
+    sessions.forget_old(store)  # dashboard sessions and links past use, so the table stays small
     platform.scheduler.start()
     # Says when dockerd goes away and comes back, and checks the proxy again on its return.
     docker_watch = DockerWatch(platform.engine.reachable, on_back=lambda: _start_proxy(platform, settings))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections import deque
@@ -134,6 +135,12 @@ def live_sessions(store: Store, user: str | None = None) -> list[Session]:
             and s.api_key_id in keys and _key_is_live(keys[s.api_key_id], current)]
 
 
+def forget_old(store: Store) -> None:
+    """Drop sessions and sign-in links that ended or expired more than a day ago (kept that long
+    so the team page can still say what just ended)."""
+    store.forget_old_sessions((datetime.now(UTC) - timedelta(days=1)).isoformat(timespec="seconds"))
+
+
 def _key_is_live(key: ApiKey, current: datetime | None = None) -> bool:
     current = current or datetime.now(UTC)
     return not key.revoked_at and not (key.expires_at and datetime.fromisoformat(key.expires_at) <= current)
@@ -157,7 +164,7 @@ class SignInLimiter:
         """Refused (429) when `who` ("address" or "user") is at its limit."""
         seen = self._recent(kind, who)
         if len(seen) >= self.limits[kind]:
-            wait = int(seen[0] + self.window - time.monotonic()) + 1
+            wait = math.ceil(seen[0] + self.window - time.monotonic())
             raise Refused(f"too many sign-in attempts from this {kind}; try again in {wait} s", "too_many")
 
     def count(self, kind: str, who: str) -> None:

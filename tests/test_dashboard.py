@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from apps import SERVE, BASE, new_version, shell_cmd, web_app
-from conftest import (Disco, Key, browser_page, chromium_browser, require_docker, screenshot, shared_disco,
-                      wait_for)
+from conftest import (Disco, Key, browser_page, chromium_browser, laptop_cli, require_docker, screenshot,
+                      shared_disco, wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -216,13 +216,15 @@ def test_a_deployer_sees_only_their_project(server, browser, pushed):
     page.context.close()
 
 
-def test_a_one_time_link_signs_in_once(server, browser, pushed):
+def test_a_one_time_link_from_the_cli_signs_in_once(server, browser, pushed, tmp_path):
     disco, _ = server
-    made = disco.api("POST", "/dashboard/links")
-    assert made.status_code == 201
-    url = made.json()["url"]
-    assert "/sign-in/link#" in url and "?" not in url  # the token only in the fragment
-    url = "/sign-in/link#" + url.split("#", 1)[1]  # the server's own domain does not resolve here
+    cli = laptop_cli(disco, tmp_path / "laptop")
+    printed = cli("dashboard", "--no-open")
+    assert printed.returncode == 0, printed.stderr
+    url = re.search(r"http://\S+", printed.stdout).group(0)
+    # The address the laptop logged in with, the token only in the fragment (never sent to a server).
+    assert url.startswith(f"http://127.0.0.1:{disco.api_port}/sign-in/link#") and "?" not in url
+    assert "works once, for 5 minutes" in printed.stdout
     page = browser_page(browser, disco)
     page.goto(url)
     page.wait_for_url(re.compile(r"/$"))
