@@ -115,6 +115,8 @@ def test_link_secrets_are_sealed_at_rest_and_an_old_store_is_sealed_by_its_migra
     for (trigger,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
         conn.execute(f"DROP TRIGGER {trigger}")  # from migration 9, with its table
     conn.execute("DROP TABLE changes")
+    for table in ("sessions", "sign_in_links"):  # from migration 10
+        conn.execute(f"DROP TABLE {table}")
     conn.execute("INSERT INTO github_links (project, repo, branch, clone_url, secret, token, deploy_key, force_mirror, "
                  "created_at) VALUES ('shop', 'o/shop', 'main', 'https://github.com/o/shop.git', 'hook-s3cret', "
                  "'ghp_l1nkt0ken', '-----BEGIN OPENSSH PRIVATE KEY-----', 0, 'now')")
