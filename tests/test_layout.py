@@ -21,7 +21,7 @@ MAY_IMPORT = {
 def project_imports() -> dict[str, set[str]]:
     """Module name -> the project modules it imports (anywhere in the file, lazily too)."""
     modules = {".".join(p.relative_to(ROOT).with_suffix("").parts): p
-               for room in ROOMS for p in (ROOT / room).glob("*.py") if p.name != "__init__.py"}
+               for room in ROOMS for p in (ROOT / room).rglob("*.py") if p.name != "__init__.py"}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         found: set[str] = set()
