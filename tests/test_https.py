@@ -14,12 +14,14 @@ import http.client
 import ipaddress
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -281,3 +283,29 @@ def test_a_deploy_under_https_keep_alive_load_fails_no_request(rig, tmp_path: Pa
     assert pushed.returncode == 0, pushed.stderr
     assert errors == [] and len(bodies) > 20
     assert bodies[-1] == "v2\n" and set(bodies) <= {"v1\n", "v2\n"}
+
+
+def test_the_dashboard_over_https_sets_secure_cookies_and_sees_the_browsers_address(rig):
+    disco, _alice, pebble = rig
+    wait_for("the API over HTTPS", lambda: https_answer(disco, pebble, API, "/sign-in"))
+    connection = SniConnection(disco.https_port, API, pebble.root())
+    try:
+        connection.request("GET", "/sign-in", headers={"Host": API})
+        form = connection.getresponse()
+        body = form.read().decode()
+        first = form.getheader("set-cookie") or ""
+        assert form.status == 200 and "Secure" in first and "HttpOnly" in first
+        token = re.search(r'name="csrf" value="([^"]+)"', body).group(1)
+        cookie = first.split(";")[0]
+        connection.request("POST", "/sign-in", body=urllib.parse.urlencode({"csrf": token, "key": disco.api_key}),
+                           headers={"Host": API, "Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})
+        signed = connection.getresponse()
+        signed.read()
+        session = next(h for k, h in signed.getheaders() if k.lower() == "set-cookie" and "disco_session" in h)
+        assert signed.status == 303 and "Secure" in session and "SameSite=strict" in session
+    finally:
+        connection.close()
+    listed = disco.api("GET", "/sessions").json()
+    # The browser's address as Caddy saw it (here Docker's bridge gateway in front of Caddy's
+    # published port), forwarded: not "unknown", which would put every browser in one rate limit.
+    ipaddress.ip_address(listed[-1]["address"])
