@@ -36,7 +36,7 @@ from hooks.projects import deployment_json
 from hooks.queue import Ticket
 from runtime.docker_engine import OneOffRun
 from runtime.appconfig import SERVICE_NAME
-from runtime.store import ACTIVE_STATUSES, CronRun, DeploymentStatus, Store
+from runtime.store import ACTIVE_STATUSES, CronRun, DeploymentStatus, Store, User
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 PROJECT_NAME_SCHEMA = {"type": "string", "pattern": PROJECT_NAME.pattern, "description": NAME_RULE}
@@ -129,6 +129,39 @@ async def _server_state(ctx: Context) -> dict:
 async def list_projects(ctx: Context) -> Response:
     visible = set(visible_projects(ctx.store, ctx.user))
     return ok([p for p in ctx.store.list_projects() if p["name"] in visible])
+
+
+EVENTS_EVERY = 0.5  # seconds between looks at the store (one counter read when nothing changed)
+EVENTS_KEEPALIVE = 15.0  # a comment this often, so proxies and browsers keep the stream open
+
+
+@endpoint("GET", "/events", "The state of each project you can see, then every change of it, as it happens "
+          "(Server-Sent Events `project`: status, newest and live deployment)", tag="projects",
+          responses={200: SSE})
+async def project_events(ctx: Context) -> Response:
+    async def events() -> AsyncIterator[str]:
+        return _project_events(ctx.store, ctx.user)
+
+    return await open_stream(ctx, events, SSE, {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _project_events(store: Store, user: User) -> AsyncIterator[str]:
+    sent: dict[str, dict] = {}
+    seen_version, quiet_since = -1, time.monotonic()
+    while True:
+        version = store.version("projects") + store.version("access")  # a grant given or taken counts too
+        if version != seen_version:
+            seen_version = version
+            for name in visible_projects(store, user):
+                state = projects.glance_json(store, name)
+                if sent.get(name) != state:
+                    sent[name] = state
+                    quiet_since = time.monotonic()
+                    yield f"event: project\ndata: {json.dumps(state)}\n\n"
+        if time.monotonic() - quiet_since > EVENTS_KEEPALIVE:
+            quiet_since = time.monotonic()
+            yield ": still here\n\n"
+        await asyncio.sleep(EVENTS_EVERY)
 
 
 @endpoint("POST", "/projects", "Create a project (admins); with github=OWNER/REPO, linked through the GitHub App "

@@ -14,7 +14,7 @@ from runtime import gitrepo, staticsites
 from runtime.appconfig import AppConfigError
 from runtime.appsource import config_at
 from runtime.docker_engine import DockerError
-from runtime.store import Deployment, StoreError
+from runtime.store import ACTIVE_STATUSES, Deployment, DeploymentStatus, Store, StoreError
 
 # A host name: dot-separated DNS labels, at least two, no trailing dot.
 DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -118,6 +118,24 @@ def remove_domain(platform: Platform, user: str, project: str, domain: str) -> N
         raise Refused(str(err), "not_found") from None
     platform.store.audit(user, "domains:remove", project, domain)
     platform.router.apply_routes_if_up()
+
+
+def at_a_glance(live: Deployment | None, newest: Deployment | None) -> str:
+    """A project's state in a word, what a person scanning a list needs first: deploying,
+    failed (its last deploy), serving, or not deployed."""
+    if newest is not None and newest.status in ACTIVE_STATUSES:
+        return "deploying"
+    if newest is not None and newest.status == DeploymentStatus.FAILED:
+        return "failed"
+    return "serving" if live is not None else "not deployed"
+
+
+def glance_json(store: Store, name: str) -> dict:
+    """A project's state for a follower of /events: the word, its newest and live deployments."""
+    live = store.live_deployment(name)
+    newest = next(iter(store.list_deployments(name, 1)), None)
+    return {"project": name, "status": at_a_glance(live, newest), "live": live.number if live else None,
+            "newest": {"number": newest.number, "status": newest.status, "reason": newest.reason} if newest else None}
 
 
 def deployment_json(d: Deployment) -> dict:

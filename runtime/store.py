@@ -518,6 +518,11 @@ class Store:
         entries[key] = value
         return value
 
+    def version(self, group: str) -> int:
+        """The change counter of a group of tables ("access", "projects"): it moves with every
+        change of one of their rows, so a follower can tell at a glance whether to look again."""
+        return int(self._reader().conn.execute("SELECT counter FROM changes WHERE name = ?", [group]).fetchone()[0])
+
     def _cached_rows(self, group: str, sql: str, args: list | tuple = ()) -> list[dict]:
         rows = self._cached(group, (sql, tuple(args)), lambda: tuple(self._rows(sql, args)))
         return [row.copy() for row in rows]  # callers may change what they get; the cache must not

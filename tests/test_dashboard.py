@@ -76,9 +76,11 @@ def test_watch_a_push_live_then_roll_back_with_the_button(server, browser, pushe
     disco, key = server
     page = browser_page(browser, disco, disco.api_key)
     # A build that waits for a file the test creates, so the page is open while it runs.
-    gate = disco.workdir / "gate"
-    gate.unlink(missing_ok=True)
-    new_version(pushed, "v2\n", [*BASE, "COPY www /www", "RUN echo building-step-one",
+    overview = page.context.new_page()  # the projects list, open while the push happens
+    overview.goto("/")
+    glance = overview.locator("tr[data-project=web] .glance")
+    assert glance.inner_text() == "serving"
+    new_version(pushed, "v2\n", [*BASE, "COPY www /www", "RUN echo building-step-one && sleep 4",
                                  "RUN echo progress 10%; echo second-line", "EXPOSE 8000", SERVE])
     import subprocess
     push = subprocess.Popen(["git", "push", "disco", "main"], cwd=pushed, env=disco.git_env(key),
@@ -89,8 +91,12 @@ def test_watch_a_push_live_then_roll_back_with_the_button(server, browser, pushe
         page.goto(f"/projects/web/deployments/{newest['number']}")
         output = page.locator("#output")
         output.get_by_text("building-step-one").first.wait_for(timeout=120_000)
+        overview.locator("tr[data-project=web] .glance .status-deploying").wait_for()  # while it builds
         page.locator("#output[data-ended=live]").wait_for(timeout=180_000)
         assert "live" in page.locator("#deployment-status").inner_text()
+        # The list followed it over /api/v1/events, without a reload: deploying, then serving.
+        overview.locator("tr[data-project=web] .newest .status-live").wait_for()
+        assert glance.inner_text() == "serving"
         screenshot(page, "deployment-output")
     finally:
         push.wait(180)

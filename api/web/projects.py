@@ -24,8 +24,9 @@ from hooks.sessions import SignedIn
 from runtime import gitrepo
 from api.web.charts import deploy_chart, usage_bars
 from hooks import operations
+from hooks.projects import at_a_glance
 from runtime.docker_engine import DockerError, ServiceHealth, ServiceUsage
-from runtime.store import ACTIVE_STATUSES, WENT_LIVE, Deployment, DeploymentStatus
+from runtime.store import ACTIVE_STATUSES, WENT_LIVE, Deployment
 
 HEALTH_FRESH = 2.0  # seconds swarm's task counts are reused for: one Docker call serves every page
 USAGE_FRESH = 5.0  # and a project's CPU and memory figures
@@ -60,15 +61,6 @@ def duration(d: Deployment) -> float | None:
     return (datetime.fromisoformat(d.finished_at) - datetime.fromisoformat(d.created_at)).total_seconds()
 
 
-def glance(live: Deployment | None, newest: Deployment | None) -> str:
-    """A project's state in a word: what a person scanning the list needs first."""
-    if newest is not None and newest.status in ACTIVE_STATUSES:
-        return "deploying"
-    if newest is not None and newest.status == DeploymentStatus.FAILED:
-        return "failed"
-    return "serving" if live is not None else "not deployed"
-
-
 def rows(platform: Platform, project: str, deployments: list[Deployment]) -> list[DeploymentRow]:
     subjects = gitrepo.commit_subjects(platform.repo_path(project), sorted({d.commit_sha for d in deployments}))
     return [DeploymentRow(d, subjects.get(d.commit_sha, ""), duration(d)) for d in deployments]
@@ -90,7 +82,7 @@ def summaries(platform: Platform, names: list[str], health: list[ServiceHealth])
         shown = [d for d in (live, newest) if d is not None]
         row = {r.record.number: r for r in rows(platform, name, shown)} if shown else {}
         found.append(ProjectSummary(
-            name, glance(live, newest), row.get(live.number) if live else None,
+            name, at_a_glance(live, newest), row.get(live.number) if live else None,
             row.get(newest.number) if newest else None,
             hosts.get(name, []) + ([f"{name}.{apps_domain}"] if apps_domain else []),
             sorted(by_project.get(name, []), key=lambda h: h.service)))
