@@ -61,9 +61,21 @@ def duration(d: Deployment) -> float | None:
     return (datetime.fromisoformat(d.finished_at) - datetime.fromisoformat(d.created_at)).total_seconds()
 
 
+SUBJECTS_KEPT = 4096
+_subjects: dict[tuple[str, str], str] = {}  # (project, commit) -> subject: a commit never changes
+
+
 def rows(platform: Platform, project: str, deployments: list[Deployment]) -> list[DeploymentRow]:
-    subjects = gitrepo.commit_subjects(platform.repo_path(project), sorted({d.commit_sha for d in deployments}))
-    return [DeploymentRow(d, subjects.get(d.commit_sha, ""), duration(d)) for d in deployments]
+    """The deployments with their commits' subjects, read from the repo once per commit: the
+    projects page would otherwise open a hundred repos on every view."""
+    missing = sorted({d.commit_sha for d in deployments if (project, d.commit_sha) not in _subjects})
+    if missing:
+        found = gitrepo.commit_subjects(platform.repo_path(project), missing)
+        if len(_subjects) + len(missing) > SUBJECTS_KEPT:
+            _subjects.clear()
+        # A commit the repo lacks (a deployment made before a restore) stays without one.
+        _subjects.update({(project, sha): found.get(sha, "") for sha in missing})
+    return [DeploymentRow(d, _subjects.get((project, d.commit_sha), ""), duration(d)) for d in deployments]
 
 
 def summaries(platform: Platform, names: list[str], health: list[ServiceHealth]) -> list[ProjectSummary]:
@@ -111,9 +123,6 @@ class Kept(Generic[T]):
                     del self.tasks[key]
             self.tasks[key] = asyncio.ensure_future(refresh())
         return found[1], found[2]
-
-    def forget(self, key: str) -> None:
-        self.kept.pop(key, None)
 
     @staticmethod
     async def _ask(ask: Callable[[], T]) -> tuple[float, T | None, str]:
