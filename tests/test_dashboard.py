@@ -105,6 +105,11 @@ def test_watch_a_push_live_then_roll_back_with_the_button(server, browser, pushe
     assert served(disco) == "v2\n"
 
     page.goto("/projects/web")
+    # The picture: a bar per deployment, linked to its page, and the web service's memory now.
+    numbers = [d["number"] for d in disco.api("GET", "/projects/web/deployments").json()]
+    assert page.locator(".picture svg.deploy-chart rect.bar").count() == len(numbers)
+    assert page.locator(f".picture svg a[href='/projects/web/deployments/{max(numbers)}'] rect.bar-live").count() == 1
+    assert page.locator(".picture svg .bar-memory").count() >= 1 and "web" in page.locator(".picture").inner_text()
     screenshot(page, "project")
     button = page.get_by_role("button", name="Roll back to #1")
     button.click()
