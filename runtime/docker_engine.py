@@ -789,7 +789,7 @@ class Engine:
                 return None
 
         with ThreadPoolExecutor(max_workers=min(STATS_AT_ONCE, len(container_ids))) as pool:
-            found = dict(zip(container_ids, pool.map(ask, container_ids)))
+            found = dict(zip(container_ids, pool.map(ask, container_ids), strict=True))
         return {cid: sample for cid, sample in found.items() if sample is not None}
 
     # -- the proxy -------------------------------------------------------------------------

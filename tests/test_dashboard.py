@@ -5,12 +5,14 @@ apps that stays text. One daemon and one browser for the module."""
 from __future__ import annotations
 
 import re
+import subprocess
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
-from apps import SERVE, BASE, new_version, shell_cmd, web_app
+from apps import BASE, SERVE, new_version, web_app
 from conftest import (Disco, Key, browser_page, chromium_browser, laptop_cli, require_docker, screenshot,
                       shared_disco, wait_for)
 
@@ -80,9 +82,8 @@ def test_watch_a_push_live_then_roll_back_with_the_button(server, browser, pushe
     overview.goto("/")
     glance = overview.locator("tr[data-project=web] .glance")
     assert glance.inner_text() == "serving"
-    new_version(pushed, "v2\n", [*BASE, "COPY www /www", "RUN echo building-step-one && sleep 4",
+    new_version(pushed, "v2\n", [*BASE, "COPY www /www", f"RUN echo building-step-one {uuid.uuid4().hex} && sleep 4",  # never cached: it takes its 4 s
                                  "RUN echo progress 10%; echo second-line", "EXPOSE 8000", SERVE])
-    import subprocess
     push = subprocess.Popen(["git", "push", "disco", "main"], cwd=pushed, env=disco.git_env(key),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -150,7 +151,6 @@ def test_markup_in_build_output_and_commit_messages_stays_text(server, browser, 
     new_version(pushed, "v3\n", [*BASE, "COPY www /www",
                                  f"RUN printf '%s\\n' '{hostile}' && printf '{ansi}\\n'",
                                  "EXPOSE 8000", SERVE])
-    import subprocess
     subprocess.run(["git", "-c", "user.name=T", "-c", "user.email=t@e", "commit", "-q", "--amend", "-m",
                     f"{hostile} in a message"], cwd=pushed, check=True)
     assert disco.git(key, "push", "disco", "main", cwd=pushed).returncode == 0

@@ -71,7 +71,7 @@ def deploy_chart(deployments: Sequence[Deployment], subjects: Mapping[str, str] 
     _text(svg, D_LEFT - 6, D_TOP + 4, _span(longest), "axis-label", anchor="end")
     _text(svg, D_LEFT - 6, base + 4, "0 s", "axis-label", anchor="end")
     slot = (D_WIDTH - D_LEFT - D_RIGHT) / SHOWN
-    for index, (d, took) in enumerate(zip(shown, seconds)):
+    for index, (d, took) in enumerate(zip(shown, seconds, strict=True)):
         height = max(MIN_BAR, plot_height * (took or 0.0) / longest) if longest else MIN_BAR
         parent = ET.SubElement(svg, "a", {"href": link(d)}) if link else svg
         bar = ET.SubElement(parent, "rect", {
