@@ -144,6 +144,29 @@ def test_a_failed_deploy_shows_its_reason(server, browser, pushed):
     page.context.close()
 
 
+def test_cancel_a_running_deployment_with_the_button(server, browser, pushed):
+    disco, key = server
+    live_before = disco.api("GET", "/projects/web").json()["live_deployment"]["number"]
+    new_version(pushed, "slow\n", [*BASE, "COPY www /www", f"RUN echo {uuid.uuid4().hex} && sleep 120", "EXPOSE 8000", SERVE])
+    push = subprocess.Popen(["git", "push", "disco", "main"], cwd=pushed, env=disco.git_env(key),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        building = wait_for("the slow build", lambda: next(
+            (d for d in disco.api("GET", "/projects/web/deployments", limit=1).json()
+             if d["number"] > live_before and d["status"] == "building"), None))
+        page = browser_page(browser, disco, disco.api_key)
+        page.goto("/projects/web")
+        page.get_by_role("button", name=f"Cancel #{building['number']} (building)").click()
+        assert page.dialogs[-1][0] == "confirm" and "What is live keeps serving" in page.dialogs[-1][1]
+        ended = disco.finished_deployment("web", building["number"], timeout=60)
+        assert ended["status"] == "cancelled"
+    finally:
+        push.wait(120)
+    assert push.returncode != 0 and served(disco) in ("v1\n", "v2\n")
+    disco.git(key, "reset", "-q", "--hard", "HEAD~1", cwd=pushed)
+    page.context.close()
+
+
 def test_markup_in_build_output_and_commit_messages_stays_text(server, browser, pushed):
     disco, key = server
     hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>"
