@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from api.web import pages, projects, team
+from api.web import pages, projects, server, team
 
 
 def web_routes() -> list[BaseRoute]:
@@ -18,5 +18,6 @@ def web_routes() -> list[BaseRoute]:
         Route("/projects/{project}/deployments/{number:int}", projects.deployment_page, methods=["GET"]),
         Route("/team", team.team_page, methods=["GET"]),
         Route("/team/audit", team.audit_page, methods=["GET"]),
+        Route("/server", server.server_page, methods=["GET"]),
         Mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static"),
     ]
