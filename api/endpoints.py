@@ -699,10 +699,14 @@ def _dashboard_base(ctx: Context) -> str:
     return str(ctx.request.base_url).rstrip("/")
 
 
-@endpoint("GET", "/audit", "Who did what, newest first (admins)", tag="meta", admin_only=True,
-          query={"limit": integer(1, 1000), "target": STRING}, responses={200: array(OBJECT)})
+@endpoint("GET", "/audit", "Who did what, newest first (admins); filtered by who (user), what was changed "
+          "(target) and action: exactly, or a whole group named without ':' (apikeys = apikeys:create, ...)",
+          tag="meta", admin_only=True,
+          query={"limit": integer(1, 1000), "target": STRING, "user": STRING, "action": STRING},
+          responses={200: array(OBJECT)})
 async def audit_log(ctx: Context) -> Response:
-    return ok(ctx.store.audit_log(ctx.query.get("limit", 100), ctx.query.get("target")))
+    q = ctx.query
+    return ok(ctx.store.audit_log(q.get("limit", 100), q.get("target"), user=q.get("user"), action=q.get("action")))
 
 
 # -- GitHub -----------------------------------------------------------------------------------

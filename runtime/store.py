@@ -1063,10 +1063,27 @@ class Store:
         self._write("INSERT INTO audit (at, user, action, target, detail) VALUES (?, ?, ?, ?, ?)",
                     [now(), user, action, target, detail])
 
-    def audit_log(self, limit: int = 100, target: str | None = None) -> list[dict]:
+    def audit_log(self, limit: int = 100, target: str | None = None, *, user: str | None = None,
+                  action: str | None = None) -> list[dict]:
+        """The newest `limit` records, newest first, of those matching every filter given: who
+        did it (`user`), to what (`target`), and `action` exactly or, named without a ':', its
+        whole group ("apikeys" is apikeys:create, apikeys:revoke, ...)."""
+        where: list[str] = []
+        args: list = []
+        if user:
+            where.append("user = ?")
+            args.append(user)
         if target:
-            return self._rows("SELECT * FROM audit WHERE target = ? ORDER BY id DESC LIMIT ?", [target, limit])
-        return self._rows("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])
+            where.append("target = ?")
+            args.append(target)
+        if action and ":" in action:
+            where.append("action = ?")
+            args.append(action)
+        elif action:
+            where.append("(action = ? OR substr(action, 1, ?) = ?)")
+            args += [action, len(action) + 1, f"{action}:"]
+        sql = "SELECT * FROM audit" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC LIMIT ?"
+        return self._rows(sql, [*args, limit])
 
     @staticmethod
     def _require_user(db: sqlite_utils.Database, name: str) -> None:

@@ -244,6 +244,11 @@ def test_projects_env_domains_and_audit(client: TestClient, platform: Platform, 
     assert ("bob", "domains:add") in actions and ("alice", "env:read-values") in actions
     assert ("bob", "env:read-values") in actions
     assert "t0ps3cret" not in json.dumps(audit)
+    # The same filters as the dashboard's audit page: who, and an action or its whole group.
+    bobs_env = client.get("/api/v1/audit?target=shop&user=bob&action=env", headers=alice).json()
+    assert {row["action"] for row in bobs_env} == {"env:set", "env:read-values", "env:unset"}
+    exact = client.get("/api/v1/audit?user=alice&action=projects:create", headers=alice).json()
+    assert [row["target"] for row in exact] == ["blog", "shop"]
 
 
 def test_users_ssh_keys_and_grants(client: TestClient, platform: Platform, alice, bob, make_key):

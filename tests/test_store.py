@@ -297,3 +297,21 @@ def test_each_thread_caches_what_it_read_and_sees_other_threads_commits(tmp_path
         thread.join()
         assert seen[-1] == expected and [p["name"] for p in store.list_projects()] == expected
         store.add_project("blog", "ann")  # from this thread, seen by the next reader and by this one
+
+
+def test_the_audit_log_filters_by_user_action_and_target(tmp_path: Path):
+    store = Store(tmp_path / "disco.sqlite3")
+    store.audit("ann", "apikeys:create", "bob", "key 1")
+    store.audit("ann", "apikeys:revoke", "bob", "key 1")
+    store.audit("bob", "push", "shop")
+    store.audit("ann", "apikeysx", "bob")  # a look-alike action is not in the apikeys group
+    store.audit("ann", "users:add", "carl")
+    actions = lambda **filters: [r["action"] for r in store.audit_log(**filters)]  # noqa: E731
+    assert actions(action="apikeys") == ["apikeys:revoke", "apikeys:create"]  # a group, newest first
+    assert actions(action="apikeys:create") == ["apikeys:create"]
+    assert actions(user="bob") == ["push"]
+    assert actions(target="bob", user="ann", action="apikeysx") == ["apikeysx"]
+    assert actions(target="bob", limit=2) == ["apikeysx", "apikeys:revoke"]
+    assert actions(user="nobody") == []
+    assert actions(action="x' OR 1=1 --") == []  # values are parameters, never SQL
+    assert len(store.audit_log()) == 5
