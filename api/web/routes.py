@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from api.web import pages, projects
+from api.web import pages, projects, settings
 
 
 def web_routes() -> list[BaseRoute]:
@@ -16,5 +16,6 @@ def web_routes() -> list[BaseRoute]:
         Route("/sign-out", pages.sign_out, methods=["POST"]),
         Route("/projects/{project}", projects.project_page, methods=["GET"]),
         Route("/projects/{project}/deployments/{number:int}", projects.deployment_page, methods=["GET"]),
+        Route("/projects/{project}/settings", settings.settings_page, methods=["GET"]),
         Mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static"),
     ]
