@@ -17,5 +17,6 @@ def web_routes() -> list[BaseRoute]:
         Route("/projects/{project}", projects.project_page, methods=["GET"]),
         Route("/projects/{project}/deployments/{number:int}", projects.deployment_page, methods=["GET"]),
         Route("/projects/{project}/settings", settings.settings_page, methods=["GET"]),
+        Route("/projects/{project}/logs", settings.logs_page, methods=["GET"]),
         Mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static"),
     ]

@@ -1,5 +1,6 @@
-"""The dashboard's settings of a project: env var names (values revealed on request),
-domains with their certificates, replicas per service, the GitHub link. Read here from the hooks the API calls; every change is the page's script asking the
+"""The dashboard's settings and logs of a project: env var names (values revealed on request),
+domains with their certificates, replicas per service, the GitHub link; and live logs per
+service. Read here from the hooks the API calls; every change is the page's script asking the
 REST API, so the rules and the audit records stay there."""
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from hooks import certificates, github, github_app
 from hooks.platform import Platform
 from hooks.sessions import SignedIn
 from runtime.docker_engine import ServiceHealth
+
+LOG_TAIL = 200  # lines a log view starts with, before following new ones
+LOG_WINDOW = 5000  # lines a log view keeps in the page
+
 
 @dataclass(frozen=True)
 class ServiceScale:
@@ -56,3 +61,13 @@ async def settings_page(request: Request, who: SignedIn) -> Response:
                 github=link, app=github_app.summary(platform, who.user),
                 webhook_url=f"{github.server_base_url(platform)}/webhooks/github/{name}")
 
+
+@signed_in_page
+async def logs_page(request: Request, who: SignedIn) -> Response:
+    name = readable_project(request, who)
+    health, docker_error = await services_health(request)
+    services = sorted(h.service for h in project_services(health, name))
+    asked = request.query_params.get("service", "")
+    chosen = asked if asked in services else ("web" if "web" in services else next(iter(services), ""))
+    return page("logs.html", request, who, project=name, services=services, chosen=chosen,
+                docker_error=docker_error, tail=LOG_TAIL, window=LOG_WINDOW)
