@@ -181,3 +181,27 @@ def test_link_to_github_shows_the_secret_once_then_unlink(server, browser, pushe
     page.get_by_text("Not linked").wait_for()
     assert disco.api("GET", "/projects/shop/github").status_code == 404
     page.context.close()
+
+
+def test_who_may_not_deploy_sees_no_action():
+    """The settings page as rendered for a reader: what exists, no form or button to change it
+    (the API would refuse them anyway). No daemon needed: the template with a reader's values."""
+    from types import SimpleNamespace
+
+    from api.web.pages import TEMPLATES
+    from api.web.settings import ServiceScale
+    from hooks.certificates import CertificateStatus
+
+    who = SimpleNamespace(user=SimpleNamespace(name="rita", role="deployer", is_admin=False), csrf="t")
+    link = {"repo": "octo/shop", "branch": "main", "clone_url": "https://github.com/octo/shop.git",
+            "payload_url": "http://disco.test/webhooks/github/shop", "content_type": "application/json",
+            "events": "Just the push event", "token_set": False, "through_app": False, "app_problem": "",
+            "deploy_key": None}
+    html = TEMPLATES.get_template("settings.html").render(
+        who=who, csrf="t", path="/projects/shop/settings", project="shop", may_deploy=False, env_names=["GREETING"],
+        domains=[("shop.example.com", CertificateStatus("pending", reason="soon"))], docker_error="",
+        scales=[ServiceScale("web", 2, 2, True)], max_replicas=20, live=None, github=link,
+        app={"app": None, "installations": []}, webhook_url="http://disco.test/webhooks/github/shop")
+    main = html.split("<main>", 1)[1]
+    assert "GREETING" in main and "shop.example.com" in main and "octo/shop" in main
+    assert "<form" not in main and "<button" not in main and "<input" not in main and "<textarea" not in main
