@@ -732,13 +732,7 @@ async def github_link(ctx: Context) -> Response:
 @endpoint("GET", "/projects/{project}/github", "The project's GitHub link (never its secret or token)",
           tag="github", responses={200: OBJECT})
 async def github_show(ctx: Context) -> Response:
-    name = project_of(ctx)
-    row = github._require_link(ctx.platform, name)
-    form = github.webhook_form(ctx.platform, row)
-    del form["secret"]
-    return ok({**form, "token_set": bool(row["token"]), "through_app": bool(row["installation_id"]),
-               "app_problem": await run_in_threadpool(github_app.access_problem, ctx.platform, row),
-               "deploy_key": github.public_of(row["deploy_key"], name) if row["deploy_key"] else None})
+    return ok(await run_in_threadpool(github_app.shown_link, ctx.platform, project_of(ctx)))
 
 
 # -- the GitHub App --------------------------------------------------------------------------

@@ -370,6 +370,18 @@ def _installation(platform: Platform, action: str, installation_id: int, install
     return WebhookReply(200, {"installation": installation_id, "action": action})
 
 
+def shown_link(platform: Platform, project: str) -> dict:
+    """The project's GitHub link as whoever may read the project sees it (the API and the
+    dashboard): the webhook form without its secret, whether a token is set (never the token),
+    whether it goes through the App and what stops the App now, the deploy key's public half."""
+    row = github._require_link(platform, project)
+    form = github.webhook_form(platform, row)
+    del form["secret"]
+    return {**form, "token_set": bool(row["token"]), "through_app": bool(row["installation_id"]),
+            "app_problem": access_problem(platform, row),
+            "deploy_key": github.public_of(row["deploy_key"], project) if row["deploy_key"] else None}
+
+
 def access_problem(platform: Platform, row: dict) -> str:
     """Why the App cannot fetch an App-linked project's repo now ("" when it can)."""
     if not row["installation_id"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from api.web import pages, projects, server, team
+from api.web import pages, projects, server, settings, team
 
 
 def web_routes() -> list[BaseRoute]:
@@ -16,6 +16,8 @@ def web_routes() -> list[BaseRoute]:
         Route("/sign-out", pages.sign_out, methods=["POST"]),
         Route("/projects/{project}", projects.project_page, methods=["GET"]),
         Route("/projects/{project}/deployments/{number:int}", projects.deployment_page, methods=["GET"]),
+        Route("/projects/{project}/settings", settings.settings_page, methods=["GET"]),
+        Route("/projects/{project}/logs", settings.logs_page, methods=["GET"]),
         Route("/team", team.team_page, methods=["GET"]),
         Route("/team/audit", team.audit_page, methods=["GET"]),
         Route("/server", server.server_page, methods=["GET"]),
