@@ -124,6 +124,10 @@ class Kept(Generic[T]):
             self.tasks[key] = asyncio.ensure_future(refresh())
         return found[1], found[2]
 
+    def forget(self, key: str) -> None:
+        """The next get of `key` asks Docker again and waits for the answer."""
+        self.kept.pop(key, None)
+
     @staticmethod
     async def _ask(ask: Callable[[], T]) -> tuple[float, T | None, str]:
         try:
