@@ -139,10 +139,12 @@ class Kept(Generic[T]):
 
 
 def kept(request: Request, name: str, fresh: float) -> Kept:
+    """The dashboard's Kept answers called `name`, in a namespace of their own (not app.state's
+    attributes, which the API uses too)."""
     state = request.app.state
-    if not hasattr(state, name):
-        setattr(state, name, Kept(fresh))
-    return getattr(state, name)
+    if not hasattr(state, "dashboard_kept"):
+        state.dashboard_kept = {}
+    return state.dashboard_kept.setdefault(name, Kept(fresh))
 
 
 async def services_health(request: Request) -> tuple[list[ServiceHealth], str]:

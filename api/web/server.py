@@ -40,7 +40,7 @@ async def measured(request: Request, name: str, fresh: float, ask: Callable[[], 
     def timed() -> tuple[float, T]:
         return time.time(), ask()
 
-    answers = kept(request, name, fresh)  # `name` is an attribute of app.state: none the API uses
+    answers = kept(request, name, fresh)
     found, error = await answers.get("", timed)
     if found is not None and time.time() - found[0] > oldest:
         answers.forget("")
