@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
-import jinja2
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -27,11 +27,12 @@ from hooks.sessions import SignedIn, SignInLimiter
 from runtime.docker_engine import DockerError
 from runtime.store import Store
 
+if TYPE_CHECKING:
+    import jinja2
+
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
 SIGN_IN_COOKIE = "disco_signin"  # the sign-in form's CSRF token, before there is a session
-TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 # No inline script or style, nothing from elsewhere, never framed: a build log that prints
 # markup could not run it even if some escaping were missed.
@@ -51,8 +52,18 @@ def platform_of(request: Request) -> Platform:
     return request.app.state.platform
 
 
+@cache
+def templates() -> jinja2.Environment:
+    """The pages' templates, autoescaped; Jinja2 is imported at the first page, not at start:
+    a daemon nobody opens the dashboard of does not carry it (issue 15's idle memory)."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
 def page(template: str, request: Request, who: SignedIn | None, status: int = 200, **values: Any) -> HTMLResponse:
-    body = TEMPLATES.get_template(template).render(who=who, csrf=who.csrf if who else "", path=request.url.path,
+    body = templates().get_template(template).render(who=who, csrf=who.csrf if who else "", path=request.url.path,
                                                    **values)
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 

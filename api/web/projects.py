@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from markupsafe import Markup
-
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,7 +20,6 @@ from hooks.platform import Platform
 from hooks.policy import Access, authorize, check_project_name, visible_projects
 from hooks.sessions import SignedIn
 from runtime import gitrepo
-from api.web.charts import deploy_chart, usage_bars
 from hooks import operations
 from hooks.projects import at_a_glance
 from runtime.docker_engine import DockerError, ServiceHealth, ServiceUsage
@@ -201,6 +198,9 @@ async def project_page(request: Request, who: SignedIn) -> Response:
                                                       rows(platform, name, history)))
     live = summary.live.record.number if summary.live else None
     usage, usage_error = await project_usage(request, name)
+    from markupsafe import Markup  # here, like Jinja2 itself (api/web/pages.py templates())
+
+    from api.web.charts import deploy_chart, usage_bars  # xml.etree only once a project is looked at
     chart = deploy_chart(history[:30], subjects={r.record.commit_sha: r.subject for r in listed},
                          link=lambda d: f"/projects/{name}/deployments/{d.number}")
     return page("project.html", request, who, project=summary, deployments=listed, docker_error=docker_error,
