@@ -384,9 +384,10 @@ CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own download cann
 SCREENSHOTS = Path(os.environ.get("DISCO_TEST_OUTPUT", Path(__file__).parent.parent / "test-output")) / "screenshots"
 
 
-def chromium_browser():
-    """Headless Debian chromium driven by Playwright, for a module-scoped fixture (one browser
-    per module: starting one costs about a second). Fails instead of skipping under CI."""
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium driven by Playwright, one per module (starting one costs about
+    a second; contexts keep the tests apart). Fails instead of skipping under CI."""
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing: ./setup.sh test installs Debian's chromium"
         if os.environ.get("CI") == "true":

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from apps import BASE, SERVE, new_version, web_app
-from conftest import (Disco, Key, browser_page, chromium_browser, laptop_cli, require_docker, screenshot,
+from conftest import (Disco, Key, browser_page, laptop_cli, require_docker, screenshot,
                       shared_disco, wait_for)
 
 
@@ -21,11 +21,6 @@ from conftest import (Disco, Key, browser_page, chromium_browser, laptop_cli, re
 def server(tmp_path_factory: pytest.TempPathFactory):
     require_docker()
     yield from shared_disco(tmp_path_factory.mktemp("dashboard"))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    yield from chromium_browser()
 
 
 @pytest.fixture(scope="module")

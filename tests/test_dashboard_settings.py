@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from apps import BASE, shell_cmd, web_app
-from conftest import Disco, Key, browser_page, chromium_browser, require_docker, screenshot, shared_disco, wait_for
+from conftest import Disco, Key, browser_page, require_docker, screenshot, shared_disco, wait_for
 from runtime.docker_engine import Engine
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -37,11 +37,6 @@ command = "/bin/busybox sh -c 'while true; do echo worker-beat; busybox sleep 1;
 def server(tmp_path_factory: pytest.TempPathFactory):
     require_docker()
     yield from shared_disco(tmp_path_factory.mktemp("dashboard-settings"))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    yield from chromium_browser()
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +183,7 @@ def test_who_may_not_deploy_sees_no_action():
     (the API would refuse them anyway). No daemon needed: the template with a reader's values."""
     from types import SimpleNamespace
 
-    from api.web.pages import TEMPLATES
+    from api.web.pages import templates
     from api.web.settings import ServiceScale
     from hooks.certificates import CertificateStatus
 
@@ -197,7 +192,7 @@ def test_who_may_not_deploy_sees_no_action():
             "payload_url": "http://disco.test/webhooks/github/shop", "content_type": "application/json",
             "events": "Just the push event", "token_set": False, "through_app": False, "app_problem": "",
             "deploy_key": None}
-    html = TEMPLATES.get_template("settings.html").render(
+    html = templates().get_template("settings.html").render(
         who=who, csrf="t", path="/projects/shop/settings", project="shop", may_deploy=False, env_names=["GREETING"],
         domains=[("shop.example.com", CertificateStatus("pending", reason="soon"))], docker_error="",
         scales=[ServiceScale("web", 2, 2, True)], max_replicas=20, live=None, github=link,

@@ -12,18 +12,13 @@ import httpx
 import pytest
 
 from apps import web_app
-from conftest import Disco, Key, browser_page, chromium_browser, require_docker, screenshot, shared_disco
+from conftest import Disco, Key, browser_page, require_docker, screenshot, shared_disco
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     require_docker()
     yield from shared_disco(tmp_path_factory.mktemp("dashboard-team"))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    yield from chromium_browser()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ and the SSE and text streams they are fed from, served by a small local server w
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
 import shutil
@@ -20,7 +19,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 STATIC = Path(__file__).resolve().parent.parent / "api" / "web" / "static"
-CHROMIUM = "/usr/bin/chromium"
 CSP = "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'"
 
 # The harness: the modules loaded as files (no inline script, as the dashboard's CSP demands),
@@ -129,24 +127,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     yield httpd
     httpd.shutdown()
     httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing, but CI=true requires the browser tests to run (apt-get install chromium)")
-        pytest.skip(f"no {CHROMIUM} here (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("playwright is not installed, but CI=true requires the browser tests to run")
-        pytest.skip("playwright is not installed")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

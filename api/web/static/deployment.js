@@ -1,6 +1,6 @@
 // A deployment's output, live while it runs: the terminal follows the output's SSE stream
 // (resumed after a dropped connection), and the status above it changes when it ends.
-import { Terminal } from "./terminal.js";
+import { Terminal, wireControls } from "./terminal.js";
 import { followOutput } from "./streams.js";
 
 const box = document.getElementById("output");
@@ -8,13 +8,7 @@ const terminal = new Terminal(box);
 const filter = document.getElementById("output-filter");
 const pause = document.getElementById("output-pause");
 
-filter.addEventListener("input", () => terminal.setFilter(filter.value));
-pause.addEventListener("click", () => {
-  const paused = pause.getAttribute("aria-pressed") !== "true";
-  pause.setAttribute("aria-pressed", String(paused));
-  pause.textContent = paused ? "Resume" : "Pause";
-  if (paused) terminal.pause(); else terminal.resume();
-});
+wireControls(terminal, filter, pause);
 
 followOutput(box.dataset.url, terminal, (end) => {
   const status = document.querySelector("#deployment-status .status");

@@ -1,6 +1,6 @@
 // A project's live logs: the chosen service's lines (the API's text stream, tail then follow)
 // in a Terminal with pause and filter. Choosing another service stops the old stream first.
-import { Terminal } from "./terminal.js";
+import { Terminal, wireControls } from "./terminal.js";
 import { followText } from "./streams.js";
 
 const box = document.getElementById("logs");
@@ -37,12 +37,6 @@ function start(box) {
 
   picker.addEventListener("change", () => follow(picker.value));
   again.addEventListener("click", () => follow(picker.value));
-  filter.addEventListener("input", () => terminal.setFilter(filter.value));
-  pause.addEventListener("click", () => {
-    const paused = pause.getAttribute("aria-pressed") !== "true";
-    pause.setAttribute("aria-pressed", String(paused));
-    pause.textContent = paused ? "Resume" : "Pause";
-    if (paused) terminal.pause(); else terminal.resume();
-  });
+  wireControls(terminal, filter, pause);
   follow(picker.value);
 }

@@ -299,3 +299,15 @@ export class Terminal {
     return {node, lower: chars.join("").toLowerCase()};
   }
 }
+
+// A filter input and a pause button for a terminal: the filter applies as it is typed, the
+// button toggles pause and says what a click will do.
+export function wireControls(terminal, filter, pause) {
+  filter.addEventListener("input", () => terminal.setFilter(filter.value));
+  pause.addEventListener("click", () => {
+    const paused = pause.getAttribute("aria-pressed") !== "true";
+    pause.setAttribute("aria-pressed", String(paused));
+    pause.textContent = paused ? "Resume" : "Pause";
+    if (paused) terminal.pause(); else terminal.resume();
+  });
+}
