@@ -56,6 +56,8 @@ import httpx
 
 from disco_harness import (
     Daemon,
+    RawConnection,
+    cpu_seconds,
     describe_machine,
     free_port,
     ignore_signals,
@@ -76,7 +78,6 @@ WARMUP_SECONDS = 1.0
 PHASE_GRACE_SECONDS = 15
 READ_P99_TARGET_SECONDS = 0.020
 RSS_GROWTH_TARGET_BYTES = 20 * 1024 * 1024
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- processes we start ------------------------------------------------------------------------
@@ -136,13 +137,6 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a whole process (all threads), from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()  # after "(comm)", which may hold spaces
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14 and 15 of stat
-
-
 def mb(count: int) -> str:
     return f"{count / (1024 * 1024):.1f} MB"
 
@@ -177,43 +171,6 @@ def raw_request(target: Target, method: str, path: str, body: bytes) -> bytes:
     if body:
         head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-class RawConnection:
-    """One keep-alive HTTP/1.1 connection, as cheap on the client's CPU as it gets: a prebuilt
-    request out, the status line and Content-Length bytes in, no other parsing."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(self, data: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-        assert self.reader is not None
-        self.writer.write(data)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length: int | None = None
-        closing = False
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-            elif name.lower() == b"connection":
-                closing = value.strip().lower() == b"close"
-        if length is None:
-            raise RuntimeError(f"a response without Content-Length: {head[:200]!r}")
-        body = await self.reader.readexactly(length)
-        if closing:  # the server ends the connection (after an error): the next request opens one
-            await self.close()
-        return status, body
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.reader = self.writer = None
 
 
 class HttpxConnection:

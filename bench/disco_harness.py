@@ -9,6 +9,7 @@ and it removes them again.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shlex
@@ -390,6 +391,56 @@ def wait_for_body(daemon: Daemon, body: str, timeout: float = 60) -> float:
                 last = repr(err)
             time.sleep(0.02)
     raise RuntimeError(f"the app did not answer {body!r} within {timeout:.0f} s (last: {last})")
+
+
+
+# -- measuring servers -------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a whole process (all threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "(comm)", which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14 and 15 of stat
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection, as cheap on the client's CPU as it gets: a prebuilt
+    request out, the status line and Content-Length bytes in, no other parsing."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        self.writer.write(data)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length: int | None = None
+        closing = False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+            elif name.lower() == b"connection":
+                closing = value.strip().lower() == b"close"
+        if length is None:
+            raise RuntimeError(f"a response without Content-Length: {head[:200]!r}")
+        body = await self.reader.readexactly(length)
+        if closing:  # the server ends the connection (after an error): the next request opens one
+            await self.close()
+        return status, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
 
 
 def describe_machine() -> str:
