@@ -315,3 +315,21 @@ def test_the_audit_log_filters_by_user_action_and_target(tmp_path: Path):
     assert actions(user="nobody") == []
     assert actions(action="x' OR 1=1 --") == []  # values are parameters, never SQL
     assert len(store.audit_log()) == 5
+
+
+def test_the_live_and_newest_deployments_of_all_projects_agree_with_each_projects_own(tmp_path: Path):
+    """What the projects page reads in one query each, for every project at once."""
+    store = Store(tmp_path / "disco.sqlite3")
+    outcomes = {"shop": ["live", "replaced", "live", "failed"], "blog": ["failed"], "wiki": [], "api": ["live"]}
+    for project, statuses in outcomes.items():
+        store.add_project(project, "ann")
+        for status in statuses:
+            d = store.create_deployment(project, "a" * 40, "main", "ann", "push", tmp_path)
+            store.update_deployment(project, d.number, status=status)
+    newest = {d.project: d for d in store.newest_deployments()}
+    live = {d.project: d for d in store.live_deployments()}
+    for project in outcomes:
+        assert newest.get(project) == next(iter(store.list_deployments(project, 1)), None)
+        assert live.get(project) == store.live_deployment(project)
+    assert (newest["shop"].number, live["shop"].number) == (4, 3)
+    assert "wiki" not in newest and "blog" not in live
