@@ -31,7 +31,7 @@ from hooks.scheduler import fast_clock
 from runtime.backup import BackupError, daily_backup
 from runtime.caddy import API_SOCKET_NAME, CaddyAdmin
 from runtime.docker_engine import Engine
-from runtime.memory import give_back_freed_memory
+from runtime.memory import give_back_freed_memory, leave_start_up_objects_out_of_collections
 from runtime.settings import Settings, ensure_layout, write_default_config
 from runtime.store import Store
 
@@ -82,6 +82,7 @@ async def _run(settings: Settings, store: Store) -> None:
     api_task = asyncio.create_task(api.serve(sockets=api_sockets(settings)))
     log.info("ready (data dir %s, instance %s)", settings.data_dir, settings.instance)
     give_back_freed_memory()  # what start-up freed (imports, recovery, the SSH host key)
+    leave_start_up_objects_out_of_collections()
     await stop.wait()
     log.info("shutting down")
     docker_watch.stop()
