@@ -92,6 +92,7 @@ def build_app(platform: Platform, endpoints: list[Endpoint]) -> Starlette:
     app.state.platform = platform
     app.state.webhook_readers = WebhookReaders(WEBHOOK_READERS, WEBHOOK_READERS_IN_ALL)
     app.state.streams = UserStreams(platform.settings.max_streams)
+    app.state.event_streams = UserStreams(platform.settings.max_streams * 2)  # dashboard tabs' /events
     return app
 
 
@@ -203,7 +204,7 @@ def _dispatcher(eps: list[Endpoint]) -> Callable[[Request], Awaitable[Response]]
     by_method = {ep.method: ep for ep in eps}
 
     async def dispatch(request: Request) -> Response:
-        ep = by_method[request.method]
+        ep = by_method["GET" if request.method == "HEAD" else request.method]  # Starlette adds HEAD to a GET
         platform: Platform = request.app.state.platform
         try:
             caller = authenticate(platform.store, request)
@@ -212,7 +213,10 @@ def _dispatcher(eps: list[Endpoint]) -> Callable[[Request], Awaitable[Response]]
             path = path_params(request, ep.path_params)
             query = query_params(request, ep.query)
             body = await _body(request, ep)
-            return await ep.handler(Context(platform, caller, request, body, query, path))
+            response = await ep.handler(Context(platform, caller, request, body, query, path))
+            if caller.session is not None:  # a browser's: no answer (an env value) kept in its cache
+                response.headers["Cache-Control"] = "no-store"
+            return response
         except ApiError as err:
             return error_response(err.status, err.code, err.message)
         except Refused as err:

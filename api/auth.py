@@ -12,7 +12,7 @@ from starlette.requests import Request
 from api.context import Caller
 from api.spec import ApiError
 from hooks import apikeys, sessions
-from runtime.store import Store
+from runtime.store import Store, User
 
 SESSION_COOKIE = "disco_session"
 SAFE_METHODS = ("GET", "HEAD")
@@ -38,6 +38,20 @@ def _session_caller(store: Store, request: Request) -> Caller:
             signed_in.token, request.headers.get("x-csrf-token", "")):
         raise ApiError(403, "csrf", "missing or wrong X-CSRF-Token: reload the page and try again")
     return Caller(signed_in.user, signed_in.key, signed_in.session)
+
+
+def still_allowed(store: Store, caller: Caller) -> User | None:
+    """The caller's user as the store has it now, if what let them in still does (their key not
+    revoked or expired, their session not ended or expired, the user not removed): a long
+    stream asks again when access changes, so revoking a key ends what it opened."""
+    key = store.get_api_key(caller.key.id)
+    if key is None or not sessions.key_is_live(key):
+        return None
+    if caller.session is not None:
+        session = store.get_session(caller.session.id)
+        if session is None or session.ended_at or not sessions.not_expired(session):
+            return None
+    return store.get_user(caller.user.name)
 
 
 def _secret_from(header: str) -> str:

@@ -12,7 +12,8 @@ import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
-from api.context import Context
+from api.auth import still_allowed
+from api.context import Caller, Context
 from api.serializers import api_key_json, session_json, ssh_key_json, user_json
 from api.spec import (
     BOOLEAN,
@@ -77,10 +78,10 @@ def project_of(ctx: Context, access: Access = Access.READ) -> str:
 
 async def open_stream(ctx: Context, start: Callable[[], Awaitable[AsyncIterator[str]]], media_type: str,
                       headers: dict[str, str] | None = None,
-                      cleanup: Callable[[], Awaitable[None]] | None = None) -> Response:
+                      cleanup: Callable[[], Awaitable[None]] | None = None, pool: str = "streams") -> Response:
     """A long response, counted against the caller's max_streams (a 429 beyond it) before any
     work is done, and given back the moment it ends, however it ends."""
-    streams: UserStreams = ctx.request.app.state.streams
+    streams: UserStreams = getattr(ctx.request.app.state, pool)
     give_back = streams.take(ctx.user.name)
     try:
         content = await start()
@@ -140,18 +141,28 @@ EVENTS_KEEPALIVE = 15.0  # a comment this often, so proxies and browsers keep th
           responses={200: SSE})
 async def project_events(ctx: Context) -> Response:
     async def events() -> AsyncIterator[str]:
-        return _project_events(ctx.store, ctx.user)
+        return _project_events(ctx.store, ctx.caller)
 
-    return await open_stream(ctx, events, SSE, {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # A pool of their own: every open dashboard tab holds one, and they must not use up the
+    # streams `disco logs --follow` and `disco run` need.
+    return await open_stream(ctx, events, SSE, {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                             pool="event_streams")
 
 
-async def _project_events(store: Store, user: User) -> AsyncIterator[str]:
+async def _project_events(store: Store, caller: Caller) -> AsyncIterator[str]:
     sent: dict[str, dict] = {}
-    seen_version, quiet_since = -1, time.monotonic()
+    seen_access, seen_projects, quiet_since = -1, -1, time.monotonic()
+    user: User | None = caller.user
     while True:
-        version = store.version("projects") + store.version("access")  # a grant given or taken counts too
-        if version != seen_version:
-            seen_version = version
+        access, changed = store.version("access"), store.version("projects")
+        if access != seen_access:  # a key revoked, a session ended, a grant taken: asked again
+            user = still_allowed(store, caller)
+            if user is None:
+                yield f"event: end\ndata: {json.dumps({'reason': 'signed out, or the key was revoked'})}\n\n"
+                return
+        if (access, changed) != (seen_access, seen_projects):
+            seen_access, seen_projects = access, changed
+            assert user is not None
             for name in visible_projects(store, user):
                 state = projects.glance_json(store, name)
                 if sent.get(name) != state:

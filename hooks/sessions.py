@@ -13,7 +13,7 @@ import hmac
 import math
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -84,7 +84,7 @@ def sign_in_with_link(store: Store, token: str, address: str, agent: str) -> Sig
     user_name, key_id = taken
     key = store.get_api_key(key_id)
     user = store.get_user(user_name)
-    if key is None or user is None or not _key_is_live(key):
+    if key is None or user is None or not key_is_live(key):
         raise Refused("the API key that made this sign-in link is revoked or expired", "unauthorized")
     return _start(store, user, key, address, agent, "with a one-time link")
 
@@ -107,7 +107,7 @@ def verify(store: Store, token: str) -> SignedIn | None:
         return None
     session, key, user = found
     current = datetime.now(UTC)
-    if session.ended_at or datetime.fromisoformat(session.expires_at) <= current or not _key_is_live(key):
+    if session.ended_at or datetime.fromisoformat(session.expires_at) <= current or not key_is_live(key):
         return None
     if datetime.fromisoformat(session.last_seen_at) + TOUCH_RESOLUTION < current:
         store.touch_session(session.id, now(), _expiry())
@@ -132,7 +132,7 @@ def live_sessions(store: Store, user: str | None = None) -> list[Session]:
     current = datetime.now(UTC)
     keys = {key.id: key for key in store.list_api_keys(user)}
     return [s for s in store.list_sessions(user) if datetime.fromisoformat(s.expires_at) > current
-            and s.api_key_id in keys and _key_is_live(keys[s.api_key_id], current)]
+            and s.api_key_id in keys and key_is_live(keys[s.api_key_id], current)]
 
 
 def forget_old(store: Store) -> None:
@@ -141,9 +141,13 @@ def forget_old(store: Store) -> None:
     store.forget_old_sessions((datetime.now(UTC) - timedelta(days=1)).isoformat(timespec="seconds"))
 
 
-def _key_is_live(key: ApiKey, current: datetime | None = None) -> bool:
+def key_is_live(key: ApiKey, current: datetime | None = None) -> bool:
     current = current or datetime.now(UTC)
     return not key.revoked_at and not (key.expires_at and datetime.fromisoformat(key.expires_at) <= current)
+
+
+def not_expired(session: Session) -> bool:
+    return datetime.fromisoformat(session.expires_at) > datetime.now(UTC)
 
 
 def _expiry() -> str:
@@ -153,28 +157,41 @@ def _expiry() -> str:
 class SignInLimiter:
     """Sign-in attempts in a sliding window: failed ones per address (a guesser gets a 429 with
     the wait, not an oracle; people signing in again and again do not), and every one per user
-    (a leaked key cannot mint sessions without end). One event loop uses it, so no lock."""
+    (a leaked key cannot mint sessions without end). One event loop uses it, so no lock.
+
+    At most KEPT addresses and users are remembered, the least recently seen forgotten first,
+    so a flood of addresses costs a bounded dict, never a sweep of it per attempt."""
+
+    KEPT = 10_000
 
     def __init__(self, failures_per_address: int = 10, per_user: int = 20, window: float = 60.0) -> None:
         self.limits = {"address": failures_per_address, "user": per_user}
         self.window = window
-        self.attempts: dict[str, deque[float]] = {}
+        self.attempts: OrderedDict[str, deque[float]] = OrderedDict()
 
     def check(self, kind: str, who: str) -> None:
         """Refused (429) when `who` ("address" or "user") is at its limit."""
-        seen = self._recent(kind, who)
+        seen = self._recent(f"{kind}:{who}")
         if len(seen) >= self.limits[kind]:
             wait = math.ceil(seen[0] + self.window - time.monotonic())
             raise Refused(f"too many sign-in attempts from this {kind}; try again in {wait} s", "too_many")
 
     def count(self, kind: str, who: str) -> None:
-        self._recent(kind, who).append(time.monotonic())
-        if len(self.attempts) > 10_000:  # a flood of addresses cannot grow this without bound
-            cutoff = time.monotonic() - self.window
-            self.attempts = {k: v for k, v in self.attempts.items() if v and v[-1] > cutoff}
+        key = f"{kind}:{who}"
+        self.attempts[key] = self._recent(key)
+        self.attempts.move_to_end(key)
+        self.attempts[key].append(time.monotonic())
+        while len(self.attempts) > self.KEPT:
+            self.attempts.popitem(last=False)
 
-    def _recent(self, kind: str, who: str) -> deque[float]:
-        seen = self.attempts.setdefault(f"{kind}:{who}", deque())
+    def take_back(self, kind: str, who: str) -> None:
+        """Uncount the last attempt counted (it succeeded)."""
+        seen = self.attempts.get(f"{kind}:{who}")
+        if seen:
+            seen.pop()
+
+    def _recent(self, key: str) -> deque[float]:
+        seen = self.attempts.get(key, deque())
         while seen and seen[0] <= time.monotonic() - self.window:
             seen.popleft()
         return seen

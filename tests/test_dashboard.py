@@ -256,11 +256,26 @@ def test_a_one_time_link_from_the_cli_signs_in_once(server, browser, pushed, tmp
     assert "works once, for 5 minutes" in printed.stdout
     page = browser_page(browser, disco)
     page.goto(url)
+    assert page.url.endswith("/sign-in/link")  # the token left the address bar at once
+    page.click("#use-link")  # never on its own: a link made by someone else must not sign in silently
     page.wait_for_url(re.compile(r"/$"))
     assert page.locator("tr[data-project=web]").count() == 1
     again = browser_page(browser, disco)
     again.goto(url)
+    again.click("#use-link")
     again.locator("#sign-in-error").wait_for()
     assert "used, expired or wrong" in again.locator("#sign-in-error").inner_text()
+    # Someone else's link opened in a signed-in browser says so first, and signing in with it
+    # ends the session it replaces.
+    _, other_key = api_key_for(disco, "alice", "other-laptop")
+    other = httpx.post(f"http://127.0.0.1:{disco.api_port}/api/v1/dashboard/links",
+                       headers={"Authorization": f"Bearer {other_key}"}).json()["url"]
+    before = next(c for c in page.context.cookies() if c["name"] == "disco_session")["value"]
+    page.goto("/sign-in/link#" + other.split("#", 1)[1])
+    assert "signed in as alice" in page.locator("#signed-in-as").inner_text()
+    page.click("#use-link")
+    page.wait_for_url(re.compile(r"/$"))
+    assert httpx.get(f"http://127.0.0.1:{disco.api_port}/api/v1/projects",
+                     cookies={"disco_session": before}).status_code == 401
     page.context.close()
     again.context.close()

@@ -167,3 +167,51 @@ def test_sign_in_form_needs_its_double_submit_token_and_sets_a_strict_http_only_
     cookie = signed.headers["set-cookie"]
     assert "disco_session=dses_" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
     assert secret not in cookie
+
+
+def test_a_burst_of_bad_keys_from_one_address_is_held_back_and_pages_never_500(platform):
+    """The failures count before the key is looked up, so a burst cannot slip past the limit;
+    odd input to pages is a page saying so (HEAD, a number past SQLite's INTEGER)."""
+    _, secret = key_of(platform)
+    app = build_app(platform, ENDPOINTS.endpoints)
+    client = TestClient(app)
+    statuses = []
+    for _ in range(12):
+        form = client.get("/sign-in")
+        token = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+        statuses.append(client.post("/sign-in", data={"csrf": token, "key": "disco_guess"}).status_code)
+    assert statuses[:10] == [401] * 10 and statuses[10:] == [429, 429]
+    assert client.head("/sign-in").status_code == 200
+    who = sessions.sign_in_with_key(platform.store, secret, "b", "")
+    signed = TestClient(app)
+    signed.cookies.set("disco_session", who.token)
+    assert signed.get("/projects/none/deployments/99999999999999999999").status_code == 404
+    assert signed.head("/api/v1/projects").status_code == 200
+    page = signed.get("/team")
+    assert "disco_session=" in page.headers["set-cookie"] and "Max-Age=604800" in page.headers["set-cookie"]
+    assert signed.get("/api/v1/projects").headers["cache-control"] == "no-store"
+
+
+def test_the_events_stream_ends_when_its_key_is_revoked(platform):
+    import asyncio
+
+    from api.context import Caller
+    from api.endpoints import _project_events
+
+    key_id, secret = key_of(platform)
+    key, user = apikeys.verify(platform.store, secret)
+    platform.store.add_project("shop", "alice")
+
+    async def follow() -> list[str]:
+        seen = []
+        stream = _project_events(platform.store, Caller(user, key))
+        seen.append(await anext(stream))
+        apikeys.revoke(platform.store, user, key_id)
+        platform.store.add_project("later", "alice")
+        async for event in stream:
+            seen.append(event)
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(follow(), 10))
+    assert '"project": "shop"' in seen[0]
+    assert seen[-1].startswith("event: end") and not any('"later"' in e for e in seen)

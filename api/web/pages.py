@@ -77,7 +77,9 @@ def signed_in_page(handler: PageHandler) -> Callable[[Request], Awaitable[Respon
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/sign-in?next={quote(target)}", status_code=303)
         try:
-            return await handler(request, who)
+            response = await handler(request, who)
+            keep_cookie(request, response, who)  # the expiry slides in the browser too
+            return response
         except Refused as err:
             return page("error.html", request, who, status=err.kind.http_status, message=str(err))
         except DockerError as err:
@@ -114,7 +116,7 @@ def local_target(raw: str) -> str:
 async def sign_in(request: Request) -> Response:
     """GET: the form (API key). POST: exchange the key for a session."""
     next_path = local_target(request.query_params.get("next", "/"))
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         if current_session(request) is not None:
             return RedirectResponse(next_path, status_code=303)
         return _sign_in_form(request, "sign_in.html", next_path)
@@ -131,8 +133,11 @@ async def sign_in(request: Request) -> Response:
 async def sign_in_with_link(request: Request) -> Response:
     """GET: a page whose script posts the token from the address's fragment (never sent to a
     server). POST: exchange the one-time token for a session."""
-    if request.method == "GET":
-        return _sign_in_form(request, "sign_in_link.html", "/")
+    if request.method in ("GET", "HEAD"):
+        # Signed in already: say as whom, and sign in with the link only if asked (a click on
+        # the page): a link someone else made must not quietly switch this browser to them.
+        who = current_session(request)
+        return _sign_in_form(request, "sign_in_link.html", "/", signed_in_as=who.user.name if who else "")
     form = await small_form(request)
     if not _sign_in_csrf_ok(request, str(form.get("csrf", ""))):
         return _sign_in_form(request, "sign_in_link.html", "/", "The form expired; try again.", 403)
@@ -176,15 +181,15 @@ async def small_form(request: Request) -> dict[str, str]:
 
 
 async def _signed_in_by(request: Request, sign_in: Callable[[Store, str, str, str], SignedIn], secret: str) -> SignedIn:
-    """A session from `sign_in`, within the limits: failures per address, sign-ins per user."""
+    """A session from `sign_in`, within the limits: failures per address, sign-ins per user.
+    The attempt counts before the key is looked up (a burst of guesses all waiting on the
+    lookup would otherwise all pass the check), and is taken back once it succeeded."""
     limiter, address = _limiter(request), client_address(request)
     limiter.check("address", address)
-    try:
-        who = await run_in_threadpool(sign_in, platform_of(request).store, secret, address,
-                                      request.headers.get("user-agent", ""))
-    except Refused:
-        limiter.count("address", address)
-        raise
+    limiter.count("address", address)
+    who = await run_in_threadpool(sign_in, platform_of(request).store, secret, address,
+                                  request.headers.get("user-agent", ""))
+    limiter.take_back("address", address)
     try:
         limiter.check("user", who.user.name)
     except Refused:
@@ -201,11 +206,13 @@ def _limiter(request: Request) -> SignInLimiter:
     return state.sign_in_limiter
 
 
-def _sign_in_form(request: Request, template: str, next_path: str, error: str = "", status: int = 200) -> Response:
+def _sign_in_form(request: Request, template: str, next_path: str, error: str = "", status: int = 200,
+                  signed_in_as: str = "") -> Response:
     """The form with a fresh double-submit token: the same random value in a cookie and a field,
     which a page on another site can neither read nor set."""
     token = secrets.token_urlsafe(24)
-    response = page(template, request, None, status=status, next=next_path, error=error, sign_in_csrf=token)
+    response = page(template, request, None, status=status, next=next_path, error=error, sign_in_csrf=token,
+                    signed_in_as=signed_in_as)
     response.set_cookie(SIGN_IN_COOKIE, token, max_age=3600, path="/sign-in", secure=is_https(request),
                         httponly=True, samesite="strict")
     return response
@@ -216,9 +223,17 @@ def _sign_in_csrf_ok(request: Request, sent: str) -> bool:
     return bool(kept) and secrets.compare_digest(kept, sent)
 
 
-def _signed_in_redirect(request: Request, who: SignedIn, next_path: str) -> Response:
-    response = RedirectResponse(next_path, status_code=303)
+def keep_cookie(request: Request, response: Response, who: SignedIn) -> None:
+    """The session's cookie, for SESSION_DAYS from now (the server's expiry slides the same way)."""
     response.set_cookie(SESSION_COOKIE, who.token, max_age=sessions.SESSION_DAYS * 86400, path="/",
                         secure=is_https(request), httponly=True, samesite="strict")
+
+
+def _signed_in_redirect(request: Request, who: SignedIn, next_path: str) -> Response:
+    replaced = current_session(request)
+    if replaced is not None and replaced.session.id != who.session.id:  # its cookie is overwritten: end it
+        sessions.end(platform_of(request).store, replaced.user, replaced.session.id)
+    response = RedirectResponse(next_path, status_code=303)
+    keep_cookie(request, response, who)
     response.delete_cookie(SIGN_IN_COOKIE, path="/sign-in")
     return response

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.spec import MAX_INT
 from api.web.pages import page, platform_of, signed_in_page
 from hooks.errors import Refused
 from hooks.platform import Platform
@@ -228,7 +229,7 @@ async def deployment_page(request: Request, who: SignedIn) -> Response:
     platform = platform_of(request)
     name = readable_project(request, who)
     number = request.path_params["number"]
-    found = platform.store.get_deployment(name, number)
+    found = platform.store.get_deployment(name, number) if number <= MAX_INT else None  # SQLite's INTEGER
     if found is None:
         raise Refused(f"{name} has no deployment #{number}", "not_found")
     row = (await run_in_threadpool(rows, platform, name, [found]))[0]

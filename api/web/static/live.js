@@ -32,3 +32,4 @@ function onProject(state) {
 
 const events = new EventSource("/api/v1/events");
 events.addEventListener("project", (event) => onProject(JSON.parse(event.data)));
+events.addEventListener("end", () => events.close());  // signed out elsewhere: nothing more will come

@@ -1,9 +1,10 @@
 // The one-time token travels in the address's fragment, which browsers never send to a server:
-// take it, clear it from the address bar and history, and post it once.
+// take it into the form and clear it from the address bar and history. It is posted only on a
+// click: a link someone else made must not quietly sign this browser in as them.
 const form = document.getElementById("link-form");
 const token = location.hash.slice(1);
 history.replaceState(null, "", location.pathname);
-if (token && !document.getElementById("sign-in-error")) {
+if (token) {
   form.elements.token.value = token;
-  form.submit();
+  document.getElementById("use-link").disabled = false;
 }
