@@ -15,12 +15,26 @@ from hooks import apikeys, sessions
 from runtime.store import Store, User
 
 SESSION_COOKIE = "disco_session"
+
+
+def cookie_name(request: Request, name: str) -> str:
+    """A dashboard cookie's name: over HTTPS with the __Host- prefix, which browsers accept only
+    from this very host (Secure, Path=/, no Domain), so an app on a sibling subdomain of the
+    same site cannot plant one for this server."""
+    return f"__Host-{name}" if is_https(request) else name
+
+
+def is_https(request: Request) -> bool:
+    """Served over HTTPS: directly, or by Caddy, which says so in X-Forwarded-Proto on its unix
+    socket (no TCP peer); a header from a TCP peer is not believed."""
+    forwarded = request.headers.get("x-forwarded-proto", "") if not request.client else ""
+    return request.url.scheme == "https" or forwarded == "https"
 SAFE_METHODS = ("GET", "HEAD")
 
 
 def authenticate(store: Store, request: Request) -> Caller:
     header = request.headers.get("authorization", "")
-    if not header and SESSION_COOKIE in request.cookies:
+    if not header and cookie_name(request, SESSION_COOKIE) in request.cookies:
         return _session_caller(store, request)
     secret = _secret_from(header)
     found = apikeys.verify(store, secret)
@@ -31,7 +45,7 @@ def authenticate(store: Store, request: Request) -> Caller:
 
 
 def _session_caller(store: Store, request: Request) -> Caller:
-    signed_in = sessions.verify(store, request.cookies[SESSION_COOKIE])
+    signed_in = sessions.verify(store, request.cookies[cookie_name(request, SESSION_COOKIE)])
     if signed_in is None:
         raise ApiError(401, "unauthorized", "your dashboard session has ended; sign in again")
     if request.method not in SAFE_METHODS and not sessions.csrf_matches(

@@ -295,6 +295,7 @@ def test_the_dashboard_over_https_sets_secure_cookies_and_sees_the_browsers_addr
         body = form.read().decode()
         first = form.getheader("set-cookie") or ""
         assert form.status == 200 and "Secure" in first and "HttpOnly" in first
+        assert first.startswith("__Host-disco_signin=") and "Path=/;" in first + ";"  # only this host may set it
         token = re.search(r'name="csrf" value="([^"]+)"', body).group(1)
         cookie = first.split(";")[0]
         connection.request("POST", "/sign-in", body=urllib.parse.urlencode({"csrf": token, "key": disco.api_key}),
@@ -303,6 +304,7 @@ def test_the_dashboard_over_https_sets_secure_cookies_and_sees_the_browsers_addr
         signed.read()
         session = next(h for k, h in signed.getheaders() if k.lower() == "set-cookie" and "disco_session" in h)
         assert signed.status == 303 and "Secure" in session and "SameSite=strict" in session
+        assert session.startswith("__Host-disco_session=")
     finally:
         connection.close()
     listed = disco.api("GET", "/sessions").json()

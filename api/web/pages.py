@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from api.auth import SESSION_COOKIE
+from api.auth import SESSION_COOKIE, cookie_name, is_https
 from hooks import sessions
 from hooks.errors import Refused
 from hooks.platform import Platform
@@ -88,7 +88,7 @@ def signed_in_page(handler: PageHandler) -> Callable[[Request], Awaitable[Respon
 
 
 def current_session(request: Request) -> SignedIn | None:
-    token = request.cookies.get(SESSION_COOKIE, "")
+    token = request.cookies.get(cookie_name(request, SESSION_COOKIE), "")
     return sessions.verify(platform_of(request).store, token) if token else None
 
 
@@ -99,11 +99,6 @@ def client_address(request: Request) -> str:
     if not peer:
         return request.headers.get("x-forwarded-for", "").split(",")[0].strip()[:100] or "unknown"
     return peer
-
-
-def is_https(request: Request) -> bool:
-    forwarded = request.headers.get("x-forwarded-proto", "") if not request.client else ""
-    return request.url.scheme == "https" or forwarded == "https"
 
 
 def local_target(raw: str) -> str:
@@ -156,7 +151,8 @@ async def sign_out(request: Request) -> Response:
             return page("error.html", request, who, status=403, message="The form expired; reload and try again.")
         await run_in_threadpool(sessions.end, platform_of(request).store, who.user, who.session.id)
     response = RedirectResponse("/sign-in", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/", secure=is_https(request), httponly=True, samesite="strict")
+    response.delete_cookie(cookie_name(request, SESSION_COOKIE), path="/", secure=is_https(request), httponly=True,
+                           samesite="strict")
     return response
 
 
@@ -213,19 +209,19 @@ def _sign_in_form(request: Request, template: str, next_path: str, error: str = 
     token = secrets.token_urlsafe(24)
     response = page(template, request, None, status=status, next=next_path, error=error, sign_in_csrf=token,
                     signed_in_as=signed_in_as)
-    response.set_cookie(SIGN_IN_COOKIE, token, max_age=3600, path="/sign-in", secure=is_https(request),
+    response.set_cookie(cookie_name(request, SIGN_IN_COOKIE), token, max_age=3600, path="/", secure=is_https(request),
                         httponly=True, samesite="strict")
     return response
 
 
 def _sign_in_csrf_ok(request: Request, sent: str) -> bool:
-    kept = request.cookies.get(SIGN_IN_COOKIE, "")
+    kept = request.cookies.get(cookie_name(request, SIGN_IN_COOKIE), "")
     return bool(kept) and secrets.compare_digest(kept, sent)
 
 
 def keep_cookie(request: Request, response: Response, who: SignedIn) -> None:
     """The session's cookie, for SESSION_DAYS from now (the server's expiry slides the same way)."""
-    response.set_cookie(SESSION_COOKIE, who.token, max_age=sessions.SESSION_DAYS * 86400, path="/",
+    response.set_cookie(cookie_name(request, SESSION_COOKIE), who.token, max_age=sessions.SESSION_DAYS * 86400, path="/",
                         secure=is_https(request), httponly=True, samesite="strict")
 
 
@@ -235,5 +231,5 @@ def _signed_in_redirect(request: Request, who: SignedIn, next_path: str) -> Resp
         sessions.end(platform_of(request).store, replaced.user, replaced.session.id)
     response = RedirectResponse(next_path, status_code=303)
     keep_cookie(request, response, who)
-    response.delete_cookie(SIGN_IN_COOKIE, path="/sign-in")
+    response.delete_cookie(cookie_name(request, SIGN_IN_COOKIE), path="/", secure=is_https(request))
     return response
