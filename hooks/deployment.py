@@ -42,7 +42,7 @@ from runtime.appconfig import (
 from runtime.appsource import config_at
 from runtime.caddy import UPSTREAM_REFRESH_SECONDS, CaddyError
 from runtime.docker_engine import DockerError, DockerUnreachable, RunResult, ServiceSpec
-from runtime.docker_specs import TaskLimits, service_networks, task_limits
+from runtime.docker_specs import TaskLimits, on_node, service_networks, task_limits
 from runtime.settings import Settings
 from runtime.store import WENT_LIVE, Deployment, DeploymentStatus, Store, StoreFull, now
 
@@ -190,6 +190,7 @@ class DeploymentRun:
         check_caps(config, self.settings.caps)
         if problem := published_port_problem(config, d.project, self.settings, scale, engine.host_ports):
             raise DeployFailed(problem)
+        here = engine.here_node_id()  # the images are only there until a registry carries them
         for service in config.running_services.values():
             image = self._image(service.image)
             port = _port_of(service, engine.exposed_ports(image))
@@ -214,6 +215,7 @@ class DeploymentRun:
                 limits=task_limits(service.limits, self.settings),
                 health_command=shlex.split(service.health_command) if service.health_command else None,
                 publish=service.publish,
+                constraints=on_node(here),
             ))
 
     def release(self) -> None:

@@ -17,6 +17,7 @@ from runtime.dockerfile import ImageOwner
 
 class DeployEngine(Protocol):
     def reachable(self) -> bool: ...  # dockerd answers now
+    def here_node_id(self) -> str: ...  # the swarm node of the engine this daemon talks to
 
     # -- names
     @property

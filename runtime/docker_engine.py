@@ -736,6 +736,13 @@ class Engine:
             raise DockerError(f"service {name} does not exist")
         service.scale(replicas)
 
+    # -- nodes -----------------------------------------------------------------------------
+
+    def here_node_id(self) -> str:
+        """The swarm node of the engine this daemon talks to: where it builds images and runs
+        its proxy ("" when that engine is in no swarm)."""
+        return str((self.client.info().get("Swarm") or {}).get("NodeID") or "")
+
     # -- usage -----------------------------------------------------------------------------
 
     def project_usage(self, project: str) -> list[ServiceUsage]:
@@ -801,7 +808,8 @@ class Engine:
 
     def ensure_proxy(self, image: str, run_dir: Path, http_port: int, https_port: int, command: list[str]) -> bool:
         """Create or fix the Caddy service; True if it was (re)started (only when these settings changed)."""
-        parts = proxy_service(self.instance, self.network_name, image, run_dir, http_port, https_port, command)
+        parts = proxy_service(self.instance, self.network_name, image, run_dir, http_port, https_port, command,
+                              self.here_node_id())
         current = self._find_service(self.proxy_name)
         if current is not None and (current.attrs["Spec"].get("Labels") or {}).get("disco.spec") == \
                 parts["labels"]["disco.spec"]:

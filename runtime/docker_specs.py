@@ -22,6 +22,7 @@ from docker.types import (  # type: ignore[import-untyped]
     EndpointSpec,
     Healthcheck,
     Mount,
+    Placement,
     RestartPolicy,
     RollbackConfig,
     ServiceMode,
@@ -116,6 +117,8 @@ class ServiceSpec:
     limits: TaskLimits | None = None
     health_command: list[str] | None = None  # run in the task instead of the probe (Docker's CMD form)
     publish: tuple[PublishedPort, ...] = ()  # host-mode ports: its updates stop the old task first
+    # Where swarm may place its tasks (`node.id==...`): see on_node.
+    constraints: tuple[str, ...] = ()
 
     @property
     def check(self) -> str:
@@ -138,6 +141,14 @@ def task_limits(wanted: Limits, settings: Settings) -> TaskLimits:
     cpus = wanted.cpus if wanted.cpus is not None else (float(settings.default_cpus) if settings.default_cpus else None)
     return TaskLimits(memory=memory, memory_bytes=memory_bytes(memory), cpus=cpus,
                       pids=wanted.pids if wanted.pids is not None else settings.default_pids)
+
+
+def on_node(node_id: str) -> tuple[str, ...]:
+    """The placement constraint that keeps tasks on one node: the proxy on the daemon's (its
+    run dir and the host ports DNS points at are there), and, until images reach other nodes
+    through a registry, every project service too (its image exists only where it was built:
+    elsewhere the task would fail to start)."""
+    return (f"node.id=={node_id}",) if node_id else ()
 
 
 def instance_labels(instance: str, **extra: str) -> dict[str, str]:
@@ -212,6 +223,7 @@ def swarm_service(spec: ServiceSpec) -> ServiceKwargs:
         restart_policy=RestartPolicy(condition="on-failure", delay=1 * SECOND),
         networks=[attachment.as_swarm() for attachment in spec.networks],
         resources=spec.limits.as_resources() if spec.limits else None,
+        placement=Placement(constraints=list(spec.constraints)) if spec.constraints else None,
     )
     # Workers have no health check, so watch them longer for an early crash.
     monitor = (1 if healthcheck is not None else 5) * SECOND
@@ -235,14 +247,15 @@ def swarm_service(spec: ServiceSpec) -> ServiceKwargs:
 
 
 def proxy_service(instance: str, network: str, image: str, run_dir: Path, http_port: int, https_port: int,
-                  command: list[str]) -> ServiceKwargs:
-    """The Caddy service. Its `disco.spec` label fingerprints these settings: the Engine only
-    restarts Caddy when it differs.
+                  command: list[str], node_id: str) -> ServiceKwargs:
+    """The Caddy service, on the node `node_id` (the daemon's). Its `disco.spec` label
+    fingerprints these settings: the Engine only restarts Caddy when it differs.
 
     Host-mode ports (no IPVS for the routing mesh) mean two Caddy tasks cannot run at once,
     so its updates are stop-first.
     """
-    wanted = {"image": image, "run_dir": str(run_dir), "http": http_port, "https": https_port, "command": command}
+    wanted = {"image": image, "run_dir": str(run_dir), "http": http_port, "https": https_port, "command": command,
+              "node": node_id}
     fingerprint = hashlib.sha256(repr(sorted(wanted.items())).encode()).hexdigest()[:16]
     labels = instance_labels(instance, role="proxy", spec=fingerprint)
     container = ContainerSpec(
@@ -261,6 +274,7 @@ def proxy_service(instance: str, network: str, image: str, run_dir: Path, http_p
             container_spec=container,
             restart_policy=RestartPolicy(condition="any", delay=1 * SECOND),
             networks=[{"Target": network}],
+            placement=Placement(constraints=list(on_node(node_id))) if node_id else None,
         ),
         "labels": labels,
         "mode": ServiceMode("replicated", replicas=1),

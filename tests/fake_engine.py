@@ -67,6 +67,9 @@ class FakeEngine:
     docker_stops_in_rollout: int = 0
     _unreachable_pings: int = 0
 
+    def here_node_id(self) -> str:
+        return "fake-node"
+
     def reachable(self) -> bool:
         if self._unreachable_pings:
             self._unreachable_pings -= 1

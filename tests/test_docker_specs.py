@@ -30,6 +30,7 @@ from runtime.docker_specs import (
     build_command,
     health_command,
     instance_labels,
+    on_node,
     oneoff_container,
     proxy_service,
     swarm_service,
@@ -138,13 +139,20 @@ def test_http_health_check_passes_on_2xx_and_3xx_only(status: str, healthy: bool
     assert (probe_answer(status, tmp_path) == 0) is healthy
 
 
+def test_a_service_pinned_to_a_node_carries_its_constraint_and_an_unpinned_one_none():
+    assert on_node("n1") == ("node.id==n1",) and on_node("") == ()
+    pinned = swarm_service(web(constraints=on_node("n1")))["task_template"]
+    assert pinned["Placement"] == {"Constraints": ["node.id==n1"]}
+    assert "Placement" not in swarm_service(web())["task_template"]  # swarm may place it anywhere
+
+
 def test_http_health_check_asks_for_the_configured_path():
     script = health_command(8000, "/ready?x=1")[4]
     assert "GET /ready?x=1 HTTP/1.0" in script and "GET /ready?x=1 on port 8000" in script
 
 
 def test_proxy_publishes_host_mode_ports_and_updates_stop_first():
-    kwargs = proxy_service("t", "t-net", "caddy:2", Path("/srv/run"), 8080, 8443, ["caddy", "run"])
+    kwargs = proxy_service("t", "t-net", "caddy:2", Path("/srv/run"), 8080, 8443, ["caddy", "run"], "n1")
     assert kwargs["endpoint_spec"]["Ports"] == [
         {"Protocol": "tcp", "PublishedPort": 8080, "TargetPort": 80, "PublishMode": "host"},
         {"Protocol": "tcp", "PublishedPort": 8443, "TargetPort": 443, "PublishMode": "host"},
@@ -160,12 +168,14 @@ def test_proxy_publishes_host_mode_ports_and_updates_stop_first():
     }
     assert kwargs["task_template"]["Networks"] == [{"Target": "t-net"}]
     assert kwargs["task_template"]["RestartPolicy"]["Condition"] == "any"
+    # On the daemon's node: its run dir is there, and the host ports its domains point at.
+    assert kwargs["task_template"]["Placement"] == {"Constraints": ["node.id==n1"]}
 
 
 def test_the_proxy_fingerprint_changes_only_with_its_settings():
     def fingerprint(**changes: object) -> str:
         args: dict = {"instance": "t", "network": "t-net", "image": "caddy:2", "run_dir": Path("/r"),
-                      "http_port": 80, "https_port": 443, "command": ["caddy", "run"]}
+                      "http_port": 80, "https_port": 443, "command": ["caddy", "run"], "node_id": "n1"}
         args.update(changes)
         labels = proxy_service(**args)["labels"]
         assert labels["disco.instance"] == "t" and labels["disco.role"] == "proxy"
@@ -173,7 +183,8 @@ def test_the_proxy_fingerprint_changes_only_with_its_settings():
 
     assert fingerprint() == fingerprint()  # a daemon restart does not restart Caddy
     assert len({fingerprint(), fingerprint(image="caddy:3"), fingerprint(http_port=8080),
-                fingerprint(command=["caddy", "run", "--resume"]), fingerprint(run_dir=Path("/x"))}) == 5
+                fingerprint(command=["caddy", "run", "--resume"]), fingerprint(run_dir=Path("/x")),
+                fingerprint(node_id="n2")}) == 6
 
 
 def test_build_command_line_carries_tag_dockerfile_labels_and_args():
