@@ -52,6 +52,16 @@ from runtime.docker_specs import (
     swarm_service,
 )
 from runtime.dockerfile import ImageOwner
+from runtime.swarm_nodes import (
+    JoinTarget,
+    SwarmNode,
+    TaskPlacement,
+    join_target,
+    node_spec,
+    relabelled,
+    swarm_nodes,
+    task_placement,
+)
 
 # Imported from here by bench/ and older callers.
 __all__ = ["PROBE_BINARY", "PROBE_PATH", "DockerError", "DockerInfo", "Engine", "HostPort", "OneOffRun", "RunResult",
@@ -742,6 +752,65 @@ class Engine:
         """The swarm node of the engine this daemon talks to: where it builds images and runs
         its proxy ("" when that engine is in no swarm)."""
         return str((self.client.info().get("Swarm") or {}).get("NodeID") or "")
+
+    def nodes(self) -> list[SwarmNode]:
+        """Every node of the swarm (this daemon's first), each with how many tasks of this
+        instance's services run on it."""
+        found = self.client.api.nodes()
+        return swarm_nodes(found, self.instance_tasks(), self.here_node_id())
+
+    def instance_tasks(self) -> list[TaskPlacement]:
+        """Every task swarm still knows of this instance's services (the proxy's too), wherever
+        it is: running, starting, and the stopped ones swarm keeps as history."""
+        services = self.client.api.services(filters={"label": f"disco.instance={self.instance}"})
+        if not services:
+            return []  # an empty service filter would list every task of the swarm
+        tasks = self.client.api.tasks(filters={"service": [service["ID"] for service in services]})
+        return [task_placement(task) for task in tasks]
+
+    def instance_replicas(self) -> dict[str, int]:
+        """Swarm service name -> the replicas it wants, for this instance's services."""
+        services = self.client.api.services(filters={"label": f"disco.instance={self.instance}"})
+        return {service["Spec"]["Name"]: int(((service["Spec"].get("Mode") or {}).get("Replicated") or {})
+                                             .get("Replicas", 0)) for service in services}
+
+    def relabel_node(self, node_id: str, set_labels: dict[str, str], remove: list[str]) -> dict[str, str]:
+        """Set and remove labels of a node; its labels after."""
+        return dict(self._update_node(node_id, lambda spec: node_spec(
+            spec, labels=relabelled(spec.get("Labels") or {}, set_labels, remove)))["Labels"])
+
+    def drain_node(self, node_id: str) -> None:
+        """Have swarm stop every task on the node and start it elsewhere (replicated services)."""
+        self._update_node(node_id, lambda spec: node_spec(spec, availability="drain"))
+
+    def _update_node(self, node_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """Send the node's spec as `change` makes it from the current one. An update names the
+        version it read, and is refused when another change came in between: then read again."""
+        attempts = 3
+        while True:
+            node = self.client.api.inspect_node(node_id)
+            spec = change(node["Spec"])
+            try:
+                self.client.api.update_node(node_id, node["Version"]["Index"], spec)
+                return spec
+            except docker.errors.APIError as err:
+                attempts -= 1
+                if "update out of sequence" not in str(err) or not attempts:
+                    raise
+
+    def remove_node(self, node_id: str, force: bool) -> None:
+        """Remove a node from the swarm. Swarm refuses a node that still answers unless forced:
+        forced, the node is dropped and its engine, told so, keeps asking to come back until
+        `docker swarm leave` runs there."""
+        self.client.api.remove_node(node_id, force=force)
+
+    def join_target(self) -> JoinTarget:
+        """Where a new node joins: this manager's address as the swarm gives it to nodes."""
+        return join_target(self.client.info().get("Swarm") or {})
+
+    def worker_join_token(self) -> str:
+        """The secret a machine joins this swarm with as a worker (only a manager can read it)."""
+        return str(self.client.api.inspect_swarm()["JoinTokens"]["Worker"])
 
     # -- usage -----------------------------------------------------------------------------
 
