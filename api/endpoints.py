@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -30,14 +31,16 @@ from api.spec import (
     obj,
 )
 from api.streams import OpenStream, UserStreams
-from hooks import apikeys, certificates, github, github_app, operations, projects, sessions, team
+from hooks import apikeys, certificates, github, github_app, nodes, operations, projects, sessions, team
 from hooks.policy import NAME_RULE, PROJECT_NAME, Access, authorize, check_project_name, visible_projects
 from hooks.output import as_a_terminal_shows
 from hooks.projects import deployment_json
+from hooks.errors import Refused
 from hooks.queue import Ticket
-from runtime.docker_engine import OneOffRun
+from runtime.docker_engine import DockerError, OneOffRun
 from runtime.appconfig import SERVICE_NAME
 from runtime.store import ACTIVE_STATUSES, CronRun, DeploymentStatus, Store, User
+from runtime.swarm_nodes import SwarmNode
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 PROJECT_NAME_SCHEMA = {"type": "string", "pattern": PROJECT_NAME.pattern, "description": NAME_RULE}
@@ -49,6 +52,8 @@ ENDPOINTS = EndpointList(path_params={
     "id": integer(1),
     "service": {"type": "string", "pattern": SERVICE_NAME.pattern, "maxLength": 30,
                 "description": "a service name: a-z, 0-9 and '-', starting with a letter"},
+    "node": {"type": "string", "pattern": r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}",
+             "description": "a swarm node's hostname or ID"},
 })
 endpoint = ENDPOINTS.declare
 DEPLOYMENT = obj(None, number=integer(), project=STRING, commit=STRING, branch=STRING, user=STRING, source=STRING,
@@ -557,6 +562,88 @@ async def cron_run_output(ctx: Context) -> Response:
         return _log_events(state, _last_event_id(ctx))
 
     return await open_stream(ctx, events, SSE, {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# -- nodes of the swarm -----------------------------------------------------------------------
+
+NODE = obj(None, id=STRING, name=STRING, address=STRING, role=STRING, availability=STRING, state=STRING,
+           labels={"type": "object", "additionalProperties": STRING}, manager=nullable(STRING), leader=BOOLEAN,
+           tasks=integer(), here=BOOLEAN, engine=STRING)
+LABEL_KEY_SCHEMA = {"type": "string", "pattern": nodes.LABEL_KEY.pattern,
+                    "description": "1 to 100 characters of letters, digits, '.', '_' and '-'"}
+
+
+@endpoint("GET", "/nodes", "The swarm's nodes: name, address, role, availability, state, labels, and how many "
+          "tasks of this server's apps run on each (this server's node first)", tag="nodes",
+          responses={200: array(NODE)})
+async def list_nodes(ctx: Context) -> Response:
+    return ok([node.as_json() for node in await run_in_threadpool(nodes.listing, ctx.platform)])
+
+
+@endpoint("POST", "/nodes/join", "The command that joins a new machine to the swarm as a worker, with the join "
+          "token (admins; audited); refused while the manager is on a loopback address", tag="nodes",
+          admin_only=True, responses={200: obj(None, command=STRING, manager=STRING, token=STRING)})
+async def join_node(ctx: Context) -> Response:
+    made = await run_in_threadpool(nodes.join_command, ctx.platform, ctx.user.name)
+    return ok({"command": made.command, "manager": made.manager, "token": made.token})
+
+
+@endpoint("POST", "/nodes/{node}/labels", "Set and remove labels of a node (admins)", tag="nodes", admin_only=True,
+          body={**obj(None, set={"type": "object", "additionalProperties": {"type": "string", "maxLength": 200},
+                                 "maxProperties": 50},
+                      remove={**array(LABEL_KEY_SCHEMA), "maxItems": 50}), "minProperties": 1},
+          responses={200: NODE})
+async def label_node(ctx: Context) -> Response:
+    node = await run_in_threadpool(nodes.label, ctx.platform, ctx.user.name, ctx.param("node"),
+                                   ctx.body.get("set", {}), ctx.body.get("remove", []))
+    return ok(node.as_json())
+
+
+@endpoint("DELETE", "/nodes/{node}", "Remove a node: drain it, wait until this server's tasks there run elsewhere "
+          "(force=true: do not wait), then remove it from the swarm (admins). Server-Sent Events: `progress` lines, "
+          "then `removed` (the node, and whether it was still up) or `error`", tag="nodes", admin_only=True,
+          query={"force": BOOLEAN}, responses={200: SSE})
+async def remove_node(ctx: Context) -> Response:
+    node = await run_in_threadpool(nodes.removable, ctx.platform, ctx.param("node"))  # 404 or 409 before any change
+    force = bool(ctx.query.get("force", False))
+    user = ctx.user.name
+
+    async def events() -> AsyncIterator[str]:
+        return _removal_events(ctx, node, force, user)
+
+    return await open_stream(ctx, events, SSE, {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _removal_events(ctx: Context, node: SwarmNode, force: bool, user: str) -> AsyncIterator[str]:
+    """The removal runs in a worker thread (it waits on swarm); its progress lines come here
+    through a queue as they are said. A client that goes stops the wait: the node stays drained."""
+    loop = asyncio.get_running_loop()
+    said: asyncio.Queue[str] = asyncio.Queue()
+    gone = threading.Event()
+
+    def progress(line: str) -> None:
+        loop.call_soon_threadsafe(said.put_nowait, line)
+
+    removal = asyncio.ensure_future(run_in_threadpool(nodes.remove, ctx.platform, user, node, force, progress,
+                                                      gone.is_set))
+    # Its outcome is read below, unless the client went first: then nobody else will.
+    removal.add_done_callback(lambda done: done.cancelled() or done.exception())
+    try:
+        while not removal.done() or not said.empty():
+            getting = asyncio.ensure_future(said.get())
+            await asyncio.wait({getting, removal}, return_when=asyncio.FIRST_COMPLETED)
+            if getting.done():
+                yield f"event: progress\ndata: {getting.result()}\n\n"
+            else:
+                getting.cancel()
+        try:
+            removed = removal.result()
+        except (Refused, DockerError) as err:
+            yield f"event: error\ndata: {json.dumps({'message': str(err)})}\n\n"
+            return
+        yield f"event: removed\ndata: {json.dumps({'node': removed.node.as_json(), 'was_up': removed.was_up})}\n\n"
+    finally:
+        gone.set()  # the client went (or all is said): a wait still going ends at its next look
 
 
 # -- users, SSH keys, API keys -----------------------------------------------------------------

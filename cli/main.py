@@ -193,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     cron_run.add_argument("service")
     cron_run.add_argument("--no-follow", action="store_true", help="start it and return")
 
+    command("nodes", remote.cmd_nodes, "the swarm's nodes: address, role, availability, state, labels, and the "
+            "tasks of this server's apps on each")
+    add = command("nodes:add", remote.cmd_nodes_add, "print the command that joins a new machine to the swarm as a "
+                  "worker (admins); with --ssh, run it there")
+    add.add_argument("--ssh", metavar="USER@HOST", help="run it on that machine as root over your own ssh "
+                     "(this checkout's setup.sh is sent along)")
+    label = command("nodes:label", remote.cmd_nodes_label, "set (KEY=VALUE) and remove (KEY-) labels of a node (admins)")
+    label.add_argument("name", help="the node's hostname or ID")
+    label.add_argument("changes", nargs="+", metavar="KEY=VALUE|KEY-")
+    remove_node = command("nodes:remove", remote.cmd_nodes_remove, "drain a node, wait until this server's tasks there "
+                          "run elsewhere, and remove it from the swarm (admins)")
+    remove_node.add_argument("name", help="the node's hostname or ID")
+    remove_node.add_argument("--force", action="store_true", help="remove it without waiting for its tasks to move")
+
     run = command("run", remote.cmd_run, "run a one-off command in a new container of the live image")
     run.add_argument("--service", default="web", help="whose volumes to mount (default: web)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")

@@ -6,9 +6,11 @@ import argparse
 import getpass
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from cli.client import ApiClient, ClientError, Login, load_login, save_login
@@ -474,3 +476,93 @@ def cmd_github_deliveries(args: argparse.Namespace) -> int:
          ["DELIVERY", "EVENT", "DEPLOYMENT", "RECEIVED", "RESULT"],
          lambda d: [d["delivery"], d["event"], d["deployment"] or "-", d["received_at"], d["result"][:60]])
     return 0
+
+
+# -- nodes of the swarm ------------------------------------------------------------------------
+
+# Sent to the new machine by nodes:add --ssh: the one beside this command (a checkout of the project).
+SETUP_SCRIPT = Path(__file__).resolve().parent.parent / "setup.sh"
+SWARM_PORTS = "2377/tcp, 7946/tcp and udp, 4789/udp"
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    def labels(node: dict) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(node["labels"].items())) or "-"
+
+    def role(node: dict) -> str:
+        return "manager (leader)" if node["leader"] else node["role"]
+
+    show(args, client(args).get("/nodes"), ["NAME", "ADDRESS", "ROLE", "AVAILABILITY", "STATE", "TASKS", "LABELS"],
+         lambda n: [n["name"] + (" (this server)" if n["here"] else ""), n["address"], role(n), n["availability"],
+                    n["state"], n["tasks"], labels(n)])
+    return 0
+
+
+def cmd_nodes_add(args: argparse.Namespace) -> int:
+    joining = client(args).post("/nodes/join")
+    if args.json and not args.ssh:
+        show(args, joining)
+        return 0
+    if not args.ssh:
+        print("On the new machine, as root, in a copy of this repository (setup.sh installs Docker, starts it and")
+        print(f"joins the swarm at {joining['manager']}; the machines must reach each other on {SWARM_PORTS}):")
+        print(f"  {joining['command']}")
+        print("The token lets any machine join this swarm: keep it secret.", file=sys.stderr)
+        return 0
+    if not SETUP_SCRIPT.is_file():
+        raise ClientError(f"no setup.sh beside this disco command ({SETUP_SCRIPT}); copy setup.sh to the new machine "
+                          f"and run there: {joining['command']}")
+    # The arguments go in with the script on stdin: the token stays out of both machines' process lists.
+    script = shlex.join(["set", "--", "join", joining["manager"], joining["token"]]) + "\n" + SETUP_SCRIPT.read_text()
+    print(f"joining {args.ssh} to the swarm at {joining['manager']} (setup.sh join, over ssh)", file=sys.stderr)
+    result = subprocess.run(["ssh", "--", args.ssh, "bash", "-s"], input=script, text=True)
+    if result.returncode != 0:
+        raise ClientError(f"setup.sh join on {args.ssh} exited {result.returncode} (its output is above)")
+    print(f"{args.ssh} joined; `disco nodes` lists it")
+    return 0
+
+
+def cmd_nodes_label(args: argparse.Namespace) -> int:
+    set_labels: dict[str, str] = {}
+    remove: list[str] = []
+    for change in args.changes:
+        key, sep, value = change.partition("=")
+        if sep:
+            set_labels[key] = value
+        elif change.endswith("-") and len(change) > 1:
+            remove.append(change[:-1])
+        else:
+            raise ClientError(f"expected KEY=VALUE to set a label or KEY- to remove one, got {change!r}")
+    body: dict[str, Any] = {}
+    if set_labels:
+        body["set"] = set_labels
+    if remove:
+        body["remove"] = remove
+    node = client(args).post(f"/nodes/{args.name}/labels", body)
+    if args.json:
+        show(args, node)
+    else:
+        print(f"{node['name']}: " + (" ".join(f"{k}={v}" for k, v in sorted(node["labels"].items())) or "no labels"))
+    return 0
+
+
+def cmd_nodes_remove(args: argparse.Namespace) -> int:
+    path = f"/nodes/{args.name}" + ("?force=true" if args.force else "")
+    for _, event, data in client(args).events(path, "DELETE"):
+        if event == "progress":
+            print(data, flush=True)
+        elif event == "error":
+            print(f"disco: {json.loads(data)['message']}", file=sys.stderr)
+            return 1
+        elif event == "removed":
+            removed = json.loads(data)
+            if args.json:
+                show(args, removed)
+                return 0
+            node = removed["node"]
+            print(f"{node['name']} ({node['id']}) is no longer a node of the swarm")
+            if removed["was_up"]:
+                print(f"it was still up: run `docker swarm leave` on {node['name']}, or its Docker keeps asking to "
+                      "rejoin", file=sys.stderr)
+            return 0
+    raise ClientError("the server ended the removal without saying how it went; `disco nodes` shows where it is")
