@@ -4,16 +4,24 @@
 #   ./setup.sh serve [disco serve options]   install what is missing, start dockerd + swarm, run the daemon
 #   ./setup.sh test  [pytest options]        install what is missing, start dockerd + swarm, mypy, run every test
 #   ./setup.sh docker                        start dockerd + swarm if they are not running (after a stop)
+#   ./setup.sh join MANAGER:PORT TOKEN [ADDRESS]
+#                                            on another machine: install Docker, start it, join the swarm as a
+#                                            worker advertising ADDRESS (default: this machine's address toward
+#                                            the manager); `disco nodes:add` prints this line with the token
 #
 # Every step checks before it acts, so running it again changes nothing that is already right.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# ${BASH_SOURCE[0]} is unset when the script comes on stdin (`disco nodes:add --ssh` sends it so).
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)"
 VENV="$ROOT/.venv"
 DEBIAN_PACKAGES=(docker.io git openssh-client busybox-static caddy python3 python3-venv ca-certificates)
-# Only for the tests: an RFC 8555 test CA, so HTTPS is proven against a real ACME server; and
-# Debian's chromium, which Playwright drives headless to test the dashboard in a real browser.
-TEST_PACKAGES=(pebble chromium)
+# Only for the tests: an RFC 8555 test CA, so HTTPS is proven against a real ACME server;
+# Debian's chromium, which Playwright drives headless to test the dashboard in a real browser; and
+# iproute2, whose `ip netns` and veth pairs make the multi-node tests' network (tests/multinode.py).
+TEST_PACKAGES=(pebble chromium iproute2)
+# What a machine joining the swarm needs: Docker, and `ip` to find its own address.
+JOIN_PACKAGES=(docker.io iproute2 ca-certificates)
 # Debian's client: /usr/local/bin/docker may be a newer client-only build without BuildKit support.
 DOCKER=/usr/bin/docker
 DOCKERD_LOG=/var/log/disco-dockerd.log
@@ -76,6 +84,34 @@ start_swarm() {
         say "initialising a single-node swarm"
         "$DOCKER" swarm init --advertise-addr 127.0.0.1 >/dev/null
     fi
+}
+
+# Join the swarm whose manager is at $1 (ADDRESS:PORT) with the token $2, advertising $3 or this
+# machine's address on its route to the manager (the one the manager's packets come back to).
+join_swarm() {
+    local manager="$1" token="$2" address="${3:-}" host state managers
+    for _ in $(seq 1 60); do  # a dockerd just started may still be rejoining its swarm
+        state="$("$DOCKER" info --format '{{.Swarm.LocalNodeState}}')"
+        [[ "$state" == "pending" ]] || break
+        sleep 0.5
+    done
+    if [[ "$state" == "active" ]]; then
+        managers="$("$DOCKER" info --format '{{range .Swarm.RemoteManagers}}{{.Addr}} {{end}}')"
+        if [[ " $managers" == *" $manager "* ]]; then
+            say "already a node of the swarm at $manager: nothing to do (if \`disco nodes\` does not list it, it was removed: run \`docker swarm leave\` here, then this again)"
+            return
+        fi
+        say "this machine is in another swarm (managers: ${managers% }): leave it first with \`docker swarm leave\`"
+        exit 1
+    fi
+    if [[ -z "$address" ]]; then
+        host="${manager%:*}"; host="${host#[}"; host="${host%]}"
+        address="$(ip -o route get "$host" 2>/dev/null | sed -n 's/.* src \([^ ]*\).*/\1/p')" || true
+        [[ -n "$address" ]] || { say "no route to the manager at $host from here"; exit 1; }
+    fi
+    say "joining the swarm at $manager as $address"
+    "$DOCKER" swarm join --advertise-addr "$address" --token "$token" "$manager" >/dev/null
+    say "joined: \`disco nodes\` on the server lists this machine"
 }
 
 # Where no registry can be reached, build a Caddy image from Debian's caddy binary (dynamically
@@ -147,8 +183,16 @@ docker)
     start_dockerd
     start_swarm
     ;;
+join)
+    shift
+    [[ $EUID -eq 0 ]] || { echo "setup.sh must run as root (it installs Docker and starts it)" >&2; exit 1; }
+    [[ $# -ge 2 && $# -le 3 ]] || { echo "usage: $0 join MANAGER:PORT TOKEN [ADDRESS]" >&2; exit 2; }
+    install_debian_packages "${JOIN_PACKAGES[@]}"
+    start_dockerd
+    join_swarm "$@"
+    ;;
 *)
-    echo "usage: $0 serve [disco serve options] | test [pytest options] | docker" >&2
+    echo "usage: $0 serve [disco serve options] | test [pytest options] | docker | join MANAGER:PORT TOKEN [ADDRESS]" >&2
     exit 2
     ;;
 esac
