@@ -876,12 +876,14 @@ class Engine:
         return names.join(self.instance, "caddy")
 
     def ensure_proxy(self, image: str, run_dir: Path, http_port: int, https_port: int, command: list[str]) -> bool:
-        """Create or fix the Caddy service; True if it was (re)started (only when these settings changed)."""
+        """Create or fix the Caddy service, on this daemon's node; True if it was (re)started
+        (only when these settings changed: pinning it to its node alone keeps it running)."""
         parts = proxy_service(self.instance, self.network_name, image, run_dir, http_port, https_port, command,
                               self.here_node_id())
         current = self._find_service(self.proxy_name)
-        if current is not None and (current.attrs["Spec"].get("Labels") or {}).get("disco.spec") == \
-                parts["labels"]["disco.spec"]:
+        restarts = current is None or (current.attrs["Spec"].get("Labels") or {}).get("disco.spec") != \
+            parts["labels"]["disco.spec"]
+        if not restarts and _constraints(current.attrs["Spec"]) == _constraints(parts["task_template"]):
             return False
         try:
             if current is None:
@@ -892,7 +894,7 @@ class Engine:
                 self.client.api.update_service(current.id, current.version, name=self.proxy_name, **parts)
         except docker.errors.APIError as err:
             raise DockerError(f"could not start the Caddy proxy service: {err.explanation or err}") from None
-        return True
+        return restarts
 
     def _remove_renamed_proxy(self) -> None:
         """An instance with a '-' in its name had its proxy under the old name: it holds the host
@@ -1278,6 +1280,12 @@ def _last_failed_check(state: dict[str, Any]) -> tuple[int, str] | None:
         output = (log[-1].get("Output") or "").strip()
         return int(log[-1]["ExitCode"]), output.splitlines()[-1] if output else ""
     return None
+
+
+def _constraints(spec: dict[str, Any]) -> list[str]:
+    """The placement constraints of a service's spec (or of a TaskTemplate)."""
+    template = spec.get("TaskTemplate", spec)
+    return list((template.get("Placement") or {}).get("Constraints") or [])
 
 
 def _task_deployment(task: dict[str, Any]) -> str:

@@ -249,13 +249,14 @@ def swarm_service(spec: ServiceSpec) -> ServiceKwargs:
 def proxy_service(instance: str, network: str, image: str, run_dir: Path, http_port: int, https_port: int,
                   command: list[str], node_id: str) -> ServiceKwargs:
     """The Caddy service, on the node `node_id` (the daemon's). Its `disco.spec` label
-    fingerprints these settings: the Engine only restarts Caddy when it differs.
+    fingerprints its other settings: the Engine only restarts Caddy when it differs. The node
+    is left out of it: a change of placement alone leaves a task whose node still meets it
+    running (measured on Docker 20.10), so pinning a running Caddy costs no restart.
 
     Host-mode ports (no IPVS for the routing mesh) mean two Caddy tasks cannot run at once,
     so its updates are stop-first.
     """
-    wanted = {"image": image, "run_dir": str(run_dir), "http": http_port, "https": https_port, "command": command,
-              "node": node_id}
+    wanted = {"image": image, "run_dir": str(run_dir), "http": http_port, "https": https_port, "command": command}
     fingerprint = hashlib.sha256(repr(sorted(wanted.items())).encode()).hexdigest()[:16]
     labels = instance_labels(instance, role="proxy", spec=fingerprint)
     container = ContainerSpec(
