@@ -15,12 +15,14 @@ behind by a run that was killed is found and removed before a new one starts.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,14 +36,17 @@ NETNS_PREFIX = "disco-mn"
 DOCKER = "/usr/bin/docker"  # Debian's client (the daemon under test uses it too)
 DOCKERD = "/usr/sbin/dockerd"
 FIREWALL_RULE = ["DOCKER-USER", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]  # the host's FORWARD policy is DROP
+BUSYBOX_IMAGE = "disco-mn-busybox:1"  # see import_busybox
 START_TIMEOUT = 90.0  # seconds for a dockerd to answer: generous, the machine is busy
 STOP_TIMEOUT = 60.0
 
 
 def sh(*command: str, check: bool = True, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+    kwargs.setdefault("text", True)
+    result = subprocess.run(command, capture_output=True, timeout=timeout, **kwargs)
     if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()[-800:]}")
+        said = result.stderr if isinstance(result.stderr, str) else result.stderr.decode(errors="replace")
+        raise RuntimeError(f"{' '.join(command)} exited {result.returncode}: {said.strip()[-800:]}")
     return result
 
 
@@ -275,6 +280,15 @@ class Rig:
         for engine in self.engines:
             engine.wait_stopped()
         teardown()
+
+
+def import_busybox(engine: Engine) -> None:
+    """BUSYBOX_IMAGE in that engine: the host's static busybox as /bin/busybox, one layer made
+    with `docker import` (no build, no registry)."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        tar.add(shutil.which("busybox") or "/bin/busybox", arcname="bin/busybox")
+    engine.docker("import", "-", BUSYBOX_IMAGE, input=archive.getvalue(), text=False)
 
 
 def stop_pids(pids: list[int], timeout: float = STOP_TIMEOUT) -> None:
