@@ -8,7 +8,8 @@ and swarm are never touched. A daemon under test is pointed at engine 1 with DOC
 Measured (docs: /work/shared/MULTI-NODE-RECIPE.md): up in about 4 s, down in 5 to 9 s.
 
 Everything lives under fixed names (ROOT, BRIDGE, the `disco-mn<N>` namespaces), so a rig left
-behind by a run that was killed is found and removed before a new one starts.
+behind by a run that was killed is found and removed before a new one starts; and so one machine
+runs one rig at a time.
 
     python tests/multinode.py up | down     # by hand, as root: build it or take it down
 """
