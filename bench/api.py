@@ -59,13 +59,10 @@ from disco_harness import (
     RawConnection,
     cpu_seconds,
     describe_machine,
-    free_port,
-    ignore_signals,
     percentile,
     run_measurement,
+    running_baseline_server,
     running_daemon,
-    stop_process,
-    wait_for_port,
     write_results,
 )
 
@@ -88,19 +85,8 @@ def running_baseline(workdir: Path, projects_body: bytes) -> Iterator[tuple[subp
     """This script again, as `--serve-baseline`, in a process (and session) of its own."""
     body_path = workdir / "baseline_projects.json"
     body_path.write_bytes(projects_body)
-    port = free_port()
-    log_path = workdir / "baseline.log"
-    process: subprocess.Popen | None = None
-    try:
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, __file__, "--serve-baseline", str(port), str(body_path)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_for_port(process, port, LISTEN_TIMEOUT_SECONDS, lambda: log_path.read_text(errors="replace"))
-        yield process, port
-    finally:
-        ignore_signals()
-        stop_process(process)
+    with running_baseline_server(__file__, workdir, body_path, LISTEN_TIMEOUT_SECONDS) as running:
+        yield running
 
 
 def serve_baseline(port: int, body_path: Path) -> None:

@@ -78,15 +78,12 @@ from disco_harness import (
     commit_version,
     cpu_seconds,
     describe_machine,
-    free_port,
-    ignore_signals,
     percentile,
     push,
     run,
     run_measurement,
+    running_baseline_server,
     running_daemon,
-    stop_process,
-    wait_for_port,
     write_results,
 )
 from api.auth import SESSION_COOKIE  # disco_harness put the repo root on sys.path
@@ -331,19 +328,8 @@ def running_baseline(workdir: Path, bodies: dict[str, str]) -> Iterator[tuple[su
     """This script again, as `--serve-baseline`, in a process (and session) of its own."""
     bodies_path = workdir / "baseline_pages.json"
     bodies_path.write_text(json.dumps(bodies))
-    port = free_port()
-    log_path = workdir / "baseline.log"
-    process: subprocess.Popen | None = None
-    try:
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, __file__, "--serve-baseline", str(port), str(bodies_path)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_for_port(process, port, LISTEN_TIMEOUT_SECONDS, lambda: log_path.read_text(errors="replace"))
-        yield process, port
-    finally:
-        ignore_signals()
-        stop_process(process)
+    with running_baseline_server(__file__, workdir, bodies_path, LISTEN_TIMEOUT_SECONDS) as running:
+        yield running
 
 
 def serve_baseline(port: int, bodies_path: Path) -> None:
@@ -517,7 +503,7 @@ def print_report(results: Results, weights: dict[str, Weight], absent: list[str]
                 if phase.first_error:
                     print(f"first error, {page} {clients} client(s) {name}: {phase.first_error}")
 
-    print(f"\nweight, KB (1 KB = 1,000 bytes; as served, uncompressed)")
+    print("\nweight, KB (1 KB = 1,000 bytes; as served, uncompressed)")
     print(f"{'page':<{width}}{'html':>8}{'css+js':>8}{'total':>8}  files  < {WEIGHT_TARGET_BYTES // 1000} KB")
     for page, weight in weights.items():
         print(f"{page:<{width}}{kb(weight.html_bytes):>8}{kb(weight.total - weight.html_bytes):>8}{kb(weight.total):>8}"

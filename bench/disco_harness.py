@@ -113,6 +113,26 @@ def stop_process(process: subprocess.Popen | None) -> None:
         pass
 
 
+@contextmanager
+def running_baseline_server(script: str, workdir: Path, data_path: Path,
+                            listen_timeout: float = 30) -> Iterator[tuple[subprocess.Popen, int]]:
+    """`script --serve-baseline PORT DATA_PATH` (a benchmark's baseline server) in a process and
+    session of its own, once it listens; stopped however the block ends."""
+    port = free_port()
+    log_path = workdir / "baseline.log"
+    process: subprocess.Popen | None = None
+    try:
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, script, "--serve-baseline", str(port), str(data_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_for_port(process, port, listen_timeout, lambda: log_path.read_text(errors="replace"))
+        yield process, port
+    finally:
+        ignore_signals()
+        stop_process(process)
+
+
 def percentile(values: list[float], share: float) -> float | None:
     """Nearest-rank percentile (share in 0..1); None for no values."""
     if not values:
