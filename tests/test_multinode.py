@@ -199,9 +199,13 @@ def test_nodes_remove_drains_the_worker_its_tasks_move_and_it_leaves_the_list(cl
     assert time.monotonic() - started < 60
 
     assert list(cluster.nodes()) == ["mn1"]
-    running = rig.manager.docker("service", "ps", service, "--filter", "desired-state=running",
-                                 "--format", "{{.Node}} {{.CurrentState}}").stdout.split("\n")
-    assert [line.split()[:2] for line in running if line] == [["mn1", "Running"], ["mn1", "Running"]]
+
+    def both_running_on_the_manager() -> bool:  # the moved task may still be starting there
+        running = rig.manager.docker("service", "ps", service, "--filter", "desired-state=running",
+                                     "--format", "{{.Node}} {{.CurrentState}}").stdout.split("\n")
+        return [line.split()[:2] for line in running if line] == [["mn1", "Running"], ["mn1", "Running"]]
+
+    wait_for("both tasks running on the manager", both_running_on_the_manager, timeout=60)
     assert cluster.through_caddy().text == "v1\n"  # the app served throughout on the manager
 
 
