@@ -29,6 +29,8 @@ def is_https(request: Request) -> bool:
     socket (no TCP peer); a header from a TCP peer is not believed."""
     forwarded = request.headers.get("x-forwarded-proto", "") if not request.client else ""
     return request.url.scheme == "https" or forwarded == "https"
+
+
 SAFE_METHODS = ("GET", "HEAD")
 
 
