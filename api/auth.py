@@ -61,7 +61,7 @@ def still_allowed(store: Store, caller: Caller) -> User | None:
     revoked or expired, their session not ended or expired, the user not removed): a long
     stream asks again when access changes, so revoking a key ends what it opened."""
     key = store.get_api_key(caller.key.id)
-    if key is None or not sessions.key_is_live(key):
+    if key is None or not apikeys.is_live(key):
         return None
     if caller.session is not None:
         session = store.get_session(caller.session.id)

@@ -49,11 +49,17 @@ def verify(store: Store, secret: str) -> tuple[ApiKey, User] | None:
         return None
     key, user = found
     current = datetime.now(UTC)
-    if key.revoked_at or (key.expires_at and datetime.fromisoformat(key.expires_at) <= current):
+    if not is_live(key, current):
         return None
     if not key.last_used_at or datetime.fromisoformat(key.last_used_at) + LAST_USED_RESOLUTION < current:
         store.touch_api_key(key.id, now())
     return key, user
+
+
+def is_live(key: ApiKey, current: datetime | None = None) -> bool:
+    """Neither revoked nor expired (what a session made with the key needs too)."""
+    current = current or datetime.now(UTC)
+    return not key.revoked_at and not (key.expires_at and datetime.fromisoformat(key.expires_at) <= current)
 
 
 def revoke(store: Store, actor: User, key_id: int) -> ApiKey:

@@ -84,7 +84,7 @@ def sign_in_with_link(store: Store, token: str, address: str, agent: str) -> Sig
     user_name, key_id = taken
     key = store.get_api_key(key_id)
     user = store.get_user(user_name)
-    if key is None or user is None or not key_is_live(key):
+    if key is None or user is None or not apikeys.is_live(key):
         raise Refused("the API key that made this sign-in link is revoked or expired", "unauthorized")
     return _start(store, user, key, address, agent, "with a one-time link")
 
@@ -107,7 +107,7 @@ def verify(store: Store, token: str) -> SignedIn | None:
         return None
     session, key, user = found
     current = datetime.now(UTC)
-    if session.ended_at or datetime.fromisoformat(session.expires_at) <= current or not key_is_live(key):
+    if session.ended_at or datetime.fromisoformat(session.expires_at) <= current or not apikeys.is_live(key):
         return None
     if datetime.fromisoformat(session.last_seen_at) + TOUCH_RESOLUTION < current:
         store.touch_session(session.id, now(), _expiry())
@@ -132,18 +132,13 @@ def live_sessions(store: Store, user: str | None = None) -> list[Session]:
     current = datetime.now(UTC)
     keys = {key.id: key for key in store.list_api_keys(user)}
     return [s for s in store.list_sessions(user) if datetime.fromisoformat(s.expires_at) > current
-            and s.api_key_id in keys and key_is_live(keys[s.api_key_id], current)]
+            and s.api_key_id in keys and apikeys.is_live(keys[s.api_key_id], current)]
 
 
 def forget_old(store: Store) -> None:
     """Drop sessions and sign-in links that ended or expired more than a day ago (kept that long
     so the team page can still say what just ended)."""
     store.forget_old_sessions((datetime.now(UTC) - timedelta(days=1)).isoformat(timespec="seconds"))
-
-
-def key_is_live(key: ApiKey, current: datetime | None = None) -> bool:
-    current = current or datetime.now(UTC)
-    return not key.revoked_at and not (key.expires_at and datetime.fromisoformat(key.expires_at) <= current)
 
 
 def not_expired(session: Session) -> bool:
