@@ -4,10 +4,11 @@
 #   ./setup.sh serve [disco serve options]   install what is missing, start dockerd + swarm, run the daemon
 #   ./setup.sh test  [pytest options]        install what is missing, start dockerd + swarm, mypy, run every test
 #   ./setup.sh docker                        start dockerd + swarm if they are not running (after a stop)
-#   ./setup.sh join MANAGER:PORT TOKEN [ADDRESS]
-#                                            on another machine: install Docker, start it, join the swarm as a
-#                                            worker advertising ADDRESS (default: this machine's address toward
-#                                            the manager); `disco nodes:add` prints this line with the token
+#   ./setup.sh join MANAGER:PORT TOKEN [ADDRESS] [--registry HOST:PORT CERTIFICATE]
+#                                            on another machine: install Docker, start it, trust the daemon's
+#                                            registry (its certificate, base64 DER), join the swarm as a worker
+#                                            advertising ADDRESS (default: this machine's address toward the
+#                                            manager); `disco nodes:add` prints this line with the token
 #
 # Every step checks before it acts, so running it again changes nothing that is already right.
 set -euo pipefail
@@ -15,7 +16,9 @@ set -euo pipefail
 # ${BASH_SOURCE[0]} is unset when the script comes on stdin (`disco nodes:add --ssh` sends it so).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)"
 VENV="$ROOT/.venv"
-DEBIAN_PACKAGES=(docker.io git openssh-client busybox-static caddy python3 python3-venv ca-certificates)
+# docker-registry: the image registry the daemon runs once the swarm has a second node.
+DEBIAN_PACKAGES=(docker.io git openssh-client busybox-static caddy docker-registry python3 python3-venv
+    ca-certificates)
 # Only for the tests: an RFC 8555 test CA, so HTTPS is proven against a real ACME server;
 # Debian's chromium, which Playwright drives headless to test the dashboard in a real browser; and
 # iproute2, whose `ip netns` and veth pairs make the multi-node tests' network (tests/multinode.py).
@@ -36,7 +39,8 @@ install_debian_packages() {
     if ((${#missing[@]})); then
         say "installing Debian packages: ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        # NEEDRESTART_MODE=l: needrestart would otherwise restart services, the running dockerd among them.
+        NEEDRESTART_MODE=l DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 }
 
@@ -86,6 +90,18 @@ start_swarm() {
     fi
 }
 
+# Trust the registry at $1 (HOST:PORT) with the certificate $2 (base64 of its DER), as every
+# Docker engine finds it: /etc/docker/certs.d/HOST:PORT/ca.crt.
+trust_registry() {
+    local address="$1" certificate="$2" folder="/etc/docker/certs.d/$1"
+    [[ "$certificate" =~ ^[A-Za-z0-9+/=]+$ ]] || { say "the registry's certificate is not base64: $certificate"; exit 2; }
+    mkdir -p "$folder"
+    { echo "-----BEGIN CERTIFICATE-----"; fold -w 64 <<<"$certificate"; echo "-----END CERTIFICATE-----"; } \
+        >"$folder/ca.crt.partial"
+    mv "$folder/ca.crt.partial" "$folder/ca.crt"
+    say "trusting the registry at $address"
+}
+
 # Join the swarm whose manager is at $1 (ADDRESS:PORT) with the token $2, advertising $3 or this
 # machine's address on its route to the manager (the one the manager's packets come back to).
 join_swarm() {
@@ -126,27 +142,37 @@ ensure_caddy_image() {
         return
     fi
     export DISCO_CADDY_IMAGE="$LOCAL_CADDY_IMAGE"
-    local version context library
-    version="$(dpkg-query -W -f='${Version}' caddy)"
-    if [[ "$("$DOCKER" image inspect -f '{{index .Config.Labels "disco.caddy-version"}}' "$LOCAL_CADDY_IMAGE" 2>/dev/null)" == "$version" ]]; then
+    image_from_debian_binary "$LOCAL_CADDY_IMAGE" caddy 'ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data' \
+        'CMD ["caddy", "run"]'
+}
+
+# The image of the daemon's own registry (hooks/registry.py), from Debian's docker-registry.
+ensure_registry_image() {
+    image_from_debian_binary disco-registry:debian docker-registry 'CMD ["docker-registry", "serve", "/etc/docker/registry/config.yml"]'
+}
+
+# IMAGE from the binary of the Debian package PACKAGE (/usr/bin/PACKAGE, dynamically linked: its
+# libraries come along) and the host's CA certificates; the rest of the arguments are Dockerfile
+# lines. Built again only when the package's version changed.
+image_from_debian_binary() {
+    local image="$1" package="$2" version context library
+    shift 2
+    version="$(dpkg-query -W -f='${Version}' "$package")"
+    if [[ "$("$DOCKER" image inspect -f '{{index .Config.Labels "disco.package-version"}}' "$image" 2>/dev/null)" == "$version" ]]; then
         return
     fi
-    say "building $LOCAL_CADDY_IMAGE from Debian's caddy $version (no registry reachable)"
+    say "building $image from Debian's $package $version"
     context="$(mktemp -d)"
     mkdir -p "$context/rootfs/usr/bin" "$context/rootfs/etc/ssl/certs" "$context/rootfs/tmp"
-    cp /usr/bin/caddy "$context/rootfs/usr/bin/caddy"
+    cp "/usr/bin/$package" "$context/rootfs/usr/bin/$package"
     cp /etc/ssl/certs/ca-certificates.crt "$context/rootfs/etc/ssl/certs/"
-    for library in $(ldd /usr/bin/caddy | grep -o '/[^ ]*'); do
+    for library in $(ldd "/usr/bin/$package" | grep -o '/[^ ]*'); do
         mkdir -p "$context/rootfs$(dirname "$library")"
         cp -L "$library" "$context/rootfs$library"
     done
-    printf '%s\n' \
-        'FROM scratch' \
-        'COPY rootfs/ /' \
-        'ENV PATH=/usr/bin XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data' \
-        "LABEL disco.caddy-version=\"$version\"" \
-        'CMD ["caddy", "run"]' >"$context/Dockerfile"
-    DOCKER_BUILDKIT=1 "$DOCKER" build -q -t "$LOCAL_CADDY_IMAGE" "$context" >/dev/null
+    printf '%s\n' 'FROM scratch' 'COPY rootfs/ /' 'ENV PATH=/usr/bin' "LABEL disco.package-version=\"$version\"" \
+        "$@" >"$context/Dockerfile"
+    DOCKER_BUILDKIT=1 "$DOCKER" build -q -t "$image" "$context" >/dev/null
     rm -rf "$context"
 }
 
@@ -160,6 +186,7 @@ setup() {
     start_dockerd
     start_swarm
     ensure_caddy_image
+    ensure_registry_image
 }
 
 case "${1:-}" in
@@ -186,13 +213,26 @@ docker)
 join)
     shift
     [[ $EUID -eq 0 ]] || { echo "setup.sh must run as root (it installs Docker and starts it)" >&2; exit 1; }
-    [[ $# -ge 2 && $# -le 3 ]] || { echo "usage: $0 join MANAGER:PORT TOKEN [ADDRESS]" >&2; exit 2; }
+    join_args=()
+    while (($#)); do
+        if [[ "$1" == "--registry" && $# -ge 3 ]]; then
+            registry_address="$2" registry_certificate="$3"
+            shift 3
+        else
+            join_args+=("$1")
+            shift
+        fi
+    done
+    [[ ${#join_args[@]} -ge 2 && ${#join_args[@]} -le 3 ]] || { echo "usage: $0 join MANAGER:PORT TOKEN [ADDRESS] [--registry HOST:PORT CERTIFICATE]" >&2; exit 2; }
     install_debian_packages "${JOIN_PACKAGES[@]}"
+    if [[ -n "${registry_address:-}" ]]; then
+        trust_registry "$registry_address" "$registry_certificate"  # also on a node that joined already
+    fi
     start_dockerd
-    join_swarm "$@"
+    join_swarm "${join_args[@]}"
     ;;
 *)
-    echo "usage: $0 serve [disco serve options] | test [pytest options] | docker | join MANAGER:PORT TOKEN [ADDRESS]" >&2
+    echo "usage: $0 serve [disco serve options] | test [pytest options] | docker | join MANAGER:PORT TOKEN [ADDRESS] [--registry HOST:PORT CERTIFICATE]" >&2
     exit 2
     ;;
 esac

@@ -581,11 +581,15 @@ async def list_nodes(ctx: Context) -> Response:
 
 
 @endpoint("POST", "/nodes/join", "The command that joins a new machine to the swarm as a worker, with the join "
-          "token (admins; audited); refused while the manager is on a loopback address", tag="nodes",
-          admin_only=True, responses={200: obj(None, command=STRING, manager=STRING, token=STRING)})
+          "token (admins; audited); refused while the manager is on a loopback address. The registry the new node "
+          "pulls images from must answer first: the daemon's own is made the first time, unless --registry names "
+          "one (registry_ca: its certificate, base64 DER, which the command has the new node trust)", tag="nodes",
+          admin_only=True, responses={200: obj(None, command=STRING, manager=STRING, token=STRING, registry=STRING,
+                                               registry_ca=STRING)})
 async def join_node(ctx: Context) -> Response:
     made = await run_in_threadpool(nodes.join_command, ctx.platform, ctx.user.name)
-    return ok({"command": made.command, "manager": made.manager, "token": made.token})
+    return ok({"command": made.command, "manager": made.manager, "token": made.token, "registry": made.registry,
+               "registry_ca": made.registry_ca})
 
 
 @endpoint("POST", "/nodes/{node}/labels", "Set and remove labels of a node (admins)", tag="nodes", admin_only=True,
@@ -604,8 +608,8 @@ async def label_node(ctx: Context) -> Response:
           "then `removed` (the node, and whether it was still up) or `error`", tag="nodes", admin_only=True,
           query={"force": BOOLEAN}, responses={200: SSE})
 async def remove_node(ctx: Context) -> Response:
-    node = await run_in_threadpool(nodes.removable, ctx.platform, ctx.param("node"))  # 404 or 409 before any change
     force = bool(ctx.query.get("force", False))
+    node = await run_in_threadpool(nodes.removable, ctx.platform, ctx.param("node"), force)  # 404/409 before any change
     user = ctx.user.name
 
     async def events() -> AsyncIterator[str]:

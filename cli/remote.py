@@ -513,7 +513,10 @@ def cmd_nodes_add(args: argparse.Namespace) -> int:
         raise ClientError(f"no setup.sh beside this disco command ({SETUP_SCRIPT}); copy setup.sh to the new machine "
                           f"and run there: {joining['command']}")
     # The arguments go in with the script on stdin: the token stays out of both machines' process lists.
-    script = shlex.join(["set", "--", "join", joining["manager"], joining["token"]]) + "\n" + SETUP_SCRIPT.read_text()
+    words = ["set", "--", "join", joining["manager"], joining["token"]]
+    if joining["registry_ca"]:
+        words += ["--registry", joining["registry"], joining["registry_ca"]]
+    script = shlex.join(words) + "\n" + SETUP_SCRIPT.read_text()
     print(f"joining {args.ssh} to the swarm at {joining['manager']} (setup.sh join, over ssh)", file=sys.stderr)
     result = subprocess.run(["ssh", "--", args.ssh, "bash", "-s"], input=script, text=True)
     if result.returncode != 0:

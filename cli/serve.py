@@ -24,14 +24,16 @@ from api.app import build_app
 from api.endpoints import ENDPOINTS
 from gitserver.repos import RepoRegistry
 from gitserver.server import GitServer
-from hooks import disks, sessions
+from hooks import disks, registry, sessions
 from hooks.dockerwatch import DockerWatch
+from hooks.errors import Refused
 from hooks.platform import Platform
 from hooks.scheduler import fast_clock
 from runtime.backup import BackupError, daily_backup
 from runtime.caddy import API_SOCKET_NAME, CaddyAdmin
-from runtime.docker_engine import Engine
+from runtime.docker_engine import DockerError, Engine
 from runtime.memory import give_back_freed_memory, leave_start_up_objects_out_of_collections
+from runtime.secretbox import SecretError
 from runtime.settings import Settings, ensure_layout, write_default_config
 from runtime.store import Store
 
@@ -124,6 +126,10 @@ def _start_proxy(platform: Platform, settings: Settings) -> None:
         log.error("%s", platform.router.proxy_error)
     else:
         log.info("proxy up on ports %d/%d", settings.http_port, settings.https_port)
+    try:
+        log.info("%s", registry.resume(settings, platform.store, platform.engine))
+    except (DockerError, Refused, SecretError, OSError) as err:
+        log.error("the registry: %s", err)
     give_back_freed_memory()  # what starting the proxy freed
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hooks import holds
+from hooks import holds, registry
 from hooks.engine import DeployEngine
 from hooks.images import Images, submodule_warnings
 from hooks.errors import DeployFailed
@@ -42,7 +42,8 @@ from runtime.appconfig import (
 from runtime.appsource import config_at
 from runtime.caddy import UPSTREAM_REFRESH_SECONDS, CaddyError
 from runtime.docker_engine import DockerError, DockerUnreachable, RunResult, ServiceSpec
-from runtime.docker_specs import TaskLimits, on_node, service_networks, task_limits
+from runtime.docker_specs import TaskLimits, placement, service_networks, task_limits, volume_label
+from runtime.registry import RegistryAccess
 from runtime.settings import Settings
 from runtime.store import WENT_LIVE, Deployment, DeploymentStatus, Store, StoreFull, now
 
@@ -83,6 +84,7 @@ class DeploymentRun:
         self.specs: list[ServiceSpec] = []
         self.applied: list[tuple[ServiceSpec, bool]] = []  # (spec, created) in the order started
         self.previous: Deployment | None = None  # what served before the switch
+        self.registry: RegistryAccess | None = None  # where the other nodes pull the images from, if any
         self.release_started = False
         self._app_config: AppConfig | None = None
 
@@ -91,6 +93,7 @@ class DeploymentRun:
         stages = [
             *([Stage("fetch", self.fetch)] if self.ticket.prepare is not None else []),
             Stage("build", self.build),
+            Stage("push", self.push, timed=False),  # timed by itself: only a swarm of several nodes has one
             Stage("plan", self.plan, timed=False),
             Stage("static", self.static_site, timed=False),  # timed by itself: only a static site has one
             Stage("release", self.release, timed=False),  # only a deployment with a release command has one
@@ -136,6 +139,19 @@ class DeploymentRun:
             tree = Path(tmp) / "tree"
             gitrepo.export_tree(self._repo(), d.commit_sha, tree)
             self.images = self._images.build(self._repo(), config, tree, Path(tmp) / "work")
+
+    def push(self) -> None:
+        """With more than one node, the images go to the registry the other nodes pull from."""
+        self.registry = registry.for_deploy(self.settings, self.store, self.engine)
+        if self.registry is None or not self.images:
+            return
+        started = time.monotonic()
+        self.out.line(f"pushing {len(self.images)} image(s) to the registry at {self.registry.address}, "
+                      "where every node pulls them from")
+        for tag in self.images.values():
+            self.engine.push(tag, self.registry, self.out.line)
+        self.timings["push"] = round(time.monotonic() - started, 3)
+        self.d = self._set(timings=json.dumps(self.timings))
 
     def static_site(self) -> None:
         """A static site's folder, complete in its own place before anything routes to it: out
@@ -190,16 +206,17 @@ class DeploymentRun:
         check_caps(config, self.settings.caps)
         if problem := published_port_problem(config, d.project, self.settings, scale, engine.host_ports):
             raise DeployFailed(problem)
-        here = engine.here_node_id()  # the images are only there until a registry carries them
+        here = engine.here_node_id()  # without a registry, the images are only there
         for service in config.running_services.values():
             image = self._image(service.image)
+            mounts = self._mounts(service)
             port = _port_of(service, engine.exposed_ports(image))
             service_env = self._env(service.name)
             if port is not None:
                 service_env["PORT"] = str(port)
             self.specs.append(ServiceSpec(
                 name=engine.service_name(d.project, service.name),
-                image=image,
+                image=self.registry.reference(image) if self.registry else image,
                 networks=service_networks(engine.network_name, engine.project_network_name(d.project), service.name,
                                           routed=service.is_web,
                                           internal_name=engine.internal_name(d.project, service.name)
@@ -211,12 +228,22 @@ class DeploymentRun:
                 port=port,
                 health_path=service.health,
                 health_timeout=service.health_timeout,
-                mounts=self._mounts(service),
+                mounts=mounts,
                 limits=task_limits(service.limits, self.settings),
                 health_command=shlex.split(service.health_command) if service.health_command else None,
                 publish=service.publish,
-                constraints=on_node(here),
+                constraints=placement(here, self.registry is not None, self._volume_nodes(service.name, mounts)),
             ))
+
+    def _volume_nodes(self, service: str, mounts: list[tuple[str, str]]) -> list[str]:
+        """The volumes a service keeps to the node of, with a registry (so it could run anywhere):
+        each volume's data stays on the node it was made on; the output says which."""
+        if self.registry is None or not mounts:
+            return []
+        volumes = [volume for volume, _ in mounts]
+        nodes = sorted({self.engine.label_volume_node(volume_label(volume)) for volume in volumes})
+        self.out.line(f"services.{service} runs on {' and '.join(nodes)}, where its volume data lives")
+        return volumes
 
     def release(self) -> None:
         """The release command (migrations, say): once, in the new image, before any new task
@@ -318,9 +345,12 @@ class DeploymentRun:
         ran = [x for x in self.store.list_deployments(self.d.project, limit=1000) if x.status in WENT_LIVE]
         kept_deployments = [*ran[: self.settings.keep_images], self.d]
         kept = {tag for x in kept_deployments for tag in (x.image, *x.image_tags.values())}  # as the records hold them
+        pushed_to = registry.pushed_to(self.settings, self.store)
         for tag in (tag for tags in self.engine.project_images(self.d.project).values() for tag in tags):
             if tag not in kept:
                 self.engine.remove_image(tag)
+                if pushed_to is not None:
+                    registry.forget(self.engine, pushed_to, tag, self.out.line)
         self.engine.remove_untagged_images(self.d.project)
         # The site that served until now stays until the next deploy (a request that began on
         # it ends there); a rollback copies its site again from the image it reuses.

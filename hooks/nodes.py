@@ -1,9 +1,8 @@
 """The swarm's nodes: listing them, the command that joins a new machine, their labels, and
 removing one without dropping what runs there. Every change is audited; `actor` names who asked.
 
-Images do not reach other nodes yet (a registry is issue 14's next step): until then a project's
-services run on this daemon's node only (hooks/deployment.py pins them), so other nodes run
-nothing of this instance's apps.
+A second node only joins once a registry can carry images to it (hooks/registry.py): the join
+command makes the daemon's own registry the first time, unless an external one was set.
 """
 
 from __future__ import annotations
@@ -14,14 +13,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from hooks import registry
 from hooks.errors import ErrorKind, Refused
 from hooks.platform import Platform
+from runtime.registry import RegistryAccess
 from runtime.swarm_nodes import JoinTarget, SwarmNode, TaskPlacement, left_on, short_of_replicas
 
 # Keys and values a placement constraint (`node.labels.KEY==VALUE`) can name without quoting.
 LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 LABEL_VALUE = re.compile(r"[A-Za-z0-9._:/@+-]{0,200}")
-RESERVED_LABELS = "disco."  # set by Disco itself (where a volume lives, in a later step)
+RESERVED_LABELS = "disco."  # set by Disco itself (where a volume lives, runtime/docker_specs.volume_label)
+VOLUME_LABELS = "disco.volume."
 REMOVE_TIMEOUT = 180.0  # seconds a removal waits for the node's tasks to run elsewhere
 REMOVE_POLL = 0.5
 Progress = Callable[[str], None]
@@ -36,6 +38,8 @@ class JoinCommand:
     command: str  # to run on the new machine, in a copy of this repository
     manager: str  # ADDRESS:PORT it joins
     token: str  # the swarm's worker join token (a secret: whoever has it can join a machine)
+    registry: str  # HOST:PORT the new node pulls images from
+    registry_ca: str  # base64 of the DER certificate the new node trusts it with ("": publicly trusted)
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Removed:
     was_up: bool  # it still answered: its engine keeps asking to rejoin until it leaves
 
 
-def join_command_for(target: JoinTarget, token: str) -> JoinCommand:
+def check_reachable(target: JoinTarget) -> None:
     """The rule: a machine can only join a manager it can reach, so never one on loopback."""
     if not target.host or target.is_loopback:
         raise NodeError(
@@ -54,13 +58,30 @@ def join_command_for(target: JoinTarget, token: str) -> JoinCommand:
             "--advertise-addr ADDRESS` on this server, then restart `disco serve` (it makes its proxy again) and "
             "deploy each project again (`disco deploy -p NAME`): volumes and images stay, swarm services do not",
             ErrorKind.CONFLICT)
-    command = shlex.join(["./setup.sh", "join", target.address, token])
-    return JoinCommand(command=command, manager=target.address, token=token)
+
+
+def join_command_for(target: JoinTarget, token: str, access: RegistryAccess) -> JoinCommand:
+    """`setup.sh join`, which also has the new node trust the registry's certificate."""
+    check_reachable(target)
+    words = ["./setup.sh", "join", target.address, token]
+    if access.ca_pem:
+        words += ["--registry", access.address, access.ca_base64]
+    return JoinCommand(command=shlex.join(words), manager=target.address, token=token, registry=access.address,
+                       registry_ca=access.ca_base64)
 
 
 def join_command(platform: Platform, actor: str) -> JoinCommand:
-    """The command that joins a new machine as a worker; audited, as it hands out the token."""
-    made = join_command_for(platform.engine.join_target(), platform.engine.worker_join_token())
+    """The command that joins a new machine as a worker; audited, as it hands out the token.
+    The registry the new node will pull from must answer first (made now if it is the daemon's
+    own and there is none yet): a node without one could run none of the apps."""
+    target = platform.engine.join_target()
+    check_reachable(target)
+    try:
+        access = registry.ensure(platform.settings, platform.store, platform.engine, target.host)
+    except registry.RegistryProblem as err:
+        raise NodeError(f"a second node cannot be added until a registry carries the images to it: {err}",
+                        ErrorKind.CONFLICT) from None
+    made = join_command_for(target, platform.engine.worker_join_token(), access)
     platform.store.audit(actor, "nodes:join-command", made.manager)
     return made
 
@@ -106,21 +127,27 @@ def label(platform: Platform, actor: str, name: str, set_labels: dict[str, str],
     return replace(node, labels=labels)
 
 
-def check_removable(node: SwarmNode) -> None:
+def check_removable(node: SwarmNode, force: bool = False) -> None:
     """The rule: the daemon's own node and any other manager stay (a manager leaves the Raft
-    quorum by being demoted first, which is a decision about the quorum, not a removal)."""
+    quorum by being demoted first, which is a decision about the quorum, not a removal); a node
+    holding a volume's data stays unless forced (the services pinned to it would have none)."""
     if node.here:
         raise NodeError(f"{node.name} is the node this server runs on (its manager): it cannot be removed",
                         ErrorKind.CONFLICT)
     if node.role == "manager":
         raise NodeError(f"{node.name} is a manager: demote it first (`docker node demote {node.id}` on a "
                         "manager), then remove it", ErrorKind.CONFLICT)
+    volumes = sorted(key.removeprefix(VOLUME_LABELS) for key in node.labels if key.startswith(VOLUME_LABELS))
+    if volumes and not force:
+        raise NodeError(f"{node.name} holds the data of volume(s) {', '.join(volumes)}, and the services using them "
+                        "run there only: add --force to remove it anyway (their data stays on that machine)",
+                        ErrorKind.CONFLICT)
 
 
-def removable(platform: Platform, name: str) -> SwarmNode:
+def removable(platform: Platform, name: str, force: bool = False) -> SwarmNode:
     """The node to remove, refused before anything changes if it may not be."""
     node = find(listing(platform), name)
-    check_removable(node)
+    check_removable(node, force)
     return node
 
 
@@ -132,7 +159,7 @@ def remove(platform: Platform, actor: str, node: SwarmNode, force: bool, on_prog
     A node whose tasks do not move within `timeout` (a service that cannot run anywhere else) is
     left drained and the removal refused, saying what is still there; `force` removes it anyway.
     """
-    check_removable(node)
+    check_removable(node, force)
     engine = platform.engine
     before = left_on(node, engine.instance_tasks())
     moving = {task.service for task in before if task.desired == "running"}

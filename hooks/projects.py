@@ -4,9 +4,11 @@ each checks its input and audits."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 
+from hooks import registry
 from hooks.errors import Refused
 from hooks.platform import Platform
 from hooks.policy import check_project_name
@@ -14,10 +16,13 @@ from runtime import gitrepo, staticsites
 from runtime.appconfig import AppConfigError
 from runtime.appsource import config_at
 from runtime.docker_engine import DockerError
+from runtime.docker_specs import volume_label
 from runtime.store import ACTIVE_STATUSES, Deployment, DeploymentStatus, Store, StoreError
 
 # A host name: dot-separated DNS labels, at least two, no trailing dot.
 DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+log = logging.getLogger("disco.projects")
 
 
 def create_project(platform: Platform, user: str, name: str) -> dict:
@@ -79,12 +84,16 @@ def _remove_docker_objects(platform: Platform, name: str, volumes: bool) -> list
                 removed.append(f"{role} containers")
         if (network := engine.remove_project_network(name)) is not None:  # once nothing is on it
             removed.append(f"network {network}")
+        pushed_to = registry.pushed_to(platform.settings, platform.store)
         for tag in (tag for tags in engine.project_images(name).values() for tag in tags):
             engine.remove_image(tag)
+            if pushed_to is not None:
+                registry.forget(engine, pushed_to, tag, log.warning)
             removed.append(f"image {tag}")
         if volumes:
             for volume in engine.project_volumes(name):
                 engine.remove_volume(volume)
+                engine.unlabel_volume_node(volume_label(volume))
                 removed.append(f"volume {volume}")
     except DockerError as err:
         raise Refused(f"could not remove {name}'s Docker objects: {err}", "conflict") from None

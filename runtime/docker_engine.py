@@ -49,9 +49,11 @@ from runtime.docker_specs import (
     instance_labels,
     oneoff_container,
     proxy_service,
+    registry_service,
     swarm_service,
 )
 from runtime.dockerfile import ImageOwner
+from runtime.registry import RegistryAccess
 from runtime.swarm_nodes import (
     JoinTarget,
     SwarmNode,
@@ -753,6 +755,9 @@ class Engine:
         its proxy ("" when that engine is in no swarm)."""
         return str((self.client.info().get("Swarm") or {}).get("NodeID") or "")
 
+    def node_count(self) -> int:
+        return len(self.client.api.nodes())
+
     def nodes(self) -> list[SwarmNode]:
         """Every node of the swarm (this daemon's first), each with how many tasks of this
         instance's services run on it."""
@@ -895,6 +900,79 @@ class Engine:
         except docker.errors.APIError as err:
             raise DockerError(f"could not start the Caddy proxy service: {err.explanation or err}") from None
         return restarts
+
+    # -- the registry ----------------------------------------------------------------------
+
+    @property
+    def registry_name(self) -> str:
+        return names.join(self.instance, "registry")
+
+    def ensure_registry(self, image: str, config_dir: Path, port: int) -> bool:
+        """Create or fix the daemon's own registry service, on this daemon's node; True if it was
+        (re)started (only when its settings changed)."""
+        parts = registry_service(self.instance, image, config_dir, port, self.here_node_id())
+        current = self._find_service(self.registry_name)
+        if current is not None and (current.attrs["Spec"].get("Labels") or {}).get("disco.spec") == \
+                parts["labels"]["disco.spec"]:
+            return False
+        try:
+            if current is None:
+                self.client.api.create_service(name=self.registry_name, **parts)
+            else:
+                current.reload()
+                self.client.api.update_service(current.id, current.version, name=self.registry_name, **parts)
+        except docker.errors.APIError as err:
+            raise DockerError(f"could not start the registry service: {err.explanation or err}") from None
+        return True
+
+    def log_in(self, access: RegistryAccess, fresh: bool = False) -> None:
+        """Log this engine in to the registry: pushes, and the services made after, carry the
+        credentials (swarm hands them to each node that pulls). docker-py asks the registry
+        once and then answers from memory, unless `fresh`."""
+        try:
+            self.client.login(access.username, access.password, registry=access.address, reauth=fresh)
+        except docker.errors.APIError as err:
+            raise DockerError(f"cannot log in to the registry at {access.address}: "
+                              f"{(err.explanation or str(err)).strip()}") from None
+
+    def push(self, tag: str, access: RegistryAccess, on_line: OutputLine) -> str:
+        """Push a local image to the registry, saying each layer once as it is pushed (or found
+        there already); its reference there."""
+        reference = access.reference(tag)
+        repository, _, version = reference.rpartition(":")
+        self.log_in(access)
+        try:
+            self.client.images.get(tag).tag(repository, version)
+            said: set[tuple[str, str]] = set()
+            for event in self.client.api.push(repository, version, stream=True, decode=True):
+                if event.get("error"):
+                    raise DockerError(f"could not push {tag} to {access.address}: {event['error']}")
+                layer, status = str(event.get("id", "")), str(event.get("status", ""))
+                if layer and status in ("Pushed", "Layer already exists", "Mounted from") \
+                        and (layer, status) not in said:
+                    said.add((layer, status))
+                    on_line(f"push {layer}: {status.lower()}")
+        except docker.errors.ImageNotFound:
+            raise DockerError(f"image {tag} is no longer kept") from None
+        except docker.errors.APIError as err:
+            raise DockerError(f"could not push {tag} to {access.address}: {err.explanation or err}") from None
+        return reference
+
+    def unlabel_volume_node(self, label: str) -> None:
+        """The volume is gone: no node holds its data any more."""
+        for node in self.client.api.nodes():
+            if label in ((node.get("Spec") or {}).get("Labels") or {}):
+                self.relabel_node(node["ID"], {}, [label])
+
+    def label_volume_node(self, label: str) -> str:
+        """The name of the node that carries `label` (true); this daemon's node gets it when none
+        does: the engine there made the volume, so its data starts there."""
+        for node in self.client.api.nodes():
+            if ((node.get("Spec") or {}).get("Labels") or {}).get(label) == "true":
+                return str((node.get("Description") or {}).get("Hostname") or node["ID"])
+        here = self.here_node_id()
+        self.relabel_node(here, {label: "true"}, [])
+        return str((self.client.api.inspect_node(here).get("Description") or {}).get("Hostname") or here)
 
     def _remove_renamed_proxy(self) -> None:
         """An instance with a '-' in its name had its proxy under the old name: it holds the host

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.appconfig import Limits, PublishedPort, memory_bytes
+from runtime.registry import CONTAINER_DIR as REGISTRY_CONTAINER_DIR
+from runtime.registry import CONTAINER_PORT as REGISTRY_CONTAINER_PORT
+from runtime.registry import STORAGE_DIR as REGISTRY_STORAGE_DIR
 from runtime.settings import Settings
 
 # docker-py ships no type hints; these are plain dict builders, no client.
@@ -144,10 +147,9 @@ def task_limits(wanted: Limits, settings: Settings) -> TaskLimits:
 
 
 def on_node(node_id: str) -> tuple[str, ...]:
-    """The placement constraint that keeps tasks on one node: the proxy on the daemon's (its
-    run dir and the host ports DNS points at are there), and, until images reach other nodes
-    through a registry, every project service too (its image exists only where it was built:
-    elsewhere the task would fail to start)."""
+    """The placement constraint that keeps tasks on one node: the proxy and the registry on the
+    daemon's (their files and the host ports DNS points at are there), and, while no registry
+    carries images to other nodes, every project service too (see placement)."""
     return (f"node.id=={node_id}",) if node_id else ()
 
 
@@ -322,3 +324,49 @@ def build_command(context: Path, dockerfile: Path, tag: str, args: dict[str, str
         command += ["--build-arg", f"{key}={value}"]
     command.append(str(context))
     return command
+
+
+def registry_service(instance: str, image: str, config_dir: Path, port: int, node_id: str) -> ServiceKwargs:
+    """The daemon's own image registry (runtime/registry.py): on the daemon's node, where its
+    config and key pair are (`config_dir`, mounted read-only) and its volume holds the images,
+    serving HTTPS on the host's `port` (host mode: every node pulls from the manager's address).
+    Its `disco.spec` label fingerprints the settings, as the proxy's does."""
+    wanted = {"image": image, "config_dir": str(config_dir), "port": port}
+    fingerprint = hashlib.sha256(repr(sorted(wanted.items())).encode()).hexdigest()[:16]
+    labels = instance_labels(instance, role="registry", spec=fingerprint)
+    container = ContainerSpec(
+        image=image,
+        args=["docker-registry", "serve", f"{REGISTRY_CONTAINER_DIR}/config.yml"],
+        mounts=[
+            Mount(target=REGISTRY_CONTAINER_DIR, source=str(config_dir), type="bind", read_only=True),
+            Mount(target=REGISTRY_STORAGE_DIR, source=f"{instance}-registry-data", type="volume"),
+        ],
+        labels=labels,
+    )
+    return {
+        "task_template": TaskTemplate(
+            container_spec=container,
+            restart_policy=RestartPolicy(condition="any", delay=1 * SECOND),
+            placement=Placement(constraints=list(on_node(node_id))) if node_id else None,
+        ),
+        "labels": labels,
+        "mode": ServiceMode("replicated", replicas=1),
+        "update_config": UpdateConfig(parallelism=1, order="stop-first", failure_action="pause"),
+        "endpoint_spec": EndpointSpec(mode="dnsrr", ports=[
+            {"Protocol": "tcp", "PublishedPort": port, "TargetPort": REGISTRY_CONTAINER_PORT, "PublishMode": "host"},
+        ]),
+    }
+
+
+def volume_label(volume: str) -> str:
+    """The node label that says a volume's data lives on that node (set by the daemon)."""
+    return f"disco.volume.{volume}"
+
+
+def placement(node_id: str, registry: bool, volumes: list[str]) -> tuple[str, ...]:
+    """Where a project service's tasks may run. Without a registry its image is only on the
+    daemon's node, so there; with one, anywhere, except that a service with volumes stays on
+    the node its volumes' data lives on (each volume's label, runtime/docker_specs.volume_label)."""
+    if not registry:
+        return on_node(node_id)
+    return tuple(f"node.labels.{volume_label(volume)}==true" for volume in volumes)

@@ -54,6 +54,15 @@ class Settings:
                                   "https://HOST/api/v3)")
     keep_images: int = setting(5, "images kept per project for rollback (the live one included)")
     listen: str = setting("", "address the SSH server binds (empty: all)", "all")
+    # More than one node (issue 14): the registry that carries images to the others.
+    registry: str = setting("", "HOST:PORT of an external image registry for a swarm of several nodes (empty: the "
+                            "daemon runs its own on this node when a second node is added)", "the daemon's own")
+    registry_user: str = setting("", "user name on that external registry", "none")
+    registry_password_file: str = setting("", "file holding the password of that user (kept out of the command "
+                                          "line and the environment)", "none")
+    registry_port: int = setting(5000, "host port of the daemon's own registry (the other nodes pull from it)")
+    registry_image: str = setting("disco-registry:debian", "Docker image of the daemon's own registry (setup.sh "
+                                  "builds it from Debian's docker-registry)")
     # What one user or project may cost the server (issue: one project cannot hurt another).
     max_object_size: int = setting(512 << 20, "largest git object a push may hold, inflated, in bytes", "512 MiB")
     max_push_inflated_size: int = setting(2 << 30, "largest total of a push's objects, inflated, in bytes", "2 GiB")

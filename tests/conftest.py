@@ -249,8 +249,9 @@ class Poller:
     which resets some idle keep-alive connections) must not fail either.
     """
 
-    def __init__(self, disco: Disco, host: str = "myapp.localhost", keep_alive: bool = True) -> None:
-        self.disco, self.host, self.keep_alive = disco, host, keep_alive
+    def __init__(self, disco: Disco, host: str = "myapp.localhost", keep_alive: bool = True,
+                 address: str = "127.0.0.1") -> None:
+        self.disco, self.host, self.keep_alive, self.address = disco, host, keep_alive, address
         self.bodies: list[str] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -261,7 +262,7 @@ class Poller:
         with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=kept)) as client:
             while not self._stop.is_set():
                 try:
-                    response = client.get(f"http://127.0.0.1:{self.disco.http_port}/", headers={"Host": self.host})
+                    response = client.get(f"http://{self.address}:{self.disco.http_port}/", headers={"Host": self.host})
                     if response.status_code == 200:
                         self.bodies.append(response.text)
                     else:

@@ -70,6 +70,15 @@ class FakeEngine:
     def here_node_id(self) -> str:
         return "fake-node"
 
+    def node_count(self) -> int:
+        return 1  # one node: nothing is pushed (the registry is tested on real engines, test_multinode.py)
+
+    def push(self, tag: str, access: object, on_line: object) -> str:
+        raise AssertionError("a swarm of one node pushes nothing")
+
+    def label_volume_node(self, label: str) -> str:
+        raise AssertionError("a swarm of one node pins no volume")
+
     def reachable(self) -> bool:
         if self._unreachable_pings:
             self._unreachable_pings -= 1

@@ -125,7 +125,6 @@ class Engine:
             "containerd-namespace": self.netns, "containerd-plugins-namespace": f"{self.netns}-plugins",
             "deprecated-key-path": str(self.dir / "key.json"),
             "bip": f"172.30.{self.index}.1/24", "storage-driver": "overlay2",
-            "insecure-registries": [f"{SUBNET}.1:5000"],  # where the registry of the next step will listen
         }
 
     def plug_in(self) -> None:

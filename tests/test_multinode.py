@@ -1,21 +1,20 @@
-"""More than one server (issue 14, first step): the swarm's nodes through the daemon, on a real
-swarm of several Docker engines on this machine (tests/multinode.py: each dockerd in a network
-namespace of its own, apart from the host's dockerd and swarm).
+"""More than one server (issue 14): the swarm's nodes through the daemon, images carried to them
+by the daemon's own registry, services spread over them, volumes kept with their data, and a
+node that fails; on a real swarm of several Docker engines on this machine (tests/multinode.py:
+each dockerd in a network namespace of its own, apart from the host's dockerd and swarm).
 
 One rig and one daemon for the whole module (its tests run in order and build on each other):
 the daemon is pointed at the rig's manager with DOCKER_HOST, so it builds, runs its proxy and
-deploys there; Caddy answers on the manager's address, 10.250.0.2.
-
-What does not run here yet, because it is the next step: images reaching other nodes through a
-registry. Until then the daemon pins every project service to its own node (so a deploy never
-lands a task where its image is missing), and the test stands in for a spread project service
-with a service it makes itself, of an image it copies to every engine.
+its registry and deploys there; Caddy answers on the manager's address, 10.250.0.2. The rig's
+engines share this machine's /etc/docker/certs.d, so each trusts the registry's certificate
+once the daemon (or setup.sh join) wrote it there.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import stat
 import subprocess
 import time
@@ -26,12 +25,30 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apps import web_app
-from conftest import CADDY_IMAGE, DISCO, Disco, Key, laptop_cli, require_docker, run, shared_disco, wait_for
-from multinode import BUSYBOX_IMAGE, Rig, import_busybox
+from apps import BASE, new_version, shell_cmd, web_app
+from conftest import (
+    CADDY_IMAGE,
+    DISCO,
+    Disco,
+    Key,
+    Poller,
+    laptop_cli,
+    require_docker,
+    run,
+    shared_disco,
+    wait_for,
+)
+from multinode import Engine, Rig
+from runtime import names
 
 PROJECT = "spread"
 HOST = f"{PROJECT}.localhost"
+REGISTRY = "10.250.0.2:5000"  # the daemon's own, on the manager's address
+TRUST_FILE = Path(f"/etc/docker/certs.d/{REGISTRY}/ca.crt")
+REGISTRY_IMAGE = "disco-registry:debian"  # setup.sh builds it from Debian's docker-registry
+# Each task writes its container's hostname (its ID) to /www/who at start: which task answered.
+WHO_AM_I = [*BASE, "COPY www /www", "EXPOSE 8000",
+            shell_cmd("/bin/busybox hostname > /www/who && exec /bin/busybox httpd -f -p 8000 -h /www")]
 
 
 @dataclass
@@ -48,10 +65,30 @@ class Cluster:
         assert response.status_code == 200, response.text
         return {node["name"]: node for node in response.json()}
 
-    def through_caddy(self, host: str = HOST) -> httpx.Response:
+    def through_caddy(self, host: str = HOST, path: str = "/") -> httpx.Response:
         """A request to Caddy, which listens on the manager's address (in its namespace)."""
-        return httpx.get(f"http://{self.rig.manager.address}:{self.disco.http_port}/", headers={"Host": host},
+        return httpx.get(f"http://{self.rig.manager.address}:{self.disco.http_port}{path}", headers={"Host": host},
                          timeout=10)
+
+    def service(self, project: str, name: str = "web") -> str:
+        return names.dns_label(names.join(self.disco.instance, project, name))
+
+    def push(self, repo: Path, project: str = PROJECT) -> subprocess.CompletedProcess:
+        pushed = self.disco.git(self.key, "push", self.disco.url(project), "main", cwd=repo, timeout=300)
+        assert pushed.returncode == 0, pushed.stderr
+        return pushed
+
+    def tasks_on(self, engine: Engine, service: str) -> list[str]:
+        """The IDs (12 characters: their hostnames) of the service's running containers on that engine."""
+        listed = engine.docker("ps", "--filter", f"label=com.docker.swarm.service.name={service}",
+                               "--format", "{{.ID}}")
+        return listed.stdout.split()
+
+    def running_where(self, service: str) -> list[str]:
+        """The node of each running task of the service, sorted."""
+        listed = self.rig.manager.docker("service", "ps", service, "--filter", "desired-state=running",
+                                         "--format", "{{.Node}} {{.CurrentState}}").stdout.splitlines()
+        return sorted(line.split()[0] for line in listed if line.split()[1:2] == ["Running"])
 
 
 def require_root() -> None:
@@ -70,13 +107,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     rig = Rig()
     try:  # taken down whatever happens, a failed test included (and a killed run's by the next up())
         rig.up()
-        rig.load_image(CADDY_IMAGE, rig.manager)  # setup.sh's image, where no registry is reachable
+        for image in (CADDY_IMAGE, REGISTRY_IMAGE):  # setup.sh's images, where Docker Hub is not reachable
+            rig.load_image(image, rig.manager)
         for disco, key in shared_disco(workdir, extra_env={"DOCKER_HOST": rig.manager.docker_host}):
             disco.wait_for_proxy()
             home = workdir / "laptop"
             yield Cluster(rig, disco, key, laptop_cli(disco, home), home)
     finally:
         rig.down()
+        TRUST_FILE.unlink(missing_ok=True)
+        if TRUST_FILE.parent.is_dir():
+            TRUST_FILE.parent.rmdir()
 
 
 def test_disco_nodes_lists_the_manager_and_the_worker(cluster: Cluster):
@@ -99,11 +140,26 @@ def test_disco_nodes_lists_the_manager_and_the_worker(cluster: Cluster):
     assert lines[2].split() == ["mn2", "10.250.0.3", "worker", "active", "ready", "0", "-"]
 
 
-def test_nodes_add_prints_the_join_command_and_its_token_joins_a_third_machine(cluster: Cluster):
+def test_nodes_add_makes_the_registry_and_prints_the_join_command_whose_token_joins_a_third_machine(
+        cluster: Cluster):
     shown = cluster.cli("nodes:add")
     assert shown.returncode == 0, shown.stderr
     token = cluster.rig.join_token()
-    assert f"./setup.sh join 10.250.0.2:2377 {token}" in shown.stdout
+    joining = cluster.disco.api("POST", "/nodes/join").json()
+    assert joining["registry"] == REGISTRY and joining["registry_ca"]
+    assert f"./setup.sh join 10.250.0.2:2377 {token} --registry {REGISTRY} {joining['registry_ca']}" in shown.stdout
+
+    # The registry runs on the manager, over TLS with the certificate the daemon made and trusts,
+    # and lets nobody in without the password (kept sealed, as a bcrypt hash in its htpasswd).
+    assert TRUST_FILE.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    anonymous = httpx.get(f"https://{REGISTRY}/v2/", verify=ssl.create_default_context(cafile=TRUST_FILE), timeout=10)
+    assert anonymous.status_code == 401
+    own = cluster.disco.data_dir / "registry"
+    assert (own / "htpasswd").read_text().startswith("disco:$2b$")
+    assert (own / "password").read_text().startswith("enc:v1:")  # sealed (runtime/secretbox.py)
+    assert stat.S_IMODE((own / "key.pem").stat().st_mode) == 0o600
+    assert cluster.rig.manager.docker("service", "ps", f"{cluster.disco.instance}-registry", "--format",
+                                      "{{.Node}}").stdout.split()[0] == "mn1"
     assert "2377/tcp, 7946/tcp and udp, 4789/udp" in shown.stdout and "keep it secret" in shown.stderr
     audited = cluster.disco.api("GET", "/audit", limit=5).json()
     assert any(entry["action"] == "nodes:join-command" and entry["target"] == "10.250.0.2:2377" for entry in audited)
@@ -125,6 +181,7 @@ def test_nodes_add_prints_the_join_command_and_its_token_joins_a_third_machine(c
     joined = run([DISCO, "nodes:add", "--ssh", "root@mn3"], cwd=cluster.home, env=env, timeout=180)
     assert joined.returncode == 0, joined.stdout + joined.stderr
     assert (fake / "host").read_text().strip() == "root@mn3"
+    assert f"trusting the registry at {REGISTRY}" in joined.stderr
     assert "joining the swarm at 10.250.0.2:2377 as 10.250.0.4" in joined.stderr
     assert token not in (fake / "host").read_text()  # the token went on stdin, not on a command line
     third_node = wait_for("mn3 ready in disco nodes", lambda: cluster.nodes().get("mn3", {}).get("state") == "ready"
@@ -167,28 +224,96 @@ def test_labels_are_set_and_removed_and_shown(cluster: Cluster):
     assert cluster.disco.api("GET", "/audit", limit=3).json()[0]["action"] == "nodes:label"
 
 
-def test_a_deploy_runs_on_the_daemons_node_until_images_reach_the_others(cluster: Cluster, tmp_path: Path):
-    repo = web_app(tmp_path / "app", "v1\n", **{"disco.toml": "[services.web]\nreplicas = 2\n"})
-    pushed = cluster.disco.git(cluster.key, "push", cluster.disco.url(PROJECT), "main", cwd=repo, timeout=300)
-    assert pushed.returncode == 0, pushed.stderr
+def test_a_deploy_pushes_its_image_and_its_replicas_answer_from_both_nodes(cluster: Cluster, tmp_path: Path):
+    repo = web_app(tmp_path / "app", "v1\n", WHO_AM_I, **{"disco.toml": "[services.web]\nreplicas = 2\n"})
+    pushed = cluster.push(repo)
+    assert f"pushing 1 image(s) to the registry at {REGISTRY}, where every node pulls them from" in pushed.stderr
+    assert "push " in pushed.stderr and ": pushed" in pushed.stderr  # each layer, as it goes
     assert cluster.through_caddy().text == "v1\n"
-    nodes = cluster.nodes()
-    assert (nodes["mn1"]["tasks"], nodes["mn2"]["tasks"]) == (3, 0)  # both replicas and the proxy
+
+    web = cluster.service(PROJECT)
+    assert cluster.running_where(web) == ["mn1", "mn2"]  # spread: one task on each node
+    # Caddy on the manager reaches both over the overlay network: each answers with its hostname.
+    on_manager, on_worker = cluster.tasks_on(cluster.rig.manager, web), cluster.tasks_on(cluster.rig.worker, web)
+    assert len(on_manager) == len(on_worker) == 1
+    seen: set[str] = set()
+    wait_for("answers from both tasks", lambda: seen.add(cluster.through_caddy(path="/who").text.strip())
+             or seen >= {on_manager[0], on_worker[0]}, timeout=30, every=0.05)
+
+    # The worker pulled the image from the registry with the credentials swarm handed it; without
+    # them the registry refuses.
+    image = cluster.rig.manager.docker("service", "inspect", web, "--format",
+                                       "{{.Spec.TaskTemplate.ContainerSpec.Image}}").stdout.strip()
+    assert image.startswith(f"{REGISTRY}/")
+    assert cluster.rig.worker.docker("image", "inspect", image, check=False).returncode == 0
+    refused = cluster.rig.worker.docker("pull", image, check=False)
+    assert refused.returncode != 0 and "no basic auth credentials" in refused.stderr, refused.stderr
+
+
+def test_a_deploy_across_both_nodes_drops_no_request(cluster: Cluster, tmp_path: Path):
+    repo = tmp_path / "app"
+    run(["git", "clone", "-q", str(cluster.disco.repo_dir(PROJECT)), str(repo)], check=True)
+    new_version(repo, "v2\n", WHO_AM_I, **{"disco.toml": "[services.web]\nreplicas = 2\n"})
+    with Poller(cluster.disco, HOST, address=cluster.rig.manager.address) as poller:
+        wait_for("the poller's first answers", lambda: len(poller.bodies) >= 5)
+        cluster.push(repo)
+        wait_for("v2 answering", lambda: poller.bodies[-1] == "v2\n", timeout=30)
+    assert poller.errors == [], poller.errors[:5]
+    assert set(poller.bodies) == {"v1\n", "v2\n"}
+    # Where the new tasks run is swarm's choice: a rolling update does not spread them
+    # (moby/moby#34414), so both may land on one node until a scale or a failure moves them.
+    assert len(cluster.running_where(cluster.service(PROJECT))) == 2
+
+
+def test_a_service_with_a_volume_stays_on_the_node_that_holds_its_data(cluster: Cluster, tmp_path: Path):
+    toml = '[services.web]\nreplicas = 1\nvolumes = ["data:/data"]\n'
+    # It counts its starts in the volume, and serves the count: the data is there after a deploy.
+    counting = [*BASE, "COPY www /www", "EXPOSE 8000", shell_cmd(
+        "echo x >> /data/starts && /bin/busybox wc -l < /data/starts > /www/index.html && "
+        "exec /bin/busybox httpd -f -p 8000 -h /www")]
+    repo = web_app(tmp_path / "app", "unused\n", counting, **{"disco.toml": toml})
+    pushed = cluster.push(repo, "keeper")
+    assert "services.web runs on mn1, where its volume data lives" in pushed.stderr
+    volume = names.join(cluster.disco.instance, "keeper", "data")
+    assert cluster.nodes()["mn1"]["labels"][f"disco.volume.{volume}"] == "true"
+    assert cluster.through_caddy("keeper.localhost").text.strip() == "1"
+
+    new_version(repo, "still unused\n", counting, **{"disco.toml": toml + "# again\n"})
+    cluster.push(repo, "keeper")
+    web = cluster.service("keeper")
+    assert cluster.running_where(web) == ["mn1"]
+    assert cluster.through_caddy("keeper.localhost").text.strip() == "2"  # the same volume, on the same node
+    constraints = cluster.rig.manager.docker("service", "inspect", web, "--format",
+                                             "{{json .Spec.TaskTemplate.Placement.Constraints}}").stdout
+    assert json.loads(constraints) == [f"node.labels.disco.volume.{volume}==true"]
+
+
+def test_scale_puts_tasks_on_every_active_node(cluster: Cluster):
+    scaled = cluster.cli("scale:set", "web=4", "-p", PROJECT)
+    assert scaled.returncode == 0, scaled.stderr
+    web = cluster.service(PROJECT)
+    wait_for("4 tasks on both nodes", lambda: cluster.running_where(web) == ["mn1", "mn1", "mn2", "mn2"], timeout=90)
+
+
+def test_when_the_workers_engine_stops_its_tasks_run_on_the_manager_and_traffic_follows(cluster: Cluster):
+    rig, web = cluster.rig, cluster.service(PROJECT)
+    assert cluster.running_where(web) == ["mn1", "mn1", "mn2", "mn2"]
+    rig.stop_engine(rig.worker)
+    wait_for("mn2 down in disco nodes", lambda: cluster.nodes()["mn2"]["state"] == "down", timeout=90)
+    wait_for("all tasks running on the manager", lambda: cluster.running_where(web) == ["mn1"] * 4, timeout=90)
+    with Poller(cluster.disco, HOST, address=rig.manager.address) as poller:
+        wait_for("20 answers", lambda: len(poller.bodies) >= 20, timeout=30)
+    assert poller.errors == [] and set(poller.bodies) == {"v2\n"}  # the route follows the moved tasks
+
+    rig.start_engine(rig.worker)  # it rejoins by itself
+    wait_for("mn2 ready again", lambda: cluster.nodes()["mn2"]["state"] == "ready", timeout=90)
 
 
 def test_nodes_remove_drains_the_worker_its_tasks_move_and_it_leaves_the_list(cluster: Cluster):
-    rig = cluster.rig
-    # What a project service spread over both nodes will be once images travel: a service of
-    # this instance, replicas 2, of an image both engines have. Swarm spreads it: one task each.
-    for engine in rig.engines[:2]:
-        import_busybox(engine)
-    service = f"{cluster.disco.instance}-stand-in"
-    rig.manager.docker("service", "create", "--detach", "--name", service, "--replicas", "2", "--no-resolve-image",
-                       "--label", f"disco.instance={cluster.disco.instance}", BUSYBOX_IMAGE,
-                       "/bin/busybox", "sleep", "3600")
-    wait_for("a task on each node", lambda: (cluster.nodes()["mn2"]["tasks"], cluster.nodes()["mn1"]["tasks"]) == (1, 4),
-             timeout=90)
-
+    rig, service = cluster.rig, cluster.service(PROJECT)
+    # Swarm left every task on the manager when the worker came back: two more go to the worker.
+    assert cluster.cli("scale:set", "web=6", "-p", PROJECT).returncode == 0
+    wait_for("2 tasks on the worker", lambda: cluster.running_where(service) == ["mn1"] * 4 + ["mn2"] * 2, timeout=90)
     started = time.monotonic()
     removed = cluster.cli("nodes:remove", "mn2")
     assert removed.returncode == 0, removed.stdout + removed.stderr
@@ -200,13 +325,8 @@ def test_nodes_remove_drains_the_worker_its_tasks_move_and_it_leaves_the_list(cl
 
     assert list(cluster.nodes()) == ["mn1"]
 
-    def both_running_on_the_manager() -> bool:  # the moved task may still be starting there
-        running = rig.manager.docker("service", "ps", service, "--filter", "desired-state=running",
-                                     "--format", "{{.Node}} {{.CurrentState}}").stdout.split("\n")
-        return [line.split()[:2] for line in running if line] == [["mn1", "Running"], ["mn1", "Running"]]
-
-    wait_for("both tasks running on the manager", both_running_on_the_manager, timeout=60)
-    assert cluster.through_caddy().text == "v1\n"  # the app served throughout on the manager
+    wait_for("all 6 tasks running on the manager", lambda: cluster.running_where(service) == ["mn1"] * 6, timeout=60)
+    assert cluster.through_caddy().text == "v2\n"  # the app served throughout on the manager
 
 
 def test_the_daemons_own_node_is_not_removed(cluster: Cluster):

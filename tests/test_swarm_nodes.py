@@ -9,6 +9,7 @@ import pytest
 
 from hooks.errors import ErrorKind
 from hooks.nodes import NodeError, check_labels, check_removable, find, join_command_for
+from runtime.registry import RegistryAccess, self_signed_certificate
 from runtime.swarm_nodes import (
     JoinTarget,
     SwarmNode,
@@ -101,16 +102,32 @@ def test_addresses_other_machines_may_reach(host: str):
     assert not is_loopback(host)
 
 
+EXTERNAL = RegistryAccess("registry.example.com:443", "ci", "secret")
+
+
 def test_the_join_command_names_the_manager_and_the_token():
-    made = join_command_for(JoinTarget("10.250.0.2", 2377), "SWMTKN-1-abc-def")
-    assert made.command == "./setup.sh join 10.250.0.2:2377 SWMTKN-1-abc-def"
-    assert (made.manager, made.token) == ("10.250.0.2:2377", "SWMTKN-1-abc-def")
+    made = join_command_for(JoinTarget("10.250.0.2", 2377), "SWMTKN-1-abc-def", EXTERNAL)
+    assert made.command == "./setup.sh join 10.250.0.2:2377 SWMTKN-1-abc-def"  # a public certificate: no trust step
+    assert (made.manager, made.token, made.registry, made.registry_ca) == \
+        ("10.250.0.2:2377", "SWMTKN-1-abc-def", "registry.example.com:443", "")
+
+
+def test_the_join_command_has_the_new_node_trust_the_daemons_own_registry():
+    cert_pem, _ = self_signed_certificate("10.250.0.2")
+    own = RegistryAccess("10.250.0.2:5000", "disco", "secret", ca_pem=cert_pem)
+    made = join_command_for(JoinTarget("10.250.0.2", 2377), "SWMTKN-1-abc-def", own)
+    words = made.command.split(" ")
+    assert words[:4] == ["./setup.sh", "join", "10.250.0.2:2377", "SWMTKN-1-abc-def"]
+    assert words[4:6] == ["--registry", "10.250.0.2:5000"] and words[6] == made.registry_ca
+    body = "".join(line for line in cert_pem.splitlines() if not line.startswith("-----"))
+    assert made.registry_ca == body  # what setup.sh wraps in BEGIN/END lines again
+    assert "secret" not in made.command
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", ""])
 def test_no_join_command_for_a_manager_on_loopback_and_the_refusal_says_how_to_fix_it(host: str):
     with pytest.raises(NodeError) as refused:
-        join_command_for(JoinTarget(host, 2377), "SWMTKN-1-abc-def")
+        join_command_for(JoinTarget(host, 2377), "SWMTKN-1-abc-def", EXTERNAL)
     message = str(refused.value)
     assert refused.value.kind == ErrorKind.CONFLICT
     assert "other machines cannot reach" in message and "docker swarm init --advertise-addr ADDRESS" in message
@@ -162,6 +179,14 @@ def test_neither_the_daemons_node_nor_another_manager_is_removed():
         check_removable(node(role="manager", here=True))
     with pytest.raises(NodeError, match="demote it first"):
         check_removable(node(role="manager"))
+
+
+def test_a_node_holding_a_volumes_data_is_only_removed_when_forced():
+    holding = node(labels={"disco.volume.disco-x-shop-data": "true", "zone": "b"})
+    with pytest.raises(NodeError, match="holds the data of volume\\(s\\) disco-x-shop-data.*add --force") as refused:
+        check_removable(holding)
+    assert refused.value.kind == ErrorKind.CONFLICT
+    check_removable(holding, force=True)
 
 
 def test_label_keys_and_values_a_placement_constraint_can_name():

@@ -1,0 +1,168 @@
+"""Which registry carries a deployment's images to the swarm's other nodes, and the daemon's own.
+
+With one node nothing is pushed: images are where they were built. With more, each deployment
+pushes its images (hooks/deployment.py) to the external registry of `--registry`, or to the
+daemon's own, which `disco nodes:add` makes the first time (a second node cannot join without
+one: it could run none of the apps). The own registry's files live in DATA_DIR/registry: its
+config, a self-signed certificate for the manager's address and its key, the htpasswd entry
+of its one user, and that user's password sealed with the store's key (runtime/secretbox.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hooks.engine import DeployEngine
+from hooks.errors import ErrorKind, Refused
+from runtime import registry
+from runtime.docker_engine import DockerError, Engine
+from runtime.registry import RegistryAccess
+from runtime.settings import Settings
+from runtime.store import Store
+
+log = logging.getLogger("disco.registry")
+
+CERTS_DIR = Path("/etc/docker/certs.d")  # where every Docker engine looks for a registry's certificate
+READY_TIMEOUT = 60.0  # seconds the own registry has to answer a login once its service is made
+
+
+class RegistryProblem(Refused):
+    """No registry can carry images now; the message says why and what to do."""
+
+
+def own_dir(settings: Settings) -> Path:
+    return settings.data_dir / "registry"
+
+
+def configured(settings: Settings, store: Store) -> RegistryAccess | None:
+    """The registry images go through when there are several nodes: the external one, or the
+    daemon's own once it was made; None before."""
+    if settings.registry:
+        return _external(settings)
+    folder = own_dir(settings)
+    try:
+        ca_pem = (folder / "cert.pem").read_text()
+        password = store.secrets.open((folder / "password").read_text())
+    except FileNotFoundError:
+        return None
+    host = registry.certificate_host(ca_pem)
+    address = f"[{host}]:{settings.registry_port}" if ":" in host else f"{host}:{settings.registry_port}"
+    return RegistryAccess(address=address, username=registry.USER, password=password, ca_pem=ca_pem)
+
+
+def _external(settings: Settings) -> RegistryAccess:
+    if not settings.registry_user or not settings.registry_password_file:
+        raise RegistryProblem(f"--registry {settings.registry} needs --registry-user and --registry-password-file")
+    try:
+        password = Path(settings.registry_password_file).read_text().strip()
+    except OSError as err:
+        raise RegistryProblem(f"cannot read --registry-password-file: {err.strerror}: "
+                              f"{settings.registry_password_file}") from None
+    return RegistryAccess(address=settings.registry, username=settings.registry_user, password=password)
+
+
+def ensure(settings: Settings, store: Store, engine: Engine, host: str) -> RegistryAccess:
+    """The registry a new node will pull from, answering: the external one (its login is
+    checked), or the daemon's own, made now for the manager's address `host` if need be."""
+    access = configured(settings, store)
+    if access is not None and not access.ca_pem:  # external
+        _wait_for_login(engine, access, timeout=0)
+        return access
+    if access is None or registry.certificate_host(access.ca_pem) != host:
+        access = _make_own(settings, store, host)
+        log.info("made the daemon's own registry at %s", access.address)
+    start_own(settings, engine, access)
+    _wait_for_login(engine, access, READY_TIMEOUT)
+    return access
+
+
+def start_own(settings: Settings, engine: Engine, access: RegistryAccess) -> None:
+    """Its service running on this node, and this node's engine trusting its certificate."""
+    trust = access.trust_file(CERTS_DIR)
+    trust.parent.mkdir(parents=True, exist_ok=True)
+    if not trust.is_file() or trust.read_text() != access.ca_pem:
+        trust.write_text(access.ca_pem)
+    if engine.ensure_registry(settings.registry_image, own_dir(settings), settings.registry_port):
+        log.info("the registry service started (%s)", settings.registry_image)
+
+
+def for_deploy(settings: Settings, store: Store, engine: DeployEngine) -> RegistryAccess | None:
+    """The registry this deployment pushes its images to: None while the swarm has one node
+    (nothing to carry), and while no registry was set (then the services stay on this node)."""
+    access = configured(settings, store)
+    if access is None or engine.node_count() < 2:
+        return None
+    return access
+
+
+def _make_own(settings: Settings, store: Store, host: str) -> RegistryAccess:
+    folder = own_dir(settings)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    cert_pem, key_pem = registry.self_signed_certificate(host)
+    password = registry.new_password()
+    _write(folder / "key.pem", key_pem, 0o600)
+    _write(folder / "htpasswd", registry.htpasswd_line(registry.USER, password), 0o600)
+    _write(folder / "config.yml", registry.own_config(), 0o644)
+    _write(folder / "password", store.secrets.seal(password), 0o600)
+    _write(folder / "cert.pem", cert_pem, 0o644)  # last: its presence says the rest is there
+    made = configured(settings, store)
+    assert made is not None
+    return made
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    """Whole or not at all: a daemon stopped halfway leaves the old file or none."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.chmod(partial, mode)
+    partial.replace(path)
+
+
+def _wait_for_login(engine: Engine, access: RegistryAccess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            engine.log_in(access, fresh=True)
+            return
+        except DockerError as err:
+            if time.monotonic() >= deadline:
+                raise RegistryProblem(f"the registry at {access.address} does not answer: {err}",
+                                      ErrorKind.CONFLICT) from None
+        time.sleep(0.5)
+
+
+def pushed_to(settings: Settings, store: Store) -> RegistryAccess | None:
+    """The registry a pruned image may also be in (None if none, or if it cannot be used now:
+    a cleanup goes on without it)."""
+    try:
+        return configured(settings, store)
+    except RegistryProblem as err:
+        log.warning("pruned images stay in the registry: %s", err)
+        return None
+
+
+def forget(engine: DeployEngine, access: RegistryAccess, tag: str, on_line: Callable[[str], None]) -> None:
+    """A pruned image goes from the registry too (its blobs at the registry's next garbage
+    collection), and its registry-named tag from this node."""
+    engine.remove_image(access.reference(tag))
+    ca_file = access.trust_file(CERTS_DIR) if access.ca_pem else None
+    try:
+        registry.delete_tag(access, access.reference(tag), ca_file)
+    except registry.RegistryError as err:
+        on_line(f"warning: {err}")
+
+
+def resume(settings: Settings, store: Store, engine: Engine) -> str:
+    """At start: the daemon's own registry running again (as this version and its settings
+    want it) if it was made; what carries images to other nodes, for the log."""
+    access = configured(settings, store)
+    if access is None:
+        return "no registry: a project's services run on this server's node"
+    if access.ca_pem:
+        start_own(settings, engine, access)
+        return f"images reach other nodes through the daemon's own registry at {access.address}"
+    return f"images reach other nodes through the registry at {access.address}"
