@@ -16,8 +16,9 @@ set -euo pipefail
 # ${BASH_SOURCE[0]} is unset when the script comes on stdin (`disco nodes:add --ssh` sends it so).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)"
 VENV="$ROOT/.venv"
-# docker-registry: the image registry the daemon runs once the swarm has a second node.
-DEBIAN_PACKAGES=(docker.io git openssh-client busybox-static caddy docker-registry python3 python3-venv
+# docker-registry: the image registry the daemon runs once the swarm has a second node; iproute2:
+# `ip xfrm`, with which the daemon asks the kernel whether overlay traffic can be encrypted.
+DEBIAN_PACKAGES=(docker.io git openssh-client busybox-static caddy docker-registry iproute2 python3 python3-venv
     ca-certificates)
 # Only for the tests: an RFC 8555 test CA, so HTTPS is proven against a real ACME server;
 # Debian's chromium, which Playwright drives headless to test the dashboard in a real browser; and

@@ -199,6 +199,17 @@ async def show_project(ctx: Context) -> Response:
     return ok(projects.describe(ctx.platform, project_of(ctx)))
 
 
+@endpoint("GET", "/projects/{project}/placement", "Where each service of the project runs: running tasks per node, "
+          "the nodes its volumes keep it to, and why it waits if it cannot run", tag="projects",
+          responses={200: array(obj(None, service=STRING, running={"type": "object",
+                                                                    "additionalProperties": integer()},
+                                    kept_to=array(STRING), waiting=nullable(STRING)))})
+async def show_placement(ctx: Context) -> Response:
+    name = project_of(ctx)
+    placements = await run_in_threadpool(projects.placements, ctx.platform, name)
+    return ok([placement.as_json() for placement in placements])
+
+
 @endpoint("GET", "/projects/{project}/config", "The app's configuration as disco.toml, whether the commit has a "
           "disco.toml or a disco.json: the live commit's, else the deploy branch head's, or that of ref",
           tag="projects", query={"ref": {"type": "string", "minLength": 1, "maxLength": 200}},

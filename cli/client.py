@@ -84,11 +84,13 @@ class ApiClient:
         self._http = httpx.Client(base_url=f"{login.url}/api/v1", timeout=timeout,
                                   headers={"Authorization": f"Bearer {login.key}"})
 
-    def request(self, method: str, path: str, body: Any = None, params: dict | None = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None, params: dict | None = None,
+                timeout: float | None = None) -> Any:
         import httpx  # here: see the module's docstring
 
         try:
-            response = self._http.request(method, path, json=body, params=params)
+            response = self._http.request(method, path, json=body, params=params,
+                                          timeout=timeout if timeout is not None else self._http.timeout)
         except httpx.HTTPError as err:
             raise ClientError(f"cannot reach {self.login.url}: {err}") from None
         return self._result(response)
@@ -96,8 +98,8 @@ class ApiClient:
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: _param(v) for k, v in params.items() if v is not None})
 
-    def post(self, path: str, body: Any = None) -> Any:
-        return self.request("POST", path, body if body is not None else {})
+    def post(self, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        return self.request("POST", path, body if body is not None else {}, timeout=timeout)
 
     def delete(self, path: str, **params: Any) -> Any:
         return self.request("DELETE", path, params={k: _param(v) for k, v in params.items() if v is not None})

@@ -109,6 +109,11 @@ def cmd_projects_info(args: argparse.Namespace) -> int:
     print(f"scale     {', '.join(f'{k}={v}' for k, v in info['scale'].items()) or 'from disco.toml'}")
     for shared in info.get("internal", []):  # reachable from other projects' containers by this name
         print(f"internal  {shared['service']} as {shared['name']}")
+    for placed in client(args).get(f"/projects/{project(args)}/placement"):
+        running = ", ".join(f"{count} on {node}" for node, count in placed["running"].items()) or "no task running"
+        kept = f"; kept to {', '.join(placed['kept_to'])} (its volume data)" if placed["kept_to"] else ""
+        waiting = f"; waiting: {placed['waiting']}" if placed["waiting"] else ""
+        print(f"runs      {placed['service']}: {running}{kept}{waiting}")
     return 0
 
 
@@ -483,6 +488,7 @@ def cmd_github_deliveries(args: argparse.Namespace) -> int:
 # Sent to the new machine by nodes:add --ssh: the one beside this command (a checkout of the project).
 SETUP_SCRIPT = Path(__file__).resolve().parent.parent / "setup.sh"
 SWARM_PORTS = "2377/tcp, 7946/tcp and udp, 4789/udp"
+REGISTRY_WAIT = 240.0  # seconds nodes:add waits for the join command: the server's registry may be starting
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
@@ -499,13 +505,16 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes_add(args: argparse.Namespace) -> int:
-    joining = client(args).post("/nodes/join")
+    # The first time, the server makes its registry and waits until it answers (hooks/registry.py).
+    print("asking the server for the join command (the first time, it starts its image registry)", file=sys.stderr)
+    joining = client(args).post("/nodes/join", timeout=REGISTRY_WAIT)
     if args.json and not args.ssh:
         show(args, joining)
         return 0
     if not args.ssh:
         print("On the new machine, as root, in a copy of this repository (setup.sh installs Docker, starts it and")
-        print(f"joins the swarm at {joining['manager']}; the machines must reach each other on {SWARM_PORTS}):")
+        print(f"joins the swarm at {joining['manager']}; the machines must reach each other on {SWARM_PORTS},")
+        print(f"and it must reach the registry at {joining['registry']}, which carries the apps' images to it):")
         print(f"  {joining['command']}")
         print("The token lets any machine join this swarm: keep it secret.", file=sys.stderr)
         return 0

@@ -29,6 +29,7 @@ from hooks.dockerwatch import DockerWatch
 from hooks.errors import Refused
 from hooks.platform import Platform
 from hooks.scheduler import fast_clock
+from runtime import ipsec
 from runtime.backup import BackupError, daily_backup
 from runtime.caddy import API_SOCKET_NAME, CaddyAdmin
 from runtime.docker_engine import DockerError, Engine
@@ -60,8 +61,10 @@ async def _run(settings: Settings, store: Store) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    platform = Platform.create(settings, store, Engine(settings.instance), CaddyAdmin(settings.run_dir),
-                               **_scheduler_clock())
+    encryption = ipsec.choose(settings.overlay_encryption, *ipsec.esp_supported())
+    log.info("overlay encryption %s", encryption.why)
+    platform = Platform.create(settings, store, Engine(settings.instance, encryption.on),
+                               CaddyAdmin(settings.run_dir), **_scheduler_clock())
     for settled in platform.deployer.recover():
         log.info("deployment #%d of %s left unfinished: now %s", settled.number, settled.project, settled.status)
     for run in platform.scheduler.recover():

@@ -142,14 +142,18 @@ class DeploymentRun:
 
     def push(self) -> None:
         """With more than one node, the images go to the registry the other nodes pull from."""
-        self.registry = registry.for_deploy(self.settings, self.store, self.engine)
+        try:
+            self.registry = registry.for_deploy(self.settings, self.store, self.engine)
+        except registry.RegistryProblem as err:
+            raise DeployFailed(f"the images cannot reach the other nodes: {err}") from None
         if self.registry is None or not self.images:
             return
         started = time.monotonic()
         self.out.line(f"pushing {len(self.images)} image(s) to the registry at {self.registry.address}, "
                       "where every node pulls them from")
-        for tag in self.images.values():
-            self.engine.push(tag, self.registry, self.out.line)
+        with registry.PUSHES_OR_COLLECTION.push():
+            for tag in self.images.values():
+                self.engine.push(tag, self.registry, self.out.line)
         self.timings["push"] = round(time.monotonic() - started, 3)
         self.d = self._set(timings=json.dumps(self.timings))
 
@@ -345,12 +349,12 @@ class DeploymentRun:
         ran = [x for x in self.store.list_deployments(self.d.project, limit=1000) if x.status in WENT_LIVE]
         kept_deployments = [*ran[: self.settings.keep_images], self.d]
         kept = {tag for x in kept_deployments for tag in (x.image, *x.image_tags.values())}  # as the records hold them
-        pushed_to = registry.pushed_to(self.settings, self.store)
-        for tag in (tag for tags in self.engine.project_images(self.d.project).values() for tag in tags):
-            if tag not in kept:
-                self.engine.remove_image(tag)
-                if pushed_to is not None:
-                    registry.forget(self.engine, pushed_to, tag, self.out.line)
+        pruned = [tag for tags in self.engine.project_images(self.d.project).values() for tag in tags
+                  if tag not in kept]
+        for tag in pruned:
+            self.engine.remove_image(tag)
+        if pruned and (pushed_to := registry.pushed_to(self.settings, self.store)) is not None:
+            registry.forget(self.engine, pushed_to, pruned, self.out.line)
         self.engine.remove_untagged_images(self.d.project)
         # The site that served until now stays until the next deploy (a request that began on
         # it ends there); a rollback copies its site again from the image it reuses.

@@ -17,7 +17,14 @@ from runtime.appconfig import AppConfigError
 from runtime.appsource import config_at
 from runtime.docker_engine import DockerError
 from runtime.docker_specs import volume_label
-from runtime.store import ACTIVE_STATUSES, Deployment, DeploymentStatus, Store, StoreError
+from runtime.store import (
+    ACTIVE_STATUSES,
+    Deployment,
+    DeploymentStatus,
+    Store,
+    StoreError,
+)
+from runtime.swarm_nodes import ServicePlacement
 
 # A host name: dot-separated DNS labels, at least two, no trailing dot.
 DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -42,6 +49,14 @@ def describe(platform: Platform, name: str) -> dict:
         hosts.append(f"{name}.{platform.settings.apps_domain}")
     return {**project, "live_deployment": deployment_json(live) if live else None, "domains": hosts,
             "scale": platform.store.scale(name), "internal": internal_services(platform, live) if live else []}
+
+
+def placements(platform: Platform, name: str) -> list[ServicePlacement]:
+    require_project(platform, name)
+    try:
+        return platform.engine.project_placements(name)
+    except DockerError as err:
+        raise Refused(f"cannot ask Docker where {name} runs: {err}", "conflict") from None
 
 
 def internal_services(platform: Platform, live: Deployment) -> list[dict[str, str]]:
@@ -84,12 +99,12 @@ def _remove_docker_objects(platform: Platform, name: str, volumes: bool) -> list
                 removed.append(f"{role} containers")
         if (network := engine.remove_project_network(name)) is not None:  # once nothing is on it
             removed.append(f"network {network}")
-        pushed_to = registry.pushed_to(platform.settings, platform.store)
-        for tag in (tag for tags in engine.project_images(name).values() for tag in tags):
+        tags = [tag for tags in engine.project_images(name).values() for tag in tags]
+        for tag in tags:
             engine.remove_image(tag)
-            if pushed_to is not None:
-                registry.forget(engine, pushed_to, tag, log.warning)
             removed.append(f"image {tag}")
+        if tags and (pushed_to := registry.pushed_to(platform.settings, platform.store)) is not None:
+            registry.forget(engine, pushed_to, tags, log.warning)
         if volumes:
             for volume in engine.project_volumes(name):
                 engine.remove_volume(volume)

@@ -10,10 +10,12 @@ of its one user, and that user's password sealed with the store's key (runtime/s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hooks.engine import DeployEngine
@@ -27,7 +29,44 @@ from runtime.store import Store
 log = logging.getLogger("disco.registry")
 
 CERTS_DIR = Path("/etc/docker/certs.d")  # where every Docker engine looks for a registry's certificate
-READY_TIMEOUT = 60.0  # seconds the own registry has to answer a login once its service is made
+READY_TIMEOUT = 180.0  # seconds the own registry has to answer a login once its service is made (a busy node)
+
+
+class _PushesOrCollection:
+    """Any number of pushes at once, or one garbage collection alone: a layer a push is still
+    uploading belongs to no image yet, and a collection running then would delete it."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._pushes = 0
+        self._collecting = False
+
+    @contextlib.contextmanager
+    def push(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._collecting)
+            self._pushes += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._pushes -= 1
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def collection(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._collecting and not self._pushes)
+            self._collecting = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._collecting = False
+                self._changed.notify_all()
+
+
+PUSHES_OR_COLLECTION = _PushesOrCollection()
 
 
 class RegistryProblem(Refused):
@@ -145,15 +184,25 @@ def pushed_to(settings: Settings, store: Store) -> RegistryAccess | None:
         return None
 
 
-def forget(engine: DeployEngine, access: RegistryAccess, tag: str, on_line: Callable[[str], None]) -> None:
-    """A pruned image goes from the registry too (its blobs at the registry's next garbage
-    collection), and its registry-named tag from this node."""
-    engine.remove_image(access.reference(tag))
+def forget(engine: DeployEngine, access: RegistryAccess, tags: list[str], on_line: Callable[[str], None]) -> None:
+    """Pruned images go from the registry too, and their registry-named tags from this node;
+    the daemon's own registry then frees their layers (an external one, by its own schedule)."""
     ca_file = access.trust_file(CERTS_DIR) if access.ca_pem else None
-    try:
-        registry.delete_tag(access, access.reference(tag), ca_file)
-    except registry.RegistryError as err:
-        on_line(f"warning: {err}")
+    deleted = 0
+    for tag in tags:
+        engine.remove_image(access.reference(tag))
+        try:
+            deleted += registry.delete_tag(access, access.reference(tag), ca_file)
+        except registry.RegistryError as err:
+            on_line(f"warning: {err}")
+    if deleted and access.ca_pem:
+        with PUSHES_OR_COLLECTION.collection():
+            try:
+                said = engine.collect_registry_garbage()
+            except DockerError as err:
+                on_line(f"warning: {err}")
+                return
+        on_line(f"registry: {deleted} image(s) deleted; {said}")
 
 
 def resume(settings: Settings, store: Store, engine: Engine) -> str:

@@ -48,19 +48,23 @@ from runtime.docker_specs import (
     health_command,
     instance_labels,
     oneoff_container,
+    overlay_network,
     proxy_service,
     registry_service,
     swarm_service,
 )
 from runtime.dockerfile import ImageOwner
+from runtime.registry import CONTAINER_DIR as REGISTRY_CONTAINER_DIR
 from runtime.registry import RegistryAccess
 from runtime.swarm_nodes import (
     JoinTarget,
+    ServicePlacement,
     SwarmNode,
     TaskPlacement,
     join_target,
     node_spec,
     relabelled,
+    service_placements,
     swarm_nodes,
     task_placement,
 )
@@ -315,8 +319,9 @@ class OneOffRun:
 
 @_saying_docker_errors_our_way
 class Engine:
-    def __init__(self, instance: str) -> None:
+    def __init__(self, instance: str, encrypted_networks: bool = False) -> None:
         self.instance = instance
+        self.encrypted_networks = encrypted_networks  # the overlay networks it makes (runtime/ipsec.py)
         self._client: docker.DockerClient | None = None
         # Container id -> its CPU counters at the last look and when (time.monotonic()): see project_usage.
         self._cpu_seen: dict[str, tuple[CpuCounters, float]] = {}
@@ -419,9 +424,7 @@ class Engine:
 
     def ensure_network(self) -> None:
         if not self.client.networks.list(names=[self.network_name]):
-            self.client.networks.create(
-                self.network_name, driver="overlay", attachable=True, labels=self.labels()
-            )
+            self.client.networks.create(self.network_name, **overlay_network(self.labels(), self.encrypted_networks))
 
     def ensure_project_network(self, project: str) -> str:
         """Make the project's own network if it is missing (idempotent); returns its name.
@@ -430,8 +433,8 @@ class Engine:
         could answer with this node's copy of a network the swarm removed a moment ago."""
         name = self.project_network_name(project)
         try:
-            self.client.networks.create(name, driver="overlay", attachable=True, check_duplicate=True,
-                                        labels=self.labels(project=project))
+            self.client.networks.create(name, check_duplicate=True,
+                                        **overlay_network(self.labels(project=project), self.encrypted_networks))
         except docker.errors.APIError as err:
             if err.status_code != 409:  # 409: it exists (made by an earlier deploy, or just now beside it)
                 raise DockerError(f"could not make the network {name}: {err.explanation or err}") from None
@@ -755,6 +758,16 @@ class Engine:
         its proxy ("" when that engine is in no swarm)."""
         return str((self.client.info().get("Swarm") or {}).get("NodeID") or "")
 
+    def project_placements(self, project: str) -> list[ServicePlacement]:
+        """Where each of a project's services runs, what it is kept to and what it waits for."""
+        services = self.client.api.services(filters={"label": [f"disco.instance={self.instance}",
+                                                                f"disco.project={project}"]})
+        if not services:
+            return []
+        tasks = self.client.api.tasks(filters={"service": [service["ID"] for service in services]})
+        return service_placements(services, [task_placement(task, _names_by_id(services)) for task in tasks],
+                                  self.nodes())
+
     def node_count(self) -> int:
         return len(self.client.api.nodes())
 
@@ -771,7 +784,7 @@ class Engine:
         if not services:
             return []  # an empty service filter would list every task of the swarm
         tasks = self.client.api.tasks(filters={"service": [service["ID"] for service in services]})
-        return [task_placement(task) for task in tasks]
+        return [task_placement(task, _names_by_id(services)) for task in tasks]
 
     def instance_replicas(self) -> dict[str, int]:
         """Swarm service name -> the replicas it wants, for this instance's services."""
@@ -957,6 +970,22 @@ class Engine:
         except docker.errors.APIError as err:
             raise DockerError(f"could not push {tag} to {access.address}: {err.explanation or err}") from None
         return reference
+
+    def collect_registry_garbage(self) -> str:
+        """Free the layers no image in the daemon's own registry uses any more (distribution's
+        `garbage-collect`, run in its container); its summary. No push may run
+        meanwhile (hooks/registry.py keeps them apart): a layer being uploaded looks unused."""
+        selector = {"label": [f"com.docker.swarm.service.name={self.registry_name}"], "status": "running"}
+        running = self.client.containers.list(filters=selector)
+        if not running:
+            raise DockerError("the registry service has no running task on this node")
+        code, output = running[0].exec_run(["docker-registry", "garbage-collect", "--delete-untagged",
+                                            f"{REGISTRY_CONTAINER_DIR}/config.yml"])
+        lines = output.decode(errors="replace").strip().splitlines()
+        if code != 0:
+            raise DockerError(f"the registry's garbage collection exited {code}: {lines[-1] if lines else ''}")
+        # Its summary: "N blobs marked, M blobs and K manifests eligible for deletion".
+        return next((line.strip() for line in lines if "eligible for deletion" in line), "")
 
     def unlabel_volume_node(self, label: str) -> None:
         """The volume is gone: no node holds its data any more."""
@@ -1144,6 +1173,10 @@ class Engine:
             return
         if (volume.attrs.get("Labels") or {}).get("disco.project") != project:
             raise DockerError(f"the volume {name} belongs to something else; rename this volume in disco.toml")
+
+
+def _names_by_id(services: list[dict[str, Any]]) -> dict[str, str]:
+    return {service["ID"]: service["Spec"]["Name"] for service in services}
 
 
 def project_tags(repositories: tuple[str, ...], tags: list[str]) -> dict[int, list[str]]:

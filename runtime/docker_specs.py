@@ -289,6 +289,13 @@ def proxy_service(instance: str, network: str, image: str, run_dir: Path, http_p
     }
 
 
+def overlay_network(labels: dict[str, str], encrypted: bool) -> dict[str, Any]:
+    """docker-py's `networks.create` arguments of an overlay network of this instance: attachable
+    (one-off containers join it too), and encrypted between nodes when the setting says so."""
+    return {"driver": "overlay", "attachable": True, "labels": labels,
+            "options": {"encrypted": ""} if encrypted else None}
+
+
 def oneoff_container(image: str, command: list[str] | None, env: dict[str, str], labels: dict[str, str],
                      networks: list[str], mounts: list[tuple[str, str]], limits: TaskLimits) -> dict[str, Any]:
     """A container for one command (`disco run`, the release command, a scheduled run): the

@@ -61,6 +61,8 @@ class Settings:
     registry_password_file: str = setting("", "file holding the password of that user (kept out of the command "
                                           "line and the environment)", "none")
     registry_port: int = setting(5000, "host port of the daemon's own registry (the other nodes pull from it)")
+    overlay_encryption: str = setting("auto", "encrypt the overlay networks' traffic between nodes with IPsec ESP: "
+                                      "auto (when this kernel has ESP), on, or off")
     registry_image: str = setting("disco-registry:debian", "Docker image of the daemon's own registry (setup.sh "
                                   "builds it from Debian's docker-registry)")
     # What one user or project may cost the server (issue: one project cannot hurt another).
@@ -191,6 +193,8 @@ def resolve_settings(flags: dict[str, object], environ: dict[str, str] | None = 
         raise ValueError(f"setting acme_ca must be an https:// ACME directory URL, got {settings.acme_ca!r}")
     if settings.acme_ca_root and not Path(settings.acme_ca_root).is_file():
         raise ValueError(f"setting acme_ca_root: {settings.acme_ca_root} is not a file (a PEM certificate)")
+    if settings.overlay_encryption not in ("auto", "on", "off"):
+        raise ValueError(f"setting overlay_encryption must be auto, on or off, got {settings.overlay_encryption!r}")
     if not INSTANCE_NAME.fullmatch(settings.instance):
         raise ValueError(f"instance {settings.instance!r} must be 1 to 20 characters of a-z, 0-9 and '-', starting with a letter")
     return settings

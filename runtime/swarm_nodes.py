@@ -75,9 +75,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def task_placement(task: dict[str, Any]) -> TaskPlacement:
-    """One task of GET /tasks."""
-    return TaskPlacement(service=str(task.get("ServiceName") or task.get("ServiceID") or ""),
+def task_placement(task: dict[str, Any], service_names: dict[str, str] | None = None) -> TaskPlacement:
+    """One task of GET /tasks. A task names its service by ID only: `service_names` (ID -> name,
+    from GET /services) gives its name."""
+    service_id = str(task.get("ServiceID") or "")
+    return TaskPlacement(service=(service_names or {}).get(service_id, service_id),
                          node_id=str(task.get("NodeID") or ""), desired=str(task.get("DesiredState") or ""),
                          state=str((task.get("Status") or {}).get("State") or ""))
 
@@ -179,3 +181,60 @@ def short_of_replicas(wanted: dict[str, int], tasks: list[TaskPlacement], away_f
             running[task.service] = running.get(task.service, 0) + 1
     return {service: count - running.get(service, 0) for service, count in wanted.items()
             if running.get(service, 0) < count}
+
+
+@dataclass(frozen=True)
+class ServicePlacement:
+    """Where one service of a project runs, and what it is kept to."""
+
+    service: str  # its name in the app (disco.toml's), not swarm's
+    running: dict[str, int]  # node name -> its running tasks there
+    kept_to: list[str]  # the nodes holding its volumes' data ([] when it may run anywhere it is allowed)
+    waiting: str  # why it cannot run now, if that is so ("" otherwise)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"service": self.service, "running": dict(self.running), "kept_to": list(self.kept_to),
+                "waiting": self.waiting or None}
+
+
+VOLUME_CONSTRAINT_PREFIX = "node.labels."
+VOLUME_CONSTRAINT_SUFFIX = "==true"
+
+
+def service_placements(services: list[dict[str, Any]], tasks: list[TaskPlacement],
+                       nodes: list[SwarmNode]) -> list[ServicePlacement]:
+    """Each service of GET /services (one project's): its running tasks per node, the nodes its
+    volume constraints (runtime/docker_specs.placement) keep it to, and, when such a node is
+    not ready or not active, that it waits for it."""
+    by_id = {node.id: node for node in nodes}
+    placements = []
+    for service in services:
+        spec = service.get("Spec") or {}
+        name = str(spec.get("Name") or "")
+        running: dict[str, int] = {}
+        for task in tasks:
+            if task.service == name and task.state == "running" and task.desired == "running":
+                node_name = by_id[task.node_id].name if task.node_id in by_id else task.node_id
+                running[node_name] = running.get(node_name, 0) + 1
+        labels = [constraint[len(VOLUME_CONSTRAINT_PREFIX):-len(VOLUME_CONSTRAINT_SUFFIX)]
+                  for constraint in ((spec.get("TaskTemplate") or {}).get("Placement") or {}).get("Constraints") or []
+                  if constraint.startswith(VOLUME_CONSTRAINT_PREFIX + "disco.volume.")
+                  and constraint.endswith(VOLUME_CONSTRAINT_SUFFIX)]
+        holders = [node for node in nodes if any(node.labels.get(label) == "true" for label in labels)]
+        unable = [node for node in holders if node.state != "ready" or node.availability != "active"]
+        waiting = ""
+        if labels and not holders:
+            waiting = "no node holds its volumes' data any more"
+        elif unable:
+            waiting = ", ".join(f"{node.name}, which holds its volume data, is {_unable(node)}" for node in unable)
+        placements.append(ServicePlacement(
+            service=str((spec.get("Labels") or {}).get("disco.service") or name), running=dict(sorted(running.items())),
+            kept_to=sorted(node.name for node in holders), waiting=waiting))
+    return sorted(placements, key=lambda p: p.service)
+
+
+def _unable(node: SwarmNode) -> str:
+    """Why a node runs no new task: its state, or that it is drained or paused."""
+    if node.state != "ready":
+        return node.state
+    return {"drain": "drained", "pause": "paused"}.get(node.availability, node.availability)

@@ -40,6 +40,8 @@ from conftest import (
 )
 from multinode import Engine, Rig
 from runtime import names
+from runtime.secretbox import KEY_NAME as SECRETS_KEY_NAME
+from runtime.secretbox import SecretBox
 
 PROJECT = "spread"
 HOST = f"{PROJECT}.localhost"
@@ -69,6 +71,23 @@ class Cluster:
         """A request to Caddy, which listens on the manager's address (in its namespace)."""
         return httpx.get(f"http://{self.rig.manager.address}:{self.disco.http_port}{path}", headers={"Host": host},
                          timeout=10)
+
+    def registry_tags(self, project: str = PROJECT) -> list[str]:
+        """The tags of the project's repository in the daemon's own registry, asked with its
+        credentials (read as the daemon reads them)."""
+        password = SecretBox(self.disco.data_dir / SECRETS_KEY_NAME).open(
+            (self.disco.data_dir / "registry" / "password").read_text())
+        repository = names.join(self.disco.instance, project)
+        listed = httpx.get(f"https://{REGISTRY}/v2/{repository}/tags/list", auth=("disco", password),
+                           verify=ssl.create_default_context(cafile=TRUST_FILE), timeout=10)
+        assert listed.status_code == 200, listed.text
+        return sorted(listed.json()["tags"] or [])
+
+    def all_on_manager(self, service: str, replicas: int) -> bool:
+        """Every running task of the service on mn1, and all its replicas running. Not "exactly
+        `replicas`": when a node fails under load, swarm may run one slot twice for a while."""
+        where = self.running_where(service)
+        return set(where) == {"mn1"} and len(where) >= replicas
 
     def service(self, project: str, name: str = "web") -> str:
         return names.dns_label(names.join(self.disco.instance, project, name))
@@ -109,7 +128,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         rig.up()
         for image in (CADDY_IMAGE, REGISTRY_IMAGE):  # setup.sh's images, where Docker Hub is not reachable
             rig.load_image(image, rig.manager)
-        for disco, key in shared_disco(workdir, extra_env={"DOCKER_HOST": rig.manager.docker_host}):
+        # One image kept per project: a second deploy prunes the first, from the registry too.
+        for disco, key in shared_disco(workdir, extra_args=["--keep-images", "1"],
+                                       extra_env={"DOCKER_HOST": rig.manager.docker_host}):
             disco.wait_for_proxy()
             home = workdir / "laptop"
             yield Cluster(rig, disco, key, laptop_cli(disco, home), home)
@@ -161,6 +182,7 @@ def test_nodes_add_makes_the_registry_and_prints_the_join_command_whose_token_jo
     assert cluster.rig.manager.docker("service", "ps", f"{cluster.disco.instance}-registry", "--format",
                                       "{{.Node}}").stdout.split()[0] == "mn1"
     assert "2377/tcp, 7946/tcp and udp, 4789/udp" in shown.stdout and "keep it secret" in shown.stderr
+    assert f"it must reach the registry at {REGISTRY}" in shown.stdout
     audited = cluster.disco.api("GET", "/audit", limit=5).json()
     assert any(entry["action"] == "nodes:join-command" and entry["target"] == "10.250.0.2:2377" for entry in audited)
     assert token not in json.dumps(audited)
@@ -248,6 +270,7 @@ def test_a_deploy_pushes_its_image_and_its_replicas_answer_from_both_nodes(clust
     assert cluster.rig.worker.docker("image", "inspect", image, check=False).returncode == 0
     refused = cluster.rig.worker.docker("pull", image, check=False)
     assert refused.returncode != 0 and "no basic auth credentials" in refused.stderr, refused.stderr
+    assert cluster.registry_tags() == [image.rpartition(":")[2]]
 
 
 def test_a_deploy_across_both_nodes_drops_no_request(cluster: Cluster, tmp_path: Path):
@@ -260,9 +283,16 @@ def test_a_deploy_across_both_nodes_drops_no_request(cluster: Cluster, tmp_path:
         wait_for("v2 answering", lambda: poller.bodies[-1] == "v2\n", timeout=30)
     assert poller.errors == [], poller.errors[:5]
     assert set(poller.bodies) == {"v1\n", "v2\n"}
+    # v1's image is pruned (--keep-images 1) from the registry too, and its layers collected.
+    live = cluster.disco.api("GET", f"/projects/{PROJECT}/deployments/2").json()
+    wait_for("v1's tag gone from the registry", lambda: cluster.registry_tags() == [live["image"].rpartition(":")[2]])
+    output = cluster.disco.finished_deployment(PROJECT, 2)
+    log = cluster.disco.api("GET", f"/projects/{PROJECT}/deployments/2/output").text
+    assert "registry: 1 image(s) deleted;" in log and "eligible for deletion" in log, log[-1500:]
+    assert output["status"] == "live"
     # Where the new tasks run is swarm's choice: a rolling update does not spread them
     # (moby/moby#34414), so both may land on one node until a scale or a failure moves them.
-    assert len(cluster.running_where(cluster.service(PROJECT))) == 2
+    wait_for("the old tasks gone", lambda: len(cluster.running_where(cluster.service(PROJECT))) == 2)
 
 
 def test_a_service_with_a_volume_stays_on_the_node_that_holds_its_data(cluster: Cluster, tmp_path: Path):
@@ -286,21 +316,27 @@ def test_a_service_with_a_volume_stays_on_the_node_that_holds_its_data(cluster: 
     constraints = cluster.rig.manager.docker("service", "inspect", web, "--format",
                                              "{{json .Spec.TaskTemplate.Placement.Constraints}}").stdout
     assert json.loads(constraints) == [f"node.labels.disco.volume.{volume}==true"]
+    info = cluster.cli("projects:info", "-p", "keeper")
+    assert "runs      web: 1 on mn1; kept to mn1 (its volume data)" in info.stdout, info.stdout + info.stderr
 
 
 def test_scale_puts_tasks_on_every_active_node(cluster: Cluster):
     scaled = cluster.cli("scale:set", "web=4", "-p", PROJECT)
     assert scaled.returncode == 0, scaled.stderr
     web = cluster.service(PROJECT)
-    wait_for("4 tasks on both nodes", lambda: cluster.running_where(web) == ["mn1", "mn1", "mn2", "mn2"], timeout=90)
+    wait_for("2 tasks on each node", lambda: cluster.running_where(web) == ["mn1", "mn1", "mn2", "mn2"], timeout=90)
+    info = cluster.cli("projects:info", "-p", PROJECT)
+    assert "runs      web: 2 on mn1, 2 on mn2" in info.stdout, info.stdout + info.stderr
 
 
 def test_when_the_workers_engine_stops_its_tasks_run_on_the_manager_and_traffic_follows(cluster: Cluster):
     rig, web = cluster.rig, cluster.service(PROJECT)
-    assert cluster.running_where(web) == ["mn1", "mn1", "mn2", "mn2"]
+    # Swarm may have moved a task since (one failing its health check on a busy machine): the
+    # worker must run some of them for this to test anything.
+    wait_for("tasks on the worker", lambda: "mn2" in cluster.running_where(web))
     rig.stop_engine(rig.worker)
     wait_for("mn2 down in disco nodes", lambda: cluster.nodes()["mn2"]["state"] == "down", timeout=90)
-    wait_for("all tasks running on the manager", lambda: cluster.running_where(web) == ["mn1"] * 4, timeout=90)
+    wait_for("all tasks running on the manager", lambda: cluster.all_on_manager(web, 4), timeout=90)
     with Poller(cluster.disco, HOST, address=rig.manager.address) as poller:
         wait_for("20 answers", lambda: len(poller.bodies) >= 20, timeout=30)
     assert poller.errors == [] and set(poller.bodies) == {"v2\n"}  # the route follows the moved tasks
@@ -313,7 +349,7 @@ def test_nodes_remove_drains_the_worker_its_tasks_move_and_it_leaves_the_list(cl
     rig, service = cluster.rig, cluster.service(PROJECT)
     # Swarm left every task on the manager when the worker came back: two more go to the worker.
     assert cluster.cli("scale:set", "web=6", "-p", PROJECT).returncode == 0
-    wait_for("2 tasks on the worker", lambda: cluster.running_where(service) == ["mn1"] * 4 + ["mn2"] * 2, timeout=90)
+    wait_for("2 tasks on the worker", lambda: cluster.running_where(service).count("mn2") == 2, timeout=90)
     started = time.monotonic()
     removed = cluster.cli("nodes:remove", "mn2")
     assert removed.returncode == 0, removed.stdout + removed.stderr
@@ -321,11 +357,11 @@ def test_nodes_remove_drains_the_worker_its_tasks_move_and_it_leaves_the_list(cl
     assert lines[0].startswith("mn2 drained")
     assert any(line.startswith("waiting: ") for line in lines), lines  # its task had to stop there first
     assert lines[-1].startswith("mn2 (") and lines[-1].endswith("is no longer a node of the swarm")
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 150  # not the whole REMOVE_TIMEOUT (180 s): it went on once they moved
 
     assert list(cluster.nodes()) == ["mn1"]
 
-    wait_for("all 6 tasks running on the manager", lambda: cluster.running_where(service) == ["mn1"] * 6, timeout=60)
+    wait_for("all 6 tasks running on the manager", lambda: cluster.all_on_manager(service, 6), timeout=60)
     assert cluster.through_caddy().text == "v2\n"  # the app served throughout on the manager
 
 

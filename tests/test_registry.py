@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 
 import bcrypt
 import pytest
 from cryptography import x509
 
+from hooks import registry
 from runtime.docker_specs import placement, registry_service, volume_label
 from runtime.registry import (
     RegistryAccess,
@@ -23,6 +25,8 @@ from runtime.registry import (
     own_config,
     self_signed_certificate,
 )
+from runtime.settings import Settings
+from runtime.store import Store
 
 
 @pytest.mark.parametrize(("host", "kind"), [("10.250.0.2", x509.IPAddress), ("fd00::2", x509.IPAddress),
@@ -101,3 +105,31 @@ def test_a_project_service_runs_anywhere_only_when_a_registry_carries_its_image(
     assert placement("node1", registry=True, volumes=["disco-shop-data", "disco-shop-cache"]) == (
         "node.labels.disco.volume.disco-shop-data==true", "node.labels.disco.volume.disco-shop-cache==true")
     assert volume_label("disco-shop-data") == "disco.volume.disco-shop-data"
+
+
+def test_an_external_registry_is_used_as_given_and_a_missing_piece_is_named(tmp_path: Path):
+    store = Store(tmp_path / "disco.sqlite3")
+    password_file = tmp_path / "registry-password"
+    password_file.write_text("hunter2-but-long\n")
+    settings = Settings(data_dir=tmp_path, registry="registry.example.com:443", registry_user="ci",
+                        registry_password_file=str(password_file))
+    assert registry.configured(settings, store) == RegistryAccess("registry.example.com:443", "ci", "hunter2-but-long")
+    with pytest.raises(registry.RegistryProblem, match="needs --registry-user and --registry-password-file"):
+        registry.configured(replace(settings, registry_user=""), store)
+    with pytest.raises(registry.RegistryProblem, match="cannot read --registry-password-file: No such file") as err:
+        registry.configured(replace(settings, registry_password_file=str(tmp_path / "nope")), store)
+    assert "hunter2" not in str(err.value)
+    assert registry.pushed_to(replace(settings, registry_user=""), store) is None  # a cleanup goes on without it
+
+
+def test_no_registry_until_the_daemon_made_its_own(tmp_path: Path):
+    store = Store(tmp_path / "disco.sqlite3")
+    settings = Settings(data_dir=tmp_path, registry_port=5443)
+    assert registry.configured(settings, store) is None
+    made = registry._make_own(settings, store, "10.0.0.7")
+    assert (made.address, made.username) == ("10.0.0.7:5443", "disco") and certificate_host(made.ca_pem) == "10.0.0.7"
+    folder = tmp_path / "registry"
+    assert made.password not in (folder / "password").read_text()  # sealed
+    assert bcrypt.checkpw(made.password.encode(), (folder / "htpasswd").read_text().split(":", 1)[1].strip().encode())
+    assert registry.configured(settings, store) == made  # read back as made
+    assert {p.name for p in folder.iterdir()} == {"cert.pem", "key.pem", "htpasswd", "config.yml", "password"}

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from hooks.errors import ErrorKind
@@ -20,6 +22,7 @@ from runtime.swarm_nodes import (
     node_spec,
     relabelled,
     running_per_node,
+    service_placements,
     short_of_replicas,
     swarm_nodes,
     task_placement,
@@ -72,7 +75,9 @@ def test_tasks_are_read_from_dockers_task_json():
     raw = {"ID": "k1", "ServiceID": "s1", "NodeID": "xstb", "DesiredState": "shutdown",
            "Status": {"State": "running"}}
     assert task_placement(raw) == TaskPlacement("s1", "xstb", "shutdown", "running")
-    assert task_placement({**raw, "ServiceName": "t-shop-web"}).service == "t-shop-web"
+    # Docker names a task's service by ID only (no ServiceName, checked on 20.10 and 28.2):
+    # nodes:remove compares the tasks' services with the services' names, so the name is looked up.
+    assert task_placement(raw, {"s1": "t-shop-web"}).service == "t-shop-web"
     assert task_placement({"Status": {}}) == TaskPlacement("", "", "", "")  # not placed yet
     assert running_per_node([task("a", "n1"), task("a", ""), task("b", "n1", state="starting")]) == {"n1": 1}
 
@@ -196,3 +201,29 @@ def test_label_keys_and_values_a_placement_constraint_can_name():
             check_labels(wrong, [])
     with pytest.raises(NodeError, match="Disco's own"):
         check_labels({}, ["disco.volume"])
+
+
+def service(name: str, app_service: str, constraints: list[str]) -> dict:
+    return {"ID": name, "Spec": {"Name": name, "Labels": {"disco.service": app_service},
+                                 "TaskTemplate": {"Placement": {"Constraints": constraints}}}}
+
+
+def test_a_projects_services_say_where_they_run_and_which_wait_for_their_volumes_node():
+    holder = node(id="t9m1", name="mn1", role="manager", availability="active", here=True,
+                  labels={"disco.volume.t-shop-data": "true"})
+    worker = node(availability="active")
+    web = service("t-shop-web", "web", [])
+    db = service("t-shop-db", "db", ["node.labels.disco.volume.t-shop-data==true"])
+    tasks = [task("t-shop-web", "t9m1"), task("t-shop-web", "xstb"), task("t-shop-web", "xstb", state="starting"),
+             task("t-shop-db", "t9m1"), task("t-shop-db", "xstb", desired="shutdown", state="running")]
+    placements = service_placements([web, db], tasks, [holder, worker])
+    assert [p.as_json() for p in placements] == [
+        {"service": "db", "running": {"mn1": 1}, "kept_to": ["mn1"], "waiting": None},
+        {"service": "web", "running": {"mn1": 1, "mn2": 1}, "kept_to": [], "waiting": None},
+    ]
+    down = service_placements([db], [], [replace(holder, state="down"), worker])[0]
+    assert down.waiting == "mn1, which holds its volume data, is down" and down.kept_to == ["mn1"]
+    drained = service_placements([db], [], [replace(holder, availability="drain"), worker])[0]
+    assert drained.waiting == "mn1, which holds its volume data, is drained"
+    gone = service_placements([db], [], [worker])[0]
+    assert gone.waiting == "no node holds its volumes' data any more"
