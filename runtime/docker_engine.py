@@ -46,6 +46,7 @@ from runtime.docker_specs import (
     TaskLimits,
     build_command,
     health_command,
+    ServiceKwargs,
     instance_labels,
     oneoff_container,
     overlay_network,
@@ -630,11 +631,25 @@ class Engine:
                 self.client.api.create_service(name=spec.name, **parts)
                 return True
             self._wait_out_rollback(current)
-            current.reload()  # the update needs the latest version number
-            self.client.api.update_service(current.id, current.version, name=spec.name, **parts)
+            self._update_service(current, spec.name, parts)
             return False
         except docker.errors.APIError as err:
             raise DockerError(f"could not start service {spec.name}: {err.explanation or err}") from None
+
+    def _update_service(self, service: Any, name: str, parts: ServiceKwargs, attempts: int = 5) -> None:
+        """Update a service from its latest version. An update names the version it read, and is
+        refused ("update out of sequence") when swarm wrote the service in between: swarm itself
+        does, recording how an earlier update or rollback went; then read it again and retry."""
+        while True:
+            service.reload()
+            try:
+                self.client.api.update_service(service.id, service.version, name=name, **parts)
+                return
+            except docker.errors.APIError as err:
+                attempts -= 1
+                if "update out of sequence" not in str(err) or not attempts:
+                    raise
+                time.sleep(ROLLOUT_POLL_SECONDS)
 
     def _wait_out_rollback(self, service: Any, timeout: float = ROLLBACK_WAIT_SECONDS) -> None:
         """Swarm may still be rolling back the update of a deployment that failed a moment ago
@@ -908,8 +923,7 @@ class Engine:
                 self._remove_renamed_proxy()
                 self.client.api.create_service(name=self.proxy_name, **parts)
             else:
-                current.reload()
-                self.client.api.update_service(current.id, current.version, name=self.proxy_name, **parts)
+                self._update_service(current, self.proxy_name, parts)
         except docker.errors.APIError as err:
             raise DockerError(f"could not start the Caddy proxy service: {err.explanation or err}") from None
         return restarts
@@ -932,8 +946,7 @@ class Engine:
             if current is None:
                 self.client.api.create_service(name=self.registry_name, **parts)
             else:
-                current.reload()
-                self.client.api.update_service(current.id, current.version, name=self.registry_name, **parts)
+                self._update_service(current, self.registry_name, parts)
         except docker.errors.APIError as err:
             raise DockerError(f"could not start the registry service: {err.explanation or err}") from None
         return True
@@ -1017,15 +1030,19 @@ class Engine:
         services = self.client.services.list(filters=selector)
         for service in services:
             service.remove()
-        # Their containers linger, and one whose creation was under way still makes its
-        # volumes after the service is gone: wait until none has been seen for a second.
+        # Their containers linger (an app that ignores SIGTERM, as a shell or busybox running as
+        # PID 1 does, for swarm's whole 10 s grace), and one whose creation was under way still
+        # makes its volumes after the service is gone: kill each one seen, until none has been
+        # seen for a second.
         names = {s.name for s in services}
         deadline = time.monotonic() + 60
         quiet_since = time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - quiet_since < 1.0:
-            if any((c.attrs.get("Labels") or {}).get("com.docker.swarm.service.name") in names
-                   for c in self.client.containers.list(all=True, sparse=True)):  # sparse: no inspect
-                quiet_since = time.monotonic()
+            for container in self.client.containers.list(all=True, sparse=True):  # sparse: no inspect
+                if (container.attrs.get("Labels") or {}).get("com.docker.swarm.service.name") in names:
+                    quiet_since = time.monotonic()
+                    with _ignoring_docker_errors():
+                        container.remove(force=True)
             time.sleep(0.2)
         for container in self.client.containers.list(all=True, filters=selector):  # one-off commands
             with _ignoring_docker_errors():
