@@ -43,6 +43,12 @@ install_debian_packages() {
         # NEEDRESTART_MODE=l: needrestart would otherwise restart services, the running dockerd among them.
         NEEDRESTART_MODE=l DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    # Debian's docker-registry package starts a plain-HTTP registry of its own on :5000 under
+    # systemd; Disco only wants its binary (the daemon runs its registry as a swarm service).
+    if [[ " $* " == *" docker-registry "* ]] && command -v systemctl >/dev/null \
+        && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+        systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
 }
 
 install_python_env() {
@@ -95,6 +101,7 @@ start_swarm() {
 # Docker engine finds it: /etc/docker/certs.d/HOST:PORT/ca.crt.
 trust_registry() {
     local address="$1" certificate="$2" folder="/etc/docker/certs.d/$1"
+    [[ "$address" =~ ^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):[0-9]+$ ]] || { say "the registry's address is not HOST:PORT: $address"; exit 2; }
     [[ "$certificate" =~ ^[A-Za-z0-9+/=]+$ ]] || { say "the registry's certificate is not base64: $certificate"; exit 2; }
     mkdir -p "$folder"
     { echo "-----BEGIN CERTIFICATE-----"; fold -w 64 <<<"$certificate"; echo "-----END CERTIFICATE-----"; } \
@@ -216,7 +223,8 @@ join)
     [[ $EUID -eq 0 ]] || { echo "setup.sh must run as root (it installs Docker and starts it)" >&2; exit 1; }
     join_args=()
     while (($#)); do
-        if [[ "$1" == "--registry" && $# -ge 3 ]]; then
+        if [[ "$1" == "--registry" ]]; then
+            [[ $# -ge 3 ]] || { echo "usage: $0 join MANAGER:PORT TOKEN [ADDRESS] [--registry HOST:PORT CERTIFICATE]" >&2; exit 2; }
             registry_address="$2" registry_certificate="$3"
             shift 3
         else

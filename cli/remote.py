@@ -487,7 +487,7 @@ def cmd_github_deliveries(args: argparse.Namespace) -> int:
 
 # Sent to the new machine by nodes:add --ssh: the one beside this command (a checkout of the project).
 SETUP_SCRIPT = Path(__file__).resolve().parent.parent / "setup.sh"
-SWARM_PORTS = "2377/tcp, 7946/tcp and udp, 4789/udp"
+SWARM_PORTS = "2377/tcp, 7946/tcp and udp, 4789/udp (and IP protocol 50, ESP, with overlay encryption)"
 REGISTRY_WAIT = 240.0  # seconds nodes:add waits for the join command: the server's registry may be starting
 
 

@@ -85,6 +85,7 @@ class DeploymentRun:
         self.applied: list[tuple[ServiceSpec, bool]] = []  # (spec, created) in the order started
         self.previous: Deployment | None = None  # what served before the switch
         self.registry: RegistryAccess | None = None  # where the other nodes pull the images from, if any
+        self.pushed: dict[str, str] = {}  # local tag -> its reference in the registry, pinned to its digest
         self.release_started = False
         self._app_config: AppConfig | None = None
 
@@ -144,7 +145,7 @@ class DeploymentRun:
         """With more than one node, the images go to the registry the other nodes pull from."""
         try:
             self.registry = registry.for_deploy(self.settings, self.store, self.engine)
-        except registry.RegistryProblem as err:
+        except registry.RegistryProblem as err:  # unreadable settings or files: the message names the fix
             raise DeployFailed(f"the images cannot reach the other nodes: {err}") from None
         if self.registry is None or not self.images:
             return
@@ -153,7 +154,7 @@ class DeploymentRun:
                       "where every node pulls them from")
         with registry.PUSHES_OR_COLLECTION.push():
             for tag in self.images.values():
-                self.engine.push(tag, self.registry, self.out.line)
+                self.pushed[tag] = self.engine.push(tag, self.registry, self.out.line)
         self.timings["push"] = round(time.monotonic() - started, 3)
         self.d = self._set(timings=json.dumps(self.timings))
 
@@ -220,7 +221,7 @@ class DeploymentRun:
                 service_env["PORT"] = str(port)
             self.specs.append(ServiceSpec(
                 name=engine.service_name(d.project, service.name),
-                image=self.registry.reference(image) if self.registry else image,
+                image=self.pushed.get(image, image),
                 networks=service_networks(engine.network_name, engine.project_network_name(d.project), service.name,
                                           routed=service.is_web,
                                           internal_name=engine.internal_name(d.project, service.name)
@@ -236,7 +237,8 @@ class DeploymentRun:
                 limits=task_limits(service.limits, self.settings),
                 health_command=shlex.split(service.health_command) if service.health_command else None,
                 publish=service.publish,
-                constraints=placement(here, self.registry is not None, self._volume_nodes(service.name, mounts)),
+                constraints=placement(here, self.registry is not None, self._volume_nodes(service.name, mounts),
+                                      publishes=bool(service.publish)),
             ))
 
     def _volume_nodes(self, service: str, mounts: list[tuple[str, str]]) -> list[str]:
@@ -354,7 +356,7 @@ class DeploymentRun:
         for tag in pruned:
             self.engine.remove_image(tag)
         if pruned and (pushed_to := registry.pushed_to(self.settings, self.store)) is not None:
-            registry.forget(self.engine, pushed_to, pruned, self.out.line)
+            registry.forget(self.engine, pushed_to, pruned, sorted(kept - {""}), self.out.line)
         self.engine.remove_untagged_images(self.d.project)
         # The site that served until now stays until the next deploy (a request that began on
         # it ends there); a rollback copies its site again from the image it reuses.

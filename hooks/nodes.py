@@ -11,7 +11,7 @@ import re
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from hooks import registry
 from hooks.errors import ErrorKind, Refused
@@ -37,7 +37,7 @@ class NodeError(Refused):
 class JoinCommand:
     command: str  # to run on the new machine, in a copy of this repository
     manager: str  # ADDRESS:PORT it joins
-    token: str  # the swarm's worker join token (a secret: whoever has it can join a machine)
+    token: str = field(repr=False)  # the swarm's worker join token (a secret: whoever has it can join a machine)
     registry: str  # HOST:PORT the new node pulls images from
     registry_ca: str  # base64 of the DER certificate the new node trusts it with ("": publicly trusted)
 

@@ -23,6 +23,8 @@ def disco_ports(settings: Settings) -> dict[int, str]:
         settings.https_port: "the port Disco's proxy serves HTTPS on (https_port)",
         settings.api_port: "the port of Disco's API (api_port)",
         settings.ssh_port: "the port of Disco's git-over-SSH server (ssh_port)",
+        settings.registry_port: "the port of Disco's image registry, once the swarm has a second node "
+                                "(registry_port)",
     }
 
 

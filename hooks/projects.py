@@ -104,7 +104,7 @@ def _remove_docker_objects(platform: Platform, name: str, volumes: bool) -> list
             engine.remove_image(tag)
             removed.append(f"image {tag}")
         if tags and (pushed_to := registry.pushed_to(platform.settings, platform.store)) is not None:
-            registry.forget(engine, pushed_to, tags, log.warning)
+            registry.forget(engine, pushed_to, tags, [], log.warning)
         if volumes:
             for volume in engine.project_volumes(name):
                 engine.remove_volume(volume)

@@ -11,6 +11,7 @@ of its one user, and that user's password sealed with the store's key (runtime/s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -23,28 +24,32 @@ from hooks.errors import ErrorKind, Refused
 from runtime import registry
 from runtime.docker_engine import DockerError, Engine
 from runtime.registry import RegistryAccess
+from runtime.secretbox import SecretError
 from runtime.settings import Settings
 from runtime.store import Store
 
 log = logging.getLogger("disco.registry")
 
-CERTS_DIR = Path("/etc/docker/certs.d")  # where every Docker engine looks for a registry's certificate
+COLLECTION_WAIT = 600.0  # seconds a garbage collection waits for the pushes under way to end
 READY_TIMEOUT = 180.0  # seconds the own registry has to answer a login once its service is made (a busy node)
 
 
 class _PushesOrCollection:
     """Any number of pushes at once, or one garbage collection alone: a layer a push is still
-    uploading belongs to no image yet, and a collection running then would delete it."""
+    uploading belongs to no image yet, and a collection running then would delete it. A
+    collection waiting holds new pushes back (else overlapping pushes could keep it waiting
+    for ever), and gives up after `timeout`: the next prune collects."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._pushes = 0
         self._collecting = False
+        self._waiting = 0  # collections waiting for the pushes under way to end
 
     @contextlib.contextmanager
     def push(self) -> Iterator[None]:
         with self._changed:
-            self._changed.wait_for(lambda: not self._collecting)
+            self._changed.wait_for(lambda: not self._collecting and not self._waiting)
             self._pushes += 1
         try:
             yield
@@ -54,16 +59,22 @@ class _PushesOrCollection:
                 self._changed.notify_all()
 
     @contextlib.contextmanager
-    def collection(self) -> Iterator[None]:
+    def collection(self, timeout: float = COLLECTION_WAIT) -> Iterator[bool]:
+        """Yields whether it may collect now (False: it waited `timeout` in vain)."""
         with self._changed:
-            self._changed.wait_for(lambda: not self._collecting and not self._pushes)
-            self._collecting = True
+            self._waiting += 1
+            free = self._changed.wait_for(lambda: not self._collecting and not self._pushes, timeout)
+            self._waiting -= 1
+            if free:
+                self._collecting = True
+            self._changed.notify_all()
         try:
-            yield
+            yield free
         finally:
-            with self._changed:
-                self._collecting = False
-                self._changed.notify_all()
+            if free:
+                with self._changed:
+                    self._collecting = False
+                    self._changed.notify_all()
 
 
 PUSHES_OR_COLLECTION = _PushesOrCollection()
@@ -86,9 +97,13 @@ def configured(settings: Settings, store: Store) -> RegistryAccess | None:
     try:
         ca_pem = (folder / "cert.pem").read_text()
         password = store.secrets.open((folder / "password").read_text())
+        host = registry.certificate_host(ca_pem)
     except FileNotFoundError:
         return None
-    host = registry.certificate_host(ca_pem)
+    except (OSError, ValueError, SecretError) as err:
+        raise RegistryProblem(f"the daemon's own registry's files in {folder} are unreadable ({err}): move the "
+                              "folder away and run `disco nodes:add` to make the registry again, then run the "
+                              "join command it prints on each node", ErrorKind.CONFLICT) from None
     address = f"[{host}]:{settings.registry_port}" if ":" in host else f"{host}:{settings.registry_port}"
     return RegistryAccess(address=address, username=registry.USER, password=password, ca_pem=ca_pem)
 
@@ -112,6 +127,8 @@ def ensure(settings: Settings, store: Store, engine: Engine, host: str) -> Regis
         _wait_for_login(engine, access, timeout=0)
         return access
     if access is None or registry.certificate_host(access.ca_pem) != host:
+        # A new address (the swarm made again on another one) needs a new certificate: nodes
+        # that joined before must run the new join command to trust it.
         access = _make_own(settings, store, host)
         log.info("made the daemon's own registry at %s", access.address)
     start_own(settings, engine, access)
@@ -120,22 +137,25 @@ def ensure(settings: Settings, store: Store, engine: Engine, host: str) -> Regis
 
 
 def start_own(settings: Settings, engine: Engine, access: RegistryAccess) -> None:
-    """Its service running on this node, and this node's engine trusting its certificate."""
-    trust = access.trust_file(CERTS_DIR)
-    trust.parent.mkdir(parents=True, exist_ok=True)
-    if not trust.is_file() or trust.read_text() != access.ca_pem:
-        trust.write_text(access.ca_pem)
-    if engine.ensure_registry(settings.registry_image, own_dir(settings), settings.registry_port):
+    """Its service running on this node (restarted when its files changed), and this node's
+    engine trusting its certificate."""
+    try:
+        access.trust()
+    except registry.RegistryError as err:
+        raise RegistryProblem(str(err), ErrorKind.CONFLICT) from None
+    folder = own_dir(settings)
+    files = hashlib.sha256(b"".join((folder / name).read_bytes() for name in ("cert.pem", "htpasswd"))).hexdigest()
+    if engine.ensure_registry(settings.registry_image, folder, settings.registry_port, files[:16]):
         log.info("the registry service started (%s)", settings.registry_image)
 
 
 def for_deploy(settings: Settings, store: Store, engine: DeployEngine) -> RegistryAccess | None:
     """The registry this deployment pushes its images to: None while the swarm has one node
-    (nothing to carry), and while no registry was set (then the services stay on this node)."""
-    access = configured(settings, store)
-    if access is None or engine.node_count() < 2:
+    (nothing to carry, whatever the registry settings), and while no registry was set (then
+    the services stay on this node)."""
+    if engine.node_count() < 2:
         return None
-    return access
+    return configured(settings, store)
 
 
 def _make_own(settings: Settings, store: Store, host: str) -> RegistryAccess:
@@ -154,10 +174,13 @@ def _make_own(settings: Settings, store: Store, host: str) -> RegistryAccess:
 
 
 def _write(path: Path, text: str, mode: int) -> None:
-    """Whole or not at all: a daemon stopped halfway leaves the old file or none."""
+    """Whole or not at all (a daemon stopped halfway leaves the old file or none), and never
+    readable by others on the way."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.chmod(partial, mode)
+    partial.unlink(missing_ok=True)
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as file:
+        file.write(text)
+    os.chmod(partial, mode)  # whatever the umask took away
     partial.replace(path)
 
 
@@ -184,19 +207,30 @@ def pushed_to(settings: Settings, store: Store) -> RegistryAccess | None:
         return None
 
 
-def forget(engine: DeployEngine, access: RegistryAccess, tags: list[str], on_line: Callable[[str], None]) -> None:
+def forget(engine: DeployEngine, access: RegistryAccess, pruned: list[str], kept: list[str],
+           on_line: Callable[[str], None]) -> None:
     """Pruned images go from the registry too, and their registry-named tags from this node;
-    the daemon's own registry then frees their layers (an external one, by its own schedule)."""
-    ca_file = access.trust_file(CERTS_DIR) if access.ca_pem else None
+    the daemon's own registry then frees their layers (an external one, by its own schedule).
+
+    The registry deletes by digest, and a digest's every tag with it: a rollback or an env
+    change tags the same image again, so a pruned tag may share its digest with a kept one.
+    Only digests no kept tag names are deleted."""
     deleted = 0
-    for tag in tags:
-        engine.remove_image(access.reference(tag))
-        try:
-            deleted += registry.delete_tag(access, access.reference(tag), ca_file)
-        except registry.RegistryError as err:
-            on_line(f"warning: {err}")
+    try:
+        kept_digests = {registry.manifest_digest(access, access.reference(tag)) for tag in kept}
+        for tag in pruned:
+            engine.remove_image(access.reference(tag))
+            digest = registry.manifest_digest(access, access.reference(tag))
+            if digest is not None and digest not in kept_digests:
+                deleted += registry.delete_manifest(access, tag.rpartition(":")[0], digest)
+    except registry.RegistryError as err:
+        on_line(f"warning: pruned images stay in the registry: {err}")
     if deleted and access.ca_pem:
-        with PUSHES_OR_COLLECTION.collection():
+        with PUSHES_OR_COLLECTION.collection() as free:
+            if not free:
+                on_line("warning: the registry's garbage collection waited for pushes in vain: the next prune "
+                        "collects")
+                return
             try:
                 said = engine.collect_registry_garbage()
             except DockerError as err:

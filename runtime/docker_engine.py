@@ -934,10 +934,10 @@ class Engine:
     def registry_name(self) -> str:
         return names.join(self.instance, "registry")
 
-    def ensure_registry(self, image: str, config_dir: Path, port: int) -> bool:
+    def ensure_registry(self, image: str, config_dir: Path, port: int, files: str) -> bool:
         """Create or fix the daemon's own registry service, on this daemon's node; True if it was
-        (re)started (only when its settings changed)."""
-        parts = registry_service(self.instance, image, config_dir, port, self.here_node_id())
+        (re)started (only when its settings or files changed)."""
+        parts = registry_service(self.instance, image, config_dir, port, self.here_node_id(), files)
         current = self._find_service(self.registry_name)
         if current is not None and (current.attrs["Spec"].get("Labels") or {}).get("disco.spec") == \
                 parts["labels"]["disco.spec"]:
@@ -963,16 +963,19 @@ class Engine:
 
     def push(self, tag: str, access: RegistryAccess, on_line: OutputLine) -> str:
         """Push a local image to the registry, saying each layer once as it is pushed (or found
-        there already); its reference there."""
+        there already); its reference there, pinned to the digest pushed (`HOST/REPO:TAG@sha256:...`),
+        so a tag written over in the registry later changes nothing that runs."""
         reference = access.reference(tag)
         repository, _, version = reference.rpartition(":")
         self.log_in(access)
+        digest = ""
         try:
             self.client.images.get(tag).tag(repository, version)
             said: set[tuple[str, str]] = set()
             for event in self.client.api.push(repository, version, stream=True, decode=True):
                 if event.get("error"):
                     raise DockerError(f"could not push {tag} to {access.address}: {event['error']}")
+                digest = str((event.get("aux") or {}).get("Digest") or digest)
                 layer, status = str(event.get("id", "")), str(event.get("status", ""))
                 if layer and status in ("Pushed", "Layer already exists", "Mounted from") \
                         and (layer, status) not in said:
@@ -982,7 +985,9 @@ class Engine:
             raise DockerError(f"image {tag} is no longer kept") from None
         except docker.errors.APIError as err:
             raise DockerError(f"could not push {tag} to {access.address}: {err.explanation or err}") from None
-        return reference
+        if not digest:
+            raise DockerError(f"pushing {tag} to {access.address} gave no digest")
+        return f"{reference}@{digest}"
 
     def collect_registry_garbage(self) -> str:
         """Free the layers no image in the daemon's own registry uses any more (distribution's

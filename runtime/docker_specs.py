@@ -333,12 +333,14 @@ def build_command(context: Path, dockerfile: Path, tag: str, args: dict[str, str
     return command
 
 
-def registry_service(instance: str, image: str, config_dir: Path, port: int, node_id: str) -> ServiceKwargs:
+def registry_service(instance: str, image: str, config_dir: Path, port: int, node_id: str,
+                     files: str = "") -> ServiceKwargs:
     """The daemon's own image registry (runtime/registry.py): on the daemon's node, where its
     config and key pair are (`config_dir`, mounted read-only) and its volume holds the images,
     serving HTTPS on the host's `port` (host mode: every node pulls from the manager's address).
-    Its `disco.spec` label fingerprints the settings, as the proxy's does."""
-    wanted = {"image": image, "config_dir": str(config_dir), "port": port}
+    Its `disco.spec` label fingerprints the settings and `files` (a digest of its certificate
+    and htpasswd: it reads them at start), as the proxy's does."""
+    wanted = {"image": image, "config_dir": str(config_dir), "port": port, "files": files}
     fingerprint = hashlib.sha256(repr(sorted(wanted.items())).encode()).hexdigest()[:16]
     labels = instance_labels(instance, role="registry", spec=fingerprint)
     container = ContainerSpec(
@@ -370,10 +372,11 @@ def volume_label(volume: str) -> str:
     return f"disco.volume.{volume}"
 
 
-def placement(node_id: str, registry: bool, volumes: list[str]) -> tuple[str, ...]:
+def placement(node_id: str, registry: bool, volumes: list[str], publishes: bool = False) -> tuple[str, ...]:
     """Where a project service's tasks may run. Without a registry its image is only on the
-    daemon's node, so there; with one, anywhere, except that a service with volumes stays on
-    the node its volumes' data lives on (each volume's label, runtime/docker_specs.volume_label)."""
-    if not registry:
+    daemon's node, so there; with one, anywhere, except that a service publishing host ports
+    stays on the daemon's node too (the address people and DNS know), and a service with
+    volumes on the node its volumes' data lives on (each volume's label, see volume_label)."""
+    if not registry or publishes:
         return on_node(node_id)
     return tuple(f"node.labels.{volume_label(volume)}==true" for volume in volumes)

@@ -2,7 +2,7 @@
 
 Docker encrypts an overlay network (`--opt encrypted`) with IPsec ESP in the kernel, set up by
 each node for its peers; a kernel without ESP cannot carry such a network's traffic between
-nodes (measured on this machine kind: ../shared/MACHINE-FACTS.md). The probe asks the kernel for
+nodes (some cloud VMs' kernels lack it; so does the one the tests run on). The probe asks the kernel for
 one ESP state with the cipher Docker uses (AES-GCM, RFC 4106) in a network namespace of its own,
 so it changes nothing on the machine.
 """

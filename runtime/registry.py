@@ -16,6 +16,7 @@ import datetime
 import ipaddress
 import secrets
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 USER = "disco"  # the one account of the daemon's own registry
-CERT_DAYS = 3650  # self-signed and trusted by fingerprint of file, not by a CA: it need not expire soon
+CERTS_DIR = Path("/etc/docker/certs.d")  # where every Docker engine looks for a registry's certificate
+CERT_DAYS = 3650  # each engine trusts it as its own root (certs.d): made again only when the address changes
 CONTAINER_DIR = "/etc/disco-registry"  # where the service sees config.yml, the key pair and htpasswd
 STORAGE_DIR = "/var/lib/registry"  # its volume
 CONTAINER_PORT = 5000  # published on the node's host as settings.registry_port
@@ -56,9 +58,23 @@ class RegistryAccess:
         """A local image tag (`repository:tag`) as it is named in this registry."""
         return f"{self.address}/{tag}"
 
-    def trust_file(self, certs_dir: Path) -> Path:
+    def trust_file(self, certs_dir: Path = CERTS_DIR) -> Path:
         """Where a Docker engine looks for the certificate it trusts this registry with."""
         return certs_dir / self.address / "ca.crt"
+
+    def trust(self, certs_dir: Path = CERTS_DIR) -> None:
+        """Have this machine's Docker engine trust the registry's own certificate (none for a
+        registry with a publicly trusted one)."""
+        if not self.ca_pem:
+            return
+        path = self.trust_file(certs_dir)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.is_file() or path.read_text() != self.ca_pem:
+                path.write_text(self.ca_pem)
+        except OSError as err:
+            raise RegistryError(f"cannot write {path}, where Docker looks for the registry's certificate: "
+                                f"{err.strerror} (the daemon runs as root on a swarm of several nodes)") from None
 
     @property
     def ca_base64(self) -> str:
@@ -140,29 +156,51 @@ def own_config() -> str:
     ])
 
 
-def delete_tag(access: RegistryAccess, reference: str, ca_file: Path | None, timeout: float = 30) -> bool:
-    """Delete `reference` (HOST:PORT/REPOSITORY:TAG) from the registry: its manifest, found by
-    digest as the API wants. False when it was not there; the blobs go at the next garbage
-    collection."""
+def manifest_digest(access: RegistryAccess, reference: str, timeout: float = 30) -> str | None:
+    """The digest of the manifest `reference` (HOST:PORT/REPOSITORY:TAG) names, or None if the
+    registry has no such tag."""
     repository, _, tag = reference.removeprefix(f"{access.address}/").rpartition(":")
-    base = f"https://{access.address}/v2/{repository}/manifests"
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+    with _client(access, timeout) as client:
+        head = _asked(access, lambda: client.head(f"{_manifests(access, repository)}/{tag}",
+                                                  headers={"Accept": MANIFEST_TYPES}))
+        if head.status_code == 404:
+            return None
+        digest = head.headers.get("Docker-Content-Digest", "")
+        if not digest:
+            raise RegistryError(f"the registry at {access.address} gave no digest for {reference}")
+        return digest
+
+
+def delete_manifest(access: RegistryAccess, repository: str, digest: str, timeout: float = 30) -> bool:
+    """Delete a manifest, and so every tag naming it (the registry's API deletes by digest only);
+    False when it was not there. Its layers go at the next garbage collection."""
+    with _client(access, timeout) as client:
+        deleted = _asked(access, lambda: client.delete(f"{_manifests(access, repository)}/{digest}"))
+        return deleted.status_code != 404
+
+
+def _manifests(access: RegistryAccess, repository: str) -> str:
+    return f"https://{access.address}/v2/{repository}/manifests"
+
+
+def _client(access: RegistryAccess, timeout: float) -> httpx.Client:
+    """An HTTPS client logged in to the registry, trusting its own certificate if it has one."""
     try:
-        with httpx.Client(auth=(access.username, access.password), verify=verify, timeout=timeout) as client:
-            head = client.head(f"{base}/{tag}", headers={"Accept": MANIFEST_TYPES})
-            if head.status_code == 404:
-                return False
-            head.raise_for_status()
-            digest = head.headers.get("Docker-Content-Digest", "")
-            if not digest:
-                raise RegistryError(f"the registry at {access.address} gave no digest for {reference}")
-            deleted = client.delete(f"{base}/{digest}")
-            if deleted.status_code == 404:
-                return False
-            deleted.raise_for_status()
-            return True
-    except httpx.HTTPStatusError as err:
-        raise RegistryError(f"the registry at {access.address} refused to delete {reference}: "
-                            f"HTTP {err.response.status_code}") from None
+        verify: ssl.SSLContext | bool = True
+        if access.ca_pem:
+            verify = ssl.create_default_context(cadata=access.ca_pem)
+    except ssl.SSLError as err:
+        raise RegistryError(f"the registry's certificate is unreadable: {err}") from None
+    return httpx.Client(auth=(access.username, access.password), verify=verify, timeout=timeout)
+
+
+def _asked(access: RegistryAccess, call: Callable[[], httpx.Response]) -> httpx.Response:
+    """The registry's answer: found (2xx) or not there (404); anything else is refused."""
+    try:
+        response = call()
     except httpx.HTTPError as err:
         raise RegistryError(f"cannot reach the registry at {access.address}: {err}") from None
+    if response.status_code != 404 and not response.is_success:
+        raise RegistryError(f"the registry at {access.address} refused {response.request.method} "
+                            f"{response.request.url.path}: HTTP {response.status_code}")
+    return response

@@ -197,6 +197,7 @@ class ServicePlacement:
                 "waiting": self.waiting or None}
 
 
+VOLUME_LABEL_PREFIX = "disco.volume."  # runtime/docker_specs.volume_label
 VOLUME_CONSTRAINT_PREFIX = "node.labels."
 VOLUME_CONSTRAINT_SUFFIX = "==true"
 
@@ -218,7 +219,7 @@ def service_placements(services: list[dict[str, Any]], tasks: list[TaskPlacement
                 running[node_name] = running.get(node_name, 0) + 1
         labels = [constraint[len(VOLUME_CONSTRAINT_PREFIX):-len(VOLUME_CONSTRAINT_SUFFIX)]
                   for constraint in ((spec.get("TaskTemplate") or {}).get("Placement") or {}).get("Constraints") or []
-                  if constraint.startswith(VOLUME_CONSTRAINT_PREFIX + "disco.volume.")
+                  if constraint.startswith(VOLUME_CONSTRAINT_PREFIX + VOLUME_LABEL_PREFIX)
                   and constraint.endswith(VOLUME_CONSTRAINT_SUFFIX)]
         holders = [node for node in nodes if any(node.labels.get(label) == "true" for label in labels)]
         unable = [node for node in holders if node.state != "ready" or node.availability != "active"]

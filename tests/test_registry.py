@@ -96,12 +96,16 @@ def test_the_registry_service_stays_on_the_daemons_node_with_its_files_read_only
     assert moved["labels"]["disco.spec"] != spec["labels"]["disco.spec"]  # a new port restarts it
     elsewhere = registry_service("disco", "disco-registry:debian", Path("/var/lib/disco/registry"), 5443, "node2")
     assert elsewhere["labels"]["disco.spec"] == spec["labels"]["disco.spec"]
+    new_files = registry_service("disco", "disco-registry:debian", Path("/var/lib/disco/registry"), 5443, "node1",
+                                 files="another-certificate")
+    assert new_files["labels"]["disco.spec"] != spec["labels"]["disco.spec"]  # it reads them at start only
 
 
 def test_a_project_service_runs_anywhere_only_when_a_registry_carries_its_image():
     assert placement("node1", registry=False, volumes=[]) == ("node.id==node1",)
     assert placement("node1", registry=False, volumes=["disco-shop-data"]) == ("node.id==node1",)
     assert placement("node1", registry=True, volumes=[]) == ()
+    assert placement("node1", registry=True, volumes=[], publishes=True) == ("node.id==node1",)  # host ports: here
     assert placement("node1", registry=True, volumes=["disco-shop-data", "disco-shop-cache"]) == (
         "node.labels.disco.volume.disco-shop-data==true", "node.labels.disco.volume.disco-shop-cache==true")
     assert volume_label("disco-shop-data") == "disco.volume.disco-shop-data"
