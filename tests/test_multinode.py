@@ -364,7 +364,7 @@ def test_when_the_workers_engine_stops_its_tasks_run_on_the_manager_and_traffic_
 
 
 def test_nodes_remove_drains_the_worker_its_tasks_move_and_it_leaves_the_list(cluster: Cluster):
-    rig, service = cluster.rig, cluster.service(PROJECT)
+    service = cluster.service(PROJECT)
     # Swarm left every task on the manager when the worker came back: two more go to the worker.
     assert cluster.cli("scale:set", "web=6", "-p", PROJECT).returncode == 0
     wait_for("2 tasks on the worker", lambda: cluster.running_where(service).count("mn2") == 2, timeout=90)
