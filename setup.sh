@@ -24,8 +24,9 @@ DEBIAN_PACKAGES=(docker.io git openssh-client busybox-static caddy docker-regist
 # Debian's chromium, which Playwright drives headless to test the dashboard in a real browser; and
 # iproute2, whose `ip netns` and veth pairs make the multi-node tests' network (tests/multinode.py).
 TEST_PACKAGES=(pebble chromium iproute2)
-# What a machine joining the swarm needs: Docker, and `ip` to find its own address.
-JOIN_PACKAGES=(docker.io iproute2 ca-certificates)
+# What a machine joining the swarm needs: Docker, `ip` to find its own address, and the static
+# busybox every task's health check runs with (mounted from the node's own /bin/busybox).
+JOIN_PACKAGES=(docker.io iproute2 ca-certificates busybox-static)
 # Debian's client: /usr/local/bin/docker may be a newer client-only build without BuildKit support.
 DOCKER=/usr/bin/docker
 DOCKERD_LOG=/var/log/disco-dockerd.log
@@ -150,21 +151,24 @@ ensure_caddy_image() {
         return
     fi
     export DISCO_CADDY_IMAGE="$LOCAL_CADDY_IMAGE"
-    image_from_debian_binary "$LOCAL_CADDY_IMAGE" caddy 'ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data' \
+    image_from_debian_binary "$LOCAL_CADDY_IMAGE" caddy caddy 'ENV XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data' \
         'CMD ["caddy", "run"]'
 }
 
-# The image of the daemon's own registry (hooks/registry.py), from Debian's docker-registry.
-ensure_registry_image() {
-    image_from_debian_binary disco-registry:debian docker-registry 'CMD ["docker-registry", "serve", "/etc/docker/registry/config.yml"]'
+# The images of the daemon's own registry (hooks/registry.py), from Debian's docker-registry, and
+# of the job that prunes images on the other nodes, from Debian's docker client.
+ensure_registry_images() {
+    image_from_debian_binary disco-registry:debian docker-registry docker-registry \
+        'CMD ["docker-registry", "serve", "/etc/docker/registry/config.yml"]'
+    image_from_debian_binary disco-docker-cli:debian docker.io docker 'CMD ["docker", "version"]'
 }
 
-# IMAGE from the binary of the Debian package PACKAGE (/usr/bin/PACKAGE, dynamically linked: its
+# IMAGE from the binary /usr/bin/BINARY of the Debian package PACKAGE (dynamically linked: its
 # libraries come along) and the host's CA certificates; the rest of the arguments are Dockerfile
 # lines. Built again only when the package's version changed.
 image_from_debian_binary() {
-    local image="$1" package="$2" version context library
-    shift 2
+    local image="$1" package="$2" binary="$3" version context library
+    shift 3
     version="$(dpkg-query -W -f='${Version}' "$package")"
     if [[ "$("$DOCKER" image inspect -f '{{index .Config.Labels "disco.package-version"}}' "$image" 2>/dev/null)" == "$version" ]]; then
         return
@@ -172,9 +176,9 @@ image_from_debian_binary() {
     say "building $image from Debian's $package $version"
     context="$(mktemp -d)"
     mkdir -p "$context/rootfs/usr/bin" "$context/rootfs/etc/ssl/certs" "$context/rootfs/tmp"
-    cp "/usr/bin/$package" "$context/rootfs/usr/bin/$package"
+    cp "/usr/bin/$binary" "$context/rootfs/usr/bin/$binary"
     cp /etc/ssl/certs/ca-certificates.crt "$context/rootfs/etc/ssl/certs/"
-    for library in $(ldd "/usr/bin/$package" | grep -o '/[^ ]*'); do
+    for library in $(ldd "/usr/bin/$binary" | grep -o '/[^ ]*'); do
         mkdir -p "$context/rootfs$(dirname "$library")"
         cp -L "$library" "$context/rootfs$library"
     done
@@ -194,7 +198,7 @@ setup() {
     start_dockerd
     start_swarm
     ensure_caddy_image
-    ensure_registry_image
+    ensure_registry_images
 }
 
 case "${1:-}" in

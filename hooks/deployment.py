@@ -357,6 +357,8 @@ class DeploymentRun:
             self.engine.remove_image(tag)
         if pruned and (pushed_to := registry.pushed_to(self.settings, self.store)) is not None:
             registry.forget(self.engine, pushed_to, pruned, sorted(kept - {""}), self.out.line)
+        if pruned and self.registry is not None:  # several nodes: theirs too
+            registry.prune_other_nodes(self.settings, self.engine, self.registry, self.out.line)
         self.engine.remove_untagged_images(self.d.project)
         # The site that served until now stays until the next deploy (a request that began on
         # it ends there); a rollback copies its site again from the image it reuses.

@@ -163,14 +163,12 @@ def remove(platform: Platform, actor: str, node: SwarmNode, force: bool, on_prog
     engine = platform.engine
     before = left_on(node, engine.instance_tasks())
     moving = {task.service for task in before if task.desired == "running"}
-    replicas = engine.instance_replicas()
-    wanted = {service: replicas[service] for service in moving if replicas.get(service)}
     if node.availability != "drain":
         engine.drain_node(node.id)
         platform.store.audit(actor, "nodes:drain", node.name, f"id {node.id}")
     on_progress(f"{node.name} drained: swarm stops its tasks there and starts them on other nodes")
     if not force:
-        _wait_until_moved(platform, node, wanted, on_progress, stop, timeout)
+        _wait_until_moved(platform, node, moving, on_progress, stop, timeout)
     current = find(engine.nodes(), node.id)
     was_up = current.state != "down"
     on_progress(f"removing {node.name} from the swarm")
@@ -180,12 +178,15 @@ def remove(platform: Platform, actor: str, node: SwarmNode, force: bool, on_prog
     return Removed(current, was_up)
 
 
-def _wait_until_moved(platform: Platform, node: SwarmNode, wanted: dict[str, int], on_progress: Progress,
+def _wait_until_moved(platform: Platform, node: SwarmNode, moving: set[str], on_progress: Progress,
                       stop: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     said = ""
     while True:
         current = find(platform.engine.nodes(), node.id)  # its state: a node that went down stops counting
+        # Asked each time: a scale (or a deploy) may change how many tasks a service wants meanwhile.
+        replicas = platform.engine.instance_replicas()
+        wanted = {service: replicas[service] for service in moving if replicas.get(service)}
         tasks = platform.engine.instance_tasks()
         left = left_on(current, tasks)
         short = short_of_replicas(wanted, tasks, node.id)

@@ -239,6 +239,16 @@ def forget(engine: DeployEngine, access: RegistryAccess, pruned: list[str], kept
         on_line(f"registry: {deleted} image(s) deleted; {said}")
 
 
+def prune_other_nodes(settings: Settings, engine: DeployEngine, access: RegistryAccess,
+                      on_line: Callable[[str], None]) -> None:
+    """The other nodes drop the images no task of theirs runs any more: a job on each (with the
+    docker client's image, which they pull from the registry like an app's)."""
+    with PUSHES_OR_COLLECTION.push():
+        image = engine.push(settings.docker_cli_image, access, lambda line: None)
+    engine.prune_other_nodes(image, settings.docker_socket)
+    on_line("pruning unused images on the other nodes")
+
+
 def resume(settings: Settings, store: Store, engine: Engine) -> str:
     """At start: the daemon's own registry running again (as this version and its settings
     want it) if it was made; what carries images to other nodes, for the log."""

@@ -51,6 +51,7 @@ from runtime.docker_specs import (
     oneoff_container,
     overlay_network,
     proxy_service,
+    prune_job,
     registry_service,
     swarm_service,
 )
@@ -1004,6 +1005,25 @@ class Engine:
             raise DockerError(f"the registry's garbage collection exited {code}: {lines[-1] if lines else ''}")
         # Its summary: "N blobs marked, M blobs and K manifests eligible for deletion".
         return next((line.strip() for line in lines if "eligible for deletion" in line), "")
+
+    @property
+    def prune_job_name(self) -> str:
+        return names.join(self.instance, "prune")
+
+    def prune_other_nodes(self, image: str, socket: str) -> None:
+        """Start the job that prunes this instance's unused images on every other node (see
+        runtime/docker_specs.prune_job), replacing the one before, which has run by now; not
+        waited for. `image` is the docker client's, as the other nodes pull it."""
+        current = self._find_service(self.prune_job_name)
+        if current is not None:
+            with _ignoring_docker_errors():
+                current.remove()
+        try:
+            self.client.api.create_service(name=self.prune_job_name,
+                                           **prune_job(self.instance, image, self.here_node_id(), socket))
+        except docker.errors.APIError as err:
+            raise DockerError(f"could not start the job that prunes the other nodes: {err.explanation or err}") \
+                from None
 
     def unlabel_volume_node(self, label: str) -> None:
         """The volume is gone: no node holds its data any more."""

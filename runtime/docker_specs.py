@@ -367,6 +367,35 @@ def registry_service(instance: str, image: str, config_dir: Path, port: int, nod
     }
 
 
+def prune_job(instance: str, image: str, node_id: str, socket: str) -> ServiceKwargs:
+    """A job that runs once on every node but the daemon's (which prunes its own), removing this
+    instance's stopped task containers and then the images no container uses any more: swarm
+    keeps old tasks' containers (and so their images) on each node, and nothing else prunes
+    there. The node's own Docker socket (`socket`) is mounted; the static busybox of the health checks
+    (on every node, see setup.sh join) runs the two commands. Images the live tasks run stay,
+    and the kept ones for a rollback are pulled again from the registry if one is needed."""
+    labels = instance_labels(instance, role="prune")
+    selector = f"label=disco.instance={instance}"
+    script = (f"docker container prune --force --filter {selector} && "
+              f"docker image prune --all --force --filter {selector}")
+    container = ContainerSpec(
+        image=image,
+        command=[PROBE_PATH, "sh", "-c", script],
+        mounts=[Mount(target="/var/run/docker.sock", source=socket, type="bind"),
+                Mount(target=PROBE_PATH, source=PROBE_BINARY, type="bind", read_only=True)],
+        labels=labels,
+    )
+    return {
+        "task_template": TaskTemplate(
+            container_spec=container,
+            restart_policy=RestartPolicy(condition="none"),
+            placement=Placement(constraints=[f"node.id!={node_id}"]) if node_id else None,
+        ),
+        "labels": labels,
+        "mode": ServiceMode("global-job"),
+    }
+
+
 def volume_label(volume: str) -> str:
     """The node label that says a volume's data lives on that node (set by the daemon)."""
     return f"disco.volume.{volume}"

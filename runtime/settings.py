@@ -65,6 +65,10 @@ class Settings:
                                       "auto (when this kernel has ESP), on, or off")
     registry_image: str = setting("disco-registry:debian", "Docker image of the daemon's own registry (setup.sh "
                                   "builds it from Debian's docker-registry)")
+    docker_socket: str = setting("/var/run/docker.sock", "where each node's Docker socket is (the job that prunes "
+                                 "images on the other nodes mounts it)")
+    docker_cli_image: str = setting("disco-docker-cli:debian", "Docker image with the docker client, which prunes "
+                                    "images on the other nodes (setup.sh builds it from Debian's docker.io)")
     # What one user or project may cost the server (issue: one project cannot hurt another).
     max_object_size: int = setting(512 << 20, "largest git object a push may hold, inflated, in bytes", "512 MiB")
     max_push_inflated_size: int = setting(2 << 30, "largest total of a push's objects, inflated, in bytes", "2 GiB")

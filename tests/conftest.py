@@ -343,8 +343,8 @@ def laptop_cli(disco: Disco, home: Path):
     env = {**os.environ, "XDG_CONFIG_HOME": str(home / "xdg"), "HOME": str(home)}
     env.pop("DISCO_DATA_DIR", None)
 
-    def cli(*args: str, input: str | None = None):
-        return run([DISCO, *args], cwd=home, env=env, input=input, timeout=120)
+    def cli(*args: str, input: str | None = None, timeout: float = 120):
+        return run([DISCO, *args], cwd=home, env=env, input=input, timeout=timeout)
 
     assert cli("login", f"http://127.0.0.1:{disco.api_port}", input=disco.api_key + "\n").returncode == 0
     return cli

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path("/tmp/disco-mn")  # short: a unix socket's path must fit in 108 bytes
+LOGS_KEPT = Path("/tmp/disco-mn-logs")
+NODE_SOCKET = Path("/run/disco-mn/docker.sock")  # each engine's own, in its own mount namespace
 BRIDGE = "disco-mn"
 SUBNET = "10.250.0"  # the bridge is .1, engine N is .N+1
 NETNS_PREFIX = "disco-mn"
@@ -119,7 +121,10 @@ class Engine:
     def config(self) -> dict[str, Any]:
         return {
             "data-root": str(self.dir / "data"), "exec-root": str(self.dir / "exec"), "pidfile": str(self.pidfile),
-            "hosts": [self.docker_host],
+            # Also a socket at the same path on every engine, each in a folder of its own (see
+            # start): a job mounting "the node's Docker socket" (the daemon's image pruning on the
+            # other nodes, --docker-socket) reaches that node's engine, not the host's.
+            "hosts": [self.docker_host, f"unix://{NODE_SOCKET}"],
             # Its own containerd namespaces, and its own engine key: they would otherwise share
             # /etc/docker/key.json with the host's dockerd, and so one engine ID.
             "containerd-namespace": self.netns, "containerd-plugins-namespace": f"{self.netns}-plugins",
@@ -143,11 +148,14 @@ class Engine:
         config = ROOT / f"n{self.index}.json"
         config.write_text(json.dumps(self.config(), indent=1))
         # Not `ip netns exec`, which remounts /sys; a private mount namespace (dockerd's mounts stay
-        # in it) and UTS namespace (each node its own hostname, so its own node name in swarm).
+        # in it) and UTS namespace (each node its own hostname, so its own node name in swarm),
+        # with NODE_SOCKET's folder its own.
         # Every step execs the next, so this process is dockerd itself: it is ours to stop and reap.
+        NODE_SOCKET.parent.mkdir(exist_ok=True)
         command = ["nsenter", f"--net=/run/netns/{self.netns}", "--", "unshare", "--mount", "--uts",
                    "--propagation", "slave", "--", "sh", "-c",
-                   f"hostname {self.hostname} && exec {DOCKERD} --config-file {config}"]
+                   f"hostname {self.hostname} && mount -t tmpfs disco-mn {NODE_SOCKET.parent} && "
+                   f"exec {DOCKERD} --config-file {config}"]
         with self.log.open("a") as log:
             # Its own session: a Ctrl-C meant for pytest must not reach it (the teardown stops it).
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -273,6 +281,10 @@ class Rig:
                                f"{(save.stderr.read() if save.stderr else b'').decode()[-400:]} {loaded.stderr[-400:]}")
 
     def down(self) -> None:
+        LOGS_KEPT.mkdir(exist_ok=True)  # the last rig's dockerd logs, for a failure's post-mortem
+        for engine in self.engines:
+            if engine.log.exists():
+                shutil.copy(engine.log, LOGS_KEPT / f"{engine.hostname}.log")
         for engine in self.engines:
             engine.docker("swarm", "leave", "--force", check=False, timeout=60)
         for engine in self.engines:  # all at once: each takes seconds to stop

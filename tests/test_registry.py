@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 
 from hooks import registry
-from runtime.docker_specs import placement, registry_service, volume_label
+from runtime.docker_specs import placement, prune_job, registry_service, volume_label
 from runtime.registry import (
     RegistryAccess,
     certificate_host,
@@ -137,3 +137,19 @@ def test_no_registry_until_the_daemon_made_its_own(tmp_path: Path):
     assert bcrypt.checkpw(made.password.encode(), (folder / "htpasswd").read_text().split(":", 1)[1].strip().encode())
     assert registry.configured(settings, store) == made  # read back as made
     assert {p.name for p in folder.iterdir()} == {"cert.pem", "key.pem", "htpasswd", "config.yml", "password"}
+
+
+def test_the_prune_job_runs_once_on_every_other_node_with_that_nodes_docker():
+    spec = prune_job("disco", "10.0.0.1:5000/disco-docker-cli:debian@sha256:ab", "node1", "/var/run/docker.sock")
+    assert spec["mode"] == {"GlobalJob": {}}  # once per node, then done
+    template = spec["task_template"]
+    assert template["Placement"]["Constraints"] == ["node.id!=node1"]  # the daemon's node prunes itself
+    assert template["RestartPolicy"]["Condition"] == "none"
+    container = template["ContainerSpec"]
+    socket, busybox = container["Mounts"]
+    assert (socket["Source"], socket["Target"]) == ("/var/run/docker.sock", "/var/run/docker.sock")
+    assert busybox["ReadOnly"] and container["Command"][:3] == ["/.disco/busybox", "sh", "-c"]
+    script = container["Command"][3]
+    # Stopped task containers first (they hold their images), then unused images: only this instance's.
+    assert script == ("docker container prune --force --filter label=disco.instance=disco && "
+                      "docker image prune --all --force --filter label=disco.instance=disco")
