@@ -919,15 +919,19 @@ class Engine:
             parts["labels"]["disco.spec"]
         if not restarts and _constraints(current.attrs["Spec"]) == _constraints(parts["task_template"]):
             return False
+        if current is None:
+            self._remove_renamed_proxy()
+        self._create_or_update(current, self.proxy_name, parts, "the Caddy proxy service")
+        return restarts
+
+    def _create_or_update(self, current: Any, name: str, parts: ServiceKwargs, what: str) -> None:
         try:
             if current is None:
-                self._remove_renamed_proxy()
-                self.client.api.create_service(name=self.proxy_name, **parts)
+                self.client.api.create_service(name=name, **parts)
             else:
-                self._update_service(current, self.proxy_name, parts)
+                self._update_service(current, name, parts)
         except docker.errors.APIError as err:
-            raise DockerError(f"could not start the Caddy proxy service: {err.explanation or err}") from None
-        return restarts
+            raise DockerError(f"could not start {what}: {err.explanation or err}") from None
 
     # -- the registry ----------------------------------------------------------------------
 
@@ -943,13 +947,7 @@ class Engine:
         if current is not None and (current.attrs["Spec"].get("Labels") or {}).get("disco.spec") == \
                 parts["labels"]["disco.spec"]:
             return False
-        try:
-            if current is None:
-                self.client.api.create_service(name=self.registry_name, **parts)
-            else:
-                self._update_service(current, self.registry_name, parts)
-        except docker.errors.APIError as err:
-            raise DockerError(f"could not start the registry service: {err.explanation or err}") from None
+        self._create_or_update(current, self.registry_name, parts, "the registry service")
         return True
 
     def log_in(self, access: RegistryAccess, fresh: bool = False) -> None:
