@@ -780,9 +780,9 @@ class Engine:
                                                                 f"disco.project={project}"]})
         if not services:
             return []
-        tasks = self.client.api.tasks(filters={"service": [service["ID"] for service in services]})
-        return service_placements(services, [task_placement(task, _names_by_id(services)) for task in tasks],
-                                  self.nodes())
+        tasks = self._tasks_of(services)
+        # The nodes as they are (their tasks counted from the project's own: the placements do not use them).
+        return service_placements(services, tasks, swarm_nodes(self.client.api.nodes(), tasks, ""))
 
     def node_count(self) -> int:
         return len(self.client.api.nodes())
@@ -799,8 +799,14 @@ class Engine:
         services = self.client.api.services(filters={"label": f"disco.instance={self.instance}"})
         if not services:
             return []  # an empty service filter would list every task of the swarm
+        return self._tasks_of(services)
+
+    def _tasks_of(self, services: list[dict[str, Any]]) -> list[TaskPlacement]:
+        """The tasks of these services (GET /services entries, at least one), each named by its
+        service's name (a task gives only the service's ID)."""
         tasks = self.client.api.tasks(filters={"service": [service["ID"] for service in services]})
-        return [task_placement(task, _names_by_id(services)) for task in tasks]
+        names_by_id = {service["ID"]: service["Spec"]["Name"] for service in services}
+        return [task_placement(task, names_by_id) for task in tasks]
 
     def instance_replicas(self) -> dict[str, int]:
         """Swarm service name -> the replicas it wants, for this instance's services."""
@@ -1213,10 +1219,6 @@ class Engine:
             return
         if (volume.attrs.get("Labels") or {}).get("disco.project") != project:
             raise DockerError(f"the volume {name} belongs to something else; rename this volume in disco.toml")
-
-
-def _names_by_id(services: list[dict[str, Any]]) -> dict[str, str]:
-    return {service["ID"]: service["Spec"]["Name"] for service in services}
 
 
 def project_tags(repositories: tuple[str, ...], tags: list[str]) -> dict[int, list[str]]:
