@@ -19,12 +19,15 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+if TYPE_CHECKING:
+    import httpx  # at run time imported by the calls below: an idle daemon never loads httpx
 
 USER = "disco"  # the one account of the daemon's own registry
 CERTS_DIR = Path("/etc/docker/certs.d")  # where every Docker engine looks for a registry's certificate
@@ -191,11 +194,13 @@ def _client(access: RegistryAccess, timeout: float) -> httpx.Client:
             verify = ssl.create_default_context(cadata=access.ca_pem)
     except ssl.SSLError as err:
         raise RegistryError(f"the registry's certificate is unreadable: {err}") from None
+    import httpx
     return httpx.Client(auth=(access.username, access.password), verify=verify, timeout=timeout)
 
 
 def _asked(access: RegistryAccess, call: Callable[[], httpx.Response]) -> httpx.Response:
     """The registry's answer: found (2xx) or not there (404); anything else is refused."""
+    import httpx
     try:
         response = call()
     except httpx.HTTPError as err:
