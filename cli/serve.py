@@ -50,6 +50,7 @@ def serve(settings: Settings) -> None:
     ensure_layout(settings)
     write_default_config(settings)
     store = Store(settings.db_path)
+    store.checkpoint_in_background()  # no API write waits for the WAL's copy into the database
     try:
         asyncio.run(_run(settings, store))
     finally:

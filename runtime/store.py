@@ -16,6 +16,7 @@ commit was most of the cost of an API write (two of them: the change, then its a
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping
@@ -38,7 +39,13 @@ if TYPE_CHECKING:
 Record = TypeVar("Record", bound="DataclassInstance")  # User, Deployment, ApiKey, SSHKey
 Cached = TypeVar("Cached")  # what Store._cached keeps: shared, so never changed by its callers
 
+log = logging.getLogger("disco.store")
+
 ROLES = ("admin", "deployer")
+# The daemon's store copies its WAL into the database from a thread of its own (see
+# Store.checkpoint_in_background): after this many commits, or every CHECKPOINT_SECONDS.
+CHECKPOINT_AFTER_COMMITS = 200
+CHECKPOINT_SECONDS = 1.0
 
 
 class StoreError(Exception):
@@ -396,6 +403,8 @@ class Store:
         self._lock = threading.RLock()
         self._depth = 0  # transactions open on _conn, the outermost first (touched under _lock only)
         self._durable = False  # whether the open transaction's commit must reach the disk
+        self._commits = 0  # commits on _conn (counted only while checkpointing in the background)
+        self._checkpointer: _Checkpointer | None = None
         self._local = threading.local()
         self.secrets = SecretBox(path.parent / SECRETS_KEY_NAME)  # secrets at rest (runtime/secretbox.py)
         self.reserve = disk.Reserve(path.parent / disk.RESERVE_NAME)  # kept by the daemon (hooks/disks.py)
@@ -415,8 +424,29 @@ class Store:
         return conn
 
     def close(self) -> None:
+        if self._checkpointer:
+            self._checkpointer.stop()
         with self._lock:
             self._conn.close()
+
+    def checkpoint_in_background(self, after_commits: int = CHECKPOINT_AFTER_COMMITS,
+                                 every: float = CHECKPOINT_SECONDS) -> None:
+        """Copy the WAL into the database from a thread of its own, never inside a commit.
+
+        By default SQLite checkpoints in the commit that takes the WAL past 1000 pages: that
+        commit waits for the copy and its fsyncs, up to milliseconds every few hundred API writes,
+        and so does the event loop that runs it and every request queued behind it (most of the
+        API writes' p99). A checkpoint may run beside commits (WAL), and sqlite3 lets go of the GIL
+        while it works, so the thread costs the loop nothing. The daemon calls this once; the
+        `disco` command's short-lived stores keep SQLite's own checkpoints.
+        """
+        with self._lock:
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = _Checkpointer(self._connect(check_same_thread=False), after_commits, every)
+
+    def _committed(self) -> None:
+        if self._checkpointer:
+            self._checkpointer.committed()
 
     @contextmanager
     def transaction(self, durable: bool = False) -> Iterator[sqlite_utils.Database]:
@@ -440,6 +470,7 @@ class Store:
                 self._depth, self._durable = 1, durable
                 yield self.db
                 self._conn.execute("COMMIT")
+                self._committed()
             except BaseException:
                 # SQLite may have rolled back already (a full disk does that): a second ROLLBACK
                 # would hide the real error; a COMMIT that failed must not leave it open either.
@@ -529,7 +560,10 @@ class Store:
 
     def _write(self, sql: str, args: list | tuple = ()) -> sqlite3.Cursor:
         with self._lock, self._full_disk_said():
-            return self._conn.execute(sql, args)
+            cursor = self._conn.execute(sql, args)
+            if not self._depth:  # a statement of its own: it committed
+                self._committed()
+            return cursor
 
     def migrate(self, upto: int | None = None) -> None:
         target = len(MIGRATIONS) if upto is None else upto
@@ -1099,6 +1133,43 @@ class Store:
 
 # Per thread and group of tables, at most so many reads are kept (then all go).
 READ_CACHE_ENTRIES = 256
+
+
+class _Checkpointer:
+    """The thread that copies the daemon's WAL into the database (Store.checkpoint_in_background):
+    after `after_commits` commits, or every `every` seconds if anything was committed."""
+
+    def __init__(self, conn: sqlite3.Connection, after_commits: int, every: float) -> None:
+        self._conn = conn
+        self._after_commits = after_commits
+        self._every = every
+        self._pending = 0  # commits since the last checkpoint began (a lost count only waits for the timer)
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="store-checkpoint", daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        self._pending += 1
+        if self._pending >= self._after_commits:
+            self._wanted.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wanted.wait(self._every)
+            self._wanted.clear()
+            if self._pending:
+                self._pending = 0
+                try:  # PASSIVE: copies what no reader still needs, never waits for anyone
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as err:  # a full disk, say: the next round tries again
+                    log.warning("could not copy the store's WAL into its database: %s", err)
+        self._conn.close()
 
 
 class _Reader:
