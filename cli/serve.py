@@ -33,7 +33,7 @@ from runtime import ipsec
 from runtime.backup import BackupError, daily_backup
 from runtime.caddy import API_SOCKET_NAME, CaddyAdmin
 from runtime.docker_engine import DockerError, Engine
-from runtime.memory import give_back_freed_memory, leave_start_up_objects_out_of_collections
+from runtime.memory import give_back_freed_memory, leave_start_up_objects_out_of_collections, use_few_malloc_arenas
 from runtime.secretbox import SecretError
 from runtime.settings import Settings, ensure_layout, write_default_config
 from runtime.store import Store
@@ -43,6 +43,7 @@ log = logging.getLogger("disco")
 
 def serve(settings: Settings) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
+    use_few_malloc_arenas()  # first: before any thread of the daemon's has an arena of its own
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     # Their per-packet chatter would drown our one line per connection and push.
     for chatty in ("asyncssh", "dulwich", "httpx"):

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from runtime import memory
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def rss_mb() -> float:
@@ -30,3 +36,34 @@ def test_memory_a_finished_thread_freed_leaves_the_rss():
     memory.give_back_freed_memory()
     assert rss_mb() < before - 50, "the ~96 MB freed stayed in the process"
     assert len(kept) == 2000
+
+
+ARENAS_AFTER_SIX_THREADS = """
+import ctypes, sys, threading
+from runtime import memory
+if sys.argv[1] == "capped":
+    memory.use_few_malloc_arenas()
+started, done = threading.Barrier(7), threading.Event()
+def work():
+    kept = bytearray(4000)  # malloc's, not Python's small-object allocator: the thread's arena
+    started.wait()  # all six hold memory at once, so none may take a finished thread's arena
+    done.wait()
+threads = [threading.Thread(target=work) for _ in range(6)]
+for thread in threads:
+    thread.start()
+started.wait()
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" paragraph per arena, on stderr
+done.set()
+"""
+
+
+@pytest.mark.skipif(memory._malloc_trim is None, reason="not glibc")
+@pytest.mark.parametrize("variant, most", [("capped", memory.MALLOC_ARENAS), ("glibc's default", 7)])
+def test_the_daemons_threads_share_few_malloc_arenas(variant: str, most: int):
+    """Six threads holding memory at once: with the daemon's cap they share MALLOC_ARENAS arenas
+    (the main one among them); with glibc's default (the control) each gets its own."""
+    result = subprocess.run([sys.executable, "-c", ARENAS_AFTER_SIX_THREADS, variant], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    arenas = len(re.findall(r"^Arena \d+:", result.stderr, re.MULTILINE))
+    # The control's 7 shows the six threads would each take an arena, so the cap's 2 is the cap's doing.
+    assert arenas == most, result.stderr
