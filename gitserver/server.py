@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("disco.ssh")
 
+# What the SSH server encrypts with: asyncssh's defaults less chacha20-poly1305, which asyncssh
+# computes with three cipher set-ups and a copy of each packet in Python. git's ssh sends a push
+# in packets of about 10 KB, so that cost most of the gap to a local push: a 100 MB push took
+# 1.71 s with it, 1.51 s with AES, 1.26 s over file:// (issue 15). Every client that speaks
+# chacha20 speaks AES-CTR (RFC 4344), and OpenSSH, which asks for chacha20 first, takes AES-CTR
+# next (with umac-64-etm); those that ask for AES-GCM first get it.
+ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr"]
+
 GIT_SERVICES = {"git-receive-pack": Access.WRITE, "git-upload-pack": Access.READ}
 
 
@@ -78,6 +86,7 @@ class GitServer:
             allow_scp=False,
             line_editor=False,
             keepalive_interval=30,
+            encryption_algs=ENCRYPTION_ALGS,
         )
         log.info("git over SSH listening on port %d", self.settings.ssh_port)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from subprocess import run
 import time
 import uuid
 from pathlib import Path
@@ -132,3 +133,19 @@ def test_a_push_waiting_for_its_deployment_is_not_idle(impatient, tmp_path: Path
     assert time.monotonic() - started > IDLE * 2
     assert "closed:" not in result.stderr
     assert server_ref(disco, "slowbuild") == head(repo)
+
+
+def test_pushes_are_encrypted_with_aes_not_asyncssh_s_chacha20(capped, tmp_path: Path):
+    """gitserver/server.py ENCRYPTION_ALGS: chacha20-poly1305 runs in Python in asyncssh and cost a
+    push most of its gap to a local one. OpenSSH's own first choice is refused by name, and
+    OpenSSH left to its defaults agrees on AES and pushes."""
+    disco, keys = capped
+    greeting = ["-p", str(disco.ssh_port), "git@127.0.0.1"]
+    chacha = run([*disco.ssh_command(keys["alice"], "-c", "chacha20-poly1305@openssh.com", *greeting), "-v"],
+                 capture_output=True, text=True, timeout=30)  # -v: past the command's LogLevel=ERROR
+    assert chacha.returncode == 255 and "no matching cipher found" in chacha.stderr, chacha.stderr
+    verbose = run([*disco.ssh_command(keys["alice"], *greeting), "-v"], capture_output=True, text=True, timeout=30)
+    assert "server->client cipher: aes128-ctr" in verbose.stderr, verbose.stderr
+    assert "Hi alice!" in verbose.stdout + verbose.stderr
+    repo = make_repo(tmp_path / "app", branch="dev")
+    assert disco.git(keys["alice"], "push", disco.url("aes"), "dev", cwd=repo).returncode == 0
