@@ -258,7 +258,7 @@ def test_cached_reads_see_every_change_at_once_from_any_connection(tmp_path: Pat
     for _ in range(2):  # the second time from the cache
         assert daemon_side.api_key_by_digest("digest")[0].revoked_at == ""
         assert daemon_side.has_grant("bob", "shop") and daemon_side.grants_of("bob") == ["shop"]
-        assert [p["name"] for p in daemon_side.list_projects()] == ["shop"]
+        assert [p["name"] for p in daemon_side.list_projects()] == ["shop"] == daemon_side.project_names()
 
     daemon_side.revoke_api_key(key.id, now())  # the daemon's own writer
     assert daemon_side.api_key_by_digest("digest")[0].revoked_at != ""
@@ -280,13 +280,16 @@ def test_cached_reads_see_every_change_at_once_from_any_connection(tmp_path: Pat
     assert daemon_side.list_projects()[0]["live_deployment"] is None
     shell_side.update_deployment("shop", deployment.number, status="live")
     assert daemon_side.list_projects()[0]["live_deployment"] == deployment.number
+    shell_side.add_project("cart", "alice")
+    assert daemon_side.project_names() == ["cart", "shop"]
     by_hand.execute("UPDATE projects SET deploy_branch = 'trunk'")
     assert daemon_side.get_project("shop")["deploy_branch"] == "trunk"  # type: ignore[index]
 
     shell_side.remove_user("bob")
     assert daemon_side.api_key_by_digest("digest") is None
     daemon_side.delete_project("shop")
-    assert daemon_side.list_projects() == [] and daemon_side.get_project("shop") is None
+    assert [p["name"] for p in daemon_side.list_projects()] == ["cart"] == daemon_side.project_names()
+    assert daemon_side.get_project("shop") is None
 
 
 def test_writes_elsewhere_leave_the_cached_key_and_project_in_memory(tmp_path: Path):
