@@ -135,6 +135,8 @@ class GitServer:
                     del self._open[user.name]
         if not process.is_closing():
             process.exit(status)
+        if counted:  # after the answer: the client need not wait for a collection and malloc_trim
+            await asyncio.to_thread(give_back_freed_memory)  # what the session's thread freed in its arena
 
     async def _dispatch(self, process: asyncssh.SSHServerProcess) -> int:
         from gitserver.gitproto import ChannelIO, PushContext, PushLimits  # lazy: see _run_session
@@ -183,11 +185,8 @@ class GitServer:
         from gitserver.gitproto import run_receive_pack  # lazy: see _run_session
 
         # Authorised already: a first push (or one to a project made through the API) makes the repo.
-        try:
-            with self.repos.session(project, create=True), self.repos.open(project) as repo:
-                run_receive_pack(repo, io, context)
-        finally:
-            give_back_freed_memory()  # a push's chunks, freed in its thread's malloc arena
+        with self.repos.session(project, create=True), self.repos.open(project) as repo:
+            run_receive_pack(repo, io, context)
 
     def _greeting(self, user: User) -> str:
         port = self.settings.ssh_port

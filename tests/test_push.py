@@ -358,8 +358,12 @@ def test_a_large_push_costs_the_daemon_a_chunk_of_it_and_leaves_nothing_behind(
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
     pushed = running.git(admin_key, "push", running.url("large"), BRANCH, cwd=repo, timeout=300)
     assert pushed.returncode == 0, pushed.stderr
-    peak, after = memory_kib(pid, "VmHWM"), memory_kib(pid, "VmRSS")
+    peak = memory_kib(pid, "VmHWM")
     assert peak - before < 32 << 10, f"a push of a 64 MiB file made the daemon peak {(peak - before) >> 10} MiB higher"
+    # The daemon gives its freed memory back once the pusher has the answer (gitserver/server.py).
+    deadline = time.monotonic() + 10
+    while (after := memory_kib(pid, "VmRSS")) - before >= 16 << 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert after - before < 16 << 10, f"a push of a 64 MiB file left the daemon {(after - before) >> 10} MiB larger"
     assert stored(running, "large") == head(repo)
 
