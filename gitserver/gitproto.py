@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import glob
 import hashlib
 import logging
@@ -318,6 +319,7 @@ INDEX_PACK_FULL_DISK = ((errno.ENOSPC, (os.strerror(errno.ENOSPC), "Out of disks
 # at a time, the buffers grew by up to a window per pause, without bound: 35 MiB held at once
 # during a 64 MiB push. A read as large as both buffers together empties them each time.
 RECV_SIZE = 8 << 20
+PIPE_SIZE = 1 << 20  # Linux's ceiling for a pipe an unprivileged process widens (/proc/sys/fs/pipe-max-size)
 
 
 def add_limited_thin_pack(store: DiskObjectStore, recv: Callable[[int], bytes], limits: PushLimits) -> None:
@@ -369,6 +371,7 @@ class IndexPack:
             start_new_session=True,
         )
         self._pack_path = pack_path
+        _widen(cast(IO[bytes], self.process.stdin))
 
     def feed(self, data: memoryview) -> None:
         stdin = cast(IO[bytes], self.process.stdin)
@@ -409,6 +412,16 @@ class IndexPack:
         why = next((line for line in lines if line.startswith(("fatal: ", "error: "))), lines[0] if lines else "")
         raise BrokenPack(why.removeprefix("fatal: ").removeprefix("error: ")
                          or f"git index-pack exited with {self.process.returncode}")
+
+
+def _widen(pipe: IO[bytes]) -> None:
+    """Let the pipe into git index-pack hold PIPE_SIZE bytes instead of Linux's 64 KiB: the
+    push's thread then checks the next chunk of the pack (PackLimiter) while git indexes the
+    last, instead of waiting on git every 64 KiB (bench: a 100 MB push took 1.46x file://'s
+    time with 64 KiB, 1.30x with 1 MiB). Where Linux refuses (over the user's pipe quota, or
+    not Linux), the pipe keeps its size."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 def _move_into_packs(store: DiskObjectStore, temp: str, pack_hash: str) -> None:

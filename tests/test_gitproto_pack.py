@@ -3,6 +3,7 @@ in memory a chunk at a time, whatever the size of its objects."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from conftest import commit, make_repo, run
 from dulwich.repo import Repo
 
-from gitserver.gitproto import BrokenPack, PushLimits, PushTooLarge, add_limited_thin_pack
+from gitserver.gitproto import PIPE_SIZE, BrokenPack, IndexPack, PushLimits, PushTooLarge, add_limited_thin_pack
 
 MiB = 1 << 20
 ROOMY = PushLimits(max_input_size=1 << 30, max_object_size=512 * MiB, max_inflated_size=1 << 31)
@@ -124,3 +125,13 @@ def test_receiving_a_large_object_holds_a_chunk_of_it_not_all_of_it(tmp_path: Pa
         tracemalloc.stop()
     assert peak < 8 * MiB, f"receiving a 40 MiB object held {peak / MiB:.1f} MiB at once"
     fsck(bare)
+
+
+def test_git_index_pack_is_fed_through_a_pipe_of_a_mebibyte(bare: Path):
+    """Linux's 64 KiB pipe made the push's thread wait on git every 64 KiB instead of checking
+    the next chunk meanwhile (gitproto._widen): a 100 MB push took 1.46x file://'s time, 1.30x."""
+    indexer = IndexPack(str(bare), str(bare / "objects" / "tmp_pack_test.pack"))
+    try:
+        assert fcntl.fcntl(indexer.process.stdin.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_SIZE == MiB  # type: ignore[union-attr]
+    finally:
+        indexer.stop()
