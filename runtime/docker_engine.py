@@ -345,12 +345,14 @@ class Engine:
         short-lived connection of its own, so a dockerd that went away and came back is seen as it is.
 
         Swarm's inspect answers only then: on an active manager that reaches the swarm's raft
-        store (right after a start, swarm refuses calls for a while, and so does this). Asked
-        in the API version the engine's client agreed on, it costs about 1.5 ms; `docker info`
-        and the version lookup (dockerd runs runc and asks containerd for theirs) cost 20 ms,
-        which the watch (hooks/dockerwatch.py) paid every 2 s and every deploy-branch push.
+        store. Right after a start swarm refuses calls for a while, and so does this; so it does
+        for a manager whose swarm lost its leader (quorum), where no deploy could run either.
+        Asked in the API version the engine's client agreed on, it costs about 1.5 ms; `docker
+        info` and the version lookup (dockerd runs runc and asks containerd for theirs) cost
+        20 ms, which the watch (hooks/dockerwatch.py) paid every 2 s and every deploy-branch push.
         """
-        version = self._client.api.api_version if self._client is not None else "auto"
+        client = self._client  # once: a failing call elsewhere may drop it meanwhile
+        version = client.api.api_version if client is not None else "auto"
         try:
             probe = docker.APIClient(version=version, timeout=5, **docker.utils.kwargs_from_env())
         except (docker.errors.DockerException, requests.RequestException):

@@ -403,7 +403,6 @@ class Store:
         self._lock = threading.RLock()
         self._depth = 0  # transactions open on _conn, the outermost first (touched under _lock only)
         self._durable = False  # whether the open transaction's commit must reach the disk
-        self._commits = 0  # commits on _conn (counted only while checkpointing in the background)
         self._checkpointer: _Checkpointer | None = None
         self._local = threading.local()
         self.secrets = SecretBox(path.parent / SECRETS_KEY_NAME)  # secrets at rest (runtime/secretbox.py)
@@ -426,6 +425,7 @@ class Store:
     def close(self) -> None:
         if self._checkpointer:
             self._checkpointer.stop()
+            self._checkpointer = None
         with self._lock:
             self._conn.close()
 
@@ -441,6 +441,8 @@ class Store:
         `disco` command's short-lived stores keep SQLite's own checkpoints.
         """
         with self._lock:
+            if self._checkpointer:
+                raise RuntimeError("this store already checkpoints in the background")
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = _Checkpointer(self._connect(check_same_thread=False), after_commits, every)
 
@@ -1153,6 +1155,7 @@ class _Checkpointer:
         self._pending = 0  # commits since the last checkpoint began (a lost count only waits for the timer)
         self._wanted = threading.Event()
         self._stopping = False
+        self._failing = False  # the last checkpoint failed (said in the log once)
         self._thread = threading.Thread(target=self._run, name="store-checkpoint", daemon=True)
         self._thread.start()
 
@@ -1175,7 +1178,13 @@ class _Checkpointer:
                 try:  # PASSIVE: copies what no reader still needs, never waits for anyone
                     self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as err:  # a full disk, say: the next round tries again
-                    log.warning("could not copy the store's WAL into its database: %s", err)
+                    if not self._failing:  # said once, not every second until it works again
+                        log.warning("could not copy the store's WAL into its database: %s", err)
+                    self._failing = True
+                else:
+                    if self._failing:
+                        log.info("the store's WAL is copied into its database again")
+                    self._failing = False
         self._conn.close()
 
 

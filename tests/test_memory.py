@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -62,7 +63,8 @@ done.set()
 def test_the_daemons_threads_share_few_malloc_arenas(variant: str, most: int):
     """Six threads holding memory at once: with the daemon's cap they share MALLOC_ARENAS arenas
     (the main one among them); with glibc's default (the control) each gets its own."""
-    result = subprocess.run([sys.executable, "-c", ARENAS_AFTER_SIX_THREADS, variant], cwd=ROOT,
+    glibc_defaults = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    result = subprocess.run([sys.executable, "-c", ARENAS_AFTER_SIX_THREADS, variant], cwd=ROOT, env=glibc_defaults,
                             capture_output=True, text=True, check=True)
     arenas = len(re.findall(r"^Arena \d+:", result.stderr, re.MULTILINE))
     # The control's 7 shows the six threads would each take an arena, so the cap's 2 is the cap's doing.

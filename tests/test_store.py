@@ -214,34 +214,45 @@ def test_a_durable_transaction_that_cannot_begin_leaves_commits_cheap_again(tmp_
     assert not store._conn.in_transaction
 
 
-def _write_env_vars(store: Store, count: int, first: int = 0) -> None:
-    for n in range(first, first + count):  # a commit each, 4 KB each: 600 of them are well past SQLite's 1000-page WAL
+def _write_env_vars(store: Store, count: int) -> None:
+    for n in range(count):  # a commit each, 4 KB each: 600 of them are well past SQLite's 1000-page WAL
         store.set_env("shop", {f"K{n}": "v" * 4096})
 
 
-def test_the_daemons_commits_never_copy_the_wal_themselves_a_thread_does(tmp_path: Path):
+def _database_grows_by(path: Path, size: int, growth: int, within: float = 10) -> bool:
+    """Whether the database file (not its WAL) reaches `size` + `growth` bytes within `within` s:
+    it grows only when a checkpoint copies pages into it."""
+    deadline = time.monotonic() + within
+    while path.stat().st_size < size + growth and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path.stat().st_size >= size + growth
+
+
+@pytest.mark.parametrize("after_commits, every, copied", [
+    (10**9, 3600, False),  # a thread that never gets to it: nothing may copy the WAL
+    (50, 3600, True),  # woken by the commits
+    (10**9, 0.05, True),  # woken by its timer (the daemon's way at a few writes a second)
+])
+def test_the_daemons_commits_never_copy_the_wal_themselves_a_thread_does(tmp_path: Path, after_commits: int,
+                                                                          every: float, copied: bool):
     """SQLite's own checkpoint runs inside the commit that fills the WAL, stalling the event loop
-    that made it; the daemon's store leaves that to a thread (Store.checkpoint_in_background).
-    The database file only grows when a checkpoint copies pages into it."""
+    that made it; the daemon's store leaves that to a thread (Store.checkpoint_in_background)."""
     path = tmp_path / "disco.sqlite3"
     store = Store(path)
-    store.checkpoint_in_background(after_commits=10**9, every=3600)  # a thread that never gets to it
-    size = path.stat().st_size
-    _write_env_vars(store, 600)
-    assert path.stat().st_size == size, "a commit copied the WAL into the database itself"
-    assert Path(f"{path}-wal").stat().st_size > 600 * 4096
-    store.close()
-
-    store = Store(path)
-    store.checkpoint_in_background(after_commits=50, every=3600)  # woken by commits, not by its timer
-    size = path.stat().st_size  # the first 600 are in it: closing the store copied them
-    _write_env_vars(store, 600, first=600)
-    deadline = time.monotonic() + 10
-    while path.stat().st_size < size + 600 * 4096 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert path.stat().st_size >= size + 600 * 4096, "the checkpoint thread did not copy the WAL"
-    assert len(store.env("shop")) == 1200
-    store.close()
+    try:
+        store.checkpoint_in_background(after_commits=after_commits, every=every)
+        with pytest.raises(RuntimeError, match="already checkpoints"):
+            store.checkpoint_in_background()
+        size = path.stat().st_size
+        _write_env_vars(store, 600)
+        if copied:
+            assert _database_grows_by(path, size, 600 * 4096), "the checkpoint thread did not copy the WAL"
+        else:
+            assert path.stat().st_size == size, "a commit copied the WAL into the database itself"
+            assert Path(f"{path}-wal").stat().st_size > 600 * 4096  # all of it still there
+        assert len(store.env("shop")) == 600
+    finally:
+        store.close()
     assert not [t for t in threading.enumerate() if t.name == "store-checkpoint"]
 
 
