@@ -435,10 +435,10 @@ class Store:
 
         By default SQLite checkpoints in the commit that takes the WAL past 1000 pages: that
         commit waits for the copy and its fsyncs, up to milliseconds every few hundred API writes,
-        and so does the event loop that runs it and every request queued behind it (most of the
-        API writes' p99). A checkpoint may run beside commits (WAL), and sqlite3 lets go of the GIL
-        while it works, so the thread costs the loop nothing. The daemon calls this once; the
-        `disco` command's short-lived stores keep SQLite's own checkpoints.
+        and so does the event loop that runs it and every request queued behind it (in-process,
+        1% of writes took 21% of the store's time). A checkpoint may run beside commits (WAL), and
+        sqlite3 lets go of the GIL while it works, so the thread hardly costs the loop anything.
+        The daemon calls this once; the `disco` command's short-lived stores keep SQLite's own.
         """
         with self._lock:
             if self._checkpointer:
