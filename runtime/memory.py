@@ -14,13 +14,11 @@ import gc
 from collections.abc import Callable
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    """libc's malloc_trim, or None where the C library has none (musl, macOS)."""
-    # dlopen(NULL): the symbols the process already has, libc's among them.
-    return getattr(ctypes.CDLL(None), "malloc_trim", None)
-
-
-_malloc_trim = _load_malloc_trim()
+# dlopen(NULL): the symbols the process already has, libc's among them. Where the C library
+# lacks a function (musl, macOS), its name below is None and the call is skipped.
+_libc = ctypes.CDLL(None)
+_malloc_trim: Callable[[int], int] | None = getattr(_libc, "malloc_trim", None)
+_mallopt: Callable[[int, int], int] | None = getattr(_libc, "mallopt", None)
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 MALLOC_ARENAS = 2  # the main arena and one the threads share
@@ -38,9 +36,8 @@ def use_few_malloc_arenas() -> None:
     new arena, so this is called before the daemon starts any thread. Where the C library has
     no mallopt (musl, macOS) nothing changes.
     """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+    if _mallopt is not None:
+        _mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def give_back_freed_memory() -> None:
