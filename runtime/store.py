@@ -1,8 +1,9 @@
 """The state store: users, grants, SSH keys, projects and the audit log in SQLite.
 
-One connection per store, shared by the daemon's threads behind a lock (sqlite-utils binds a
-`Database` to its creating thread unless given a connection made with check_same_thread=False).
-WAL mode lets the `disco` command on the server's shell write while the daemon reads.
+One connection per store, shared by the daemon's threads behind a lock (made with
+check_same_thread=False). Its methods write plain SQL; sqlite-utils (with dateutil and pluggy,
+about 10 MB of a fresh interpreter) is imported only to run a migration, so a daemon whose store
+is up to date never loads it. WAL mode lets the `disco` command on the server's shell write while the daemon reads.
 
 Durability: in WAL mode with synchronous=NORMAL a commit is safe from a crash of the daemon
 (or of anything else but the machine) and never corrupts the file, but the last commits before
@@ -27,13 +28,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import sqlite_utils
-
 from runtime import disk
 from runtime.secretbox import KEY_NAME as SECRETS_KEY_NAME
 from runtime.secretbox import SecretBox
 
 if TYPE_CHECKING:
+    import sqlite_utils
     from _typeshed import DataclassInstance
 
 Record = TypeVar("Record", bound="DataclassInstance")  # User, Deployment, ApiKey, SSHKey
@@ -407,7 +407,6 @@ class Store:
         self._local = threading.local()
         self.secrets = SecretBox(path.parent / SECRETS_KEY_NAME)  # secrets at rest (runtime/secretbox.py)
         self.reserve = disk.Reserve(path.parent / disk.RESERVE_NAME)  # kept by the daemon (hooks/disks.py)
-        self.db = sqlite_utils.Database(self._conn)
         self.migrate()
 
     def _connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -451,7 +450,7 @@ class Store:
             self._checkpointer.committed()
 
     @contextmanager
-    def transaction(self, durable: bool = False) -> Iterator[sqlite_utils.Database]:
+    def transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """Serialise writes from threads and make a group of them all-or-nothing.
 
         A transaction opened inside another (on the same thread) is part of it: a change and
@@ -470,7 +469,7 @@ class Store:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")  # inside: a BEGIN that fails resets synchronous too
                 self._depth, self._durable = 1, durable
-                yield self.db
+                yield self._conn
                 self._conn.execute("COMMIT")
                 self._committed()
             except BaseException:
@@ -484,12 +483,12 @@ class Store:
                 if durable:
                     self._conn.execute("PRAGMA synchronous=NORMAL")
 
-    def _nested(self) -> Iterator[sqlite_utils.Database]:
+    def _nested(self) -> Iterator[sqlite3.Connection]:
         savepoint = f"nested_{self._depth}"
         self._conn.execute(f"SAVEPOINT {savepoint}")
         self._depth += 1
         try:
-            yield self.db
+            yield self._conn
         except BaseException:
             if self._conn.in_transaction:  # not when SQLite rolled the whole transaction back itself
                 self._conn.execute(f"ROLLBACK TO {savepoint}")
@@ -569,11 +568,15 @@ class Store:
 
     def migrate(self, upto: int | None = None) -> None:
         target = len(MIGRATIONS) if upto is None else upto
-        with self.transaction() as db:
-            done = db.execute("PRAGMA user_version").fetchone()[0]
-            for index in range(done, target):
-                MIGRATIONS[index](db, self.secrets)
-                db.execute(f"PRAGMA user_version={index + 1}")
+        with self.transaction() as conn:
+            done = conn.execute("PRAGMA user_version").fetchone()[0]
+            if done < target:
+                import sqlite_utils  # here only: see the module's docstring
+
+                db = sqlite_utils.Database(conn, recursive_triggers=False)  # as the store runs
+                for index in range(done, target):
+                    MIGRATIONS[index](db, self.secrets)
+                    conn.execute(f"PRAGMA user_version={index + 1}")
         if done < target:  # what the migrations replaced leaves the WAL too
             with self._lock:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -773,7 +776,7 @@ class Store:
 
     def set_env(self, project: str, values: dict[str, str]) -> None:
         with self.transaction() as db:
-            db.conn.executemany(
+            db.executemany(
                 "INSERT INTO env_vars (project, name, value, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (project, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 [(project, k, v, now()) for k, v in values.items()],
@@ -781,7 +784,7 @@ class Store:
 
     def unset_env(self, project: str, names: list[str]) -> None:
         with self.transaction() as db:
-            db.conn.executemany("DELETE FROM env_vars WHERE project = ? AND name = ?", [(project, n) for n in names])
+            db.executemany("DELETE FROM env_vars WHERE project = ? AND name = ?", [(project, n) for n in names])
 
     def domains(self, project: str | None = None) -> list[dict]:
         if project:
@@ -871,14 +874,14 @@ class Store:
                        "updated_at = excluded.updated_at", [installation_id, account, int(suspended), now()])
             if repos is not None:
                 db.execute("DELETE FROM github_installation_repos WHERE installation_id = ?", [installation_id])
-                db.conn.executemany("INSERT OR IGNORE INTO github_installation_repos (installation_id, repo) "
+                db.executemany("INSERT OR IGNORE INTO github_installation_repos (installation_id, repo) "
                                     "VALUES (?, ?)", [(installation_id, repo) for repo in repos])
 
     def change_installation_repos(self, installation_id: int, added: list[str], removed: list[str]) -> None:
         with self.transaction() as db:
-            db.conn.executemany("INSERT OR IGNORE INTO github_installation_repos (installation_id, repo) "
+            db.executemany("INSERT OR IGNORE INTO github_installation_repos (installation_id, repo) "
                                 "VALUES (?, ?)", [(installation_id, repo) for repo in added])
-            db.conn.executemany("DELETE FROM github_installation_repos WHERE installation_id = ? AND repo = ?",
+            db.executemany("DELETE FROM github_installation_repos WHERE installation_id = ? AND repo = ?",
                                 [(installation_id, repo) for repo in removed])
 
     def delete_installation(self, installation_id: int) -> None:
@@ -1135,7 +1138,7 @@ class Store:
         return self._rows(sql, [*args, limit])
 
     @staticmethod
-    def _require_user(db: sqlite_utils.Database, name: str) -> None:
+    def _require_user(db: sqlite3.Connection, name: str) -> None:
         if not db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone():
             raise StoreError(f"no user named {name!r}", "not_found")
 
@@ -1207,7 +1210,7 @@ DEPLOYMENT_COLUMNS = {f.name for f in fields(Deployment)}
 CRON_RUN_COLUMNS = {f.name for f in fields(CronRun)}
 
 
-def _insert(db: sqlite_utils.Database, table: str, row: dict) -> sqlite3.Cursor:
+def _insert(db: sqlite3.Connection, table: str, row: dict) -> sqlite3.Cursor:
     columns = ", ".join(row)
     marks = ", ".join("?" for _ in row)
     return db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))

@@ -83,7 +83,8 @@ def test_revoked_key_stops_working_at_once_and_expired_keys_fail(client: TestCli
 
     expiring = key_for(platform, "bob", expires_in_days=1)
     key_id = platform.store.list_api_keys("bob")[-1].id
-    platform.store.db.execute("UPDATE api_keys SET expires_at = '2000-01-01T00:00:00+00:00' WHERE id = ?", [key_id])
+    with platform.store.transaction() as db:
+        db.execute("UPDATE api_keys SET expires_at = '2000-01-01T00:00:00+00:00' WHERE id = ?", [key_id])
     assert client.get("/api/v1/projects", headers={"Authorization": f"Bearer {expiring}"}).status_code == 401
 
 
@@ -134,7 +135,8 @@ def test_keys_are_stored_only_as_hashes(client: TestClient, platform: Platform, 
     secret = created.json()["key"]
     assert secret.startswith("disco_") and len(secret) > 40
     assert created.json()["expires_at"]
-    dump = "\n".join(platform.store.db.iterdump())
+    with platform.store.transaction() as db:
+        dump = "\n".join(db.iterdump())
     assert secret not in dump
     assert client.get("/api/v1/meta", headers={"Authorization": f"Bearer {secret}"}).json()["user"]["name"] == "alice"
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from runtime import store as store_module
 from runtime.store import MIGRATIONS, SSHKey, Store, StoreError, now
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_fresh_store_is_wal_and_at_the_latest_schema(tmp_path: Path):
@@ -18,7 +23,18 @@ def test_fresh_store_is_wal_and_at_the_latest_schema(tmp_path: Path):
     assert store.schema_version == len(MIGRATIONS)
     mode = sqlite3.connect(tmp_path / "disco.sqlite3").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
-    assert {"users", "grants", "ssh_keys", "projects", "audit"} <= set(store.db.table_names())
+    assert {"users", "grants", "ssh_keys", "projects", "audit"} <= set(sqlite_utils.Database(store.path).table_names())
+
+
+def test_opening_a_store_at_the_latest_schema_does_not_load_sqlite_utils(tmp_path: Path):
+    """sqlite-utils only runs migrations (about 10 MB of an idle daemon, issue 15)."""
+    Store(tmp_path / "disco.sqlite3").close()  # a fresh store: its migrations ran here
+    opened = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from runtime.store import Store; "
+         f"s = Store(Path({str(tmp_path / 'disco.sqlite3')!r})); s.add_user('ann', 'admin'); "
+         "print(s.get_user('ann').role, 'sqlite_utils' in sys.modules)"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert opened == ["admin", "False"]
 
 
 def test_new_migrations_apply_on_open_without_losing_data(tmp_path: Path, monkeypatch):
@@ -34,7 +50,7 @@ def test_new_migrations_apply_on_open_without_losing_data(tmp_path: Path, monkey
     monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, add_column])
     upgraded = Store(path)
     assert upgraded.schema_version == len(MIGRATIONS) + 1
-    assert "email" in upgraded.db["users"].columns_dict
+    assert "email" in sqlite_utils.Database(path)["users"].columns_dict
     assert upgraded.get_user("ann").role == "admin"
     assert len(upgraded.audit_log()) == 1
     upgraded.close()
