@@ -3,7 +3,8 @@
 One connection per store, shared by the daemon's threads behind a lock (made with
 check_same_thread=False). Its methods write plain SQL; sqlite-utils (with dateutil and pluggy,
 about 10 MB of a fresh interpreter) is imported only to run a migration, so a daemon whose store
-is up to date never loads it. WAL mode lets the `disco` command on the server's shell write while the daemon reads.
+is up to date never loads it. WAL mode lets the `disco` command on the server's shell write
+while the daemon reads.
 
 Durability: in WAL mode with synchronous=NORMAL a commit is safe from a crash of the daemon
 (or of anything else but the machine) and never corrupts the file, but the last commits before
@@ -875,14 +876,14 @@ class Store:
             if repos is not None:
                 db.execute("DELETE FROM github_installation_repos WHERE installation_id = ?", [installation_id])
                 db.executemany("INSERT OR IGNORE INTO github_installation_repos (installation_id, repo) "
-                                    "VALUES (?, ?)", [(installation_id, repo) for repo in repos])
+                               "VALUES (?, ?)", [(installation_id, repo) for repo in repos])
 
     def change_installation_repos(self, installation_id: int, added: list[str], removed: list[str]) -> None:
         with self.transaction() as db:
             db.executemany("INSERT OR IGNORE INTO github_installation_repos (installation_id, repo) "
-                                "VALUES (?, ?)", [(installation_id, repo) for repo in added])
+                           "VALUES (?, ?)", [(installation_id, repo) for repo in added])
             db.executemany("DELETE FROM github_installation_repos WHERE installation_id = ? AND repo = ?",
-                                [(installation_id, repo) for repo in removed])
+                           [(installation_id, repo) for repo in removed])
 
     def delete_installation(self, installation_id: int) -> None:
         with self.transaction() as db:
