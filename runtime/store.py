@@ -571,16 +571,16 @@ class Store:
         target = len(MIGRATIONS) if upto is None else upto
         with self.transaction() as conn:
             done = conn.execute("PRAGMA user_version").fetchone()[0]
-            if done < target:
-                import sqlite_utils  # here only: see the module's docstring
+            if done >= target:
+                return
+            import sqlite_utils  # here only: see the module's docstring
 
-                db = sqlite_utils.Database(conn, recursive_triggers=False)  # as the store runs
-                for index in range(done, target):
-                    MIGRATIONS[index](db, self.secrets)
-                    conn.execute(f"PRAGMA user_version={index + 1}")
-        if done < target:  # what the migrations replaced leaves the WAL too
-            with self._lock:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db = sqlite_utils.Database(conn, recursive_triggers=False)  # as the store runs
+            for index in range(done, target):
+                MIGRATIONS[index](db, self.secrets)
+                conn.execute(f"PRAGMA user_version={index + 1}")
+        with self._lock:  # what the migrations replaced leaves the WAL too
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @property
     def schema_version(self) -> int:
