@@ -57,8 +57,13 @@ DOCKER_RETURN_WAIT = 600
 # within this: the node's agent stops them a moment later. Measured here from swarm's own
 # completion time: up to 0.3 s on a loaded machine, and more under a load average of 50, when
 # counting from that time let old answers through; counted from when the deploy sees the
-# completion (a poll later, which grows with the load too), it has room to spare.
+# completion (a poll later, which grows with the load too), it has room to spare. A deploy waits
+# this long only for services it cannot watch leave the proxy's DNS (runtime/proxy_dns.py):
+# services private to their project, or a daemon without root. It watches the others, which
+# leave 0.06 to 0.1 s after swarm's completion on an idle machine and later on a loaded one,
+# for up to OLD_TASKS_DNS_TIMEOUT.
 OLD_TASKS_LEAVE_DNS_SECONDS = 0.4
+OLD_TASKS_DNS_TIMEOUT = 10
 
 
 @dataclass(frozen=True)
@@ -311,10 +316,16 @@ class DeploymentRun:
             self.out.line(f"waiting for {spec.name} to be healthy ({spec.check}, up to {spec.health_timeout} s)")
             # Swarm's own clock (start period + retries) fails the task first; this is the backstop.
             self.engine.wait_rollout(spec, created, spec.health_timeout + 30, self.out.line, stop=self._cancelled)
-        if any(not created for _, created in self.applied):
+        updated = [spec for spec, created in self.applied if not created]
+        if updated:
             # Old tasks may still answer for a moment; once they left swarm's DNS and Caddy
             # looked the names up again, "live" means only the new version gets requests.
-            time.sleep(OLD_TASKS_LEAVE_DNS_SECONDS + UPSTREAM_REFRESH_SECONDS + 0.1)
+            unseen = [spec.name for spec in updated
+                      if not self.engine.wait_old_tasks_unresolved(spec, OLD_TASKS_DNS_TIMEOUT)]
+            if unseen:
+                self.out.line(f"waiting {OLD_TASKS_LEAVE_DNS_SECONDS} s for the old tasks of {', '.join(unseen)} to "
+                              "leave swarm's DNS (it cannot be watched from the proxy's network)")
+            time.sleep((OLD_TASKS_LEAVE_DNS_SECONDS if unseen else 0) + UPSTREAM_REFRESH_SECONDS + 0.1)
 
     def switch(self) -> None:
         """Route to the new version and record it live; the one it replaces steps down. A static

@@ -38,7 +38,7 @@ import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 import requests  # docker-py's transport: its connection errors are not DockerExceptions
 
-from runtime import names
+from runtime import names, proxy_dns
 from runtime.docker_specs import (
     PROBE_BINARY,
     PROBE_PATH,
@@ -81,6 +81,10 @@ TAIL_LINES = 30  # of a failing task's own output, shown with the reason it fail
 # Between looks at a rollout (a service inspect and a task list): a deploy's wait for it ends
 # this late at most, so short.
 ROLLOUT_POLL_SECONDS = 0.1
+# Between looks at the proxy's DNS while an update's old tasks leave it, and how long one look
+# may take (Docker's DNS answers in about a millisecond).
+PROXY_DNS_POLL_SECONDS = 0.02
+PROXY_DNS_ANSWER_SECONDS = 0.5
 ROLLBACK_WAIT_SECONDS = 60  # an update waits this long at most for swarm to end a rollback first
 STOP_GRACE = 5  # seconds a one-off command has to end after SIGTERM before SIGKILL
 LONGEST_LINE = 64 << 10  # output without a newline is passed on in pieces of this size
@@ -710,6 +714,57 @@ class Engine:
                 reason = self._explain(spec, tasks, on_wait, stuck=True)
                 raise DockerError(reason or f"{spec.name} was not healthy after {timeout:.0f} s ({spec.check})")
             time.sleep(ROLLOUT_POLL_SECONDS)
+
+    def wait_old_tasks_unresolved(self, spec: ServiceSpec, timeout: float) -> bool:
+        """After an update completed: wait until the proxy's DNS gives none of the addresses of
+        `spec`'s old tasks (other deployments' tasks still running), so Caddy's next lookup finds
+        only the new ones. True once it does (or after `timeout`: waiting longer would not help).
+        False at once when this cannot be seen from here, for the caller to wait a fixed time: the
+        service is private to its project (the proxy cannot resolve it), no proxy runs on this
+        node, or its network cannot be entered (no root).
+        """
+        if not any(attachment.network == self.network_name for attachment in spec.networks):
+            return False
+        service = self._find_service(spec.name)
+        pid = self._proxy_pid()
+        if service is None or not pid:
+            return False
+        old = old_task_addresses(service.tasks(), spec.labels.get("disco.deployment", ""), self.network_name)
+        if not old:
+            return True
+        try:
+            resolver = proxy_dns.resolver_in(pid)
+        except OSError:
+            return False
+        deadline = time.monotonic() + timeout
+        with resolver:
+            while True:
+                try:
+                    if not proxy_dns.addresses(resolver, spec.name, timeout=PROXY_DNS_ANSWER_SECONDS) & old:
+                        return True
+                except OSError:
+                    return False
+                if time.monotonic() > deadline:
+                    return True
+                time.sleep(PROXY_DNS_POLL_SECONDS)
+
+    def _proxy_pid(self) -> int:
+        """The process id of the proxy's container on this node (0 when none runs here)."""
+        try:
+            tasks = self.client.api.tasks(filters={"service": self.proxy_name, "desired-state": "running"})
+        except docker.errors.APIError:
+            return 0
+        for task in tasks:
+            container_id = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID") or ""
+            if not container_id:
+                continue
+            try:  # a proxy task of another node is not a container here
+                state = self.client.api.inspect_container(container_id)["State"]
+            except docker.errors.NotFound:
+                continue
+            if state.get("Running") and state.get("Pid"):
+                return int(state["Pid"])
+        return 0
 
     def _explain(self, spec: ServiceSpec, tasks: list[dict[str, Any]], on_line: OutputLine,
                  stuck: bool = False) -> str | None:
@@ -1448,6 +1503,18 @@ def _constraints(spec: dict[str, Any]) -> list[str]:
     """The placement constraints of a service's spec (or of a TaskTemplate)."""
     template = spec.get("TaskTemplate", spec)
     return list((template.get("Placement") or {}).get("Constraints") or [])
+
+
+def old_task_addresses(tasks: list[dict[str, Any]], deployment: str, network: str) -> frozenset[str]:
+    """The addresses on `network` of the tasks that still run and are not of `deployment`,
+    leaving out any a task of `deployment` has too (swarm reuses the addresses of stopped ones)."""
+    def on_network(task: dict[str, Any]) -> set[str]:
+        return {address.split("/")[0] for attachment in task.get("NetworksAttachments") or []
+                if attachment["Network"]["Spec"]["Name"] == network for address in attachment.get("Addresses") or []}
+
+    ours = {address for task in tasks if _task_deployment(task) == deployment for address in on_network(task)}
+    running = [task for task in tasks if task["Status"]["State"] == "running" and _task_deployment(task) != deployment]
+    return frozenset(address for task in running for address in on_network(task)) - ours
 
 
 def _task_deployment(task: dict[str, Any]) -> str:

@@ -65,6 +65,7 @@ class FakeEngine:
     image_files: dict[str, dict[str, str]] = field(default_factory=dict)  # folder -> {file: text}, for copy_out
     # dockerd stops while a rollout is awaited, and answers again after this many pings.
     docker_stops_in_rollout: int = 0
+    proxy_dns_visible: bool = True  # False: the proxy's DNS cannot be watched (no root), a deploy waits a fixed time
     _unreachable_pings: int = 0
 
     def here_node_id(self) -> str:
@@ -248,6 +249,10 @@ class FakeEngine:
             raise DockerError(f"health check failed for {spec.name}: GET {spec.health_path} on port {spec.port} got "
                               f"HTTP/1.1 500 Internal Server Error (for {spec.health_timeout} s)")
         service.update_state = "completed"
+
+    def wait_old_tasks_unresolved(self, spec: ServiceSpec, timeout: float) -> bool:
+        self.calls.append(("wait_old_tasks_unresolved", spec.name))
+        return self.proxy_dns_visible
 
     def restore_previous(self, name: str) -> None:
         service = self.services.get(name)

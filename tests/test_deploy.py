@@ -76,6 +76,7 @@ def test_push_deploys_then_a_second_version_replaces_it(live: Disco, admin_key: 
         time.sleep(1)
     assert second.returncode == 0, second.stderr
     assert body(live) == "v2\n"
+    assert "leave swarm's DNS" not in second.stderr, "the deploy waited a fixed time instead of watching the DNS"
     assert poller.errors == []
     assert set(poller.bodies) <= {"v1\n", "v2\n"} and poller.bodies[-1] == "v2\n"
 
@@ -210,6 +211,44 @@ def test_scale_is_kept_across_deploys(live: Disco, admin_key: Key, tmp_path: Pat
     spec = inspect_service(f"{live.instance}-myapp-web")["Spec"]
     assert spec["Mode"]["Replicated"]["Replicas"] == 2
     assert {body(live) for _ in range(6)} == {"v2\n"}
+
+
+def test_an_update_is_watched_until_the_proxys_dns_gives_only_its_new_tasks(live: Disco, admin_key: Key,
+                                                                            tmp_path: Path):
+    """The engine's wait after an update, on swarm's own DNS asked from inside Caddy's network."""
+    from runtime import proxy_dns
+    from runtime.docker_engine import Engine
+    from runtime.docker_specs import Attachment, ServiceSpec
+    assert push(live, admin_key, web_app(tmp_path / "app", "v1\n")).returncode == 0
+    engine, name = Engine(live.instance), f"{live.instance}-myapp-web"
+
+    def addresses_of(deployment: str) -> set[str]:
+        """Where the running tasks of one deployment are on the proxy's network, as swarm says."""
+        ids = run(["/usr/bin/docker", "service", "ps", "-q", "--filter", "desired-state=running", name],
+                  check=True).stdout.split()
+        tasks = json.loads(run(["/usr/bin/docker", "inspect", *ids], check=True).stdout)
+        return {address.split("/")[0] for task in tasks if task["Status"]["State"] == "running"
+                and task["Spec"]["ContainerSpec"]["Labels"]["disco.deployment"] == deployment
+                for net in task["NetworksAttachments"] if net["Network"]["Spec"]["Name"] == engine.network_name
+                for address in net["Addresses"]}
+
+    old = addresses_of("1")
+    spec = ServiceSpec(name=name, image=deployments(live)[0]["image"], env={"PORT": "8000"}, replicas=1, port=8000,
+                       networks=(Attachment(engine.project_network_name("myapp"), ("web",)),
+                                 Attachment(engine.network_name)),
+                       labels=engine.labels(project="myapp", service="web", deployment="2"))
+    assert len(old) == 1 and not engine.apply(spec)
+    engine.wait_rollout(spec, False, 120, lambda line: None)
+    assert engine.wait_old_tasks_unresolved(spec, timeout=10), "the proxy's DNS could not be watched"
+    proxy = run(["/usr/bin/docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={engine.proxy_name}"],
+                check=True).stdout.split()
+    pid = int(run(["/usr/bin/docker", "inspect", "-f", "{{.State.Pid}}", *proxy], check=True).stdout)
+    with proxy_dns.resolver_in(pid) as resolver:  # what Caddy's next lookup gets, asked at once
+        assert proxy_dns.addresses(resolver, name, timeout=1) == addresses_of("2") != old
+    # Services private to their project are not on the proxy's network: the deploy waits a fixed time for them.
+    private = ServiceSpec(name=name, image=spec.image, networks=spec.networks[:1], labels=spec.labels, env={},
+                          replicas=1)
+    assert not engine.wait_old_tasks_unresolved(private, timeout=10)
 
 
 def local_platform(disco: Disco):

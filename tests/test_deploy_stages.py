@@ -9,6 +9,7 @@ import json
 import subprocess
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,27 @@ def test_a_deploy_goes_live_replaces_the_previous_and_prunes_old_images(rig: Rig
     del rig.engine.never_healthy[WEB]
     assert rig.deploy().number == 5
     assert sorted(rig.engine.project_images("shop")) == [3, 5]
+
+
+@pytest.mark.parametrize("watchable", [True, False])
+def test_an_update_goes_live_once_its_old_tasks_left_the_proxys_dns(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, watchable: bool):
+    rig.deploy()
+    assert not any(call[0] == "wait_old_tasks_unresolved" for call in rig.engine.calls), "a first deploy has no old tasks"
+    rig.engine.proxy_dns_visible = watchable
+    slept: list[float] = []
+    clock = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    clock.sleep = lambda seconds: (slept.append(seconds), time.sleep(seconds))
+    monkeypatch.setattr(deployment, "time", clock)
+    monkeypatch.setattr(deployment, "OLD_TASKS_LEAVE_DNS_SECONDS", 0.25)
+    second = rig.deploy()
+    assert second.status == DeploymentStatus.LIVE
+    assert ("wait_old_tasks_unresolved", WEB) in rig.engine.calls
+    fixed_wait = "waiting 0.25 s for the old tasks of fake-shop-web to leave swarm's DNS"
+    if watchable:  # watched until they left: then only Caddy's next lookup (0 s here) and a margin
+        assert slept == [pytest.approx(0.1)] and fixed_wait not in rig.log(second)
+    else:
+        assert slept == [pytest.approx(0.35)] and fixed_wait in rig.log(second)
 
 
 def test_the_push_is_answered_at_live_and_the_next_deploy_waits_for_the_cleanup(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from runtime.appconfig import Limits, PublishedPort
-from runtime.docker_engine import _failure_reason, port_hint
+from runtime.docker_engine import _failure_reason, old_task_addresses, port_hint
 from runtime.settings import Settings
 from runtime.docker_specs import (
     DOCKER_CLI,
@@ -390,3 +390,25 @@ def test_a_task_never_placed_says_why():
     pending = {"State": "pending", "Err": "no suitable node (host-mode port already in use on 1 node)"}
     assert _failure_reason(web(), pending, {}, {}) == (
         "t-shop-web could not start: no suitable node (host-mode port already in use on 1 node)")
+
+
+def swarm_task(deployment: str, state: str, addresses: dict[str, str]) -> dict:
+    """A task as swarm lists it: its labels, its state and its address on each network."""
+    return {"Spec": {"ContainerSpec": {"Labels": {"disco.deployment": deployment}}}, "Status": {"State": state},
+            "NetworksAttachments": [{"Network": {"Spec": {"Name": network}}, "Addresses": [address]}
+                                    for network, address in addresses.items()]}
+
+
+def test_the_old_tasks_addresses_are_those_on_the_proxys_network_of_other_deployments_still_running():
+    tasks = [
+        swarm_task("2", "running", {"t-net": "10.0.1.9/24", "t-shop-net": "10.0.5.9/24"}),  # the new one
+        swarm_task("1", "running", {"t-net": "10.0.1.4/24", "t-shop-net": "10.0.5.4/24"}),  # old, desired shutdown
+        swarm_task("1", "shutdown", {"t-net": "10.0.1.3/24"}),  # long gone: its address may be anyone's now
+        swarm_task("1", "running", {"t-shop-net": "10.0.5.7/24"}),  # only on the project's network
+    ]
+    assert old_task_addresses(tasks, "2", "t-net") == {"10.0.1.4"}
+    # An address swarm gave again to a task of this deployment is not an old one.
+    tasks.append(swarm_task("2", "starting", {"t-net": "10.0.1.4/24"}))
+    assert old_task_addresses(tasks, "2", "t-net") == set()
+    # A task not attached yet lists no networks.
+    assert old_task_addresses([{**swarm_task("1", "running", {}), "NetworksAttachments": None}], "2", "t-net") == set()
