@@ -340,8 +340,8 @@ def report(disco_runs: list[DiscoRun], baseline_runs: list[BaselineRun]) -> None
     print()
     base = table("Baseline: docker build + docker service update --detach=false (seconds)",
                  ["build", "update", "total"], baseline_runs)
-    print("  ('update' ends when swarm marks the update completed; Disco's health step also waits for two of")
-    print("  the proxy's DNS refreshes, so that 'live' means only the new version gets requests)")
+    print("  ('update' ends when swarm marks the update completed; Disco's health step also waits until the")
+    print("  old tasks left the proxy's DNS and Caddy looked again, so 'live' means only the new version answers)")
     print()
     app_start = disco["start"] + disco["health"]
     print("ratios disco / baseline (medians):")
