@@ -321,7 +321,7 @@ class DeploymentRun:
             # Old tasks may still answer for a moment; once they left swarm's DNS and Caddy
             # looked the names up again, "live" means only the new version gets requests.
             unseen = [spec.name for spec in updated
-                      if not self.engine.wait_old_tasks_unresolved(spec, OLD_TASKS_DNS_TIMEOUT)]
+                      if not self.engine.wait_old_tasks_unresolved(spec, OLD_TASKS_DNS_TIMEOUT, self.out.line)]
             if unseen:
                 self.out.line(f"waiting {OLD_TASKS_LEAVE_DNS_SECONDS} s for the old tasks of {', '.join(unseen)} to "
                               "leave swarm's DNS (it cannot be watched from the proxy's network)")

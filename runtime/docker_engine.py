@@ -714,11 +714,11 @@ class Engine:
                 raise DockerError(reason or f"{spec.name} was not healthy after {timeout:.0f} s ({spec.check})")
             time.sleep(ROLLOUT_POLL_SECONDS)
 
-    def wait_old_tasks_unresolved(self, spec: ServiceSpec, timeout: float) -> bool:
+    def wait_old_tasks_unresolved(self, spec: ServiceSpec, timeout: float, on_wait: OutputLine) -> bool:
         """After an update completed: wait until the proxy's DNS gives none of the addresses of
         `spec`'s old tasks (other deployments' tasks still running), so Caddy's next lookup finds
-        only the new ones. True once it does (or after `timeout`: waiting longer would not help).
-        False at once when this cannot be seen from here, for the caller to wait a fixed time: the
+        only the new ones. True once it does, or after `timeout`, said on `on_wait` (waiting longer
+        would not help: swarm stops those tasks next). False at once when this cannot be seen from here, for the caller to wait a fixed time: the
         service is private to its project (the proxy cannot resolve it), no proxy runs on this
         node, or its network cannot be entered (no root).
         """
@@ -739,11 +739,14 @@ class Engine:
         with resolver:
             while True:
                 try:
-                    if not proxy_dns.addresses(resolver, spec.name, timeout=PROXY_DNS_ANSWER_SECONDS) & old:
-                        return True
+                    left = proxy_dns.addresses(resolver, spec.name, timeout=PROXY_DNS_ANSWER_SECONDS) & old
                 except OSError:
                     return False
+                if not left:
+                    return True
                 if time.monotonic() > deadline:
+                    on_wait(f"{len(left)} old task(s) of {spec.name} still in the proxy's DNS after {timeout:g} s: "
+                            "going live, swarm stops them next")
                     return True
                 time.sleep(PROXY_DNS_POLL_SECONDS)
 

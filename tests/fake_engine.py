@@ -250,7 +250,7 @@ class FakeEngine:
                               f"HTTP/1.1 500 Internal Server Error (for {spec.health_timeout} s)")
         service.update_state = "completed"
 
-    def wait_old_tasks_unresolved(self, spec: ServiceSpec, timeout: float) -> bool:
+    def wait_old_tasks_unresolved(self, spec: ServiceSpec, timeout: float, on_wait: Callable[[str], None]) -> bool:
         self.calls.append(("wait_old_tasks_unresolved", spec.name))
         return self.proxy_dns_visible
 

@@ -239,16 +239,24 @@ def test_an_update_is_watched_until_the_proxys_dns_gives_only_its_new_tasks(live
                        labels=engine.labels(project="myapp", service="web", deployment="2"))
     assert len(old) == 1 and not engine.apply(spec)
     engine.wait_rollout(spec, False, 120, lambda line: None)
-    assert engine.wait_old_tasks_unresolved(spec, timeout=10), "the proxy's DNS could not be watched"
+    heard: list[str] = []
+    assert engine.wait_old_tasks_unresolved(spec, 10, heard.append), "the proxy's DNS could not be watched"
+    assert heard == []
     proxy = run(["/usr/bin/docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={engine.proxy_name}"],
                 check=True).stdout.split()
     pid = int(run(["/usr/bin/docker", "inspect", "-f", "{{.State.Pid}}", *proxy], check=True).stdout)
     with proxy_dns.resolver_in(pid) as resolver:  # what Caddy's next lookup gets, asked at once
         assert proxy_dns.addresses(resolver, name, timeout=1) == addresses_of("2") != old
+    # Tasks that never leave (here deployment 2's, seen from a deployment 3 that never ran) are
+    # waited for up to the timeout, and said.
+    later = ServiceSpec(name=name, image=spec.image, networks=spec.networks, env={}, replicas=1,
+                        labels={**spec.labels, "disco.deployment": "3"})
+    assert engine.wait_old_tasks_unresolved(later, 0.3, heard.append)
+    assert heard == [f"1 old task(s) of {name} still in the proxy's DNS after 0.3 s: going live, swarm stops them next"]
     # Services private to their project are not on the proxy's network: the deploy waits a fixed time for them.
     private = ServiceSpec(name=name, image=spec.image, networks=spec.networks[:1], labels=spec.labels, env={},
                           replicas=1)
-    assert not engine.wait_old_tasks_unresolved(private, timeout=10)
+    assert not engine.wait_old_tasks_unresolved(private, 10, heard.append)
 
 
 def local_platform(disco: Disco):
