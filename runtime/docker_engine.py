@@ -82,9 +82,9 @@ TAIL_LINES = 30  # of a failing task's own output, shown with the reason it fail
 # this late at most, so short.
 ROLLOUT_POLL_SECONDS = 0.1
 # Between looks at the proxy's DNS while an update's old tasks leave it, and how long one look
-# may take (Docker's DNS answers in about a millisecond).
+# may take before it is asked again (Docker's DNS answers in about a millisecond).
 PROXY_DNS_POLL_SECONDS = 0.02
-PROXY_DNS_ANSWER_SECONDS = 0.5
+PROXY_DNS_ANSWER_SECONDS = 1
 ROLLBACK_WAIT_SECONDS = 60  # an update waits this long at most for swarm to end a rollback first
 STOP_GRACE = 5  # seconds a one-off command has to end after SIGTERM before SIGKILL
 LONGEST_LINE = 64 << 10  # output without a newline is passed on in pieces of this size
@@ -740,6 +740,8 @@ class Engine:
             while True:
                 try:
                     left = proxy_dns.addresses(resolver, spec.name, timeout=PROXY_DNS_ANSWER_SECONDS) & old
+                except TimeoutError:  # a busy dockerd, or a lost datagram: ask again
+                    left = old
                 except OSError:
                     return False
                 if not left:

@@ -16,6 +16,10 @@ import ctypes
 import os
 import socket
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import dns.message
 
 EMBEDDED_RESOLVER = "127.0.0.11"  # Docker's DNS, in every container on a user-defined network
 CLONE_NEWNET = 0x40000000  # setns(2): the namespace is a network namespace
@@ -44,7 +48,9 @@ def resolver_in(pid: int) -> socket.socket:
                 errno = ctypes.get_errno()
                 failed.append(OSError(errno, f"cannot enter the network of process {pid}: {os.strerror(errno)}"))
                 return
-            made.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            resolver.setblocking(False)  # dnspython's timeout holds only then: a blocking one waits forever
+            made.append(resolver)
         finally:
             os.close(namespace)
 
@@ -58,16 +64,25 @@ def resolver_in(pid: int) -> socket.socket:
 
 def addresses(resolver: socket.socket, name: str, timeout: float) -> frozenset[str]:
     """The IPv4 addresses `name` has now, asked through `resolver` (none if it does not
-    resolve); OSError if the resolver does not answer in `timeout`, or answers nonsense."""
+    resolve); TimeoutError if the resolver does not answer in `timeout`, OSError if it answers
+    nonsense."""
     import dns.exception
-    import dns.message
     import dns.query
     import dns.rdatatype
 
-    try:
-        answer = dns.query.udp(dns.message.make_query(name, "A"), EMBEDDED_RESOLVER, timeout=timeout, sock=resolver)
+    try:  # a stray datagram (the late answer to a query that timed out) is skipped, not taken for this one
+        answer = dns.query.udp(address_query(name), EMBEDDED_RESOLVER, timeout=timeout, sock=resolver,
+                               ignore_unexpected=True, ignore_errors=True)
     except dns.exception.Timeout:
         raise TimeoutError(f"Docker's DNS did not answer for {name} in {timeout} s") from None
     except dns.exception.DNSException as err:
         raise OSError(f"Docker's DNS gave no usable answer for {name}: {err}") from None
     return frozenset(str(record) for rrset in answer.answer if rrset.rdtype == dns.rdatatype.A for record in rrset)
+
+
+def address_query(name: str) -> dns.message.Message:
+    """The A query for `name`, with EDNS: Docker's DNS truncates an answer to 512 bytes
+    otherwise (about 28 addresses), and an update of 20 replicas has 40 while it completes."""
+    import dns.message
+
+    return dns.message.make_query(name, "A", use_edns=0, payload=4096)

@@ -7,6 +7,7 @@ its services, images, volumes and proxy are removed afterwards.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -245,8 +246,11 @@ def test_an_update_is_watched_until_the_proxys_dns_gives_only_its_new_tasks(live
     proxy = run(["/usr/bin/docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={engine.proxy_name}"],
                 check=True).stdout.split()
     pid = int(run(["/usr/bin/docker", "inspect", "-f", "{{.State.Pid}}", *proxy], check=True).stdout)
+    host_network = os.readlink("/proc/thread-self/ns/net")
     with proxy_dns.resolver_in(pid) as resolver:  # what Caddy's next lookup gets, asked at once
         assert proxy_dns.addresses(resolver, name, timeout=1) == addresses_of("2") != old
+    # Only the short-lived thread that made the socket entered Caddy's network; this one did not.
+    assert os.readlink("/proc/thread-self/ns/net") == host_network != os.readlink(f"/proc/{pid}/ns/net")
     # Tasks that never leave (here deployment 2's, seen from a deployment 3 that never ran) are
     # waited for up to the timeout, and said.
     later = ServiceSpec(name=name, image=spec.image, networks=spec.networks, env={}, replicas=1,

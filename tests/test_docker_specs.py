@@ -412,3 +412,4 @@ def test_the_old_tasks_addresses_are_those_on_the_proxys_network_of_other_deploy
     assert old_task_addresses(tasks, "2", "t-net") == set()
     # A task not attached yet lists no networks.
     assert old_task_addresses([{**swarm_task("1", "running", {}), "NetworksAttachments": None}], "2", "t-net") == set()
+
