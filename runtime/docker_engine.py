@@ -724,11 +724,15 @@ class Engine:
         """
         if not any(attachment.network == self.network_name for attachment in spec.networks):
             return False
-        service = self._find_service(spec.name)
-        pid = self._proxy_pid()
-        if service is None or not pid:
+        try:  # the update is done: a Docker hiccup here only costs the fixed wait, not the deploy
+            service = self._find_service(spec.name)
+            pid = self._proxy_pid()
+            tasks = service.tasks() if service is not None and pid else []
+        except (docker.errors.DockerException, requests.RequestException):
             return False
-        old = old_task_addresses(service.tasks(), spec.labels.get("disco.deployment", ""), self.network_name)
+        if not pid or not tasks:
+            return False
+        old = old_task_addresses(tasks, spec.labels.get("disco.deployment", ""), self.network_name)
         if not old:
             return True
         try:
@@ -754,10 +758,7 @@ class Engine:
 
     def _proxy_pid(self) -> int:
         """The process id of the proxy's container on this node (0 when none runs here)."""
-        try:
-            tasks = self.client.api.tasks(filters={"service": self.proxy_name, "desired-state": "running"})
-        except docker.errors.APIError:
-            return 0
+        tasks = self.client.api.tasks(filters={"service": self.proxy_name, "desired-state": "running"})
         for task in tasks:
             container_id = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID") or ""
             if not container_id:
