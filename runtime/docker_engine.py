@@ -717,10 +717,12 @@ class Engine:
     def wait_old_tasks_unresolved(self, spec: ServiceSpec, timeout: float, on_wait: OutputLine) -> bool:
         """After an update completed: wait until the proxy's DNS gives none of the addresses of
         `spec`'s old tasks (other deployments' tasks still running), so Caddy's next lookup finds
-        only the new ones. True once it does, or after `timeout`, said on `on_wait` (waiting longer
-        would not help: swarm stops those tasks next). False at once when this cannot be seen from here, for the caller to wait a fixed time: the
-        service is private to its project (the proxy cannot resolve it), no proxy runs on this
-        node, or its network cannot be entered (no root).
+        only the new ones. True once it does, or after `timeout`, said on `on_wait` (waiting
+        longer would not help: swarm stops those tasks next).
+
+        False at once when this cannot be seen from here, for the caller to wait a fixed time:
+        the service is private to its project (the proxy cannot resolve it), no proxy runs on
+        this node, its network cannot be entered (no root), or Docker failed to answer.
         """
         if not any(attachment.network == self.network_name for attachment in spec.networks):
             return False

@@ -110,7 +110,8 @@ def test_a_deploy_goes_live_replaces_the_previous_and_prunes_old_images(rig: Rig
 def test_an_update_goes_live_once_its_old_tasks_left_the_proxys_dns(
         rig: Rig, monkeypatch: pytest.MonkeyPatch, watchable: bool):
     rig.deploy()
-    assert not any(call[0] == "wait_old_tasks_unresolved" for call in rig.engine.calls), "a first deploy has no old tasks"
+    watched = [call for call in rig.engine.calls if call[0] == "wait_old_tasks_unresolved"]
+    assert watched == [], "a first deploy has no old tasks"
     rig.engine.proxy_dns_visible = watchable
     slept: list[float] = []
     clock = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
