@@ -320,12 +320,15 @@ class DeploymentRun:
         if updated:
             # Old tasks may still answer for a moment; once they left swarm's DNS and Caddy
             # looked the names up again, "live" means only the new version gets requests.
+            completed = time.monotonic()
             unseen = [spec.name for spec in updated
                       if not self.engine.wait_old_tasks_unresolved(spec, OLD_TASKS_DNS_TIMEOUT, self.out.line)]
             if unseen:
                 self.out.line(f"waiting {OLD_TASKS_LEAVE_DNS_SECONDS} s for the old tasks of {', '.join(unseen)} to "
                               "leave swarm's DNS (it cannot be watched from the proxy's network)")
-            time.sleep((OLD_TASKS_LEAVE_DNS_SECONDS if unseen else 0) + UPSTREAM_REFRESH_SECONDS + 0.1)
+            # The fixed wait counts from the completion: the watch of the others ran meanwhile.
+            fixed = max(0.0, OLD_TASKS_LEAVE_DNS_SECONDS - (time.monotonic() - completed)) if unseen else 0
+            time.sleep(fixed + UPSTREAM_REFRESH_SECONDS + 0.1)
 
     def switch(self) -> None:
         """Route to the new version and record it live; the one it replaces steps down. A static

@@ -9,6 +9,7 @@ do in the middle of a build (a cancel arriving), Caddy down.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ class FakeEngine:
     # dockerd stops while a rollout is awaited, and answers again after this many pings.
     docker_stops_in_rollout: int = 0
     proxy_dns_visible: bool = True  # False: the proxy's DNS cannot be watched (no root), a deploy waits a fixed time
+    proxy_dns_watch_seconds: float = 0  # how long the old tasks take to leave it
     _unreachable_pings: int = 0
 
     def here_node_id(self) -> str:
@@ -252,7 +254,11 @@ class FakeEngine:
 
     def wait_old_tasks_unresolved(self, spec: ServiceSpec, timeout: float, on_wait: Callable[[str], None]) -> bool:
         self.calls.append(("wait_old_tasks_unresolved", spec.name))
-        return self.proxy_dns_visible
+        # As the real one: a service private to its project is not on the proxy's network.
+        if not self.proxy_dns_visible or all(a.network != self.network_name for a in spec.networks):
+            return False
+        time.sleep(self.proxy_dns_watch_seconds)
+        return True
 
     def restore_previous(self, name: str) -> None:
         service = self.services.get(name)
