@@ -341,7 +341,7 @@ def report(disco_runs: list[DiscoRun], baseline_runs: list[BaselineRun]) -> None
     base = table("Baseline: docker build + docker service update --detach=false (seconds)",
                  ["build", "update", "total"], baseline_runs)
     print("  ('update' ends when swarm marks the update completed; Disco's health step also waits until the")
-    print("  old tasks left the proxy's DNS and Caddy looked again, so 'live' means only the new version answers)")
+    print("  old tasks left swarm's DNS and Caddy looked again, so 'live' means only the new version answers)")
     print()
     app_start = disco["start"] + disco["health"]
     print("ratios disco / baseline (medians):")

@@ -58,8 +58,8 @@ DOCKER_RETURN_WAIT = 600
 # completion time: up to 0.3 s on a loaded machine, and more under a load average of 50, when
 # counting from that time let old answers through; counted from when the deploy sees the
 # completion (a poll later, which grows with the load too), it has room to spare. A deploy waits
-# this long only for services it cannot watch leave the proxy's DNS (runtime/proxy_dns.py):
-# services private to their project, or a daemon without root. It watches the others, which
+# this long only for services it cannot watch leave swarm's DNS (runtime/swarm_dns.py): a private
+# service with no new task on this node, or a daemon without root. It watches the others, which
 # leave 0.06 to 0.1 s after swarm's completion on an idle machine and later on a loaded one,
 # for up to OLD_TASKS_DNS_TIMEOUT.
 OLD_TASKS_LEAVE_DNS_SECONDS = 0.4
@@ -325,7 +325,7 @@ class DeploymentRun:
                       if not self.engine.wait_old_tasks_unresolved(spec, OLD_TASKS_DNS_TIMEOUT, self.out.line)]
             if unseen:
                 self.out.line(f"waiting {OLD_TASKS_LEAVE_DNS_SECONDS} s for the old tasks of {', '.join(unseen)} to "
-                              "leave swarm's DNS (it cannot be watched from the proxy's network)")
+                              "leave swarm's DNS (it cannot be watched from this node)")
             # The fixed wait counts from the completion: the watch of the others ran meanwhile.
             fixed = max(0.0, OLD_TASKS_LEAVE_DNS_SECONDS - (time.monotonic() - completed)) if unseen else 0
             time.sleep(fixed + UPSTREAM_REFRESH_SECONDS + 0.1)

@@ -38,7 +38,7 @@ import docker  # type: ignore[import-untyped]
 import docker.errors  # type: ignore[import-untyped]
 import requests  # docker-py's transport: its connection errors are not DockerExceptions
 
-from runtime import names, proxy_dns
+from runtime import names, swarm_dns
 from runtime.docker_specs import (
     PROBE_BINARY,
     PROBE_PATH,
@@ -81,10 +81,10 @@ TAIL_LINES = 30  # of a failing task's own output, shown with the reason it fail
 # Between looks at a rollout (a service inspect and a task list): a deploy's wait for it ends
 # this late at most, so short.
 ROLLOUT_POLL_SECONDS = 0.1
-# Between looks at the proxy's DNS while an update's old tasks leave it, and how long one look
+# Between looks at swarm's DNS while an update's old tasks leave it, and how long one look
 # may take before it is asked again (Docker's DNS answers in about a millisecond).
-PROXY_DNS_POLL_SECONDS = 0.02
-PROXY_DNS_ANSWER_SECONDS = 1
+SWARM_DNS_POLL_SECONDS = 0.02
+SWARM_DNS_ANSWER_SECONDS = 1
 ROLLBACK_WAIT_SECONDS = 60  # an update waits this long at most for swarm to end a rollback first
 STOP_GRACE = 5  # seconds a one-off command has to end after SIGTERM before SIGKILL
 LONGEST_LINE = 64 << 10  # output without a newline is passed on in pieces of this size
@@ -715,37 +715,43 @@ class Engine:
             time.sleep(ROLLOUT_POLL_SECONDS)
 
     def wait_old_tasks_unresolved(self, spec: ServiceSpec, timeout: float, on_wait: OutputLine) -> bool:
-        """After an update completed: wait until the proxy's DNS gives none of the addresses of
-        `spec`'s old tasks (other deployments' tasks still running), so Caddy's next lookup finds
-        only the new ones. True once it does, or after `timeout`, said on `on_wait` (waiting
-        longer would not help: swarm stops those tasks next).
+        """After an update completed: wait until swarm's DNS gives none of the addresses of
+        `spec`'s old tasks (other deployments' tasks still running), asked where its callers ask:
+        from the proxy's network for a service on it (what Caddy's next lookup gets), else from
+        one of the service's own new tasks (what the rest of its project gets). True once it does,
+        or after `timeout`, said on `on_wait` (waiting longer would not help: swarm stops those
+        tasks next).
 
-        False at once when this cannot be seen from here, for the caller to wait a fixed time:
-        the service is private to its project (the proxy cannot resolve it), no proxy runs on
-        this node, its network cannot be entered (no root), or Docker failed to answer.
+        False at once when this cannot be seen from here, for the caller to wait a fixed time: no
+        proxy, or no new task of a private service, runs on this node; the namespace cannot be
+        entered (no root); or Docker failed to answer.
         """
-        if not any(attachment.network == self.network_name for attachment in spec.networks):
-            return False
+        deployment = spec.labels.get("disco.deployment", "")
+        if any(attachment.network == self.network_name for attachment in spec.networks):
+            network, asker = self.network_name, [f"com.docker.swarm.service.name={self.proxy_name}"]
+        else:  # private to its project: only its project's network resolves it
+            network = self.project_network_name(spec.labels.get("disco.project", ""))
+            asker = [f"com.docker.swarm.service.name={spec.name}", f"disco.deployment={deployment}"]
         try:  # the update is done: a Docker hiccup here only costs the fixed wait, not the deploy
-            service = self._find_service(spec.name)
-            pid = self._proxy_pid()
-            tasks = service.tasks() if service is not None and pid else []
+            pid = self._local_container_pid(asker)
+            service = self._find_service(spec.name) if pid else None
+            tasks = service.tasks() if service is not None else []
         except (docker.errors.DockerException, requests.RequestException):
             return False
-        if not pid or not tasks:
+        if not tasks:
             return False
-        old = old_task_addresses(tasks, spec.labels.get("disco.deployment", ""), self.network_name)
+        old = old_task_addresses(tasks, deployment, network)
         if not old:
             return True
         try:
-            resolver = proxy_dns.resolver_in(pid)
+            resolver = swarm_dns.resolver_in(pid)
         except OSError:
             return False
         deadline = time.monotonic() + timeout
         with resolver:
             while True:
                 try:
-                    left = proxy_dns.addresses(resolver, spec.name, timeout=PROXY_DNS_ANSWER_SECONDS) & old
+                    left = swarm_dns.addresses(resolver, spec.name, timeout=SWARM_DNS_ANSWER_SECONDS) & old
                 except TimeoutError:  # a busy dockerd, or a lost datagram: ask again
                     left = old
                 except OSError:
@@ -753,21 +759,17 @@ class Engine:
                 if not left:
                     return True
                 if time.monotonic() > deadline:
-                    on_wait(f"{len(left)} old task(s) of {spec.name} still in the proxy's DNS after {timeout:g} s: "
+                    on_wait(f"{len(left)} old task(s) of {spec.name} still in swarm's DNS after {timeout:g} s: "
                             "going live, swarm stops them next")
                     return True
-                time.sleep(PROXY_DNS_POLL_SECONDS)
+                time.sleep(SWARM_DNS_POLL_SECONDS)
 
-    def _proxy_pid(self) -> int:
-        """The process id of the proxy's container on this node (0 when none runs here)."""
-        tasks = self.client.api.tasks(filters={"service": self.proxy_name, "desired-state": "running"})
-        for task in tasks:
-            container_id = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID") or ""
-            if not container_id:
-                continue
-            try:  # a proxy task of another node is not a container here
-                state = self.client.api.inspect_container(container_id)["State"]
-            except docker.errors.NotFound:
+    def _local_container_pid(self, labels: list[str]) -> int:
+        """The process id of a running container on this node with these labels (0 if none)."""
+        for container in self.client.api.containers(filters={"label": labels, "status": "running"}):
+            try:
+                state = self.client.api.inspect_container(container["Id"])["State"]
+            except docker.errors.NotFound:  # it stopped meanwhile
                 continue
             if state.get("Running") and state.get("Pid"):
                 return int(state["Pid"])

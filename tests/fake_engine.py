@@ -66,8 +66,8 @@ class FakeEngine:
     image_files: dict[str, dict[str, str]] = field(default_factory=dict)  # folder -> {file: text}, for copy_out
     # dockerd stops while a rollout is awaited, and answers again after this many pings.
     docker_stops_in_rollout: int = 0
-    proxy_dns_visible: bool = True  # False: the proxy's DNS cannot be watched (no root), a deploy waits a fixed time
-    proxy_dns_watch_seconds: float = 0  # how long the old tasks take to leave it
+    dns_unwatched: set[str] = field(default_factory=set)  # services whose old tasks cannot be watched leave swarm's DNS
+    dns_watch_seconds: float = 0  # how long the old tasks of the others take to leave it
     _unreachable_pings: int = 0
 
     def here_node_id(self) -> str:
@@ -254,10 +254,9 @@ class FakeEngine:
 
     def wait_old_tasks_unresolved(self, spec: ServiceSpec, timeout: float, on_wait: Callable[[str], None]) -> bool:
         self.calls.append(("wait_old_tasks_unresolved", spec.name))
-        # As the real one: a service private to its project is not on the proxy's network.
-        if not self.proxy_dns_visible or all(a.network != self.network_name for a in spec.networks):
+        if spec.name in self.dns_unwatched:
             return False
-        time.sleep(self.proxy_dns_watch_seconds)
+        time.sleep(self.dns_watch_seconds)
         return True
 
     def restore_previous(self, name: str) -> None:

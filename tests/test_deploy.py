@@ -194,6 +194,12 @@ def test_worker_service_without_port_and_replicas_from_disco_toml(live: Disco, a
                 if s["Name"].startswith(live.instance)}
     assert services == {f"{live.instance}-myapp-web": "2/2", f"{live.instance}-myapp-worker": "1/1"}
 
+    # The worker is private to the project: its update is watched from its own new task.
+    new_version(repo, "v2\n")
+    second = push(live, admin_key, repo)
+    assert second.returncode == 0, second.stderr
+    assert "leave swarm's DNS" not in second.stderr, "the deploy waited a fixed time instead of watching the DNS"
+
     # Dropping the worker from disco.toml removes its service on the next deploy.
     commit(repo, {"disco.toml": '[services.web]\nreplicas = 2\nvolumes = ["shared:/www"]\n'}, "no worker")
     assert push(live, admin_key, repo).returncode == 0
@@ -217,7 +223,7 @@ def test_scale_is_kept_across_deploys(live: Disco, admin_key: Key, tmp_path: Pat
 def test_an_update_is_watched_until_the_proxys_dns_gives_only_its_new_tasks(live: Disco, admin_key: Key,
                                                                             tmp_path: Path):
     """The engine's wait after an update, on swarm's own DNS asked from inside Caddy's network."""
-    from runtime import proxy_dns
+    from runtime import swarm_dns
     from runtime.docker_engine import Engine
     from runtime.docker_specs import Attachment, ServiceSpec
     assert push(live, admin_key, web_app(tmp_path / "app", "v1\n")).returncode == 0
@@ -247,8 +253,8 @@ def test_an_update_is_watched_until_the_proxys_dns_gives_only_its_new_tasks(live
                 check=True).stdout.split()
     pid = int(run(["/usr/bin/docker", "inspect", "-f", "{{.State.Pid}}", *proxy], check=True).stdout)
     host_network = os.readlink("/proc/thread-self/ns/net")
-    with proxy_dns.resolver_in(pid) as resolver:  # what Caddy's next lookup gets, asked at once
-        assert proxy_dns.addresses(resolver, name, timeout=1) == addresses_of("2") != old
+    with swarm_dns.resolver_in(pid) as resolver:  # what Caddy's next lookup gets, asked at once
+        assert swarm_dns.addresses(resolver, name, timeout=1) == addresses_of("2") != old
     # Only the short-lived thread that made the socket entered Caddy's network; this one did not.
     assert os.readlink("/proc/thread-self/ns/net") == host_network != os.readlink(f"/proc/{pid}/ns/net")
     # Tasks that never leave (here deployment 2's, seen from a deployment 3 that never ran) are
@@ -256,10 +262,12 @@ def test_an_update_is_watched_until_the_proxys_dns_gives_only_its_new_tasks(live
     later = ServiceSpec(name=name, image=spec.image, networks=spec.networks, env={}, replicas=1,
                         labels={**spec.labels, "disco.deployment": "3"})
     assert engine.wait_old_tasks_unresolved(later, 0.3, heard.append)
-    assert heard == [f"1 old task(s) of {name} still in the proxy's DNS after 0.3 s: going live, swarm stops them next"]
-    # Services private to their project are not on the proxy's network: the deploy waits a fixed time for them.
-    private = ServiceSpec(name=name, image=spec.image, networks=spec.networks[:1], labels=spec.labels, env={},
-                          replicas=1)
+    assert heard == [f"1 old task(s) of {name} still in swarm's DNS after 0.3 s: going live, swarm stops them next"]
+    # A service private to its project is watched from one of its own new tasks on this node
+    # (a worker's update: test_worker_service_without_port_and_replicas_from_disco_toml); with
+    # none here, the deploy waits a fixed time instead.
+    private = ServiceSpec(name=name, image=spec.image, networks=spec.networks[:1], env={}, replicas=1,
+                          labels={**spec.labels, "disco.deployment": "3"})
     assert not engine.wait_old_tasks_unresolved(private, 10, heard.append)
 
 

@@ -112,7 +112,7 @@ def test_an_update_goes_live_once_its_old_tasks_left_the_proxys_dns(
     rig.deploy()
     watched = [call for call in rig.engine.calls if call[0] == "wait_old_tasks_unresolved"]
     assert watched == [], "a first deploy has no old tasks"
-    rig.engine.proxy_dns_visible = watchable
+    rig.engine.dns_unwatched = set() if watchable else {WEB}
     slept: list[float] = []
     clock = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
     clock.sleep = lambda seconds: (slept.append(seconds), time.sleep(seconds))
@@ -137,7 +137,8 @@ def test_an_update_with_a_private_service_waits_the_fixed_time_from_the_completi
     clock.sleep = lambda seconds: (slept.append(seconds), time.sleep(seconds))
     monkeypatch.setattr(deployment, "time", clock)
     monkeypatch.setattr(deployment, "OLD_TASKS_LEAVE_DNS_SECONDS", 0.25)
-    rig.engine.proxy_dns_watch_seconds = 0.15  # the web's old tasks leave the proxy's DNS meanwhile
+    rig.engine.dns_unwatched = {"fake-shop-worker"}  # e.g. its new task runs on another node
+    rig.engine.dns_watch_seconds = 0.15  # the web's old tasks leave swarm's DNS meanwhile
     second = rig.deploy()
     assert second.status == DeploymentStatus.LIVE
     assert "waiting 0.25 s for the old tasks of fake-shop-worker to leave swarm's DNS" in rig.log(second)

@@ -19,7 +19,7 @@ LOADED_ON_FIRST_USE = {
     "jinja2": "the dashboard's first page",
     "xml.etree.ElementTree": "the dashboard's first chart",
     "sqlite_utils": "a store migration (an up-to-date store never loads it: tests/test_store.py)",
-    "dns.query": "the first update a deploy watches leave the proxy's DNS (runtime/proxy_dns.py)",
+    "dns.query": "the first update a deploy watches leave swarm's DNS (runtime/swarm_dns.py)",
 }
 
 

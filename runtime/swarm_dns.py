@@ -1,11 +1,11 @@
-"""Swarm's DNS as the proxy sees it: Docker's embedded resolver, asked from Caddy's network.
+"""Swarm's DNS as a container sees it: Docker's embedded resolver, asked from its network.
 
-Caddy finds a project's tasks by looking its service name up (runtime/caddy.py), and swarm
-drops an old task from that name a moment after an update completes, not when it says so. Only
-a socket inside the proxy container's network namespace reaches the resolver Caddy asks
-(127.0.0.11 there), so a deploy can wait for what Caddy will see instead of guessing how long
-that takes. Entering the namespace needs root (CAP_SYS_ADMIN); without it, `resolver_in` fails
-and the caller falls back to a fixed wait.
+Caddy finds a project's tasks by looking its service name up (runtime/caddy.py), as a project's
+tasks find each other, and swarm drops an old task from that name a moment after an update
+completes, not when it says so. Only a socket inside a container's network namespace reaches the
+resolver that container asks (127.0.0.11 there), so a deploy can wait for what Caddy (or the
+project) will see instead of guessing how long that takes. Entering the namespace needs root
+(CAP_SYS_ADMIN); without it, `resolver_in` fails and the caller falls back to a fixed wait.
 
 dnspython is imported when a deploy first asks: an idle daemon does not need it.
 """
@@ -54,7 +54,7 @@ def resolver_in(pid: int) -> socket.socket:
         finally:
             os.close(namespace)
 
-    thread = threading.Thread(target=make, name="proxy-dns-setns")
+    thread = threading.Thread(target=make, name="swarm-dns-setns")
     thread.start()
     thread.join()
     if failed:
