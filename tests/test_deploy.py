@@ -221,7 +221,8 @@ def test_scale_is_kept_across_deploys(live: Disco, admin_key: Key, tmp_path: Pat
 
 
 def test_an_update_is_watched_until_the_proxys_dns_gives_only_its_new_tasks(live: Disco, admin_key: Key,
-                                                                            tmp_path: Path):
+                                                                            tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
     """The engine's wait after an update, on swarm's own DNS asked from inside Caddy's network."""
     from runtime import swarm_dns
     from runtime.docker_engine import Engine
@@ -262,7 +263,17 @@ def test_an_update_is_watched_until_the_proxys_dns_gives_only_its_new_tasks(live
     later = ServiceSpec(name=name, image=spec.image, networks=spec.networks, env={}, replicas=1,
                         labels={**spec.labels, "disco.deployment": "3"})
     assert engine.wait_old_tasks_unresolved(later, 0.3, heard.append)
-    assert heard == [f"1 old task(s) of {name} still in swarm's DNS after 0.3 s: going live, swarm stops them next"]
+    assert heard == [f"1 old task(s) of {name} still in swarm's DNS after 0.3 s: going live, "
+                     "swarm stops the old tasks next"]
+    # A resolver that never answers (every datagram lost) is asked again until the timeout, not trusted.
+    def silent(resolver: object, asked: str, timeout: float) -> frozenset[str]:
+        raise TimeoutError(f"Docker's DNS did not answer for {asked} in {timeout} s")
+
+    monkeypatch.setattr(swarm_dns, "addresses", silent)
+    assert engine.wait_old_tasks_unresolved(later, 0.3, heard.append)
+    assert heard[-1] == (f"no answer about {name} from swarm's DNS after 0.3 s: going live, "
+                         "swarm stops the old tasks next")
+    monkeypatch.undo()
     # A service private to its project is watched from one of its own new tasks on this node
     # (a worker's update: test_worker_service_without_port_and_replicas_from_disco_toml); with
     # none here, the deploy waits a fixed time instead.
