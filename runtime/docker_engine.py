@@ -225,14 +225,14 @@ def _docker_errors_as_ours(method: Callable[..., Any]) -> Callable[..., Any]:
     def calling(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
+        except docker.errors.APIError as err:  # first: an APIError is a requests HTTPError too
+            if err.status_code == 503:  # "This node is not a swarm manager": a dockerd still starting
+                raise DockerUnreachable(f"its swarm is not ready: {err.explanation or err}") from None
+            raise DockerError(f"Docker refused: {err.explanation or err}") from None
         except requests.RequestException as err:  # refused, reset, or timed out (a hung dockerd)
             if isinstance(self, Engine):
                 self._client = None  # its pooled connections died with dockerd: connect afresh next time
             raise DockerUnreachable(_connection_problem(err)) from None
-        except docker.errors.APIError as err:
-            if err.status_code == 503:  # "This node is not a swarm manager": a dockerd still starting
-                raise DockerUnreachable(f"its swarm is not ready: {err.explanation or err}") from None
-            raise DockerError(f"Docker refused: {err.explanation or err}") from None
         except docker.errors.DockerException as err:
             raise DockerError(f"Docker failed: {err}") from None
     return calling
@@ -750,17 +750,19 @@ class Engine:
         deadline = time.monotonic() + timeout
         with resolver:
             while True:
+                left: frozenset[str] | None = None  # None: no answer (a busy dockerd, a lost datagram): ask again
                 try:
                     left = swarm_dns.addresses(resolver, spec.name, timeout=SWARM_DNS_ANSWER_SECONDS) & old
-                except TimeoutError:  # a busy dockerd, or a lost datagram: ask again
-                    left = old
+                except TimeoutError:
+                    pass
                 except OSError:
                     return False
-                if not left:
+                if left is not None and not left:
                     return True
                 if time.monotonic() > deadline:
-                    on_wait(f"{len(left)} old task(s) of {spec.name} still in swarm's DNS after {timeout:g} s: "
-                            "going live, swarm stops them next")
+                    still = f"{len(left)} old task(s) of {spec.name} still in" if left else \
+                        f"no answer about {spec.name} from"
+                    on_wait(f"{still} swarm's DNS after {timeout:g} s: going live, swarm stops the old tasks next")
                     return True
                 time.sleep(SWARM_DNS_POLL_SECONDS)
 
@@ -876,8 +878,20 @@ class Engine:
 
     def _tasks_of(self, services: list[dict[str, Any]]) -> list[TaskPlacement]:
         """The tasks of these services (GET /services entries, at least one), each named by its
-        service's name (a task gives only the service's ID)."""
-        tasks = self.client.api.tasks(filters={"service": [service["ID"] for service in services]})
+        service's name (a task gives only the service's ID). A service removed meanwhile (a
+        deploy's cleanup job, a project's removal) has none."""
+        ids = [service["ID"] for service in services]
+        while True:
+            try:
+                tasks = self.client.api.tasks(filters={"service": ids})
+                break
+            except docker.errors.NotFound:  # swarm refuses the whole list for one service that is gone
+                left = [service["ID"] for service in self.client.api.services(filters={"id": ids})]
+                if not left:
+                    return []  # an empty service filter would list every task of the swarm
+                if set(left) == set(ids):
+                    raise
+                ids = left
         names_by_id = {service["ID"]: service["Spec"]["Name"] for service in services}
         return [task_placement(task, names_by_id) for task in tasks]
 
