@@ -769,10 +769,7 @@ class Engine:
     def _local_container_pid(self, labels: list[str]) -> int:
         """The process id of a running container on this node with these labels (0 if none)."""
         for container in self.client.api.containers(filters={"label": labels, "status": "running"}):
-            try:
-                state = self.client.api.inspect_container(container["Id"])["State"]
-            except docker.errors.NotFound:  # it stopped meanwhile
-                continue
+            state = self._container_state(container["Id"])  # {} if it went meanwhile
             if state.get("Running") and state.get("Pid"):
                 return int(state["Pid"])
         return 0
