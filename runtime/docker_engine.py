@@ -1140,17 +1140,21 @@ class Engine:
     def remove_instance(self) -> None:
         """Remove every service, image, volume and network of this instance (tests, uninstall)."""
         selector = {"label": f"disco.instance={self.instance}"}
-        services = self.client.services.list(filters=selector)
-        for service in services:
-            service.remove()
-        # Their containers linger (an app that ignores SIGTERM, as a shell or busybox running as
-        # PID 1 does, for swarm's whole 10 s grace), and one whose creation was under way still
-        # makes its volumes after the service is gone: kill each one seen, until none has been
-        # seen for a second.
-        names = {s.name for s in services}
+        # Services are listed again each round: one whose creation was under way when the daemon
+        # was killed (the proxy, started in the background) appears after the first listing and
+        # would keep the network in use. Their containers linger (an app that ignores SIGTERM, as
+        # a shell or busybox running as PID 1 does, for swarm's whole 10 s grace), and one whose
+        # creation was under way still makes its volumes after the service is gone: remove and
+        # kill each one seen, until none has been seen for a second.
+        names: set[str] = set()
         deadline = time.monotonic() + 60
         quiet_since = time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - quiet_since < 1.0:
+            for service in self.client.services.list(filters=selector):
+                quiet_since = time.monotonic()
+                names.add(service.name)
+                with _ignoring_docker_errors():  # removed meanwhile: NotFound
+                    service.remove()
             for container in self.client.containers.list(all=True, sparse=True):  # sparse: no inspect
                 if (container.attrs.get("Labels") or {}).get("com.docker.swarm.service.name") in names:
                     quiet_since = time.monotonic()

@@ -6,6 +6,7 @@ import subprocess
 import uuid
 
 import pytest
+from docker.models.services import ServiceCollection
 
 from conftest import require_docker
 from runtime.docker_engine import DockerError, DockerUnreachable, Engine
@@ -20,6 +21,7 @@ def engine():
     yield Engine(instance)
     for name in (f"{instance}-kept", f"{instance}-gone"):
         subprocess.run(["/usr/bin/docker", "service", "rm", name], capture_output=True)
+    subprocess.run(["/usr/bin/docker", "network", "rm", f"{instance}-net"], capture_output=True)
 
 
 def service(engine: Engine, name: str) -> None:
@@ -45,3 +47,30 @@ def test_docker_refusing_a_request_is_not_told_as_docker_being_unreachable(engin
     with pytest.raises(DockerError, match="Docker refused") as raised:
         engine.relabel_node("no-such-node", {"a": "b"}, [])
     assert not isinstance(raised.value, DockerUnreachable)
+
+
+def test_removing_an_instance_also_removes_a_service_created_after_it_began(engine: Engine, monkeypatch):
+    """CI's teardown failed this way: a daemon killed while it created its proxy service in the
+    background left that service to appear after the first listing, and its network stayed in use."""
+    network = f"{engine.instance}-net"
+    subprocess.run(["/usr/bin/docker", "network", "create", "--driver", "overlay", "--attachable",
+                    "--label", f"disco.instance={engine.instance}", network], check=True, capture_output=True)
+    service(engine, f"{engine.instance}-kept")
+    real_list = ServiceCollection.list
+    listings = []
+
+    def list_then_create_one_late(collection: ServiceCollection, **kwargs):
+        listed = real_list(collection, **kwargs)
+        listings.append([s.name for s in listed])
+        if len(listings) == 1:  # the creation that was under way lands just after the first listing
+            subprocess.run(["/usr/bin/docker", "service", "create", "--detach", "--quiet", "--replicas", "0",
+                            "--network", network, "--label", f"disco.instance={engine.instance}",
+                            "--name", f"{engine.instance}-gone", CADDY_IMAGE], check=True, capture_output=True)
+        return listed
+
+    monkeypatch.setattr(ServiceCollection, "list", list_then_create_one_late)  # the timing forced, Docker real
+    engine.remove_instance()
+    assert listings[0] == [f"{engine.instance}-kept"]
+    assert f"{engine.instance}-gone" in sum(listings[1:], [])  # seen by a later listing, and removed
+    assert real_list(engine.client.services, filters={"label": f"disco.instance={engine.instance}"}) == []
+    assert engine.client.networks.list(filters={"label": f"disco.instance={engine.instance}"}) == []
