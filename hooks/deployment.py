@@ -238,6 +238,7 @@ class DeploymentRun:
                 port=port,
                 health_path=service.health,
                 health_timeout=service.health_timeout,
+                health_interval=self.settings.health_interval,
                 mounts=mounts,
                 limits=task_limits(service.limits, self.settings),
                 health_command=shlex.split(service.health_command) if service.health_command else None,
@@ -313,9 +314,11 @@ class DeploymentRun:
 
     def wait_until_healthy(self) -> None:
         for spec, created in self.applied:
-            self.out.line(f"waiting for {spec.name} to be healthy ({spec.check}, up to {spec.health_timeout} s)")
+            self.out.line(f"waiting for {spec.name} to be healthy ({spec.check}{spec.cadence}, up to "
+                          f"{spec.health_timeout} s)")
             # Swarm's own clock (start period + retries) fails the task first; this is the backstop.
-            self.engine.wait_rollout(spec, created, spec.health_timeout + 30, self.out.line, stop=self._cancelled)
+            self.engine.wait_rollout(spec, created, spec.swarm_gives_up_after + 30, self.out.line,
+                                     stop=self._cancelled)
         updated = [spec for spec, created in self.applied if not created]
         if updated:
             # Old tasks may still answer for a moment; once they left swarm's DNS and Caddy

@@ -38,6 +38,7 @@ DOCKER_CLI = os.environ.get("DISCO_DOCKER_CLI", "/usr/bin/docker")
 # without a shell or tools (FROM scratch) can be checked too.
 PROBE_BINARY = os.environ.get("DISCO_PROBE_BINARY", "/bin/busybox")
 PROBE_PATH = "/.disco/busybox"
+HEALTH_RETRIES = 3  # failed checks in a row, once the start period is over, that make a task unhealthy
 SECOND = 1_000_000_000  # docker API durations are in nanoseconds
 
 # The keyword arguments of docker-py's `APIClient.create_service` / `update_service`
@@ -116,6 +117,7 @@ class ServiceSpec:
     port: int | None = None  # checked for health when set
     health_path: str | None = None
     health_timeout: int = 60
+    health_interval: int = 1  # seconds between checks: the server's health_interval
     mounts: list[tuple[str, str]] = field(default_factory=list)  # (volume name, path)
     limits: TaskLimits | None = None
     health_command: list[str] | None = None  # run in the task instead of the probe (Docker's CMD form)
@@ -131,6 +133,18 @@ class ServiceSpec:
         if self.port is None:
             return "no crash"
         return f"GET {self.health_path}" if self.health_path else "TCP connect"
+
+    @property
+    def cadence(self) -> str:
+        """How often the check runs, for the deploy's output; nothing for a task without one."""
+        checked = self.health_command is not None or self.port is not None
+        return f", every {self.health_interval} s" if checked else ""
+
+    @property
+    def swarm_gives_up_after(self) -> int:
+        """Seconds after a task starts by which swarm has failed it if it never became healthy:
+        failures in the start period do not count, then HEALTH_RETRIES checks in a row must fail."""
+        return self.health_timeout + HEALTH_RETRIES * self.health_interval
 
     @property
     def stops_first(self) -> bool:
@@ -204,9 +218,9 @@ def swarm_service(spec: ServiceSpec) -> ServiceKwargs:
     if test is not None:
         healthcheck = Healthcheck(
             test=test,
-            interval=1 * SECOND,
+            interval=spec.health_interval * SECOND,
             timeout=6 * SECOND,
-            retries=3,
+            retries=HEALTH_RETRIES,
             # Failures before this do not count; the first pass makes the task healthy.
             start_period=spec.health_timeout * SECOND,
         )

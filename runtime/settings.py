@@ -20,6 +20,7 @@ CONFIG_NAME = "config.toml"
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 # The instance prefixes Docker names (service names must stay DNS labels of 63 at most).
 INSTANCE_NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")
+MAX_HEALTH_INTERVAL = 30  # longer, and every deploy would wait minutes for its first check
 
 
 def setting(default: object, help: str, shown: str = "") -> Any:
@@ -83,6 +84,13 @@ class Settings:
     default_pids: int = setting(4096, "processes a task may run, unless disco.toml says")
     max_memory: str = setting("8G", "the most memory disco.toml may give a task")
     max_pids: int = setting(32768, "the most processes disco.toml may give a task")
+    # Each check is a process Docker starts in the task; measured on a 2-core VM, about 0.1 s of
+    # CPU each, so ten idle apps checked every second kept half the machine busy. Docker 20.10
+    # has no faster interval for a starting task (start_interval is Docker 25), so a deploy's
+    # first check also waits this long: the admin chooses between the two.
+    health_interval: int = setting(1, "seconds between the health checks of a running task, 1 to "
+                                   f"{MAX_HEALTH_INTERVAL} (more: less CPU for many idle apps, but each deploy "
+                                   "waits up to that long for its first check)")
 
     @property
     def db_path(self) -> Path:
@@ -224,6 +232,9 @@ def _check_limits(settings: Settings) -> None:
                  "default_pids", "max_pids", "max_object_size", "max_push_inflated_size", "backup_keep"):
         if getattr(settings, name) < 1:
             raise ValueError(f"setting {name} must be at least 1")
+    if not 1 <= settings.health_interval <= MAX_HEALTH_INTERVAL:
+        raise ValueError(f"setting health_interval must be from 1 to {MAX_HEALTH_INTERVAL} seconds, "
+                         f"got {settings.health_interval}")
 
 
 def read_config_file(path: Path) -> dict[str, object]:

@@ -28,9 +28,9 @@ WEB = "fake-shop-web"
 class Rig:
     """A deployer on a fake engine, a fake Caddy and a bare repo of the project 'shop'."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **settings: object) -> None:
         self.settings = Settings(data_dir=tmp_path / "data", instance="fake", apps_domain="localhost", tls=False,
-                                 keep_images=2)
+                                 keep_images=2, **settings)  # type: ignore[arg-type]
         ensure_layout(self.settings)
         self.store = Store(self.settings.db_path)
         self.store.add_project("shop", "alice")
@@ -104,6 +104,22 @@ def test_a_deploy_goes_live_replaces_the_previous_and_prunes_old_images(rig: Rig
     del rig.engine.never_healthy[WEB]
     assert rig.deploy().number == 5
     assert sorted(rig.engine.project_images("shop")) == [3, 5]
+
+
+def test_the_servers_health_interval_reaches_the_service_and_the_deploy_waits_for_swarms_verdict(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(deployment, "UPSTREAM_REFRESH_SECONDS", 0)
+    rig = Rig(tmp_path, health_interval=7)
+    waited: list[float] = []
+    real_wait = rig.engine.wait_rollout
+    monkeypatch.setattr(rig.engine, "wait_rollout", lambda spec, created, timeout, *rest, **kw: (
+        waited.append(timeout), real_wait(spec, created, timeout, *rest, **kw))[1])
+    first = rig.deploy()
+    assert first.status == DeploymentStatus.LIVE
+    assert rig.engine.services[WEB].spec.health_interval == 7
+    assert "waiting for fake-shop-web to be healthy (GET /healthz, every 7 s, up to 60 s)" in rig.log(first)
+    # Swarm gives up after the start period (60 s) and 3 failed checks 7 s apart; the backstop is later.
+    assert waited == [60 + 3 * 7 + 30]
 
 
 @pytest.mark.parametrize("watchable", [True, False])

@@ -94,6 +94,19 @@ def test_a_service_with_a_port_is_health_checked_by_the_read_only_probe():
     assert kwargs["update_config"]["Monitor"] == 1 * SECOND
 
 
+def test_the_servers_health_interval_spaces_the_checks_and_moves_swarms_deadline():
+    slow = swarm_service(web(health_interval=10))["task_template"]["ContainerSpec"]["Healthcheck"]
+    assert slow["Interval"] == 10 * SECOND and slow["StartPeriod"] == 30 * SECOND and slow["Retries"] == 3
+    # Swarm fails a never-healthy task after the start period and 3 failed checks: the deploy's
+    # backstop must not give up before swarm does, or its reason would be a timeout, not the check's.
+    assert web(health_interval=10).swarm_gives_up_after == 30 + 3 * 10
+    assert web().swarm_gives_up_after == 30 + 3
+    # The deploy's output says how often it is checked; a worker without a check has no cadence.
+    assert web(health_interval=10).cadence == ", every 10 s"
+    assert web(port=None, health_path=None).cadence == ""
+    assert web(port=None, health_path=None, health_command=["true"]).cadence == ", every 1 s"
+
+
 def test_a_worker_without_a_port_has_no_health_check_and_no_probe():
     kwargs = swarm_service(web(port=None, health_path=None))
     assert "Healthcheck" not in kwargs["task_template"]["ContainerSpec"]

@@ -1,5 +1,6 @@
 """What one project may cost the server, enforced on real Docker: memory, CPUs and processes per
-task and per one-off command, services per project and replicas per service."""
+task and per one-off command, services per project and replicas per service; and how often
+Docker checks a task's health (each check costs the server a process in the task)."""
 
 from __future__ import annotations
 
@@ -20,17 +21,22 @@ MIB = 1 << 20
 def server(tmp_path_factory: pytest.TempPathFactory):
     require_docker()
     yield from shared_disco(tmp_path_factory.mktemp("limits"), [
-        "--max-services", "3", "--max-replicas", "4", "--default-memory", "200M", "--default-pids", "500"])
+        "--max-services", "3", "--max-replicas", "4", "--default-memory", "200M", "--default-pids", "500",
+        "--health-interval", "2"])
 
 
 def push(disco: Disco, key: Key, repo: Path, project: str) -> subprocess.CompletedProcess:
     return disco.git(key, "push", disco.url(project), "main", cwd=repo, timeout=300)
 
 
-def limits_of(disco: Disco, project: str, service: str = "web") -> dict:
+def task_template_of(disco: Disco, project: str, service: str = "web") -> dict:
     name = f"{disco.instance}-{project}-{service}"
     spec = json.loads(run(["/usr/bin/docker", "service", "inspect", name], check=True).stdout)[0]["Spec"]
-    return spec["TaskTemplate"]["Resources"]["Limits"]
+    return spec["TaskTemplate"]
+
+
+def limits_of(disco: Disco, project: str, service: str = "web") -> dict:
+    return task_template_of(disco, project, service)["Resources"]["Limits"]
 
 
 def api(disco: Disco) -> httpx.Client:
@@ -57,6 +63,17 @@ def test_tasks_and_one_off_commands_get_their_limits(server, tmp_path: Path):
         assert response.status_code == 200
         events = response.read().decode()
     assert f"data: {300 * MIB}\n" in events and "data: 100\n" in events, events
+
+
+def test_the_servers_health_interval_paces_the_tasks_checks_and_the_push_says_it(server, tmp_path: Path):
+    disco, key = server
+    repo = web_app(tmp_path / "app", "v1\n")
+    result = push(disco, key, repo, "paced")
+    assert result.returncode == 0, result.stderr
+    assert f"waiting for {disco.instance}-paced-web to be healthy (TCP connect, every 2 s, up to 60 s)" in result.stderr
+    check = task_template_of(disco, "paced")["ContainerSpec"]["Healthcheck"]
+    assert check["Interval"] == 2 * 10**9 and check["Retries"] == 3
+    assert disco.get("paced.localhost").text == "v1\n"
 
 
 def test_a_task_past_its_memory_is_killed_and_the_deploy_says_so(server, tmp_path: Path):

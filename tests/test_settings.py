@@ -91,3 +91,13 @@ def test_limits_settings_are_checked(tmp_path: Path):
         resolve_settings({"data_dir": str(tmp_path)}, {"DISCO_DEFAULT_CPUS": "many"})
     with pytest.raises(ValueError, match="max_replicas must be at least 1"):
         resolve_settings({"data_dir": str(tmp_path), "max_replicas": 0}, {})
+
+
+def test_the_health_interval_is_whole_seconds_from_1_to_30(tmp_path: Path):
+    assert resolve_settings({"data_dir": str(tmp_path)}, {}).health_interval == 1  # Docker's checks as before
+    assert resolve_settings({"data_dir": str(tmp_path)}, {"DISCO_HEALTH_INTERVAL": "10"}).health_interval == 10
+    for wrong in ("0", "31", "-5"):
+        with pytest.raises(ValueError, match=f"health_interval must be from 1 to 30 seconds, got {wrong}"):
+            resolve_settings({"data_dir": str(tmp_path)}, {"DISCO_HEALTH_INTERVAL": wrong})
+    with pytest.raises(ValueError, match="health_interval"):
+        resolve_settings({"data_dir": str(tmp_path)}, {"DISCO_HEALTH_INTERVAL": "1.5"})
