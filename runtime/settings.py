@@ -84,10 +84,10 @@ class Settings:
     default_pids: int = setting(4096, "processes a task may run, unless disco.toml says")
     max_memory: str = setting("8G", "the most memory disco.toml may give a task")
     max_pids: int = setting(32768, "the most processes disco.toml may give a task")
-    # Each check is a process Docker starts in the task; measured on a 2-core VM, about 0.1 s of
-    # CPU each, so ten idle apps checked every second kept half the machine busy. Docker 20.10
-    # has no faster interval for a starting task (start_interval is Docker 25), so a deploy's
-    # first check also waits this long: the admin chooses between the two.
+    # Each check is a process Docker starts in the task: on a 2-core VM ten idle apps checked
+    # every second kept 0.7 of its cores busy in Docker (0.15 every 5 s). Docker 20.10 has no
+    # quicker interval for a starting task (start_interval is Docker 25), so a deploy's first
+    # check also waits this long: the admin chooses between the two.
     health_interval: int = setting(1, "seconds between the health checks of a running task, 1 to "
                                    f"{MAX_HEALTH_INTERVAL} (more: less CPU for many idle apps, but each deploy "
                                    "waits up to that long for its first check)")
