@@ -20,7 +20,7 @@ CONFIG_NAME = "config.toml"
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 # The instance prefixes Docker names (service names must stay DNS labels of 63 at most).
 INSTANCE_NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")
-MAX_HEALTH_INTERVAL = 30  # longer, and every deploy would wait minutes for its first check
+MAX_HEALTH_INTERVAL = 30  # past this, each deploy would wait minutes for its first check
 
 
 def setting(default: object, help: str, shown: str = "") -> Any:
