@@ -121,7 +121,7 @@ def test_a_health_command_decides_when_a_version_is_healthy(rig, tmp_path: Path)
     repo = make_repo(tmp_path / "ready", health_files("v1\n", "/bin/busybox test -f /www/ready", 60))
     first = push(disco, alice, repo, "ready")
     assert first.returncode == 0, first.stderr
-    assert "(health command `/bin/busybox test -f /www/ready`, up to 60 s)" in first.stderr
+    assert "(health command `/bin/busybox test -f /www/ready`, every 1 s, up to 60 s)" in first.stderr
     check = swarm_spec(disco, "ready", "web")["TaskTemplate"]["ContainerSpec"]["Healthcheck"]
     assert check["Test"] == ["CMD", "/bin/busybox", "test", "-f", "/www/ready"]
     assert disco.get("ready.localhost").text == "v1\n"
