@@ -11,6 +11,7 @@ import threading
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_engine import FakeCaddy, FakeEngine
@@ -19,6 +20,7 @@ from hooks import deployment
 from hooks.deployer import Deployer
 from hooks.router import Router
 from runtime.docker_engine import RunResult
+from runtime.docker_specs import ServiceSpec
 from runtime.settings import Settings, ensure_layout
 from runtime.store import Deployment, DeploymentStatus, Store
 
@@ -112,8 +114,12 @@ def test_the_servers_health_interval_reaches_the_service_and_the_deploy_waits_fo
     rig = Rig(tmp_path, health_interval=7)
     waited: list[float] = []
     real_wait = rig.engine.wait_rollout
-    monkeypatch.setattr(rig.engine, "wait_rollout", lambda spec, created, timeout, *rest, **kw: (
-        waited.append(timeout), real_wait(spec, created, timeout, *rest, **kw))[1])
+
+    def wait_rollout(spec: ServiceSpec, created: bool, timeout: float, *rest: Any, **kwargs: Any) -> None:
+        waited.append(timeout)
+        real_wait(spec, created, timeout, *rest, **kwargs)
+
+    monkeypatch.setattr(rig.engine, "wait_rollout", wait_rollout)
     first = rig.deploy()
     assert first.status == DeploymentStatus.LIVE
     assert rig.engine.services[WEB].spec.health_interval == 7
